@@ -1,0 +1,25 @@
+"""relu-doctor: find dead and dying ReLU units in a PyTorch model.
+
+The public API is :func:`scan` (model + batches -> :class:`Report`). Importing this package does
+not import torch; the torch-backed names load on first use so the CLI's --help stays instant.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .report import Finding, Report, Site, Summary, Thresholds
+
+if TYPE_CHECKING:
+    from .scan import scan
+
+__all__ = ["Finding", "Report", "Site", "Summary", "Thresholds", "__version__", "scan"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "scan":
+        from .scan import scan
+
+        return scan
+    raise AttributeError(f"module 'relu_doctor' has no attribute {name!r}")

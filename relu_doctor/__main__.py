@@ -1,0 +1,5 @@
+"""`python -m relu_doctor` runs the CLI."""
+
+from .cli import main
+
+main()

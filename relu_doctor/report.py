@@ -1,0 +1,288 @@
+"""The records that cross module boundaries: what a scan found, as frozen, torch-free data.
+
+Renderers, the gate, config and the CLI read these; none of them imports torch.
+Per-unit numbers are plain tuples indexed by unit (channel or feature) number.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class UnitCounters:
+    """Raw per-unit counters of one site, merged over every probe batch (exact for counts and max)."""
+
+    positive: tuple[int, ...]
+    """How many measured positions had a pre-activation > 0, per unit."""
+    positions: int
+    """How many positions each unit was measured on (samples x spatial positions or tokens)."""
+    samples_fired: tuple[int, ...]
+    """In how many probe samples the unit fired at least once (samples are the independent trials)."""
+    samples: int
+    """How many probe samples reached this site."""
+    max_preactivation: tuple[float, ...]
+    """Largest finite pre-activation seen, per unit (-inf if none was finite)."""
+    activation_sum: tuple[float, ...]
+    """Sum of the activation (the op's output) over all finite positions, per unit."""
+    nan: tuple[int, ...]
+    """How many positions had a NaN pre-activation, per unit."""
+    inf: tuple[int, ...]
+    """How many positions had an infinite pre-activation, per unit."""
+
+
+@dataclass(frozen=True)
+class RateSummary:
+    """Minimum, median and mean of the per-unit firing rate of one site."""
+
+    min: float
+    """Lowest firing rate of any unit."""
+    median: float
+    """Median firing rate over units."""
+    mean: float
+    """Mean firing rate over units."""
+
+
+@dataclass(frozen=True)
+class Producer:
+    """The layer whose output reaches a site's input, followed through the forward pass."""
+
+    module_path: str
+    """State-dict path of the Linear/Conv-style module that computed the pre-activation."""
+    op: str
+    """The aten op it ran (linear, conv2d, addmm, ...)."""
+    norm_path: str | None = None
+    """State-dict path of a BatchNorm between the producer and the relu, if there is one."""
+    elementwise_only: bool = True
+    """True when only per-unit (elementwise, dropout, norm) ops lie between producer and relu."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """One relu-family call in the forward pass and what its units did on the probe."""
+
+    index: int
+    """Position in call order, from 0."""
+    name: str
+    """Unique display name: module path, ``#k`` for the k-th call of a reused module, ``:op`` for functional calls."""
+    module_path: str
+    """State-dict path of the module whose forward made the call (the root is "")."""
+    call_index: int
+    """Which call of that module this is, from 1."""
+    op: str
+    """The relu-family operation: relu, relu_, relu6, hardtanh, threshold, ..."""
+    kind: str
+    """"module" when the op ran inside an activation module (nn.ReLU, ...), else "functional"."""
+    unit_axis: int
+    """Axis of the activation tensor that indexes units."""
+    layout: str
+    """How the unit axis was chosen: channel-first, feature-last, rank, or override."""
+    activation_shape: tuple[int, ...]
+    """Shape of the activation in the first batch that reached the site."""
+    units: int
+    """Number of units (channels or features)."""
+    counters: UnitCounters
+    """The raw counters everything else here is derived from."""
+    dead_units: tuple[int, ...]
+    """Units that never had a pre-activation > 0 on any position of the probe (NaN units excluded)."""
+    dying_units: tuple[int, ...]
+    """Units that fired, but on fewer than the dying rate of their positions."""
+    nan_units: tuple[int, ...]
+    """Units with at least one NaN or infinite pre-activation; neither dead nor alive."""
+    firing_rate: RateSummary
+    """Summary of positive / positions over units."""
+    sparsity: float
+    """Share of all measured positions where the activation was zero (not > 0)."""
+    dead_max_preactivation: tuple[float, float] | None
+    """(lowest, highest) max pre-activation among the dead units; None if there are none."""
+    producer: Producer | None = None
+    """The layer computing this site's input, when the forward pass shows one."""
+    dormant_units: tuple[int, ...] = ()
+    """tau-dormant units (ReDo): mean |activation| / the site's mean of that <= tau."""
+    constant_units: tuple[int, ...] = ()
+    """Alive units whose output never varied over the probe (e.g. a BatchNorm with gamma ~ 0)."""
+
+    @property
+    def dead(self) -> int:
+        """Number of dead units."""
+        return len(self.dead_units)
+
+    @property
+    def dying(self) -> int:
+        """Number of dying units."""
+        return len(self.dying_units)
+
+    @property
+    def dead_fraction(self) -> float:
+        """Dead units / units (0 for a site without units)."""
+        return self.dead / self.units if self.units else 0.0
+
+    def firing_rates(self) -> tuple[float, ...]:
+        """Per-unit firing rate: positive / positions."""
+        n = self.counters.positions
+        return tuple(p / n if n else 0.0 for p in self.counters.positive)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where the model came from."""
+
+    path: str
+    """The path given by the user ("" for a model passed in from Python)."""
+    format: str
+    """Checkpoint format as sniffed from content (state-dict, safetensors, ...), or "in-memory"."""
+    sha256: str | None
+    """sha256 of the file (or of the sorted file hashes of a directory); None in memory."""
+    arch: str | None = None
+    """The --arch spec used to build the module, if any."""
+    notes: tuple[str, ...] = ()
+    """What the loader did that the user should know (prefix stripped, key chosen, ...)."""
+
+
+@dataclass(frozen=True)
+class ProbeInfo:
+    """What was fed through the model."""
+
+    source: str
+    """"file" or "synthetic"."""
+    samples: int
+    """Number of probe samples that went through the model."""
+    batch_size: int
+    """Samples per forward pass."""
+    path: str | None = None
+    """The probe file, for a file probe."""
+    input_shape: tuple[int, ...] = ()
+    """Shape of one sample (without the batch axis)."""
+    seed: int | None = None
+    """Seed of a synthetic probe."""
+
+    @property
+    def dead_rate_bound_95(self) -> float:
+        """Exact 95% upper bound on the firing probability of a unit that never fired in n samples."""
+        return 1.0 - 0.05 ** (1.0 / self.samples) if self.samples else 1.0
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Gate settings and the classification parameters used for this report."""
+
+    dying_rate: float = 0.01
+    """A live unit firing on fewer than this share of its positions is dying."""
+    tau: float = 0.025
+    """ReDo dormancy threshold."""
+    max_dead_fraction: float | None = None
+    """Fail when the whole model's dead fraction exceeds this."""
+    max_layer_dead_fraction: float | None = None
+    """Fail when any one site's dead fraction exceeds this."""
+    site_overrides: tuple[tuple[str, float], ...] = ()
+    """(glob, max_layer_dead_fraction) pairs that replace the per-site limit for matching sites."""
+    ignore: tuple[str, ...] = ()
+    """Globs of site names left out of the gate and the totals."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Totals over every site."""
+
+    sites: int
+    """Number of sites."""
+    units: int
+    """Units over all sites."""
+    dead: int
+    """Dead units over all sites."""
+    dying: int
+    """Dying units over all sites."""
+    nan_units: int
+    """Units with NaN/Inf pre-activations over all sites."""
+    dormant: int = 0
+    """tau-dormant units over all sites."""
+
+    @property
+    def dead_fraction(self) -> float:
+        """Dead units / units over the whole model."""
+        return self.dead / self.units if self.units else 0.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A diagnosis: what is wrong where, why, and what to do, with a stable code."""
+
+    code: str
+    """Stable code, RD### (see README)."""
+    site: str
+    """Site name ("" for a model-wide finding)."""
+    units: tuple[int, ...]
+    """Units concerned."""
+    cause: str
+    """Why, in one sentence with numbers."""
+    suggestion: str
+    """What to do, in one sentence with numbers."""
+    severity: str = "warning"
+    """"error" (a threshold broken), "warning" or "note"."""
+    predicted: tuple[tuple[str, float], ...] = ()
+    """Simulated effects of the suggestion (name, value), measured on the probe."""
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The outcome of checking a report against its thresholds."""
+
+    passed: bool
+    """True when no threshold is exceeded."""
+    violations: tuple[str, ...] = ()
+    """One line per exceeded threshold."""
+    failing_sites: tuple[str, ...] = ()
+    """Names of the sites whose dead fraction exceeds their limit."""
+
+    @property
+    def exit_code(self) -> int:
+        """0 when passed, 1 when a threshold is exceeded."""
+        return 0 if self.passed else 1
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything a scan found; the one value renderers and the gate work from."""
+
+    tool_version: str
+    """relu-doctor version that made the report."""
+    model: ModelInfo
+    """Where the model came from."""
+    probe: ProbeInfo
+    """What went through it."""
+    sites: tuple[Site, ...]
+    """Every relu-family call, in call order."""
+    summary: Summary
+    """Totals over the sites not ignored."""
+    thresholds: Thresholds
+    """The classification and gate settings used."""
+    gate: GateResult
+    """Pass or fail against the thresholds."""
+    findings: tuple[Finding, ...] = ()
+    """Diagnoses with stable codes."""
+    warnings: tuple[str, ...] = ()
+    """Blind spots and caveats: synthetic probe, modules never called, relu-like ops not counted, ..."""
+    other_activations: tuple[tuple[str, int], ...] = ()
+    """Activations seen that are not relu sites (op, calls), e.g. (gelu, 12)."""
+    unit_dim_override: int | None = None
+    """--unit-dim, when the user forced the unit axis."""
+    schema_version: int = SCHEMA_VERSION
+    """Version of the JSON schema this report renders to."""
+    extra: dict[str, object] = field(default_factory=dict, compare=False)
+    """Room for later issues' sections (e.g. simulation results) without a schema break."""
+
+    @property
+    def exit_code(self) -> int:
+        """The gate's exit code: 0 within thresholds, 1 exceeded."""
+        return self.gate.exit_code
+
+
+def rate_summary(rates: tuple[float, ...]) -> RateSummary:
+    """Min, median and mean of a tuple of rates (all NaN for an empty site)."""
+    if not rates:
+        return RateSummary(math.nan, math.nan, math.nan)
+    return RateSummary(min(rates), statistics.median(rates), statistics.fmean(rates))
