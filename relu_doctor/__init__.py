@@ -12,14 +12,14 @@ from ._version import __version__
 from .report import Finding, Report, Site, Summary, Thresholds
 
 if TYPE_CHECKING:
-    from .scan import scan
+    from .api import scan
 
 __all__ = ["Finding", "Report", "Site", "Summary", "Thresholds", "__version__", "scan"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "scan":
-        from .scan import scan
+        from .api import scan
 
         return scan
     raise AttributeError(f"module 'relu_doctor' has no attribute {name!r}")

@@ -1,0 +1,134 @@
+"""The library entry point: ``scan(model, batches) -> Report``. No printing, no files, no exit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._version import __version__
+from .diagnose import diagnose
+from .errors import ObservationError, ReluDoctorError
+from .gate import evaluate, summarize
+from .observe import ACTIVATION_MODULES, ObservedSite, ReluObserver
+from .report import ModelInfo, ProbeInfo, Report, Thresholds
+from .sites import build_site, site_names
+
+Progress = Callable[[int], None]
+"""Called after each batch with the number of samples in it."""
+
+
+def observe(
+    model: nn.Module,
+    batches: Iterable[Any],
+    *,
+    unit_dim: int | None = None,
+    site_paths: tuple[str, ...] | None = None,
+    progress: Progress | None = None,
+) -> tuple[ReluObserver, int]:
+    """Run every batch through ``model`` under the observer; returns it (closed) and the sample count."""
+    samples = 0
+    with ReluObserver(model, unit_dim=unit_dim, site_paths=site_paths) as observer:
+        for batch in batches:
+            _forward(observer, batch)
+            size = _batch_samples(batch)
+            samples += size
+            if progress is not None:
+                progress(size)
+    if samples == 0:
+        raise ObservationError("the probe yielded no batches; pass a probe with at least one sample")
+    return observer, samples
+
+
+def scan(
+    model: nn.Module,
+    batches: Iterable[Any],
+    *,
+    thresholds: Thresholds | None = None,
+    unit_dim: int | None = None,
+    site_paths: tuple[str, ...] | None = None,
+    model_info: ModelInfo | None = None,
+    probe_info: ProbeInfo | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Observe every relu-family call of ``model`` over ``batches`` and report dead, dying and dormant units.
+
+    ``batches`` yields tensors (or tuples of positional inputs) already on the model's device. The model is
+    left exactly as it was (training flags, buffers). Raises a :class:`~relu_doctor.errors.ReluDoctorError`
+    subclass when the scan cannot be done.
+    """
+    observer, samples = observe(model, batches, unit_dim=unit_dim, site_paths=site_paths, progress=progress)
+    probe = probe_info or ProbeInfo("in-memory", samples, 0)
+    if probe.samples != samples:
+        probe = ProbeInfo(probe.source, samples, probe.batch_size, probe.path, probe.input_shape, probe.seed)
+    return build_report(
+        observer.sites, observer, model, thresholds or Thresholds(), probe,
+        model_info or ModelInfo("", "in-memory", None), unit_dim,
+    )  # fmt: skip
+
+
+def build_report(
+    observed: Sequence[ObservedSite], observer: ReluObserver | None, model: nn.Module | None,
+    thresholds: Thresholds, probe: ProbeInfo, model_info: ModelInfo, unit_dim: int | None = None,
+) -> Report:  # fmt: skip
+    """Classify observed sites, total them, diagnose and gate: everything after the forward passes."""
+    names = site_names(observed)
+    sites = tuple(build_site(site, name, thresholds) for site, name in zip(observed, names))
+    summary = summarize(sites, thresholds)
+    warnings = _warnings(observer, model, probe, len(sites))
+    return Report(
+        tool_version=__version__, model=model_info, probe=probe, sites=sites, summary=summary,
+        thresholds=thresholds, gate=evaluate(sites, summary, thresholds), findings=diagnose(sites, probe),
+        warnings=warnings, other_activations=tuple(sorted(observer.other_activations.items())) if observer else (),
+        unit_dim_override=unit_dim,
+    )  # fmt: skip
+
+
+def _warnings(observer: ReluObserver | None, model: nn.Module | None, probe: ProbeInfo, site_count: int) -> tuple[str, ...]:
+    found: list[str] = []
+    if probe.source == "synthetic":
+        found.append(
+            f"synthetic probe ({probe.samples} standard-normal samples, seed {probe.seed}): "
+            "real data gives truer answers; pass --probe"
+        )
+    if observer is not None:
+        found.extend(observer.warnings)
+        if model is not None:
+            found.extend(_never_called(observer, model))
+    if site_count == 0:
+        found.append("no relu-family call ran in the forward pass: nothing to count")
+    return tuple(found)
+
+
+def _never_called(observer: ReluObserver, model: nn.Module) -> list[str]:
+    called = observer.tracker.ever_called
+    missing = [
+        path for path, module in observer.tracker.paths.items()
+        if path and path not in called and not list(module.children())
+        and (isinstance(module, ACTIVATION_MODULES) or any(True for _ in module.parameters(recurse=False)))
+    ]  # fmt: skip
+    if not missing:
+        return []
+    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    return [f"{len(missing)} modules were never called by the forward pass: {shown}"]
+
+
+def _forward(observer: ReluObserver, batch: Any) -> None:
+    try:
+        observer.run(batch)
+    except ReluDoctorError:
+        raise
+    except Exception as exc:
+        shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ObservationError(
+            f"the forward pass failed on a probe batch of shape {shape}: {type(exc).__name__}: {message}; "
+            "check --probe / --input-shape against what the model expects"
+        ) from exc
+
+
+def _batch_samples(batch: Any) -> int:
+    first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1

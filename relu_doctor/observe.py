@@ -1,0 +1,403 @@
+"""The observer: sees every relu-family call of a forward pass and reduces its input to per-unit counters.
+
+Attribution rule (in the spirit of fvcore's): a relu-family aten op is a *site*. Its owner is the innermost
+module whose ``forward`` is running when the op is dispatched; the site is keyed by (owner path, which call
+of the owner in this pass, which relu-family op of that call), so one ``nn.ReLU`` called twice is two sites
+and ``F.relu`` / ``torch.relu`` / ``Tensor.relu_`` are seen as well as modules. The pre-activation is read
+before the op runs (an in-place relu cannot hide it) and the unit axis comes from where the tensor was made
+(conv/norm/pool -> channels, linear/matmul -> last axis), followed through elementwise and view ops.
+
+Two classes do two jobs: :class:`ModuleCallTracker` knows which module is running; :class:`ReluObserver`
+owns the dispatch mode, the counters, and restores the model (training flags, buffers, the transformer
+fast path) in ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakTensorKeyDictionary
+
+from . import ops
+from .counters import UnitAccumulator, reduce_sample_max
+from .errors import ObservationError
+from .ops import Layout, Role
+from .report import Producer
+
+ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Threshold)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Provenance of one tensor in the forward pass."""
+
+    layout: Layout | None
+    producer: Producer | None = None
+    site: int | None = None
+    """Index of the site whose output this tensor carries, through unit-preserving ops."""
+
+
+@dataclass
+class ObservedSite:
+    """A site while it is being observed: identity, unit axis, counters and its place in the graph."""
+
+    index: int
+    module_path: str
+    call_index: int
+    ordinal: int
+    op: str
+    kind: str
+    unit_axis: int
+    layout: str
+    activation_shape: tuple[int, ...]
+    counters: UnitAccumulator
+    producer: Producer | None
+    consumers: set[tuple[str, str, tuple[int, ...]]] = field(default_factory=set)
+    """(module path, op, input shape) of layers that read this site's output."""
+    feeds_sum: bool = False
+    feeds_concat: bool = False
+    reaches_output: bool = False
+    unknown_uses: set[str] = field(default_factory=set)
+    """Ops that read the output whose effect on units is not followed (transpose, attention, ...)."""
+
+
+class ModuleCallTracker:
+    """Knows which module's forward is running and which call of it this is, within one forward pass."""
+
+    def __init__(self, root: nn.Module) -> None:
+        self.root = root
+        self.stack: list[tuple[str, int, nn.Module]] = []
+        self.calls: Counter[str] = Counter()
+        self.ever_called: set[str] = set()
+        self._handles: list[Any] = []
+        self.paths: dict[str, nn.Module] = {}
+
+    def install(self) -> None:
+        for path, module in self.root.named_modules():
+            if isinstance(module, torch.jit.ScriptModule):
+                continue  # scripted modules take no Python hooks; the observer names their sites by order
+            self.paths[path] = module
+            self._handles.append(module.register_forward_pre_hook(self._enter(path)))
+            self._handles.append(module.register_forward_hook(self._exit, always_call=True))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def start_pass(self) -> None:
+        self.stack.clear()
+        self.calls.clear()
+
+    def current(self) -> tuple[str, int, nn.Module]:
+        return self.stack[-1] if self.stack else ("", 1, self.root)
+
+    def _enter(self, path: str) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            self.calls[path] += 1
+            self.ever_called.add(path)
+            self.stack.append((path, self.calls[path], module))
+
+        return hook
+
+    def _exit(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.stack and self.stack[-1][2] is module:
+            self.stack.pop()
+
+
+class _Dispatch(TorchDispatchMode):
+    """Forwards every aten op to the observer; holds no logic of its own."""
+
+    def __init__(self, observer: ReluObserver) -> None:
+        super().__init__()
+        self.observer = observer
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        return self.observer._dispatch(func, args, kwargs or {})
+
+
+class ReluObserver:
+    """Context manager that observes relu sites over any number of forward passes.
+
+    ``with ReluObserver(model) as obs: obs.run(batch)`` for each batch, then ``obs.sites``.
+    The model is put in eval mode for the duration and restored exactly afterwards.
+    """
+
+    def __init__(
+        self, model: nn.Module, *, unit_dim: int | None = None, site_paths: tuple[str, ...] | None = None
+    ) -> None:
+        self.model = model
+        self.unit_dim = unit_dim
+        self.site_paths = site_paths
+        self.tracker = ModuleCallTracker(model)
+        self.sites: list[ObservedSite] = []
+        self.other_activations: Counter[str] = Counter()
+        self.warnings: dict[str, None] = {}
+        self._by_key: dict[tuple[str, int, int], ObservedSite] = {}
+        self._op_cache: dict[Any, tuple[str, Role]] = {}
+        self._pass_ordinals: Counter[tuple[str, int]] = Counter()
+        self._pass_path_calls: Counter[str] = Counter()
+        self._relu_calls_in_pass = 0
+        self._origins: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+        self._batch_size = 0
+        self._exit_stack = contextlib.ExitStack()
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def __enter__(self) -> ReluObserver:
+        try:
+            self._exit_stack.enter_context(_restored_model_state(self.model, self.warnings))
+            self._exit_stack.enter_context(_transformer_fastpath_disabled())
+            self.tracker.install()
+            self._exit_stack.callback(self.tracker.remove)
+        except BaseException:
+            self._exit_stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._exit_stack.close()
+
+    def run(self, inputs: Any) -> None:
+        """One forward pass of ``inputs`` (a tensor, or a tuple of positional inputs)."""
+        args = inputs if isinstance(inputs, tuple) else (inputs,)
+        first = next((a for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor)), None)
+        self._batch_size = int(first.shape[0]) if first is not None and first.dim() > 0 else 1
+        self.tracker.start_pass()
+        self._pass_ordinals.clear()
+        self._pass_path_calls.clear()
+        self._relu_calls_in_pass = 0
+        self._origins = WeakTensorKeyDictionary()
+        with torch.inference_mode(), _Dispatch(self):
+            output = self.model(*args)
+        self._mark_outputs(output)
+
+    # -- dispatch --------------------------------------------------------------------------------------
+    def _dispatch(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        cached = self._op_cache.get(func)
+        if cached is None:
+            name = ops.op_name(func)
+            cached = self._op_cache[func] = (name, ops.role_of(name))
+        name, role = cached
+        if ops.is_relu_site(name, args, kwargs):
+            return self._observe_site(func, name, args, kwargs)
+        if role is Role.OTHER_ACTIVATION:
+            self.other_activations[ops.display_op(name)] += 1
+        elif ops.is_relu_like_uncounted(name, args, kwargs):
+            owner = self.tracker.current()[0] or "<root>"
+            self.warnings[f"{name}(min=0) in {owner} computes a relu but is not counted as a site"] = None
+        elif name.endswith("dropout") and _arg(args, kwargs, 2, "train", False):
+            owner = self.tracker.current()[0] or "<root>"
+            self.warnings[f"dropout with training=True runs in {owner} even in eval mode: counts may overstate death"] = None
+        output = func(*args, **kwargs)
+        self._propagate(name, role, args, output)
+        return output
+
+    def _observe_site(self, func: Any, name: str, args: Any, kwargs: dict[str, Any]) -> Any:
+        pre = args[0]
+        site = self._site_for(name, pre)
+        view = pre.reshape(1, -1) if pre.dim() < 2 else pre
+        if view.shape[site.unit_axis] != site.counters.units:
+            raise ObservationError(
+                f"site {site.module_path or '<root>'} ({name}) had {site.counters.units} units, then an activation "
+                f"of shape {tuple(pre.shape)}; pass --unit-dim to choose the unit axis"
+            )
+        sample_axis = self._sample_axis(view, site.unit_axis)
+        sample_max = reduce_sample_max(view, site.unit_axis, sample_axis)
+        if bool(torch.isfinite(sample_max).all()):
+            output = func(*args, **kwargs)
+            site.counters.add_finite(sample_max, output.reshape(view.shape), site.unit_axis)
+        else:
+            activation = func(view.clone(), *args[1:], **kwargs)
+            site.counters.add_exact(view, activation, site.unit_axis, sample_axis)
+            output = func(*args, **kwargs)
+        self._origins[output] = Origin(self._layout_of(pre), site.producer, site.index)
+        return output
+
+    def _site_for(self, name: str, pre: torch.Tensor) -> ObservedSite:
+        path, call, module = self.tracker.current()
+        kind = "module" if isinstance(module, ACTIVATION_MODULES) else "functional"
+        if self.site_paths is not None and module is self.model and not isinstance(module, ACTIVATION_MODULES):
+            # An opaque model (TorchScript, torch.export): name the k-th relu op of the pass from its graph.
+            k = self._relu_calls_in_pass
+            path = self.site_paths[k] if k < len(self.site_paths) else path
+            self._pass_path_calls[path] += 1
+            call, kind = self._pass_path_calls[path], "graph"
+        self._relu_calls_in_pass += 1
+        self._pass_ordinals[(path, call)] += 1
+        key = (path, call, self._pass_ordinals[(path, call)])
+        site = self._by_key.get(key)
+        if site is None:
+            site = self._new_site(key, name, kind, pre)
+        return site
+
+    def _new_site(self, key: tuple[str, int, int], name: str, kind: str, pre: torch.Tensor) -> ObservedSite:
+        view_shape = (1, *pre.shape) if pre.dim() < 2 else tuple(pre.shape)
+        axis, layout = self._unit_axis(pre, len(view_shape))
+        origin = self._origins.get(pre)
+        site = ObservedSite(
+            index=len(self.sites), module_path=key[0], call_index=key[1], ordinal=key[2], op=name, kind=kind,
+            unit_axis=axis, layout=layout, activation_shape=tuple(int(s) for s in pre.shape),
+            counters=UnitAccumulator(int(view_shape[axis]), pre.device),
+            producer=origin.producer if origin else None,
+        )  # fmt: skip
+        self.sites.append(site)
+        self._by_key[key] = site
+        return site
+
+    def _unit_axis(self, pre: torch.Tensor, ndim: int) -> tuple[int, str]:
+        if self.unit_dim is not None:
+            axis = self.unit_dim + ndim if self.unit_dim < 0 else self.unit_dim
+            if not 1 <= axis < ndim:
+                raise ObservationError(
+                    f"--unit-dim {self.unit_dim} does not fit an activation of shape {tuple(pre.shape)}; "
+                    f"use an axis from 1 to {ndim - 1} (0 is the batch axis)"
+                )
+            return axis, "override"
+        layout = self._layout_of(pre)
+        if pre.dim() < 2:
+            return 1, "rank"
+        if layout is Layout.CHANNEL_FIRST:
+            return 1, layout.value
+        if layout is Layout.FEATURE_LAST:
+            return ndim - 1, layout.value
+        return (1 if ndim >= 4 else ndim - 1), "rank"
+
+    def _layout_of(self, tensor: torch.Tensor) -> Layout | None:
+        origin = self._origins.get(tensor)
+        return origin.layout if origin else None
+
+    def _sample_axis(self, view: torch.Tensor, unit_axis: int) -> int | None:
+        if view.shape[0] == self._batch_size and unit_axis != 0:
+            return 0
+        if view.dim() >= 3 and view.shape[1] == self._batch_size and unit_axis != 1:
+            return 1  # (T, N, F): sequence-first transformers
+        return None
+
+    # -- provenance ------------------------------------------------------------------------------------
+    def _propagate(self, name: str, role: Role, args: Any, output: Any) -> None:
+        out = output[0] if isinstance(output, (tuple, list)) and output else output
+        if not isinstance(out, torch.Tensor):
+            return
+        inputs = [(a, self._origins.get(a)) for a in args if isinstance(a, torch.Tensor)]
+        self._record_uses(name, role, inputs, out)
+        origin = _derive_origin(name, role, inputs, out, self.tracker.current()[0])
+        if origin is not None:
+            self._origins[out] = origin
+
+    def _record_uses(self, name: str, role: Role, inputs: list[tuple[torch.Tensor, Origin | None]], out: Any) -> None:
+        from_sites = [o.site for _, o in inputs if o is not None and o.site is not None]
+        if not from_sites:
+            return
+        owner = self.tracker.current()[0]
+        network_operands = sum(1 for t, o in inputs if o is not None or t.shape == out.shape)
+        for index in from_sites:
+            site = self.sites[index]
+            if role in (Role.PRODUCER_CHANNEL, Role.PRODUCER_FEATURE, Role.NORM_CHANNEL, Role.NORM_FEATURE):
+                shape = next(tuple(t.shape) for t, o in inputs if o is not None and o.site == index)
+                site.consumers.add((owner, name, shape))
+            elif ops.is_sum(name) and network_operands >= 2:
+                site.feeds_sum = True
+            elif ops.is_concat(name):
+                site.feeds_concat = True
+            elif role in (Role.OTHER, Role.SUM):
+                site.unknown_uses.add(name)
+
+    def _mark_outputs(self, output: Any) -> None:
+        for leaf in tree_flatten(output)[0]:
+            origin = self._origins.get(leaf) if isinstance(leaf, torch.Tensor) else None
+            if origin is not None and origin.site is not None:
+                self.sites[origin.site].reaches_output = True
+
+
+def _derive_origin(
+    name: str, role: Role, inputs: list[tuple[torch.Tensor, Origin | None]], out: torch.Tensor, owner: str
+) -> Origin | None:
+    """The provenance of an op's output, from the op's role and its inputs' provenance."""
+    first = next((o for _, o in inputs if o is not None), None)
+    source = next((t for t, o in inputs if o is not None), None)
+    if role is Role.PRODUCER_CHANNEL:
+        return Origin(Layout.CHANNEL_FIRST, Producer(owner, name))
+    if role is Role.PRODUCER_FEATURE:
+        return Origin(Layout.FEATURE_LAST, Producer(owner, name))
+    if role is Role.NORM_CHANNEL:
+        producer = first.producer if first else None
+        if producer is not None:
+            producer = Producer(producer.module_path, producer.op, owner, producer.elementwise_only)
+        return Origin(Layout.CHANNEL_FIRST, producer)
+    if role is Role.NORM_FEATURE:
+        return Origin(Layout.FEATURE_LAST)
+    if first is None or source is None:
+        return None
+    if role is Role.VIEW and first.site is not None and _flattens_channels(first, source, out):
+        # conv -> flatten -> linear: the linear still reads this site's units, as blocks of columns.
+        return Origin(Layout.FEATURE_LAST, None, first.site)
+    if role in (Role.POOL, Role.VIEW, Role.ELEMENTWISE, Role.OTHER_ACTIVATION) and _keeps_units(first, source, out):
+        merged = sum(1 for _, o in inputs if o is not None) > 1
+        producer = first.producer
+        if merged and producer is not None:
+            producer = Producer(producer.module_path, producer.op, producer.norm_path, elementwise_only=False)
+        site = first.site if role is not Role.OTHER_ACTIVATION else None
+        return Origin(first.layout, producer, site)
+    return None
+
+
+def _keeps_units(origin: Origin, before: torch.Tensor, after: torch.Tensor) -> bool:
+    """True when the unit axis of ``before`` is still the same axis, same size, in ``after``."""
+    if origin.layout is Layout.CHANNEL_FIRST:
+        return after.dim() >= 2 and before.dim() >= 2 and after.shape[:2] == before.shape[:2]
+    if origin.layout is Layout.FEATURE_LAST:
+        return after.dim() >= 1 and before.dim() >= 1 and after.shape[-1] == before.shape[-1]
+    return False
+
+
+def _flattens_channels(origin: Origin, before: torch.Tensor, after: torch.Tensor) -> bool:
+    """True for (N, C, *spatial) -> (N, C * prod(spatial)), which keeps each channel as a block of columns."""
+    return (
+        origin.layout is Layout.CHANNEL_FIRST and before.dim() >= 3 and after.dim() == 2
+        and after.shape[0] == before.shape[0] and after.shape[1] == before[0].numel()
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _restored_model_state(model: nn.Module, warnings: dict[str, None]) -> Any:
+    """Eval mode for the scan; afterwards every training flag is as it was and buffers are unchanged."""
+    flags = [(m, m.training) for m in model.modules()]
+    buffers = [(name, b, b._version) for name, b in model.named_buffers() if not b.is_meta]
+    saved = {name: b.detach().clone() for name, b, _ in buffers}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+        for name, buffer, version in buffers:
+            if buffer._version != version:
+                with torch.no_grad():
+                    buffer.copy_(saved[name])
+                warnings[f"the forward pass modified buffer {name!r}; it was restored"] = None
+
+
+@contextlib.contextmanager
+def _transformer_fastpath_disabled() -> Any:
+    """The fused TransformerEncoderLayer kernel hides its relu from every observer: turn it off for the scan."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None:
+        yield
+        return
+    previous = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(previous)
+
+
+def _arg(args: Any, kwargs: dict[str, Any], index: int, key: str, default: Any) -> Any:
+    return args[index] if len(args) > index else kwargs.get(key, default)

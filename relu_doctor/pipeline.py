@@ -1,0 +1,138 @@
+"""From a path on disk to a Report: load the checkpoint, build the probe, scan. Used by the CLI and by Python.
+
+:class:`ScanRequest` holds every option of ``relu-doctor scan``, validated once in ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UsageError
+from .report import Report, Thresholds
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ScanRequest:
+    """Everything needed to scan a checkpoint file; field names follow the CLI options."""
+
+    model_path: str
+    """The checkpoint file or directory."""
+    arch: str | None = None
+    """``package.module:callable`` or ``path/to/file.py:callable`` building the architecture."""
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the --arch callable."""
+    key: str | None = None
+    """Which nested state dict of a training checkpoint to use."""
+    trust: bool = False
+    """Allow formats that run code from the file (pickled modules, TorchScript, torch.export)."""
+    imports: tuple[str, ...] = ()
+    """Modules to import before unpickling a trusted module."""
+    allow_globals: tuple[str, ...] = ()
+    """``module.Name`` globals allowed in a weights-only load."""
+    probe_path: str | None = None
+    """Probe file; None for a synthetic probe."""
+    probe_key: str | None = None
+    """Which tensor of a probe file holding several."""
+    samples: int = 256
+    """Synthetic probe size (or the most samples read from a probe file when ``limit_samples``)."""
+    limit_samples: bool = False
+    """Read at most ``samples`` samples from the probe file."""
+    seed: int = 0
+    """Seed of the synthetic probe."""
+    batch_size: int = 64
+    """Samples per forward pass."""
+    input_shape: tuple[int, ...] | None = None
+    """Shape of one synthetic sample, when the model does not tell."""
+    unit_dim: int | None = None
+    """Force the unit axis of every site."""
+    device: str = "cpu"
+    """auto, cpu, cuda or mps."""
+    dtype: str = "float32"
+    """Model and probe dtype; counters accumulate in float32 or wider regardless."""
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    """Classification and gate settings."""
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.samples < 1:
+            raise UsageError(f"--samples must be at least 1, got {self.samples}")
+        t = self.thresholds
+        if not 0 <= t.dying_rate <= 1:
+            raise UsageError(f"--dying-rate must be between 0 and 1, got {t.dying_rate}")
+        if t.tau < 0:
+            raise UsageError(f"--tau must be >= 0, got {t.tau}")
+        for name, value in (("--max-dead-fraction", t.max_dead_fraction), ("--max-layer-dead-fraction", t.max_layer_dead_fraction)):
+            if value is not None and not 0 <= value <= 1:
+                raise UsageError(f"{name} must be between 0 and 1, got {value}")
+
+
+def resolve_device(name: str) -> Any:
+    """``auto`` -> cuda when available, else mps, else cpu; an unavailable device is a usage error."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: no MPS device is available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def load_for_scan(request: ScanRequest) -> Any:
+    """The loaded model (a :class:`relu_doctor.loading.LoadedModel`) on the requested device and dtype."""
+    import torch
+
+    from .loading import load_model
+
+    return load_model(
+        request.model_path, arch=request.arch, arch_kwargs=request.arch_kwargs, key=request.key,
+        trust=request.trust, imports=request.imports, allow_globals=request.allow_globals,
+        device=str(resolve_device(request.device)), dtype=getattr(torch, request.dtype),
+    )  # fmt: skip
+
+
+def build_probe(request: ScanRequest, model: Any) -> Any:
+    """The probe for this request: the file, or a synthetic one shaped for the model."""
+    from .probe import check_probe_fits, file_probe, synthetic_probe
+
+    if request.probe_path is not None:
+        limit = request.samples if request.limit_samples else None
+        probe = file_probe(request.probe_path, batch_size=request.batch_size, key=request.probe_key, limit=limit)
+        check_probe_fits(model, probe)
+        return probe
+    return synthetic_probe(
+        model, samples=request.samples, seed=request.seed, batch_size=request.batch_size, input_shape=request.input_shape
+    )
+
+
+def run_scan(request: ScanRequest, *, progress: Callable[[int], None] | None = None,
+             on_probe: Callable[[int], None] | None = None) -> Report:  # fmt: skip
+    """Load, probe and scan; ``on_probe(total_samples)`` is called once the probe size is known."""
+    import torch
+
+    from .api import scan
+
+    loaded = load_for_scan(request)
+    probe = build_probe(request, loaded.model)
+    if on_probe is not None:
+        on_probe(probe.info.samples)
+    device = resolve_device(request.device)
+    return scan(
+        loaded.model, probe.batches(getattr(torch, request.dtype), device), thresholds=request.thresholds,
+        unit_dim=request.unit_dim, site_paths=loaded.site_paths, model_info=loaded.info, probe_info=probe.info,
+        progress=progress,
+    )  # fmt: skip

@@ -1,0 +1,262 @@
+"""Probe batches: read from a file (streamed, never all in memory) or generated synthetically, batch by batch.
+
+Formats are recognised by content: ``.npy`` (memory-mapped), ``.npz``, safetensors (read by slices),
+a ``torch.save`` file (``weights_only=True``, ``mmap=True``), or a directory of ``.npy`` shards.
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ProbeError
+from .report import ProbeInfo
+
+SYNTHETIC_CHUNK = 256
+"""Synthetic samples are drawn in seeded chunks of this size, so the probe does not depend on --batch-size."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A source of probe batches and what it is."""
+
+    info: ProbeInfo
+    """Source, sample count, shape, seed."""
+    read: Callable[[int, int], torch.Tensor]
+    """read(start, stop) -> samples start..stop as a tensor."""
+
+    def batches(self, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+        """The probe in batches of ``info.batch_size``, converted for the model (integer ids stay integers)."""
+        for start in range(0, self.info.samples, self.info.batch_size):
+            batch = self.read(start, min(start + self.info.batch_size, self.info.samples))
+            if dtype is not None and batch.is_floating_point():
+                batch = batch.to(dtype)
+            yield batch.to(device)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``3x32x32`` -> (3, 32, 32)."""
+    try:
+        shape = tuple(int(part) for part in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        shape = ()
+    if not shape or any(s <= 0 for s in shape):
+        raise ProbeError(f"--input-shape expects positive sizes joined by x, e.g. 3x32x32, got {text!r}")
+    return shape
+
+
+def synthetic_probe(model: nn.Module, *, samples: int, seed: int, batch_size: int,
+                    input_shape: tuple[int, ...] | None) -> Probe:  # fmt: skip
+    """A seeded standard-normal probe (random token ids for an Embedding first layer), made batch by batch."""
+    _check_counts(samples, batch_size)
+    first = first_layer(model)
+    shape = input_shape or _inferred_shape(first)
+    if isinstance(first, nn.Embedding):
+        vocabulary = first.num_embeddings
+
+        def draw(gen: torch.Generator, n: int) -> torch.Tensor:
+            return torch.randint(0, vocabulary, (n, *shape), generator=gen)
+    else:
+
+        def draw(gen: torch.Generator, n: int) -> torch.Tensor:
+            return torch.randn((n, *shape), generator=gen)
+
+    def read(start: int, stop: int) -> torch.Tensor:
+        parts = []
+        for chunk in range(start // SYNTHETIC_CHUNK, math.ceil(stop / SYNTHETIC_CHUNK)):
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + chunk)
+            block = draw(gen, SYNTHETIC_CHUNK)
+            lo = max(start - chunk * SYNTHETIC_CHUNK, 0)
+            parts.append(block[lo : min(stop - chunk * SYNTHETIC_CHUNK, SYNTHETIC_CHUNK)])
+        return torch.cat(parts)
+
+    info = ProbeInfo("synthetic", samples, batch_size, None, tuple(shape), seed)
+    return Probe(info, read)
+
+
+def file_probe(path: str | Path, *, batch_size: int, key: str | None = None, limit: int | None = None) -> Probe:
+    """A probe read from ``path``; ``key`` picks a tensor from a file holding several."""
+    source = Path(path)
+    _check_counts(limit or 1, batch_size)
+    if not source.exists():
+        raise ProbeError(f"probe file {str(source)!r} does not exist; pass an existing file to --probe")
+    try:
+        array = _open_array(source, key)
+    except ProbeError:
+        raise
+    except Exception as exc:  # a library error on a broken file becomes one clear line
+        raise ProbeError(f"cannot read probe {str(source)!r}: {type(exc).__name__}: {_first_line(exc)}") from exc
+    if len(array.shape) < 1 or array.shape[0] == 0:
+        raise ProbeError(f"probe {str(source)!r} has shape {tuple(array.shape)}; it needs at least one sample on axis 0")
+    samples = array.shape[0] if limit is None else min(limit, array.shape[0])
+    info = ProbeInfo("file", samples, batch_size, str(source), tuple(int(s) for s in array.shape[1:]))
+    return Probe(info, lambda start, stop: _as_tensor(array[start:stop]))
+
+
+def first_layer(model: nn.Module) -> nn.Module | None:
+    """The first leaf module with parameters, in registration order (the usual input layer)."""
+    for module in model.modules():
+        if not list(module.children()) and any(True for _ in module.parameters(recurse=False)):
+            return module
+    return None
+
+
+def expected_features(model: nn.Module) -> int | None:
+    """in_features of a Linear first layer (or in_channels of a conv), to check a probe against."""
+    first = first_layer(model)
+    if isinstance(first, nn.Linear):
+        return first.in_features
+    if isinstance(first, nn.modules.conv._ConvNd):
+        return first.in_channels
+    return None
+
+
+def check_probe_fits(model: nn.Module, probe: Probe) -> None:
+    """Fail early, naming both shapes, when the probe cannot fit the model's first layer."""
+    first = first_layer(model)
+    shape = probe.info.input_shape
+    if isinstance(first, nn.Linear) and (not shape or shape[-1] != first.in_features):
+        raise ProbeError(
+            f"probe samples have shape {shape}, but the first layer expects {first.in_features} features "
+            f"(shape (..., {first.in_features})); pass a matching --probe or --input-shape"
+        )
+    if isinstance(first, nn.modules.conv._ConvNd) and (len(shape) < 1 or shape[0] != first.in_channels):
+        raise ProbeError(
+            f"probe samples have shape {shape}, but the first conv expects {first.in_channels} input channels "
+            f"(shape ({first.in_channels}, ...)); pass a matching --probe or --input-shape"
+        )
+
+
+def _inferred_shape(first: nn.Module | None) -> tuple[int, ...]:
+    if isinstance(first, nn.Linear):
+        return (first.in_features,)
+    what = type(first).__name__ if first is not None else "no parameterised layer"
+    hint = f" (e.g. {first.in_channels}x32x32)" if isinstance(first, nn.modules.conv._ConvNd) else ""
+    raise ProbeError(
+        f"cannot infer the input shape from the model's first layer ({what}); "
+        f"pass --input-shape{hint} or a real probe with --probe"
+    )
+
+
+def _open_array(source: Path, key: str | None) -> Any:
+    if source.is_dir():
+        return _ShardedNpy(sorted(source.glob("*.npy")), source)
+    with source.open("rb") as handle:
+        head = handle.read(16)
+    if head.startswith(b"\x93NUMPY"):
+        return np.load(source, mmap_mode="r", allow_pickle=False)
+    if _is_safetensors(head):
+        return _safetensors_array(source, key)
+    if zipfile.is_zipfile(source):
+        names = zipfile.ZipFile(source).namelist()
+        if any(n.endswith(".npy") for n in names) and not any(n.endswith("data.pkl") for n in names):
+            return _pick(dict(np.load(source, allow_pickle=False)), key, source)
+    return _torch_probe(source, key)
+
+
+def _torch_probe(source: Path, key: str | None) -> Any:
+    try:
+        loaded = torch.load(source, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(source))
+    except Exception as exc:
+        raise ProbeError(
+            f"probe {str(source)!r} is not .npy, .npz, safetensors or a weights-only torch.save file "
+            f"({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
+    if isinstance(loaded, (tuple, list)):
+        loaded = {str(i): v for i, v in enumerate(loaded)}
+    return _pick(loaded, key, source) if isinstance(loaded, dict) else loaded
+
+
+def _pick(tensors: dict[str, Any], key: str | None, source: Path) -> Any:
+    arrays = {k: v for k, v in tensors.items() if isinstance(v, (torch.Tensor, np.ndarray))}
+    if key is not None:
+        if key not in arrays:
+            raise ProbeError(f"--probe-key {key!r} not in {str(source)!r}; it holds {sorted(arrays)[:10]}")
+        return arrays[key]
+    if len(arrays) != 1:
+        raise ProbeError(
+            f"probe {str(source)!r} holds {len(arrays)} tensors {sorted(arrays)[:10]}; choose one with --probe-key"
+        )
+    return next(iter(arrays.values()))
+
+
+def _safetensors_array(source: Path, key: str | None) -> Any:
+    from safetensors import safe_open
+
+    handle = safe_open(str(source), framework="pt")
+    names = list(handle.keys())
+    if key is None and len(names) != 1:
+        raise ProbeError(f"probe {str(source)!r} holds {len(names)} tensors {names[:10]}; choose one with --probe-key")
+    if key is not None and key not in names:
+        raise ProbeError(f"--probe-key {key!r} not in {str(source)!r}; it holds {names[:10]}")
+    return _SafetensorsSlice(handle.get_slice(key or names[0]))
+
+
+class _SafetensorsSlice:
+    """Rows of a safetensors tensor, read on demand."""
+
+    def __init__(self, sliced: Any) -> None:
+        self._slice = sliced
+        self.shape = tuple(sliced.get_shape())
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        return self._slice[rows]
+
+
+class _ShardedNpy:
+    """A directory of .npy shards concatenated on axis 0, each memory-mapped."""
+
+    def __init__(self, files: list[Path], source: Path) -> None:
+        if not files:
+            raise ProbeError(f"probe directory {str(source)!r} holds no .npy shards; pass a file or a directory of .npy")
+        self._shards = [np.load(f, mmap_mode="r", allow_pickle=False) for f in files]
+        tails = {s.shape[1:] for s in self._shards}
+        if len(tails) != 1:
+            raise ProbeError(f"probe shards in {str(source)!r} disagree on sample shape: {sorted(tails)}")
+        self._starts = np.cumsum([0] + [s.shape[0] for s in self._shards])
+        self.shape = (int(self._starts[-1]), *tails.pop())
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop = rows.start or 0, rows.stop
+        parts = []
+        for shard, offset in zip(self._shards, self._starts[:-1]):
+            lo, hi = max(start - offset, 0), min(stop - offset, shard.shape[0])
+            if lo < hi:
+                parts.append(shard[lo:hi])
+        return np.concatenate(parts)
+
+
+def _as_tensor(rows: Any) -> torch.Tensor:
+    if isinstance(rows, torch.Tensor):
+        return rows.clone()
+    array = np.asarray(rows)
+    if array.dtype.kind not in "fiub":
+        raise ProbeError(f"probe has dtype {array.dtype}; it needs a numeric (float or integer) array")
+    return torch.from_numpy(np.array(array, copy=True))
+
+
+def _is_safetensors(head: bytes) -> bool:
+    if len(head) < 9:
+        return False
+    size = int.from_bytes(head[:8], "little")
+    return 0 < size < 100_000_000 and head[8:9] == b"{"
+
+
+def _check_counts(samples: int, batch_size: int) -> None:
+    if batch_size < 1:
+        raise ProbeError(f"--batch-size must be at least 1, got {batch_size}")
+    if samples < 1:
+        raise ProbeError(f"--samples must be at least 1, got {samples}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""
