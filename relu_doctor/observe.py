@@ -147,6 +147,7 @@ class ReluObserver:
         self._relu_calls_in_pass = 0
         self._origins: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
         self._batch_size = 0
+        self._modules_by_path: dict[str, nn.Module] | None = None
         self._exit_stack = contextlib.ExitStack()
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -177,6 +178,11 @@ class ReluObserver:
         with torch.inference_mode(), _Dispatch(self):
             output = self.model(*args)
         self._mark_outputs(output)
+        if self.site_paths is not None and self._relu_calls_in_pass != len(self.site_paths):
+            self.warnings[
+                f"the graph names {len(self.site_paths)} relu sites but {self._relu_calls_in_pass} ran; "
+                "site names past the first difference may be misattributed"
+            ] = None
 
     # -- dispatch --------------------------------------------------------------------------------------
     def _dispatch(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
@@ -227,8 +233,10 @@ class ReluObserver:
             # An opaque model (TorchScript, torch.export): name the k-th relu op of the pass from its graph.
             k = self._relu_calls_in_pass
             path = self.site_paths[k] if k < len(self.site_paths) else path
-            self._pass_path_calls[path] += 1
-            call, kind = self._pass_path_calls[path], "graph"
+            kind = self._opaque_kind(path)
+            if kind == "module":  # each op inside an activation module is one call of it
+                self._pass_path_calls[path] += 1
+                call = self._pass_path_calls[path]
         self._relu_calls_in_pass += 1
         self._pass_ordinals[(path, call)] += 1
         key = (path, call, self._pass_ordinals[(path, call)])
@@ -236,6 +244,22 @@ class ReluObserver:
         if site is None:
             site = self._new_site(key, name, kind, pre)
         return site
+
+    def _opaque_kind(self, path: str) -> str:
+        """module when ``path`` is an activation module of an opaque model, else functional.
+
+        TorchScript keeps submodules (with their original class name); torch.export drops parameterless
+        modules, so a path that names no module there was an activation module's own forward.
+        """
+        if self._modules_by_path is None:  # get_submodule is not supported on ScriptModules
+            self._modules_by_path = dict(self.model.named_modules())
+        module = self._modules_by_path.get(path)
+        if module is None:
+            return "module"
+        if isinstance(module, ACTIVATION_MODULES):
+            return "module"
+        original = getattr(module, "original_name", "")
+        return "module" if path and original in {"ReLU", "ReLU6", "Hardtanh", "Threshold"} else "functional"
 
     def _new_site(self, key: tuple[str, int, int], name: str, kind: str, pre: torch.Tensor) -> ObservedSite:
         view_shape = (1, *pre.shape) if pre.dim() < 2 else tuple(pre.shape)
@@ -323,13 +347,13 @@ def _derive_origin(
     first = next((o for _, o in inputs if o is not None), None)
     source = next((t for t, o in inputs if o is not None), None)
     if role is Role.PRODUCER_CHANNEL:
-        return Origin(Layout.CHANNEL_FIRST, Producer(owner, name))
+        return Origin(Layout.CHANNEL_FIRST, Producer(owner, name, input_sites=_input_sites(inputs)))
     if role is Role.PRODUCER_FEATURE:
-        return Origin(Layout.FEATURE_LAST, Producer(owner, name))
+        return Origin(Layout.FEATURE_LAST, Producer(owner, name, input_sites=_input_sites(inputs)))
     if role is Role.NORM_CHANNEL:
         producer = first.producer if first else None
         if producer is not None:
-            producer = Producer(producer.module_path, producer.op, owner, producer.elementwise_only)
+            producer = Producer(producer.module_path, producer.op, owner, producer.elementwise_only, producer.input_sites)
         return Origin(Layout.CHANNEL_FIRST, producer)
     if role is Role.NORM_FEATURE:
         return Origin(Layout.FEATURE_LAST)
@@ -342,10 +366,15 @@ def _derive_origin(
         merged = sum(1 for _, o in inputs if o is not None) > 1
         producer = first.producer
         if merged and producer is not None:
-            producer = Producer(producer.module_path, producer.op, producer.norm_path, elementwise_only=False)
+            producer = Producer(producer.module_path, producer.op, producer.norm_path, False, producer.input_sites)
         site = first.site if role is not Role.OTHER_ACTIVATION else None
         return Origin(first.layout, producer, site)
     return None
+
+
+def _input_sites(inputs: list[tuple[torch.Tensor, Origin | None]]) -> tuple[int, ...]:
+    """The sites a producer reads (its weights carry no origin, so only network inputs count)."""
+    return tuple(o.site for _, o in inputs if o is not None and o.site is not None)
 
 
 def _keeps_units(origin: Origin, before: torch.Tensor, after: torch.Tensor) -> bool:
@@ -371,7 +400,9 @@ def _restored_model_state(model: nn.Module, warnings: dict[str, None]) -> Any:
     flags = [(m, m.training) for m in model.modules()]
     buffers = [(name, b, b._version) for name, b in model.named_buffers() if not b.is_meta]
     saved = {name: b.detach().clone() for name, b, _ in buffers}
-    model.eval()
+    for module, _ in flags:
+        # Set the flag directly: exported GraphModules refuse eval(), and flags are all eval() would change.
+        module.training = False
     try:
         yield
     finally:
