@@ -1,0 +1,100 @@
+"""Per-unit counters: streaming a probe in batches gives the numbers of one big batch, and they are right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from models import ConvBNReluShifted, NaNUnit, TokenFFN
+
+from relu_doctor import scan
+from relu_doctor.counters import UnitAccumulator, reduce_sample_max
+from relu_doctor.report import UnitCounters
+
+
+def _probe(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _assert_same_counters(streamed: UnitCounters, whole: UnitCounters) -> None:
+    """Counts and maxima exactly equal; sums equal up to float summation order."""
+    assert streamed.positive == whole.positive
+    assert (streamed.positions, streamed.samples) == (whole.positions, whole.samples)
+    assert streamed.samples_fired == whole.samples_fired
+    assert streamed.nan == whole.nan and streamed.inf == whole.inf
+    assert streamed.max_preactivation == whole.max_preactivation
+    assert streamed.activation_sum == pytest.approx(whole.activation_sum, rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "shape"),
+    [(ConvBNReluShifted, (48, 3, 5, 5)), (TokenFFN, (48, 6, 8)), (NaNUnit, (48, 4))],
+    ids=["conv-bn", "tokens", "nan"],
+)
+def test_streamed_batches_equal_one_big_batch(model_type: type, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    model, probe = model_type(), _probe(shape)
+    whole = scan(model, [probe])
+    streamed = scan(model, list(probe.split(7)))  # 7+7+...+6: uneven batches on purpose
+    assert len(streamed.sites) == len(whole.sites) == 1
+    _assert_same_counters(streamed.sites[0].counters, whole.sites[0].counters)
+    assert streamed.sites[0].dead_units == whole.sites[0].dead_units
+    assert streamed.probe.samples == whole.probe.samples == 48
+
+
+def test_counters_match_a_brute_force_count() -> None:
+    torch.manual_seed(0)
+    model, x = ConvBNReluShifted(), _probe((10, 3, 4, 4))
+    (site,) = scan(model, list(x.split(3))).sites
+    with torch.no_grad():
+        pre = model.preactivation(x)
+    per_sample_max = pre.amax(dim=(2, 3))  # (samples, channels)
+    assert site.counters.positive == tuple((pre > 0).sum(dim=(0, 2, 3)).tolist())
+    assert site.counters.samples_fired == tuple((per_sample_max > 0).sum(0).tolist())
+    assert site.counters.max_preactivation == pytest.approx(per_sample_max.amax(0).tolist(), rel=1e-6)
+    expected_sum = pre.clamp(min=0).double().sum(dim=(0, 2, 3))
+    assert site.counters.activation_sum == pytest.approx(expected_sum.tolist(), rel=1e-5)
+    # 10 samples x 4 x 4 positions -> 160 per channel
+    assert (site.counters.positions, site.counters.samples) == (160, 10)
+
+
+def test_firing_rate_is_positive_over_positions() -> None:
+    acc = UnitAccumulator(2, torch.device("cpu"))
+    pre = torch.tensor(
+        [[1.0, -1.0], [2.0, -1.0], [-3.0, 0.5], [-1.0, -2.0], [4.0, -1.0], [-1.0, -1.0], [0.0, -1.0], [1.0, -1.0]]
+    )
+    acc.add_finite(reduce_sample_max(pre, 1, 0), pre.clamp(min=0), 1)
+    # unit 0 is > 0 in 4 of 8 rows -> 0.5; unit 1 in 1 of 8 -> 0.125 (0.0 is not > 0)
+    assert acc.snapshot().positive == (4, 1)
+    assert acc.snapshot().positions == 8
+
+
+def test_merge_of_accumulators_equals_accumulating_both() -> None:
+    pre = _probe((12, 3, 5))
+    parts = [UnitAccumulator(3, torch.device("cpu")) for _ in range(3)]
+    for acc, chunk in zip(parts[:2], (pre[:5], pre[5:])):
+        acc.add_finite(reduce_sample_max(chunk, 1, 0), chunk.clamp(min=0), 1)
+    parts[2].add_finite(reduce_sample_max(pre, 1, 0), pre.clamp(min=0), 1)
+    parts[0].merge(parts[1])
+    _assert_same_counters(parts[0].snapshot(), parts[2].snapshot())
+
+
+def test_merge_refuses_a_different_unit_count() -> None:
+    with pytest.raises(ValueError, match="cannot merge a site of 4 units into one of 3"):
+        UnitAccumulator(3, torch.device("cpu")).merge(UnitAccumulator(4, torch.device("cpu")))
+
+
+def test_tensors_round_trip() -> None:
+    pre = _probe((6, 4))
+    acc = UnitAccumulator(4, torch.device("cpu"))
+    acc.add_finite(reduce_sample_max(pre, 1, 0), pre.clamp(min=0), 1)
+    assert UnitAccumulator.from_tensors(acc.tensors()).snapshot() == acc.snapshot()
+
+
+def test_reduce_sample_max_never_aliases_its_input() -> None:
+    # an in-place relu runs right after the reduction: an alias would be rectified too (found by this suite)
+    pre = torch.tensor([[-5.0, 2.0], [-3.0, -1.0]])
+    sample_max = reduce_sample_max(pre, 1, 0)
+    pre.relu_()
+    assert sample_max.tolist() == [[-5.0, 2.0], [-3.0, -1.0]]
+    whole = reduce_sample_max(torch.tensor([[-5.0, 2.0]]), 1, None)
+    assert whole.tolist() == [[-5.0, 2.0]]
