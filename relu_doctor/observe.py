@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from . import ops
-from .counters import UnitAccumulator, reduce_sample_max
+from .counters import UnitAccumulator, all_finite, reduce_sample_max
 from .errors import ObservationError
 from .ops import Layout, Role
 from .report import Producer
@@ -216,7 +216,7 @@ class ReluObserver:
             )
         sample_axis = self._sample_axis(view, site.unit_axis)
         sample_max = reduce_sample_max(view, site.unit_axis, sample_axis)
-        if bool(torch.isfinite(sample_max).all()):
+        if all_finite(sample_max):
             output = func(*args, **kwargs)
             site.counters.add_finite(sample_max, output.reshape(view.shape), site.unit_axis)
         else:
@@ -309,7 +309,8 @@ class ReluObserver:
         out = output[0] if isinstance(output, (tuple, list)) and output else output
         if not isinstance(out, torch.Tensor):
             return
-        inputs = [(a, self._origins.get(a)) for a in args if isinstance(a, torch.Tensor)]
+        # Flattened: cat/stack take their tensors as one list argument.
+        inputs = [(a, self._origins.get(a)) for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor)]
         self._record_uses(name, role, inputs, out)
         origin = _derive_origin(name, role, inputs, out, self.tracker.current()[0])
         if origin is not None:

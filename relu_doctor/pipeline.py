@@ -56,6 +56,10 @@ class ScanRequest:
     """Model and probe dtype; counters accumulate in float32 or wider regardless."""
     thresholds: Thresholds = field(default_factory=Thresholds)
     """Classification and gate settings."""
+    simulate: bool = False
+    """Re-run the probe through each suggested fix to measure its effect (``scan`` turns it on; --no-simulate)."""
+    save_stats: str | None = None
+    """Also write every site's counters to this safetensors file, for ``relu-doctor merge``."""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -101,8 +105,15 @@ def load_for_scan(request: ScanRequest) -> Any:
     return load_model(
         request.model_path, arch=request.arch, arch_kwargs=request.arch_kwargs, key=request.key,
         trust=request.trust, imports=request.imports, allow_globals=request.allow_globals,
-        device=str(resolve_device(request.device)), dtype=getattr(torch, request.dtype),
+        device=str(_device(request)), dtype=getattr(torch, request.dtype),
     )  # fmt: skip
+
+
+def _device(request: ScanRequest) -> Any:
+    """The requested device; under torchrun, ``cuda`` is this rank's GPU (``cuda:LOCAL_RANK``)."""
+    from .distributed import rank_device, rank_info
+
+    return rank_device(resolve_device(request.device), rank_info())
 
 
 def build_probe(request: ScanRequest, model: Any) -> Any:
@@ -125,14 +136,39 @@ def run_scan(request: ScanRequest, *, progress: Callable[[int], None] | None = N
     import torch
 
     from .api import scan
+    from .distributed import check_enough_batches, rank_info, torchrun_scan
 
+    info = rank_info()
     loaded = load_for_scan(request)
     probe = build_probe(request, loaded.model)
+    check_enough_batches(-(-probe.info.samples // probe.info.batch_size), info)
     if on_probe is not None:
         on_probe(probe.info.samples)
-    device = resolve_device(request.device)
-    return scan(
-        loaded.model, probe.batches(getattr(torch, request.dtype), device), thresholds=request.thresholds,
-        unit_dim=request.unit_dim, site_paths=loaded.site_paths, model_info=loaded.info, probe_info=probe.info,
-        progress=progress,
-    )  # fmt: skip
+    batches = _Replayable(probe, getattr(torch, request.dtype), _device(request))
+    with torchrun_scan(info) as sharded:
+        return scan(
+            loaded.model, batches, thresholds=request.thresholds,
+            unit_dim=request.unit_dim, site_paths=loaded.site_paths, model_info=loaded.info, probe_info=probe.info,
+            progress=progress, simulate=request.simulate, combiner=_combiner(request, sharded, probe.info, loaded.info),
+        )  # fmt: skip
+
+
+def _combiner(request: ScanRequest, sharded: Any, probe: Any, model: Any) -> Any:
+    """torchrun's combiner, wrapped by a --save-stats writer when asked for one; None for a plain scan."""
+    if request.save_stats is None:
+        return sharded
+    from .distributed import is_primary
+    from .stats_io import StatsWriter
+
+    return StatsWriter(request.save_stats, inner=sharded, probe=probe, model=model, thresholds=request.thresholds,
+                       unit_dim=request.unit_dim, primary=is_primary())  # fmt: skip
+
+
+class _Replayable:
+    """The probe's batches, read again from the file (or regenerated) each time they are iterated."""
+
+    def __init__(self, probe: Any, dtype: Any, device: Any) -> None:
+        self.probe, self.dtype, self.device = probe, dtype, device
+
+    def __iter__(self) -> Any:
+        return self.probe.batches(self.dtype, self.device)

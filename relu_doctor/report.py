@@ -59,6 +59,8 @@ class Producer:
     """State-dict path of a BatchNorm between the producer and the relu, if there is one."""
     elementwise_only: bool = True
     """True when only per-unit (elementwise, dropout, norm) ops lie between producer and relu."""
+    input_sites: tuple[int, ...] = ()
+    """Indices of the sites whose output (followed through unit-preserving ops) the producer read, in call order."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import json
 import math
 from typing import Any
 
+from ..confidence import dead_rate_bound_95, dying_intervals, samples_needed
+from ..diagnose import is_constant_output
 from ..report import Finding, Report, Site
 
 
@@ -23,6 +25,7 @@ def report_dict(report: Report) -> dict[str, Any]:
             "source": report.probe.source, "samples": report.probe.samples, "batch_size": report.probe.batch_size,
             "path": report.probe.path, "input_shape": list(report.probe.input_shape), "seed": report.probe.seed,
             "dead_rate_bound_95": _number(report.probe.dead_rate_bound_95),
+            **_probe_support(report),
         },
         "sites": [site_dict(site) for site in report.sites],
         "summary": {
@@ -56,7 +59,7 @@ def site_dict(site: Site) -> dict[str, Any]:
         "dead": site.dead, "dead_fraction": _number(site.dead_fraction), "dead_units": list(site.dead_units),
         "dying": site.dying, "dying_units": list(site.dying_units),
         "dormant": len(site.dormant_units), "dormant_units": list(site.dormant_units),
-        "constant_units": list(site.constant_units),
+        "constant_units": list(site.constant_units), "constant_output": is_constant_output(site),
         "nan_count": sum(site.counters.nan), "inf_count": sum(site.counters.inf), "nan_units": list(site.nan_units),
         "firing_rate": {
             "min": _number(site.firing_rate.min), "median": _number(site.firing_rate.median),
@@ -65,10 +68,32 @@ def site_dict(site: Site) -> dict[str, Any]:
         "sparsity": _number(site.sparsity),
         "dead_max_preactivation": [_number(v) for v in dead_range] if dead_range else None,
         "samples": site.counters.samples, "positions_per_unit": site.counters.positions,
+        "dead_rate_bound_95": _number(dead_rate_bound_95(site.counters.samples)),
+        "dying_rate_ci95": _dying_ci(site),
         "producer": None if site.producer is None else {
             "module_path": site.producer.module_path, "op": site.producer.op,
             "norm_path": site.producer.norm_path, "elementwise_only": site.producer.elementwise_only,
+            "input_sites": list(site.producer.input_sites),
         },
+    }  # fmt: skip
+
+
+def _probe_support(report: Report) -> dict[str, Any]:
+    """Whether the probe is big enough for the --dying-rate claim about units that never fired."""
+    rate = report.thresholds.dying_rate
+    needed = samples_needed(rate) if rate > 0 else None
+    return {"samples_needed_for_dying_rate": needed, "supports_dying_rate": needed is None or report.probe.samples >= needed}
+
+
+def _dying_ci(site: Site) -> dict[str, Any]:
+    """Wilson 95% intervals of the dying units' rates; trials are the site's samples (see confidence.py)."""
+    return {
+        "method": "wilson", "trials": "samples",
+        "units": [
+            {"unit": i.unit, "rate": _number(i.rate), "samples_fired": i.samples_fired,
+             "low": _number(i.low), "high": _number(i.high)}
+            for i in dying_intervals(site)
+        ],
     }  # fmt: skip
 
 

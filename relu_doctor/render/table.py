@@ -1,4 +1,4 @@
-"""The terminal report: a rich table of sites in call order, a summary, suggested fixes and blind spots."""
+"""The terminal report: a rich table of sites in call order, a summary, causes and fixes per site, blind spots."""
 
 from __future__ import annotations
 
@@ -8,14 +8,19 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ..report import Report
-from .common import dead_range, percent, rate, site_status, summary_line
+from ..report import Finding, Report
+from .common import percent, site_status, summary_line
+from .markdown import confidence_line, predicted_text, site_causes, units_text
 
 _STATUS_STYLE = {"FAIL": "bold red", "dead": "red", "nan": "magenta", "warn": "yellow", "ok": "green"}
+_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "note": "cyan"}
 
 
 def sites_table(report: Report) -> Table:
-    """One row per site: name, op, units, dead, dying, firing rate, dead units' max pre-activation, status."""
+    """One row per site: units, dead, dying, dormant, zeros (sparsity), cause codes and status.
+
+    Firing rates and the dead units' max pre-activation are in the JSON; the causes' numbers are listed below.
+    """
     table = Table(title="relu sites (call order)", title_justify="left", expand=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("site", overflow="fold", min_width=12)
@@ -23,18 +28,32 @@ def sites_table(report: Report) -> Table:
     table.add_column("units", justify="right")
     table.add_column("dead", justify="right")
     table.add_column("dying", justify="right")
-    table.add_column("firing min / median", justify="right")
-    table.add_column("dead max pre-act", justify="right", overflow="fold")
-    table.add_column("status")
+    table.add_column("dormant", justify="right")
+    table.add_column("zeros", justify="right")
+    table.add_column("causes", overflow="fold", min_width=8)
+    table.add_column("status", no_wrap=True)
     for site in report.sites:
         status = site_status(site, report)
         table.add_row(
             str(site.index), site.name, site.op, str(site.units),
-            f"{site.dead} ({percent(site.dead_fraction)})", str(site.dying),
-            f"{rate(site.firing_rate.min)} / {rate(site.firing_rate.median)}", dead_range(site),
-            Text(status, style=_STATUS_STYLE[status]),
+            f"{site.dead} ({percent(site.dead_fraction)})", str(site.dying), str(len(site.dormant_units)),
+            percent(site.sparsity), site_causes(report, site), Text(status, style=_STATUS_STYLE[status]),
         )  # fmt: skip
     return table
+
+
+def finding_renderable(finding: Finding) -> RenderableType:
+    """One finding: code, where, cause and fix, then the simulated effects of the fix when there are any."""
+    line = Text()
+    line.append(f"[{finding.code}] ", style=_SEVERITY_STYLE.get(finding.severity, ""))
+    line.append(finding.site or "model", style="bold")
+    if finding.units:
+        line.append(f" (units {units_text(finding.units)})", style="dim")
+    line.append(f": {finding.cause}\n    fix: {finding.suggestion}")
+    simulated = predicted_text(finding)
+    if simulated:
+        line.append(f"\n    simulated: {simulated}", style="dim")
+    return line
 
 
 def report_renderable(report: Report) -> RenderableType:
@@ -42,18 +61,11 @@ def report_renderable(report: Report) -> RenderableType:
     parts: list[RenderableType] = [Text(f"relu-doctor {report.tool_version}: {report.model.path or 'model'}", style="bold")]
     parts.append(sites_table(report) if report.sites else Text("no relu sites found", style="yellow"))
     parts.append(Text(summary_line(report), style="bold green" if report.gate.passed else "bold red"))
-    parts.append(
-        Text(
-            f"a unit that never fired on {report.probe.samples} samples fires on fewer than "
-            f"{report.probe.dead_rate_bound_95:.2%} of inputs (95% upper bound)",
-            style="dim",
-        )
-    )
+    parts.append(Text(confidence_line(report), style="dim"))
     parts.extend(Text(f"✗ {line}", style="red") for line in report.gate.violations)
     if report.findings:
-        parts.append(Text("suggested fixes", style="bold"))
-        for f in report.findings:
-            parts.append(Text(f"[{f.code}] {f.site or 'model'}: {f.cause}; {f.suggestion}"))
+        parts.append(Text("causes and fixes", style="bold"))
+        parts.extend(finding_renderable(f) for f in report.findings)
     for warning in report.warnings:
         parts.append(Text(f"! {warning}", style="yellow"))
     if report.other_activations:
