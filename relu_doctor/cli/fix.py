@@ -1,0 +1,139 @@
+"""`relu-doctor fix`: repair dead units in a checkpoint, write the same format atomically, verify on the probe.
+
+Exit codes: 0 repaired and verified (or, for leaky on a state dict, the code change printed); 1 written but the
+repair did not verify (output drift above --max-drift, or repaired units still dead on the probe); 2 could not
+repair (bad option, OUT exists without --force, unreadable or unwritable checkpoint, probe mismatch).
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..repair.records import Strategy
+from . import options as opt
+from .app import app, error_boundary, note, style_from_options, write_output
+
+REPAIR = "Repair"
+
+
+class FixFormat(str, enum.Enum):
+    """Output formats of `fix --format`."""
+
+    table = "table"
+    json = "json"
+
+
+@app.command()
+def fix(
+    model: Annotated[Path, typer.Argument(help="Checkpoint file to repair (never modified).", show_default=False)],
+    strategy: Annotated[
+        Strategy,
+        typer.Option(
+            "--strategy",
+            "-s",
+            help="recycle: re-initialise dead units and zero their outgoing weights (output unchanged); bias-shift: raise their bias until they fire; leaky: swap nn.ReLU for nn.LeakyReLU(0.01).",
+            rich_help_panel=REPAIR,
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where to write the repaired checkpoint (same format as MODEL).",
+            rich_help_panel=REPAIR,
+            show_default=False,
+        ),
+    ],
+    seed: Annotated[
+        int, typer.Option(help="Seed of the re-drawn weights (and of a synthetic probe).", rich_help_panel=REPAIR)
+    ] = 0,
+    include_dying: Annotated[
+        bool,
+        typer.Option(
+            "--include-dying",
+            help="Also recycle dying units, folding their mean activation into the next bias first.",
+            rich_help_panel=REPAIR,
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Replace OUT if it exists (MODEL itself is never replaced).", rich_help_panel=REPAIR
+        ),
+    ] = False,
+    max_drift: Annotated[
+        float | None,
+        typer.Option(
+            help="Relative L2 output drift allowed before exit 1 (default: 1e-6 for recycle, 1e-2 with --include-dying, none for bias-shift and leaky).",
+            rich_help_panel=REPAIR,
+            show_default=False,
+        ),
+    ] = None,
+    # Loading
+    arch: opt.Arch = None,
+    arch_kwargs: opt.ArchKwargs = None,
+    key: opt.Key = None,
+    trust: opt.Trust = False,
+    imports: opt.Imports = None,
+    allow_global: opt.AllowGlobal = None,
+    device: opt.Device = "cpu",
+    dtype: opt.Dtype = "float32",
+    # Probe
+    probe: opt.Probe = None,
+    probe_key: opt.ProbeKey = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(
+            help="Synthetic probe size (default 256; with --probe, read at most this many samples).",
+            show_default=False,
+            rich_help_panel=opt.PROBE,
+        ),
+    ] = None,
+    batch_size: opt.BatchSize = 64,
+    input_shape: opt.InputShape = None,
+    unit_dim: opt.UnitDim = None,
+    dying_rate: opt.DyingRate = 0.01,
+    # Output
+    fmt: Annotated[
+        FixFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            help="table for people, json for scripts (stdout holds only the JSON).",
+            rich_help_panel=opt.OUTPUT,
+        ),
+    ] = FixFormat.table,
+    no_color: opt.NoColor = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Repair the dead units of MODEL into OUT, keeping its format, and verify OUT on the same probe."""
+    style = style_from_options(False, False, no_color, None)
+    with error_boundary(debug):
+        from ..pipeline import ScanRequest
+        from ..probe import parse_shape
+        from ..repair.render import render_fix_json, render_fix_text, verdict
+        from ..repair.run import FixRequest, run_fix
+        from ..report import Thresholds
+
+        scan = ScanRequest(
+            model_path=str(model), arch=arch, arch_kwargs=opt.arch_kwargs_value(arch_kwargs), key=key, trust=trust,
+            imports=tuple(imports or ()), allow_globals=tuple(allow_global or ()),
+            probe_path=None if probe is None else str(probe), probe_key=probe_key, samples=samples or 256,
+            limit_samples=probe is not None and samples is not None, seed=seed, batch_size=batch_size,
+            input_shape=None if input_shape is None else parse_shape(input_shape), unit_dim=unit_dim,
+            device=device, dtype=dtype, thresholds=Thresholds(dying_rate=dying_rate),
+        )  # fmt: skip
+        request = FixRequest(scan, str(output), strategy, seed, include_dying, force, max_drift)
+        outcome = run_fix(request)
+        if fmt is FixFormat.json:
+            write_output(render_fix_json(outcome), None)
+            note(style, verdict(outcome))
+        else:
+            write_output(render_fix_text(outcome, width=style.width, color=style.color), None)
+    raise typer.Exit(outcome.exit_code)

@@ -1,0 +1,216 @@
+"""Repair a model in memory: ``repair_model(model, batches, strategy=...) -> Repaired``. No printing, no files.
+
+The input model is never changed: the repair works on a deep copy, returned with the scan before, the scan after
+and a :class:`~relu_doctor.repair.records.RepairResult` saying what was changed, skipped and how far the output moved.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..api import build_report, observe
+from ..errors import UsageError
+from ..report import ModelInfo, ProbeInfo, Report, Thresholds
+from ..sites import build_site, site_names
+from .bias_shift import bias_shift, shift_target
+from .drift import drift_against, drift_between, reference_outputs
+from .leaky import code_changes, plan_leaky, swap_to_leaky
+from .plan import SitePlan, plan_bias_shift, plan_recycle
+from .records import (
+    RECYCLE_DYING_MAX_DRIFT,
+    RECYCLE_MAX_DRIFT,
+    RepairResult,
+    SiteRepair,
+    SkippedSite,
+    Strategy,
+)
+from .recycle import recycle, redraw_incoming
+
+MAX_REDRAWS = 8
+"""Rounds of re-drawing recycled units that still never fire on the probe (a draw can miss every probe input)."""
+
+Batches = Sequence[Any] | Callable[[], Iterable[Any]]
+"""Probe batches that can be replayed: a list of tensors, or a function returning a fresh iterator."""
+
+
+@dataclass(frozen=True)
+class Repaired:
+    """A repaired copy of a model and what the repair did."""
+
+    model: nn.Module
+    """The repaired deep copy (the input model is unchanged)."""
+    result: RepairResult
+    """Sites changed and skipped, output drift on the probe."""
+    before: Report
+    """Scan of the input model on the probe."""
+    after: Report
+    """Scan of the repaired copy on the same probe."""
+    swapped: tuple[str, ...] = ()
+    """Module paths swapped to LeakyReLU (leaky strategy)."""
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every strategy needs besides the model copy."""
+
+    original: nn.Module
+    replay: Callable[[], Iterable[Any]]
+    thresholds: Thresholds
+    unit_dim: int | None
+    seed: int
+
+
+def default_max_drift(strategy: Strategy, include_dying: bool) -> float | None:
+    """The relative L2 drift a strategy is held to when the user sets none: only a recycle promises to keep it."""
+    if strategy is not Strategy.recycle:
+        return None
+    return RECYCLE_DYING_MAX_DRIFT if include_dying else RECYCLE_MAX_DRIFT
+
+
+def repair_model(
+    model: nn.Module, batches: Batches, *, strategy: Strategy | str, seed: int = 0, include_dying: bool = False,
+    max_drift: float | None = None, thresholds: Thresholds | None = None, unit_dim: int | None = None,
+    model_info: ModelInfo | None = None, probe_info: ProbeInfo | None = None,
+) -> Repaired:  # fmt: skip
+    """Repair the dead (and with ``include_dying`` dying) units of a copy of ``model``, seen on ``batches``.
+
+    ``recycle`` keeps the output (sites where it cannot are skipped, as are sites whose change moved the output by
+    more than ``max_drift`` relative L2, default 1e-6); ``bias-shift`` and ``leaky`` change it and report how much.
+    """
+    strategy = Strategy(strategy)
+    if include_dying and strategy is not Strategy.recycle:
+        raise UsageError(f"--include-dying works with --strategy recycle only, not {strategy.value}")
+    replay = _replayable(batches)
+    context = _Context(model, replay, thresholds or Thresholds(), unit_dim, seed)
+    observer, samples = observe(model, replay(), unit_dim=unit_dim)
+    probe = probe_info or ProbeInfo("in-memory", samples, 0)
+    info = model_info or ModelInfo("", "in-memory", None)
+    before = build_report(observer.sites, observer, model, context.thresholds, probe, info, unit_dim)
+    work = copy.deepcopy(model)
+    if strategy is Strategy.leaky:
+        result, swapped = _leaky(work, before, context)
+    elif strategy is Strategy.bias_shift:
+        result, swapped = _bias_shift(work, observer.sites, before, context), ()
+    else:
+        limit = max_drift if max_drift is not None else default_max_drift(strategy, include_dying)
+        result, swapped = _recycle(work, observer.sites, before, context, include_dying, limit), ()
+    after_observer, _ = observe(work, replay(), unit_dim=unit_dim)
+    after = build_report(after_observer.sites, after_observer, work, context.thresholds, probe, info, unit_dim)
+    return Repaired(work, result, before, after, swapped)
+
+
+def _replayable(batches: Batches) -> Callable[[], Iterable[Any]]:
+    if callable(batches):
+        return batches
+    frozen = list(batches)
+    return lambda: iter(frozen)
+
+
+def _leaky(work: nn.Module, before: Report, context: _Context) -> tuple[RepairResult, tuple[str, ...]]:
+    plan = plan_leaky(work, before.sites)
+    notes = code_changes(work, plan.module_paths)
+    swap_to_leaky(work, plan.module_paths)
+    drift = drift_between(context.original, work, context.replay())
+    return RepairResult(
+        Strategy.leaky, context.seed, False, plan.repaired, plan.skipped, drift, notes
+    ), plan.module_paths
+
+
+def _bias_shift(work: nn.Module, observed: Sequence[Any], before: Report, context: _Context) -> RepairResult:
+    plans, skipped = plan_bias_shift(work, observed, before.sites)
+    bias_shift(work, plans)
+    repaired = tuple(SiteRepair(p.site.name, p.units, (), (shift_target(p),)) for p in plans)
+    drift = drift_between(context.original, work, context.replay())
+    return RepairResult(Strategy.bias_shift, context.seed, False, repaired, tuple(skipped), drift)
+
+
+def _recycle(
+    work: nn.Module, observed: Sequence[Any], before: Report, context: _Context, include_dying: bool,
+    limit: float | None,
+) -> RepairResult:  # fmt: skip
+    plans, skipped = plan_recycle(work, observed, before.sites, include_dying)
+    reference = reference_outputs(context.original, context.replay())
+    redraws = _apply_recycle(work, plans, context)
+    drift = drift_against(reference, work, context.replay())
+    if limit is not None and drift.relative_l2 > limit and plans:
+        # Something the graph did not show (a layer reused elsewhere, an output used twice): find the sites one by one.
+        fresh = copy.deepcopy(context.original)
+        plans, redraws, rejected = _recycle_site_by_site(fresh, plans, context, reference, limit)
+        work.load_state_dict(fresh.state_dict())
+        skipped.extend(rejected)
+        drift = drift_against(reference, work, context.replay())
+    repaired = tuple(_site_repair(plan, redraws.get(plan.site.name, 0)) for plan in plans)
+    return RepairResult(Strategy.recycle, context.seed, include_dying, repaired, tuple(skipped), drift)
+
+
+def _site_repair(plan: SitePlan, redraws: int) -> SiteRepair:
+    layers = (plan.producer, *((plan.norm,) if plan.norm else ()), *(c.module_path for c in plan.consumers))
+    return SiteRepair(plan.site.name, plan.units, plan.dying, tuple(dict.fromkeys(layers)), redraws)
+
+
+def _apply_recycle(work: nn.Module, plans: Sequence[SitePlan], context: _Context) -> dict[str, int]:
+    generator = torch.Generator().manual_seed(context.seed)
+    recycle(work, plans, generator)
+    return _redraw_until_alive(work, plans, context, generator)
+
+
+def _recycle_site_by_site(
+    work: nn.Module, plans: Sequence[SitePlan], context: _Context, reference: list[torch.Tensor], limit: float
+) -> tuple[list[SitePlan], dict[str, int], list[SkippedSite]]:
+    """Apply plans one at a time, undoing any that moves the output beyond ``limit``."""
+    kept: list[SitePlan] = []
+    redraws: dict[str, int] = {}
+    rejected: list[SkippedSite] = []
+    generator = torch.Generator().manual_seed(context.seed)
+    for plan in plans:
+        saved = copy.deepcopy(work.state_dict())
+        recycle(work, [plan], generator)
+        counts = _redraw_until_alive(work, [plan], context, generator)
+        drift = drift_against(reference, work, context.replay())
+        if drift.relative_l2 > limit:
+            work.load_state_dict(saved)
+            rejected.append(SkippedSite(plan.site.name, plan.units, (
+                f"recycling it moved the output by {drift.relative_l2:.3g} relative L2 (limit {limit:g}): one of "
+                f"{', '.join(_site_repair(plan, 0).layers)} has a use the forward pass did not show")))  # fmt: skip
+            continue
+        kept.append(plan)
+        redraws.update(counts)
+    return kept, redraws, rejected
+
+
+def _redraw_until_alive(
+    work: nn.Module, plans: Sequence[SitePlan], context: _Context, generator: torch.Generator
+) -> dict[str, int]:
+    """Re-draw recycled units that still never fire on the probe; returns extra draws per site."""
+    modules = dict(work.named_modules())
+    counts: dict[str, int] = {}
+    for _ in range(MAX_REDRAWS):
+        silent = _still_dead(work, plans, context)
+        if not silent:
+            break
+        for plan, units in silent:
+            redraw_incoming(modules, plan, units, generator)
+            counts[plan.site.name] = counts.get(plan.site.name, 0) + len(units)
+    return counts
+
+
+def _still_dead(work: nn.Module, plans: Sequence[SitePlan], context: _Context) -> list[tuple[SitePlan, list[int]]]:
+    observer, _ = observe(work, context.replay(), unit_dim=context.unit_dim)
+    names = site_names(observer.sites)
+    by_name = {name: seen for name, seen in zip(names, observer.sites)}
+    silent = []
+    for plan in plans:
+        seen = by_name.get(plan.site.name)
+        if seen is None:
+            continue
+        dead = set(build_site(seen, plan.site.name, context.thresholds).dead_units)
+        units = [u for u in plan.units if u in dead]
+        if units:
+            silent.append((plan, units))
+    return silent
