@@ -8,7 +8,10 @@ import time, so ``--help`` and ``--version`` stay instant.
 
 from __future__ import annotations
 
+from . import fix as _fix  # noqa: F401  (registers the command)
+from . import merge as _merge  # noqa: F401  (registers the command)
 from . import scan as _scan  # noqa: F401  (registers the command)
+from . import trend as _trend  # noqa: F401  (registers the command)
 from .app import app, main
 
 __all__ = ["app", "main"]

@@ -6,16 +6,20 @@ import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
+from dataclasses import dataclass, replace
+from enum import Enum
+from pathlib import Path, PurePath
 from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
 
 from .._version import __version__
-from ..errors import ReluDoctorError
+from ..config import Resolved
+from ..errors import ReluDoctorError, UsageError
+from ..report import GateResult, Report
 
 EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
 
@@ -42,9 +46,115 @@ def _root(
     """Find dead and dying ReLU units in a PyTorch checkpoint, say why, and gate CI on them."""
 
 
-def stderr_console() -> Console:
-    """The console for progress, summaries and errors (never stdout)."""
-    return Console(stderr=True, highlight=False)
+def stderr_console(no_color: bool = False) -> Console:
+    """The console for progress, summaries and errors (never stdout); rich honours NO_COLOR and FORCE_COLOR."""
+    return Console(stderr=True, highlight=False, no_color=no_color or None)
+
+
+@dataclass(frozen=True)
+class OutputStyle:
+    """How a command talks: what goes to stdout and stderr, with or without colour, how wide."""
+
+    quiet: bool
+    """Nothing on stdout and no chatter on stderr (errors still print); the exit code says it all."""
+    verbose: bool
+    """Say on stderr where each setting came from and how long the scan took."""
+    color: bool
+    """ANSI colour in the table on stdout."""
+    width: int
+    """Width of the table on stdout."""
+    progress: bool
+    """Show a progress bar on stderr."""
+    no_color: bool = False
+    """--no-color or NO_COLOR: keep stderr plain too."""
+
+
+def output_style(*, quiet: bool, verbose: bool, no_color: bool, to_file: bool, environ: Mapping[str, str],
+                 stdout_tty: bool, stderr_tty: bool) -> OutputStyle:  # fmt: skip
+    """Colour: off with --no-color, NO_COLOR (non-empty) or a file; on with FORCE_COLOR; else when stdout is a
+    terminal. Width: COLUMNS, else the terminal's, else 100. Progress only on a terminal stderr, never when quiet."""
+    plain = no_color or bool(environ.get("NO_COLOR"))
+    color = not plain and not to_file and (bool(environ.get("FORCE_COLOR")) or stdout_tty)
+    return OutputStyle(quiet=quiet, verbose=verbose and not quiet, color=color, width=_width(environ, stdout_tty and not to_file),
+                       progress=stderr_tty and not quiet, no_color=plain)  # fmt: skip
+
+
+def _width(environ: Mapping[str, str], terminal: bool) -> int:
+    columns = environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    if terminal:
+        try:
+            return os.get_terminal_size(sys.stdout.fileno()).columns
+        except (OSError, ValueError):
+            pass
+    return 100
+
+
+def style_from_options(quiet: bool, verbose: bool, no_color: bool, output: Path | None) -> OutputStyle:
+    """:func:`output_style` for this process's environment and streams."""
+    return output_style(quiet=quiet, verbose=verbose, no_color=no_color, to_file=output is not None, environ=os.environ,
+                        stdout_tty=sys.stdout.isatty(), stderr_tty=sys.stderr.isatty())  # fmt: skip
+
+
+def note(style: OutputStyle, message: str, *, verbose_only: bool = False) -> None:
+    """One plain line on stderr, unless quiet (or, for ``verbose_only``, unless verbose)."""
+    if style.quiet or (verbose_only and not style.verbose):
+        return
+    stderr_console(style.no_color).print(message, highlight=False, markup=False, soft_wrap=True)
+
+
+def given_on_command_line(ctx: typer.Context, name: str) -> bool:
+    """True when the user typed the option (not its default)."""
+    # Compared by name: Typer >= 0.29 vendors click, so its ParameterSource is not click.core's enum.
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def configure(ctx: typer.Context, config_file: Path | None, *, exclude: Collection[str] = ()) -> Resolved:
+    """Layer the command's options over RELU_DOCTOR_* variables, the config file and the option defaults.
+
+    Keys are the long option names; ``exclude`` keys are taken from the command line or default only.
+    """
+    from .. import config
+
+    keyed = {config.normalize(opt[2:]): param.name for param in ctx.command.params
+             for opt in param.opts[:1] if opt.startswith("--") and param.name}  # fmt: skip
+    known = {key: name for key, name in keyed.items() if key in config.KEYS}
+    given = {key: ctx.params[name] for key, name in known.items() if given_on_command_line(ctx, name)}
+    defaults = {key: ctx.params[name] for key, name in known.items() if key not in given}
+    path = config_file or config.find_config(Path.cwd())
+    file = config.load_config(path) if path is not None else None
+    if file is not None and exclude:
+        file = replace(file, values={k: v for k, v in file.values.items() if k not in exclude})
+    environment = {k: v for k, v in config.parse_environment(os.environ).items() if k not in exclude}
+    return config.resolve(given, environment, file, defaults)
+
+
+def describe_settings(resolved: Resolved) -> list[str]:
+    """Verbose lines: the config file, then every setting that did not come from its default."""
+    lines = [f"config: {resolved.config_path or 'none found (no [tool.relu-doctor] in a pyproject.toml above here)'}"]
+    lines += [f"  {key} = {_shown(resolved.values[key])}  ({source})" for key, source in resolved.sources.items() if source != "default"]
+    return lines
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, Enum):
+        return repr(value.value)
+    return repr(str(value)) if isinstance(value, PurePath) else repr(value)
+
+
+def strict_report(report: Report) -> Report:
+    """--strict: every warning (synthetic probe, module never called, ...) becomes a gate violation."""
+    if not report.warnings:
+        return report
+    violations = report.gate.violations + tuple(f"strict: {warning}" for warning in report.warnings)
+    return replace(report, gate=GateResult(False, violations, report.gate.failing_sites))
+
+
+def exit_code(gate: GateResult, *, exit_zero: bool) -> int:
+    """The process exit code of a completed scan: the gate's, or 0 with --exit-zero."""
+    return EXIT_OK if exit_zero else gate.exit_code
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
@@ -71,17 +181,24 @@ def error_boundary(debug: bool) -> Iterator[None]:
         fail(f"internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)")
 
 
-def write_output(text: str, path: Path | None) -> None:
-    """Write ``text`` to stdout, or atomically to ``path`` (a temporary file in the same folder, then rename)."""
+def write_output(content: str | bytes, path: Path | None) -> None:
+    """Write to stdout, or atomically to ``path`` (a temporary file in the same folder, then rename)."""
     if path is None:
-        sys.stdout.write(text)
+        if isinstance(content, bytes):
+            sys.stdout.buffer.write(content)
+        else:
+            sys.stdout.write(content)
         sys.stdout.flush()
         return
     target = path.resolve()
+    if not target.parent.is_dir():
+        raise UsageError(f"cannot write {str(path)!r}: folder {str(target.parent)!r} does not exist; create it first")
     fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        # mkstemp makes the file private (0600); a report keeps the mode of the file it replaces, else 0644.
+        os.chmod(temporary, target.stat().st_mode & 0o777 if target.exists() else 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content if isinstance(content, bytes) else content.encode("utf-8"))
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -93,7 +210,7 @@ def progress_bar(total: int, enabled: bool) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = stderr_console()
-    if not enabled or not console.is_terminal:
+    if not enabled or not sys.stderr.isatty():  # FORCE_COLOR makes rich think it is a terminal; a bar needs a real one
         return None
     bar = Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
                    transient=True)  # fmt: skip

@@ -10,8 +10,12 @@ import enum
 from collections.abc import Callable
 
 from ..report import Report
+from .csv_format import render_csv
+from .github import render_github
 from .json_format import render_json
+from .junit import render_junit
 from .markdown import render_markdown
+from .sarif import render_sarif
 from .table import render_table
 
 
@@ -21,6 +25,10 @@ class Format(str, enum.Enum):
     table = "table"
     json = "json"
     markdown = "markdown"
+    csv = "csv"
+    github = "github"
+    sarif = "sarif"
+    junit = "junit"
 
 
 Renderer = Callable[..., str]
@@ -29,6 +37,10 @@ RENDERERS: dict[Format, Renderer] = {
     Format.table: render_table,
     Format.json: render_json,
     Format.markdown: render_markdown,
+    Format.csv: render_csv,
+    Format.github: render_github,
+    Format.sarif: render_sarif,
+    Format.junit: render_junit,
 }
 
 

@@ -1,0 +1,50 @@
+"""`relu-doctor merge`: one report from the ``--save-stats`` files of separate scans (probe shards)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..render import Format
+from . import options as opt
+from .app import app, error_boundary, exit_code, style_from_options
+
+
+@app.command()
+def merge(
+    files: Annotated[list[Path], typer.Argument(help="Stats files written by `scan --save-stats` (one per shard).", show_default=False)],
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)] = Format.table,
+    output: opt.Output = None,
+    dying_rate: Annotated[float | None, typer.Option(help="Override the saved dying rate.", rich_help_panel=opt.GATE)] = None,
+    tau: Annotated[float | None, typer.Option(help="Override the saved ReDo dormancy threshold.", rich_help_panel=opt.GATE)] = None,
+    max_dead_fraction: Annotated[float | None, typer.Option(help="Exit 1 when the model's dead fraction exceeds this (default: as saved).", rich_help_panel=opt.GATE)] = None,
+    max_layer_dead_fraction: Annotated[float | None, typer.Option(help="Exit 1 when any site's dead fraction exceeds this (default: as saved).", rich_help_panel=opt.GATE)] = None,
+    exit_zero: opt.ExitZero = False,
+    quiet: opt.Quiet = False,
+    no_color: opt.NoColor = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Merge the counters of several scans of one model into one report, equal to a scan of their union."""
+    style = style_from_options(quiet, False, no_color, output)
+    with error_boundary(debug):
+        from ..stats_io import merge_stats
+        from .scan import emit_report
+
+        overrides = {"dying_rate": dying_rate, "tau": tau, "max_dead_fraction": max_dead_fraction,
+                     "max_layer_dead_fraction": max_layer_dead_fraction}  # fmt: skip
+        report = merge_stats(files, _checked(overrides))
+        emit_report(report, fmt, output, style)
+    raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
+
+
+def _checked(overrides: dict[str, float | None]) -> dict[str, float]:
+    """The gate options given on the command line (None: keep the saved value), validated."""
+    from ..errors import UsageError
+
+    given = {name: value for name, value in overrides.items() if value is not None}
+    for name, value in given.items():
+        if value < 0 or (name != "tau" and value > 1):
+            raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
+    return given
