@@ -98,10 +98,11 @@ def dying_units(site: Site, probe: ProbeInfo) -> Iterable[Finding]:
     """RD003: units that fire, but rarely; they get almost no gradient."""
     if site.dying:
         rates = site.firing_rates()
-        worst = min(rates[u] for u in site.dying_units)
+        low, high = min(rates[u] for u in site.dying_units), max(rates[u] for u in site.dying_units)
+        span = f"{low:.2%}" if low == high else f"{low:.2%} … {high:.2%}"
         yield Finding(
             code="RD003", site=site.name, units=site.dying_units, severity="note",
-            cause=f"{site.dying} of {site.units} units fire on fewer than 1 in {round(1 / max(worst, 1e-12)):,} positions (lowest {worst:.2%})",
+            cause=f"{site.dying} of {site.units} units fire, but only on {span} of their positions",
             suggestion="watch them across checkpoints (relu-doctor trend); a lower learning rate or LeakyReLU keeps them learning",
         )  # fmt: skip
 

@@ -76,7 +76,7 @@ class Site:
     call_index: int
     """Which call of that module this is, from 1."""
     op: str
-    """The relu-family operation: relu, relu_, relu6, hardtanh, threshold, ..."""
+    """The relu-family operation as users know it: relu, relu6, threshold; a trailing ``_`` means in-place."""
     kind: str
     """"module" when the op ran inside an activation module (nn.ReLU, ...), else "functional"."""
     unit_axis: int

@@ -219,6 +219,21 @@ def progress_bar(total: int, enabled: bool) -> Any:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: usage errors become one line on stderr and exit 2, like every other error."""
+    from typer.exceptions import TyperException
+    from typer.main import get_command
+
+    try:
+        code = get_command(app).main(prog_name="relu-doctor", standalone_mode=False)
+    except TyperException as exc:  # click's usage errors (bad option value, unknown option or command)
+        context = getattr(exc, "ctx", None)
+        hint = f"; see '{context.command_path} --help'" if context is not None else ""
+        message = " ".join(str(exc.format_message()).split()).rstrip(".")  # type: ignore[attr-defined]
+        if message:  # no arguments at all: click has printed the help
+            typer.echo(f"relu-doctor: error: {message}{hint}", err=True)
+        raise SystemExit(getattr(exc, "exit_code", EXIT_ERROR)) from None
+    except typer.Abort:
+        typer.echo("relu-doctor: aborted", err=True)
+        raise SystemExit(EXIT_ERROR) from None
+    raise SystemExit(code if isinstance(code, int) else EXIT_OK)
 
