@@ -2,6 +2,11 @@
 
 Each batch is reduced to a handful of per-unit vectors inside the hook; activations are never kept.
 Counts and maxima merge exactly; sums are accumulated in float64 (float32 on devices without it).
+
+Speed: a site costs a few reads of its activation on top of the relu itself (max per sample over positions,
+sign + sum for the positive count, sum of the output), each a plain vectorised reduction over a copy-free
+(lead, units, trail) view. Counting through ``sign`` and a float32 sum is exact below 2**24 per partial sum
+and several times faster than ``count_nonzero`` (a bool reduction); longer reductions fall back to it.
 """
 
 from __future__ import annotations
@@ -34,9 +39,9 @@ class UnitAccumulator:
         ``sample_max`` is the (samples, units) max of the pre-activation over positions; ``output`` is the
         op's result, whose non-zeros are exactly the positive pre-activations for every relu-family op.
         """
-        other = [d for d in range(output.dim()) if d != unit_axis]
-        self.positive += torch.count_nonzero(output, dim=other)
-        self.activation_sum += output.sum(dim=other, dtype=torch.float32)
+        positive, total = count_and_sum(output, unit_axis)
+        self.positive += positive
+        self.activation_sum += total
         self._add_sample_max(sample_max)
         self.positions += output.numel() // max(self.units, 1)
 
@@ -55,7 +60,7 @@ class UnitAccumulator:
     def _add_sample_max(self, sample_max: torch.Tensor) -> None:
         # sample_max is (samples, units); one row per independent probe sample.
         self.max_preactivation = torch.maximum(self.max_preactivation, sample_max.amax(dim=0).float())
-        self.samples_fired += (sample_max > 0).sum(dim=0)
+        self.samples_fired += _count_positive_rows(sample_max)
         self.samples += sample_max.shape[0]
 
     def merge(self, other: UnitAccumulator) -> None:
@@ -110,8 +115,72 @@ def reduce_sample_max(pre: torch.Tensor, unit_axis: int, sample_axis: int | None
     """
     if sample_axis is None:
         other = [d for d in range(pre.dim()) if d != unit_axis]
-        return (pre.amax(dim=other) if other else pre).unsqueeze(0)
+        return (pre.amax(dim=other) if other else pre.clone()).unsqueeze(0)
     positions = [d for d in range(pre.dim()) if d not in (unit_axis, sample_axis)]
-    reduced = pre.amax(dim=positions) if positions else pre
+    # A copy, never a view: an in-place relu runs right after this and would overwrite an alias.
+    reduced = pre.amax(dim=positions) if positions else pre.clone()
     # After reducing, the two kept axes stay in their original order.
     return reduced if sample_axis < unit_axis else reduced.transpose(0, 1)
+
+
+EXACT_FLOAT32_COUNT = 1 << 24
+"""float32 holds every integer up to 2**24: a count summed in float32 over fewer terms than this is exact."""
+
+CHUNK_ELEMENTS = 1 << 20
+"""The sign temporary is made this many elements at a time, so a site needs no second activation-sized buffer."""
+
+
+def count_and_sum(output: torch.Tensor, unit_axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(non-zero count per unit as int64, float32 sum per unit) of a relu-family output, without copying it."""
+    blocks = unit_blocks(output, unit_axis)
+    if blocks is None or blocks.shape[0] >= EXACT_FLOAT32_COUNT or blocks.shape[2] >= EXACT_FLOAT32_COUNT:
+        other = [d for d in range(output.dim()) if d != unit_axis]
+        return torch.count_nonzero(output, dim=other), output.sum(dim=other, dtype=torch.float32)
+    if blocks.shape[2] == 1:
+        return _count_and_sum_rows(blocks[:, :, 0])
+    step = max(1, CHUNK_ELEMENTS // max(blocks[0].numel(), 1))
+    counts = torch.zeros(blocks.shape[1], dtype=torch.int64, device=output.device)
+    for start in range(0, blocks.shape[0], step):
+        part = blocks[start : start + step]
+        # relu-family outputs are >= 0, so sign() is 1 exactly where the output is non-zero.
+        counts += torch.sign(part).sum(dim=2, dtype=torch.float32).to(torch.int64).sum(dim=0)
+    return counts, blocks.sum(dim=2, dtype=torch.float32).sum(dim=0)
+
+
+def _count_and_sum_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Count and sum over the rows of a (positions, units) output (feature-last sites)."""
+    step = max(1, CHUNK_ELEMENTS // max(rows.shape[1], 1))
+    counts = torch.zeros(rows.shape[1], dtype=torch.int64, device=rows.device)
+    for start in range(0, rows.shape[0], step):
+        counts += torch.sign(rows[start : start + step]).sum(dim=0, dtype=torch.float32).to(torch.int64)
+    return counts, rows.sum(dim=0, dtype=torch.float32)
+
+
+def unit_blocks(tensor: torch.Tensor, unit_axis: int) -> torch.Tensor | None:
+    """A (lead, units, trail) view of ``tensor`` that reads memory in order; None when no such view exists.
+
+    Axes are put in memory order first, so channels-last and sequence-first tensors need no copy either.
+    """
+    strides = tensor.stride()
+    order = sorted(range(tensor.dim()), key=lambda d: (-strides[d], d))
+    ordered = tensor.permute(order)
+    if not ordered.is_contiguous():
+        return None
+    k = order.index(unit_axis)
+    lead, trail = math.prod(ordered.shape[:k]), math.prod(ordered.shape[k + 1 :])
+    return ordered.view(lead, tensor.shape[unit_axis], trail)
+
+
+def _count_positive_rows(sample_max: torch.Tensor) -> torch.Tensor:
+    """Per unit, how many rows of a (samples, units) tensor are > 0 (sign of the clamp: faster than a bool sum)."""
+    if sample_max.shape[0] >= EXACT_FLOAT32_COUNT:
+        return (sample_max > 0).sum(dim=0)
+    return torch.sign(sample_max.clamp(min=0)).sum(dim=0, dtype=torch.float32).to(torch.int64)
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """True when no element is NaN or infinite: one min/max pass (``isfinite().all()`` is a slow bool reduction)."""
+    if tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor)
+    return math.isfinite(float(low)) and math.isfinite(float(high))

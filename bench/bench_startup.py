@@ -1,0 +1,44 @@
+"""Wall time of ``relu-doctor --help`` and ``--version`` (they must not import torch), median of several runs.
+
+Usage: ``python bench/bench_startup.py [--runs 7]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+COMMANDS = {
+    "python -c pass (floor)": [sys.executable, "-c", "pass"],
+    "relu-doctor --version": [shutil.which("relu-doctor") or "relu-doctor", "--version"],
+    "relu-doctor --help": [shutil.which("relu-doctor") or "relu-doctor", "--help"],
+    "python -c 'import torch' (for scale)": [sys.executable, "-c", "import torch"],
+}
+TORCH_CHECK = "import sys; from relu_doctor.cli import app; print('torch' in sys.modules)"
+
+
+def wall(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    imported = subprocess.run([sys.executable, "-c", TORCH_CHECK], capture_output=True, text=True, check=True)
+    print(f"importing the CLI imports torch: {imported.stdout.strip()}")
+    print(f"{'command':40} {'median s':>9} {'min s':>7}")
+    for name, command in COMMANDS.items():
+        wall(command)  # warm the file cache
+        times = [wall(command) for _ in range(args.runs)]
+        print(f"{name:40} {statistics.median(times):9.3f} {min(times):7.3f}")
+
+
+if __name__ == "__main__":
+    main()
