@@ -152,7 +152,7 @@ def _open_array(source: Path, key: str | None) -> Any:
     with source.open("rb") as handle:
         head = handle.read(16)
     if head.startswith(b"\x93NUMPY"):
-        return np.load(source, mmap_mode="r", allow_pickle=False)
+        return npy_rows(source)
     if _is_safetensors(head):
         return _safetensors_array(source, key)
     if zipfile.is_zipfile(source):
@@ -211,13 +211,46 @@ class _SafetensorsSlice:
         return self._slice[rows]
 
 
+class _NpyRows:
+    """Rows of a C-ordered .npy file, read with plain file reads.
+
+    Unlike a memory map, the pages of batches already scanned do not stay in the process's memory, so peak
+    memory does not grow with the size of the probe file.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype, offset: int) -> None:
+        self._path, self.shape, self.dtype, self._offset = path, shape, dtype, offset
+        self._row_items = math.prod(shape[1:])
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop = rows.start or 0, min(rows.stop, self.shape[0])
+        count = max(stop - start, 0) * self._row_items
+        offset = self._offset + start * self._row_items * self.dtype.itemsize
+        data = np.fromfile(self._path, dtype=self.dtype, count=count, offset=offset)
+        if data.size != count:
+            raise ProbeError(f"probe {str(self._path)!r} is shorter than its header says; re-save it")
+        return data.reshape((max(stop - start, 0), *self.shape[1:]))
+
+
+def npy_rows(path: Path) -> Any:
+    """A .npy file as rows read on demand (a memory map for Fortran-ordered or object arrays)."""
+    with path.open("rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(handle)
+        offset = handle.tell()
+    if fortran_order or dtype.hasobject or len(shape) == 0:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    return _NpyRows(path, tuple(int(s) for s in shape), dtype, offset)
+
+
 class _ShardedNpy:
     """A directory of .npy shards concatenated on axis 0, each memory-mapped."""
 
     def __init__(self, files: list[Path], source: Path) -> None:
         if not files:
             raise ProbeError(f"probe directory {str(source)!r} holds no .npy shards; pass a file or a directory of .npy")
-        self._shards = [np.load(f, mmap_mode="r", allow_pickle=False) for f in files]
+        self._shards = [npy_rows(f) for f in files]
         tails = {s.shape[1:] for s in self._shards}
         if len(tails) != 1:
             raise ProbeError(f"probe shards in {str(source)!r} disagree on sample shape: {sorted(tails)}")
