@@ -116,13 +116,18 @@ def emit_report(report: Report, fmt: Format, output: Path | None, style: OutputS
         note(style, summary_line(report))
 
 
+def can_ask() -> bool:
+    """A person is there to answer: stdin and stderr are both terminals (never in CI or a pipe)."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
 def _run_with_trust_prompt(request: Any, style: OutputStyle) -> Report:
     from dataclasses import replace
 
     try:
         return _run(request, style)
     except UntrustedCodeError as exc:
-        if style.quiet or not (sys.stdin.isatty() and sys.stderr.isatty()):
+        if style.quiet or not can_ask():
             raise
         typer.echo(f"relu-doctor: {exc}", err=True)
         if not typer.confirm(f"Load this {exc.format_name} file and run the code it carries?", default=False, err=True):
