@@ -7,9 +7,10 @@ and ``F.relu`` / ``torch.relu`` / ``Tensor.relu_`` are seen as well as modules. 
 before the op runs (an in-place relu cannot hide it) and the unit axis comes from where the tensor was made
 (conv/norm/pool -> channels, linear/matmul -> last axis), followed through elementwise and view ops.
 
-Two classes do two jobs: :class:`ModuleCallTracker` knows which module is running; :class:`ReluObserver`
-owns the dispatch mode, the counters, and restores the model (training flags, buffers, the transformer
-fast path) in ``finally``.
+Three classes do three jobs: :class:`ModuleCallTracker` knows which module is running; :class:`SiteKeys` turns
+that into a site's key (the scan's simulation keys its re-runs with it too, so a site there is the same site);
+:class:`ReluObserver` owns the dispatch mode, the counters, and restores the model (training flags, buffers, the
+transformer fast path) in ``finally``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from .ops import Layout, Role
 from .report import Producer
 
 ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Threshold)
+
+SiteKey = tuple[str, int, int]
+"""(owner module path, call of the owner in the pass, relu op of that call): how a site is keyed."""
 
 
 @dataclass(frozen=True)
@@ -112,15 +116,75 @@ class ModuleCallTracker:
             self.stack.pop()
 
 
-class _Dispatch(TorchDispatchMode):
-    """Forwards every aten op to the observer; holds no logic of its own."""
+class SiteKeys:
+    """Keys each relu op of a forward pass by (owner path, call of the owner, relu op of that call), with its kind.
 
-    def __init__(self, observer: ReluObserver) -> None:
+    An opaque model (TorchScript, torch.export) runs every op in the root module, so there the k-th relu op of the
+    pass is named from ``site_paths`` (its graph), and each op inside an activation module is one call of it.
+    """
+
+    def __init__(self, model: nn.Module, tracker: ModuleCallTracker, site_paths: tuple[str, ...] | None) -> None:
+        self.model = model
+        self.tracker = tracker
+        self.site_paths = site_paths
+        self.relu_calls = 0
+        """Relu ops keyed so far in this pass."""
+        self._ordinals: Counter[tuple[str, int]] = Counter()
+        self._path_calls: Counter[str] = Counter()
+        self._modules_by_path: dict[str, nn.Module] | None = None
+
+    def start_pass(self) -> None:
+        self.relu_calls = 0
+        self._ordinals.clear()
+        self._path_calls.clear()
+
+    def next_key(self) -> tuple[SiteKey, str]:
+        """The key of the relu op now being dispatched, and its kind (module or functional)."""
+        path, call, module = self.tracker.current()
+        kind = "module" if isinstance(module, ACTIVATION_MODULES) else "functional"
+        if self.site_paths is not None and module is self.model and not isinstance(module, ACTIVATION_MODULES):
+            k = self.relu_calls
+            path = self.site_paths[k] if k < len(self.site_paths) else path
+            kind = self._opaque_kind(path)
+            if kind == "module":
+                self._path_calls[path] += 1
+                call = self._path_calls[path]
+        self.relu_calls += 1
+        self._ordinals[(path, call)] += 1
+        return (path, call, self._ordinals[(path, call)]), kind
+
+    def _opaque_kind(self, path: str) -> str:
+        """module when ``path`` is an activation module of an opaque model, else functional.
+
+        TorchScript keeps submodules (with their original class name); torch.export drops parameterless
+        modules, so a path that names no module there was an activation module's own forward.
+        """
+        if self._modules_by_path is None:  # get_submodule is not supported on ScriptModules
+            self._modules_by_path = dict(self.model.named_modules())
+        module = self._modules_by_path.get(path)
+        if module is None:
+            return "module"
+        if isinstance(module, ACTIVATION_MODULES):
+            return "module"
+        original = getattr(module, "original_name", "")
+        return "module" if path and original in {"ReLU", "ReLU6", "Hardtanh", "Threshold"} else "functional"
+
+
+class ForwardingMode(TorchDispatchMode):
+    """Forwards every aten op to ``target._dispatch(func, args, kwargs)``; holds no logic of its own."""
+
+    def __init__(self, target: Any) -> None:
         super().__init__()
-        self.observer = observer
+        self.target = target
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps __torch_dispatch__ in a dynamo-disable shim that imports torch._dynamo on first use (about
+        # 1 s) and adds a frame to every op; nothing here is compiled, so the shim buys nothing.
+        return False
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        return self.observer._dispatch(func, args, kwargs or {})
+        return self.target._dispatch(func, args, kwargs or {})
 
 
 class ReluObserver:
@@ -137,24 +201,21 @@ class ReluObserver:
         self.unit_dim = unit_dim
         self.site_paths = site_paths
         self.tracker = ModuleCallTracker(model)
+        self.keys = SiteKeys(model, self.tracker, site_paths)
         self.sites: list[ObservedSite] = []
         self.other_activations: Counter[str] = Counter()
         self.warnings: dict[str, None] = {}
-        self._by_key: dict[tuple[str, int, int], ObservedSite] = {}
+        self._by_key: dict[SiteKey, ObservedSite] = {}
         self._op_cache: dict[Any, tuple[str, Role]] = {}
-        self._pass_ordinals: Counter[tuple[str, int]] = Counter()
-        self._pass_path_calls: Counter[str] = Counter()
-        self._relu_calls_in_pass = 0
         self._origins: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
         self._batch_size = 0
-        self._modules_by_path: dict[str, nn.Module] | None = None
         self._exit_stack = contextlib.ExitStack()
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def __enter__(self) -> ReluObserver:
         try:
-            self._exit_stack.enter_context(_restored_model_state(self.model, self.warnings))
-            self._exit_stack.enter_context(_transformer_fastpath_disabled())
+            self._exit_stack.enter_context(restored_model_state(self.model, self.warnings))
+            self._exit_stack.enter_context(transformer_fastpath_disabled())
             self.tracker.install()
             self._exit_stack.callback(self.tracker.remove)
         except BaseException:
@@ -171,16 +232,14 @@ class ReluObserver:
         first = next((a for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor)), None)
         self._batch_size = int(first.shape[0]) if first is not None and first.dim() > 0 else 1
         self.tracker.start_pass()
-        self._pass_ordinals.clear()
-        self._pass_path_calls.clear()
-        self._relu_calls_in_pass = 0
+        self.keys.start_pass()
         self._origins = WeakTensorKeyDictionary()
-        with torch.inference_mode(), _Dispatch(self):
+        with torch.inference_mode(), ForwardingMode(self):
             output = self.model(*args)
         self._mark_outputs(output)
-        if self.site_paths is not None and self._relu_calls_in_pass != len(self.site_paths):
+        if self.site_paths is not None and self.keys.relu_calls != len(self.site_paths):
             self.warnings[
-                f"the graph names {len(self.site_paths)} relu sites but {self._relu_calls_in_pass} ran; "
+                f"the graph names {len(self.site_paths)} relu sites but {self.keys.relu_calls} ran; "
                 "site names past the first difference may be misattributed"
             ] = None
 
@@ -227,41 +286,13 @@ class ReluObserver:
         return output
 
     def _site_for(self, name: str, pre: torch.Tensor) -> ObservedSite:
-        path, call, module = self.tracker.current()
-        kind = "module" if isinstance(module, ACTIVATION_MODULES) else "functional"
-        if self.site_paths is not None and module is self.model and not isinstance(module, ACTIVATION_MODULES):
-            # An opaque model (TorchScript, torch.export): name the k-th relu op of the pass from its graph.
-            k = self._relu_calls_in_pass
-            path = self.site_paths[k] if k < len(self.site_paths) else path
-            kind = self._opaque_kind(path)
-            if kind == "module":  # each op inside an activation module is one call of it
-                self._pass_path_calls[path] += 1
-                call = self._pass_path_calls[path]
-        self._relu_calls_in_pass += 1
-        self._pass_ordinals[(path, call)] += 1
-        key = (path, call, self._pass_ordinals[(path, call)])
+        key, kind = self.keys.next_key()
         site = self._by_key.get(key)
         if site is None:
             site = self._new_site(key, name, kind, pre)
         return site
 
-    def _opaque_kind(self, path: str) -> str:
-        """module when ``path`` is an activation module of an opaque model, else functional.
-
-        TorchScript keeps submodules (with their original class name); torch.export drops parameterless
-        modules, so a path that names no module there was an activation module's own forward.
-        """
-        if self._modules_by_path is None:  # get_submodule is not supported on ScriptModules
-            self._modules_by_path = dict(self.model.named_modules())
-        module = self._modules_by_path.get(path)
-        if module is None:
-            return "module"
-        if isinstance(module, ACTIVATION_MODULES):
-            return "module"
-        original = getattr(module, "original_name", "")
-        return "module" if path and original in {"ReLU", "ReLU6", "Hardtanh", "Threshold"} else "functional"
-
-    def _new_site(self, key: tuple[str, int, int], name: str, kind: str, pre: torch.Tensor) -> ObservedSite:
+    def _new_site(self, key: SiteKey, name: str, kind: str, pre: torch.Tensor) -> ObservedSite:
         view_shape = (1, *pre.shape) if pre.dim() < 2 else tuple(pre.shape)
         axis, layout = self._unit_axis(pre, len(view_shape))
         origin = self._origins.get(pre)
@@ -396,7 +427,7 @@ def _flattens_channels(origin: Origin, before: torch.Tensor, after: torch.Tensor
 
 
 @contextlib.contextmanager
-def _restored_model_state(model: nn.Module, warnings: dict[str, None]) -> Any:
+def restored_model_state(model: nn.Module, warnings: dict[str, None]) -> Any:
     """Eval mode for the scan; afterwards every training flag is as it was and buffers are unchanged."""
     flags = [(m, m.training) for m in model.modules()]
     buffers = [(name, b, b._version) for name, b in model.named_buffers() if not b.is_meta]
@@ -417,7 +448,7 @@ def _restored_model_state(model: nn.Module, warnings: dict[str, None]) -> Any:
 
 
 @contextlib.contextmanager
-def _transformer_fastpath_disabled() -> Any:
+def transformer_fastpath_disabled() -> Any:
     """The fused TransformerEncoderLayer kernel hides its relu from every observer: turn it off for the scan."""
     mha = getattr(torch.backends, "mha", None)
     if mha is None:

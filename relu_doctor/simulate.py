@@ -1,56 +1,57 @@
 """What each fix would do, measured: re-run the probe through modified versions of the model.
 
-A variant swaps chosen relu sites to LeakyReLU(0.01) and/or replaces some parameters (a bias shift, recycled
+A variant swaps chosen relu sites to LeakyReLU(0.01) and/or edits some parameters (a bias shift, recycled
 units); nothing is asserted, everything is measured against the unmodified model on the same batches:
 
-- drift: relative L2 of the change of every floating output, ‖y' − y‖ / ‖y‖ over the whole probe;
+- drift: relative L2 of the change of every floating output, ‖y' − y‖ / ‖y‖ over the whole probe (the
+  :class:`~relu_doctor.repair.drift.DriftMeter` that ``fix`` reports with);
 - argmax_changed: for a classifier output (N, C ≥ 2), the share of probe samples whose argmax changes;
 - units_with_gradient: units of all relu sites that fired at least once, plus every unit of a swapped site
   (a LeakyReLU passes gradient everywhere);
 - revived: how many of the units a fix targets fired at least once.
 
+Bias shifts and recycles are built by the repair package (its plans and edits), so a site ``fix`` would refuse
+gets no prediction; the recycle is ``fix --strategy recycle`` itself (every site, same seed, same re-draws).
 Sites are swapped at the dispatch level (:class:`_SwapMode` replaces the aten relu of chosen sites by
 ``leaky_relu``), so functional relus can be swapped as well as modules, and each simulated forward is an exact
-re-run of the modified model. Parameters are replaced in place for one forward pass and copied back bit for bit
+re-run of the modified model. Edits are applied in place for one pass of the probe and put back bit for bit
 (cheaper than a copy of the model per variant); the model is left exactly as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from . import ops
-from .diagnose import BIAS_MARGIN, leaky_everywhere
+from .diagnose import leaky_everywhere
 from .observe import (
-    ACTIVATION_MODULES,
+    ForwardingMode,
     ModuleCallTracker,
     ObservedSite,
-    _restored_model_state,
-    _transformer_fastpath_disabled,
+    SiteKey,
+    SiteKeys,
+    restored_model_state,
+    transformer_fastpath_disabled,
 )
+from .repair.bias_shift import bias_shift_edits
+from .repair.drift import DriftMeter, flat_floats
+from .repair.edits import Edits, edited
+from .repair.leaky import NEGATIVE_SLOPE
+from .repair.plan import SitePlan, plan_bias_shift, plan_recycle
+from .repair.recycle import DEFAULT_SEED, recycle_until_alive
 from .report import Report, Site
 
-NEGATIVE_SLOPE = 0.01
-"""Slope of the LeakyReLU a swap puts in place of a relu (PyTorch's default)."""
 MAX_SIMULATED_SITES = 8
 """Sites with the most dead units that get per-site simulations; each costs a few forward passes of the probe."""
-RECYCLE_SEED = 0
-"""Seed of the generator drawing recycled units' new incoming weights."""
 _SWAPPABLE = {"relu", "relu_", "threshold", "threshold_"}
 """relu6 (hardtanh) sites are not swapped: a LeakyReLU would also remove their upper clip."""
-
-SiteKey = tuple[str, int, int]
-"""(owner module path, call of the owner in the pass, relu op of that call): how the observer keys a site."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,8 @@ class Variant:
     """Sites whose relu becomes LeakyReLU(0.01)."""
     edits: tuple[tuple[str, torch.Tensor], ...] = ()
     """(state-dict name, replacement tensor) for every changed parameter or buffer."""
-    watch: tuple[SiteKey, tuple[int, ...]] | None = None
-    """The site and units the fix targets, counted as revived when they fire."""
+    watch: tuple[tuple[SiteKey, tuple[int, ...]], ...] = ()
+    """Sites and the units a fix targets there, counted as revived when they fire."""
 
 
 @dataclass(frozen=True)
@@ -77,26 +78,27 @@ class Outcome:
     """Share of samples whose argmax changed; None when the output is not a (N, C >= 2) classifier output."""
     units_with_gradient: int
     """Units of all relu sites that fired at least once, plus every unit of a swapped site."""
-    revived: int
-    """Units of ``Variant.watch`` that fired at least once (0 without a watch)."""
+    revived_units: Mapping[SiteKey, frozenset[int]] = field(default_factory=dict)
+    """Per site of ``Variant.watch``: its watched units that fired at least once."""
+
+    def revived(self, key: SiteKey, units: Iterable[int]) -> int:
+        """How many of ``units`` of site ``key`` fired (0 for a site the variant did not watch)."""
+        return len(self.revived_units.get(key, frozenset()) & set(units))
 
 
 @dataclass
 class _Meter:
     """Accumulates one variant's drift, argmax changes and fired units over the batches."""
 
-    diff_squares: float = 0.0
-    reference_squares: float = 0.0
+    drift: DriftMeter = field(default_factory=DriftMeter)
     changed: int = 0
     rows: int = 0
     classifier: bool = True
     fired: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
 
     def add(self, before: Any, after: Any, fired: dict[SiteKey, torch.Tensor]) -> None:
+        self.drift.add(flat_floats(before), flat_floats(after))
         old, new = _float_leaves(before), _float_leaves(after)
-        for a, b in zip(old, new):
-            self.diff_squares += float((b.double() - a.double()).square().sum())
-            self.reference_squares += float(a.double().square().sum())
         self.classifier = self.classifier and bool(old) and old[0].dim() == 2 and old[0].shape[1] >= 2
         if self.classifier:
             self.changed += int((old[0].argmax(dim=1) != new[0].argmax(dim=1)).sum())
@@ -105,53 +107,35 @@ class _Meter:
             self.fired[key] = self.fired[key] | units if key in self.fired else units
 
     def outcome(self, variant: Variant, units: dict[SiteKey, int]) -> Outcome:
-        drift = math.sqrt(self.diff_squares / self.reference_squares) if self.reference_squares else math.nan
-        if self.diff_squares == 0:
-            drift = 0.0
         with_gradient = sum(units[k] if k in variant.leaky_sites else int(f.sum()) for k, f in self.fired.items())
         with_gradient += sum(units[k] for k in variant.leaky_sites if k not in self.fired)
-        revived = 0
-        if variant.watch is not None and variant.watch[0] in self.fired:
-            revived = int(self.fired[variant.watch[0]][list(variant.watch[1])].sum())
+        revived = {key: frozenset(u for u in watched if key in self.fired and bool(self.fired[key][u]))
+                   for key, watched in variant.watch}  # fmt: skip
         argmax = self.changed / self.rows if self.classifier and self.rows else None
-        return Outcome(drift, argmax, with_gradient, revived)
-
-
-class _SwapMode(TorchDispatchMode):
-    """Forwards every aten op to the re-run; holds no logic of its own."""
-
-    def __init__(self, rerun: Rerun) -> None:
-        super().__init__()
-        self.rerun = rerun
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        return self.rerun._dispatch(func, args, kwargs or {})
+        return Outcome(self.drift.result().relative_l2, argmax, with_gradient, revived)
 
 
 class Rerun:
     """Context manager that runs the model with chosen relu sites swapped, and records which units fired.
 
-    Sites are keyed exactly as the observer keys them (owner module, call, op within the call), so a site of the
-    scan is the same site here.
+    Sites are keyed by the observer's own :class:`~relu_doctor.observe.SiteKeys`, so a site of the scan is the
+    same site here.
     """
 
     def __init__(self, model: nn.Module, observed: Sequence[ObservedSite], site_paths: tuple[str, ...] | None = None) -> None:
         self.model = model
-        self.site_paths = site_paths
         self.axes = {site_key(s): s.unit_axis for s in observed}
         self.tracker = ModuleCallTracker(model)
+        self.keys = SiteKeys(model, self.tracker, site_paths)
         self.leaky: frozenset[SiteKey] = frozenset()
         self.fired: dict[SiteKey, torch.Tensor] = {}
-        self._ordinals: Counter[tuple[str, int]] = Counter()
-        self._path_calls: Counter[str] = Counter()
-        self._relu_calls = 0
         self._names: dict[Any, str] = {}
         self._exit_stack = contextlib.ExitStack()
 
     def __enter__(self) -> Rerun:
         try:
-            self._exit_stack.enter_context(_restored_model_state(self.model, {}))
-            self._exit_stack.enter_context(_transformer_fastpath_disabled())
+            self._exit_stack.enter_context(restored_model_state(self.model, {}))
+            self._exit_stack.enter_context(transformer_fastpath_disabled())
             self.tracker.install()
             self._exit_stack.callback(self.tracker.remove)
         except BaseException:
@@ -167,33 +151,20 @@ class Rerun:
         args = batch if isinstance(batch, tuple) else (batch,)
         self.leaky, self.fired = leaky, {}
         self.tracker.start_pass()
-        self._ordinals.clear()
-        self._path_calls.clear()
-        self._relu_calls = 0
-        with torch.inference_mode(), _SwapMode(self):
+        self.keys.start_pass()
+        with torch.inference_mode(), ForwardingMode(self):
             return self.model(*args)
 
     def _dispatch(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         name = self._names.get(func) or self._names.setdefault(func, ops.op_name(func))
         if not ops.is_relu_site(name, args, kwargs):
             return func(*args, **kwargs)
-        key, pre = self._key(), args[0]
+        (key, _), pre = self.keys.next_key(), args[0]
         if key in self.leaky and name in _SWAPPABLE:
             swapped = torch.nn.functional.leaky_relu(pre, NEGATIVE_SLOPE)
             return pre.copy_(swapped) if name.endswith("_") else swapped
         self._count(key, pre)
         return func(*args, **kwargs)
-
-    def _key(self) -> SiteKey:
-        path, call, module = self.tracker.current()
-        if self.site_paths is not None and module is self.model and not isinstance(module, ACTIVATION_MODULES):
-            k = self._relu_calls  # an opaque model: the k-th relu op of the pass, named from its graph (as observed)
-            path = self.site_paths[k] if k < len(self.site_paths) else path
-            self._path_calls[path] += 1
-            call = self._path_calls[path]
-        self._relu_calls += 1
-        self._ordinals[(path, call)] += 1
-        return (path, call, self._ordinals[(path, call)])
 
     def _count(self, key: SiteKey, pre: torch.Tensor) -> None:
         view = pre.reshape(1, -1) if pre.dim() < 2 else pre
@@ -208,24 +179,6 @@ def site_key(site: ObservedSite) -> SiteKey:
     return (site.module_path, site.call_index, site.ordinal)
 
 
-@contextlib.contextmanager
-def edited(model: nn.Module, edits: Sequence[tuple[str, torch.Tensor]]) -> Iterator[None]:
-    """Replace parameters/buffers by name for the duration; restore them bit for bit afterwards."""
-    tensors = model.state_dict(keep_vars=True)
-    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
-    try:
-        with torch.no_grad():
-            for name, value in edits:
-                target = tensors[name]
-                saved.append((target, target.detach().clone()))
-                target.data.copy_(value)
-        yield
-    finally:
-        with torch.no_grad():
-            for target, original in reversed(saved):
-                target.data.copy_(original)
-
-
 def run_variants(
     model: nn.Module, observed: Sequence[ObservedSite], batches: Iterable[Any], variants: Sequence[Variant],
     site_paths: tuple[str, ...] | None = None,
@@ -237,103 +190,37 @@ def run_variants(
             reference = rerun.forward(batch)
             baseline.add(reference, reference, rerun.fired)
             for variant, meter in zip(variants, meters):
-                with edited(model, variant.edits):
+                with edited(model, dict(variant.edits)):
                     meter.add(reference, rerun.forward(batch, variant.leaky_sites), rerun.fired)
     units = {site_key(s): s.counters.units for s in observed}
     return baseline.outcome(Variant("unchanged"), units), [m.outcome(v, units) for v, m in zip(variants, meters)]
 
 
-# -- planning: which variants a report calls for ---------------------------------------------------------------
-def leaky_variant(keys: Iterable[SiteKey], name: str) -> Variant:
-    """Swap the given sites to LeakyReLU(0.01)."""
-    return Variant(name, leaky_sites=frozenset(keys))
+def simulate_recycle(
+    model: nn.Module, observed: Sequence[ObservedSite], sites: Sequence[Site], batches: Iterable[Any],
+    site_paths: tuple[str, ...] | None = None,
+) -> Outcome | None:  # fmt: skip
+    """What ``fix --strategy recycle`` does to the dead units: its plans, seed and re-draws, measured on the probe.
 
-
-def bias_shift_variant(model: nn.Module, site: Site, key: SiteKey, units: Sequence[int]) -> Variant | None:
-    """Raise the bias (or the norm's beta) of ``units`` so their max pre-activation becomes +BIAS_MARGIN."""
-    target = _bias_name(model, site)
-    highest = site.counters.max_preactivation
-    if target is None or not all(math.isfinite(highest[u]) for u in units):
+    None when fix would recycle no site. ``batches`` is replayed once per round of re-draws.
+    """
+    plans, _ = plan_recycle(model, observed, sites, include_dying=False)
+    if not plans:
         return None
-    bias = model.state_dict(keep_vars=True)[target].detach().clone()
-    for unit in units:
-        bias[unit] += BIAS_MARGIN - highest[unit]
-    return Variant(f"bias shift {site.name}", edits=((target, bias),), watch=(key, tuple(units)))
+    by_index = {s.index: s for s in observed}
+    keys = [site_key(by_index[plan.site.index]) for plan in plans]
+    watch = tuple(zip(keys, (plan.units for plan in plans)))
+    measured: list[Outcome] = []
 
+    def silent(edits: Edits) -> list[tuple[SitePlan, list[int]]]:
+        variant = Variant("recycle", edits=tuple(edits.items()), watch=watch)
+        measured.append(run_variants(model, observed, batches, [variant], site_paths)[1][0])
+        fired = measured[-1].revived_units
+        unfired = [(plan, [u for u in plan.units if u not in fired[key]]) for plan, key in zip(plans, keys)]
+        return [(plan, units) for plan, units in unfired if units]
 
-def recycle_variant(model: nn.Module, seen: ObservedSite, site: Site, units: Sequence[int]) -> Variant | None:
-    """ReDo-style: new incoming weights (the layer's default init), bias 0, norm reset, zero outgoing weights."""
-    producer = _module(model, site.producer.module_path if site.producer else None)
-    if not isinstance(producer, (nn.Linear, nn.modules.conv._ConvNd)) or site.producer is None:
-        return None
-    edits: dict[str, torch.Tensor] = {}
-    tensors = model.state_dict(keep_vars=True)
-    _redraw(edits, tensors, site.producer.module_path, producer, units)
-    if site.producer.norm_path:
-        _reset_norm(edits, tensors, site.producer.norm_path, units)
-    for path in sorted({c[0] for c in seen.consumers}):
-        _zero_outgoing(edits, tensors, path, _module(model, path), units, site.units)
-    return Variant(f"recycle {site.name}", edits=tuple(edits.items()), watch=(site_key(seen), tuple(units)))
-
-
-def _edit(edits: dict[str, torch.Tensor], tensors: dict[str, Any], name: str) -> torch.Tensor:
-    if name not in edits:
-        edits[name] = tensors[name].detach().clone()
-    return edits[name]
-
-
-def _redraw(edits: dict[str, torch.Tensor], tensors: dict[str, Any], path: str, layer: nn.Module, units: Sequence[int]) -> None:
-    weight = _edit(edits, tensors, f"{path}.weight")
-    generator = torch.Generator().manual_seed(RECYCLE_SEED)
-    bound = 1.0 / math.sqrt(max(weight[0].numel(), 1))  # nn.Linear / nn.ConvNd default: kaiming_uniform(a=sqrt(5))
-    for unit in units:
-        fresh = torch.empty(weight.shape[1:], dtype=torch.float32).uniform_(-bound, bound, generator=generator)
-        weight[unit] = fresh.to(weight.dtype)
-    if getattr(layer, "bias", None) is not None:
-        _edit(edits, tensors, f"{path}.bias")[list(units)] = 0
-
-
-def _reset_norm(edits: dict[str, torch.Tensor], tensors: dict[str, Any], path: str, units: Sequence[int]) -> None:
-    for suffix, value in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
-        name = f"{path}.{suffix}"
-        if name in tensors and tensors[name] is not None and tensors[name].dim() == 1:
-            _edit(edits, tensors, name)[list(units)] = value
-
-
-def _zero_outgoing(edits: dict[str, torch.Tensor], tensors: dict[str, Any], path: str, layer: nn.Module | None,
-                   units: Sequence[int], site_units: int) -> None:  # fmt: skip
-    """Zero the input columns of ``units`` in a Linear/Conv reader (a block of columns after a flatten)."""
-    if not isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)) or getattr(layer, "groups", 1) != 1:
-        return
-    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
-        return
-    inputs = layer.weight.shape[1]
-    if inputs % site_units:
-        return
-    block = inputs // site_units
-    weight = _edit(edits, tensors, f"{path}.weight")
-    for unit in units:
-        weight[:, unit * block : (unit + 1) * block] = 0
-
-
-def _bias_name(model: nn.Module, site: Site) -> str | None:
-    producer = site.producer
-    if producer is None:
-        return None
-    tensors = model.state_dict(keep_vars=True)
-    for path in (producer.norm_path, producer.module_path):
-        if path is not None and isinstance(tensors.get(f"{path}.bias"), torch.Tensor):
-            return f"{path}.bias" if tensors[f"{path}.bias"].numel() == site.units else None
-    return None
-
-
-def _module(model: nn.Module, path: str | None) -> nn.Module | None:
-    if path is None:
-        return None
-    try:
-        return model.get_submodule(path)
-    except (AttributeError, RuntimeError):  # RuntimeError: a ScriptModule has no get_submodule
-        return None
+    recycle_until_alive(model, plans, torch.Generator().manual_seed(DEFAULT_SEED), silent)
+    return measured[-1]  # silent() last ran on the final edits
 
 
 def _float_leaves(output: Any) -> list[torch.Tensor]:
@@ -356,6 +243,18 @@ class _Planned:
     findings: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class SimulationPlan:
+    """What a report calls for: variants to re-run, and the findings a recycle could revive."""
+
+    variants: tuple[_Planned, ...]
+    """LeakyReLU swaps and bias shifts, each with the findings it answers."""
+    recycle: tuple[int, ...]
+    """Indices of the findings (on simulated sites, with a cause new weights can address) given recycle numbers."""
+    caveat: str
+    """Names the sites left out (MAX_SIMULATED_SITES); empty when none was."""
+
+
 def simulate_findings(
     report: Report, model: nn.Module, observed: Sequence[ObservedSite], batches: Iterable[Any],
     *, site_paths: tuple[str, ...] | None = None,
@@ -365,62 +264,80 @@ def simulate_findings(
     ``batches`` must be iterable again (the probe is replayed). A simulation that cannot run leaves the report
     as it was, with a warning saying why: predictions are advice, never a reason to fail a scan.
     """
-    planned, skipped = plan(report, model, observed)
-    if not planned:
+    chosen = plan(report, model, observed)
+    if not chosen.variants and not chosen.recycle:
         return report
     try:
-        baseline, outcomes = run_variants(model, observed, batches, [p.variant for p in planned], site_paths)
+        baseline, outcomes = run_variants(model, observed, batches, [p.variant for p in chosen.variants], site_paths)
+        recycled = simulate_recycle(model, observed, report.sites, batches, site_paths) if chosen.recycle else None
     except Exception as exc:  # advisory: a model that cannot be re-run still gets its scan
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         return replace(report, warnings=(*report.warnings, f"simulation skipped: {type(exc).__name__}: {first}"))
     findings = list(report.findings)
-    if any(-1 in p.findings for p in planned):
+    if any(-1 in p.findings for p in chosen.variants):
         findings.append(leaky_everywhere(report.sites, report.summary.dead, report.summary.units))
+    keys = _keys_by_name(report, observed)
     predicted: dict[int, dict[str, float]] = {}
-    for item, outcome in zip(planned, outcomes):
-        for index in item.findings:
-            predicted.setdefault(index % len(findings), {}).update(_numbers(item.prefix, outcome, baseline))
+    answers = [(item.prefix, outcome, i) for item, outcome in zip(chosen.variants, outcomes) for i in item.findings]
+    answers += [("recycle", recycled, i) for i in chosen.recycle if recycled and keys[findings[i].site] in recycled.revived_units]
+    for prefix, outcome, index in answers:
+        finding = findings[index]
+        revived = outcome.revived(keys.get(finding.site, ("", 0, 0)), finding.units)
+        predicted.setdefault(index % len(findings), {}).update(_numbers(prefix, outcome, baseline, revived))
     findings = [replace(f, predicted=tuple(predicted.get(i, {}).items())) if i in predicted else f
                 for i, f in enumerate(findings)]  # fmt: skip
-    warnings = report.warnings + ((skipped,) if skipped else ())
+    warnings = report.warnings + ((chosen.caveat,) if chosen.caveat else ())
     return replace(report, findings=tuple(findings), warnings=warnings)
 
 
-def plan(report: Report, model: nn.Module, observed: Sequence[ObservedSite]) -> tuple[list[_Planned], str]:
-    """The variants a report calls for, and a caveat naming sites left out (MAX_SIMULATED_SITES)."""
+def plan(report: Report, model: nn.Module, observed: Sequence[ObservedSite]) -> SimulationPlan:
+    """The variants a report calls for on its MAX_SIMULATED_SITES sites with the most dead units."""
     dead_sites = sorted((s for s in report.sites if s.dead), key=lambda s: -s.dead)
     chosen, left_out = dead_sites[:MAX_SIMULATED_SITES], dead_sites[MAX_SIMULATED_SITES:]
     by_index = {s.index: s for s in observed}
+    shifts = {p.site.name: p for p in plan_bias_shift(model, observed, report.sites)[0]}  # fix's own refusals
     planned: list[_Planned] = []
+    recycle: list[int] = []
     for site in sorted(chosen, key=lambda s: s.index):
-        planned.extend(_site_plan(report, model, by_index[site.index], site))
+        causes = [i for i, f in enumerate(report.findings) if f.site == site.name and f.code.startswith("RD1")]
+        planned += _site_variants(report, model, by_index[site.index], site.name, causes, shifts.get(site.name))
+        recycle += [i for i in causes if report.findings[i].code in _RECYCLABLE]
     swappable = [site_key(s) for s in observed if s.op in _SWAPPABLE]
     if dead_sites and swappable:
-        planned.append(_Planned(leaky_variant(swappable, "LeakyReLU everywhere"), "leaky", (-1,)))
+        planned.append(_Planned(Variant("LeakyReLU everywhere", frozenset(swappable)), "leaky", (-1,)))
     caveat = ""
     if left_out:
         caveat = (f"simulated the {len(chosen)} sites with the most dead units; not simulated: "
                   + ", ".join(s.name for s in left_out[:8]) + (" …" if len(left_out) > 8 else ""))  # fmt: skip
-    return planned, caveat
+    return SimulationPlan(tuple(planned), tuple(recycle), caveat)
 
 
-def _site_plan(report: Report, model: nn.Module, seen: ObservedSite, site: Site) -> list[_Planned]:
-    causes = [i for i, f in enumerate(report.findings) if f.site == site.name and f.code.startswith("RD1")]
+def _site_variants(
+    report: Report, model: nn.Module, seen: ObservedSite, name: str, causes: Sequence[int], shift: SitePlan | None
+) -> list[_Planned]:
+    """A LeakyReLU swap of the site for all its causes, and a bias shift of each cause's units fix would shift."""
     if not causes:
         return []
     key = site_key(seen)
     planned = []
     if seen.op in _SWAPPABLE:
-        planned.append(_Planned(leaky_variant([key], f"LeakyReLU at {site.name}"), "leaky", tuple(causes)))
+        planned.append(_Planned(Variant(f"LeakyReLU at {name}", frozenset([key])), "leaky", tuple(causes)))
     for index in causes:
         finding = report.findings[index]
-        shift = bias_shift_variant(model, site, key, finding.units) if finding.code in _BIAS_FIXABLE else None
-        recycle = recycle_variant(model, seen, site, finding.units) if finding.code in _RECYCLABLE else None
-        planned += [_Planned(v, p, (index,)) for v, p in ((shift, "bias_shift"), (recycle, "recycle")) if v is not None]
+        if shift is None or finding.code not in _BIAS_FIXABLE:
+            continue
+        edits = bias_shift_edits(model, [replace(shift, units=tuple(finding.units))])
+        variant = Variant(f"bias shift {name}", edits=tuple(edits.items()), watch=((key, tuple(finding.units)),))
+        planned.append(_Planned(variant, "bias_shift", (index,)))
     return planned
 
 
-def _numbers(prefix: str, outcome: Outcome, baseline: Outcome) -> dict[str, float]:
+def _keys_by_name(report: Report, observed: Sequence[ObservedSite]) -> dict[str, SiteKey]:
+    by_index = {s.index: s for s in observed}
+    return {site.name: site_key(by_index[site.index]) for site in report.sites}
+
+
+def _numbers(prefix: str, outcome: Outcome, baseline: Outcome, revived: int) -> dict[str, float]:
     numbers = {f"{prefix}_drift": outcome.drift}
     if outcome.argmax_changed is not None:
         numbers[f"{prefix}_argmax_changed"] = outcome.argmax_changed
@@ -428,5 +345,5 @@ def _numbers(prefix: str, outcome: Outcome, baseline: Outcome) -> dict[str, floa
         numbers["units_with_gradient_before"] = float(baseline.units_with_gradient)
         numbers["leaky_units_with_gradient"] = float(outcome.units_with_gradient)
     else:
-        numbers[f"{prefix}_revived"] = float(outcome.revived)
+        numbers[f"{prefix}_revived"] = float(revived)
     return numbers

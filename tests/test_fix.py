@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from relu_doctor import scan
 from relu_doctor.diagnose import BIAS_MARGIN
 from relu_doctor.errors import UsageError
 from relu_doctor.repair.api import repair_model
@@ -231,6 +232,38 @@ def test_residual_feeding_units_are_skipped_and_named() -> None:
     assert set(ResidualFedRelu.DEAD_INNER) <= set(inner_dead)
     assert [(r.site, r.units, r.layers) for r in result.repaired] == [(":relu#2", inner_dead, ("inner", "back"))]
     assert relative_l2(model, repair_model(model, batches, strategy="recycle").model, batches) <= 1e-6
+
+
+def test_the_scans_predicted_recycle_is_what_fix_does() -> None:
+    model, batches = ResidualFedRelu(), probe(5)
+    report = scan(model, batches, simulate=True)
+    repaired = repair_model(model, batches, strategy="recycle")
+    (skipped,), (inner,) = repaired.result.skipped, repaired.result.repaired
+    predicted = {f.site: dict(f.predicted) for f in report.findings if f.code.startswith("RD1")}
+    # the stem feeds the residual sum: fix skips it, so the scan predicts no recycle there
+    assert skipped.site == ":relu#1" and "recycle_drift" not in predicted[":relu#1"]
+    still_dead = set(next(s for s in repaired.after.sites if s.name == inner.site).dead_units)
+    revived = len([u for u in inner.units if u not in still_dead])
+    cause = next(f for f in report.findings if f.site == inner.site and f.code.startswith("RD1"))
+    assert set(cause.units) == set(inner.units)  # one cause for every dead unit of the site: the counts compare
+    assert predicted[inner.site]["recycle_drift"] == repaired.result.drift.relative_l2
+    # the planted units 3, 7 and unit 2, which only the dead stem units fed: new weights revive all three
+    assert predicted[inner.site]["recycle_revived"] == revived == len(inner.units) == 3
+
+
+def test_the_scans_predicted_recycle_counts_the_units_fix_had_to_draw_again() -> None:
+    model = DeadHiddenMLP()
+    # one input repeated: a fresh row misses it about half the time, so fix re-draws (same generator, same order)
+    batches = [torch.randn(1, 6, generator=torch.Generator().manual_seed(0)).expand(8, 6).clone()]
+    report = scan(model, batches, simulate=True)
+    repaired = repair_model(model, batches, strategy="recycle")
+    (act,) = repaired.result.repaired
+    still_dead = set(next(s for s in repaired.after.sites if s.name == "act").dead_units)
+    findings = [f for f in report.findings if f.site == "act" and f.code.startswith("RD1")]
+    assert sorted(u for f in findings for u in f.units) == list(act.units)  # the causes split the site's units
+    causes = [dict(f.predicted) for f in findings]
+    assert act.redraws > 0 and all(c["recycle_drift"] == repaired.result.drift.relative_l2 for c in causes)
+    assert sum(c["recycle_revived"] for c in causes) == len([u for u in act.units if u not in still_dead])
 
 
 def test_conv_bn_relu_conv_resets_the_norm_channel_and_the_consumer_input_channel() -> None:

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from relu_doctor import scan
 from relu_doctor.cli import app
 from relu_doctor.diagnose import BIAS_MARGIN
+from relu_doctor.repair.api import repair_model
 from relu_doctor.report import Finding, Report
-from relu_doctor.simulate import recycle_variant
 
 SLOPE = 0.01
 
@@ -130,14 +130,8 @@ def test_bias_shift_equals_a_rerun_of_a_copy_with_raised_biases(report: Report, 
 def test_recycle_keeps_the_output_and_revives_what_a_rerun_of_the_recycled_copy_revives(
     report: Report, probe: list[torch.Tensor]
 ) -> None:
-    from relu_doctor.api import observe
-
     model = BiasKilledClassifier()
-    observer, _ = observe(model, probe)
-    variant = recycle_variant(model, observer.sites[0], report.sites[0], BiasKilledClassifier.FC1_DEAD)
-    assert variant is not None
-    recycled = copy.deepcopy(model)
-    recycled.load_state_dict({**model.state_dict(), **dict(variant.edits)})
+    recycled = repair_model(model, probe, strategy="recycle").model  # what `relu-doctor fix` writes
     drift, _ = _rerun_drift(model, recycled, probe)
     with torch.no_grad():
         first = torch.cat([recycled.preactivations(x)[0] for x in probe])

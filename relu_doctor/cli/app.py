@@ -228,7 +228,7 @@ def main() -> None:
     except TyperException as exc:  # click's usage errors (bad option value, unknown option or command)
         context = getattr(exc, "ctx", None)
         hint = f"; see '{context.command_path} --help'" if context is not None else ""
-        message = " ".join(str(exc.format_message()).split()).rstrip(".")  # type: ignore[attr-defined]
+        message = " ".join(str(exc.format_message()).split()).rstrip(".")
         if message:  # no arguments at all: click has printed the help
             typer.echo(f"relu-doctor: error: {message}{hint}", err=True)
         raise SystemExit(getattr(exc, "exit_code", EXIT_ERROR)) from None

@@ -20,6 +20,7 @@ from ..report import ModelInfo, ProbeInfo, Report, Thresholds
 from ..sites import build_site, site_names
 from .bias_shift import bias_shift, shift_target
 from .drift import drift_against, drift_between, reference_outputs
+from .edits import Edits, apply_edits
 from .leaky import code_changes, plan_leaky, swap_to_leaky
 from .plan import SitePlan, plan_bias_shift, plan_recycle
 from .records import (
@@ -30,10 +31,7 @@ from .records import (
     SkippedSite,
     Strategy,
 )
-from .recycle import recycle, redraw_incoming
-
-MAX_REDRAWS = 8
-"""Rounds of re-drawing recycled units that still never fire on the probe (a draw can miss every probe input)."""
+from .recycle import recycle_until_alive
 
 Batches = Sequence[Any] | Callable[[], Iterable[Any]]
 """Probe batches that can be replayed: a list of tensors, or a function returning a fresh iterator."""
@@ -136,7 +134,8 @@ def _recycle(
 ) -> RepairResult:  # fmt: skip
     plans, skipped = plan_recycle(work, observed, before.sites, include_dying)
     reference = reference_outputs(context.original, context.replay())
-    redraws = _apply_recycle(work, plans, context)
+    generator = torch.Generator().manual_seed(context.seed)
+    redraws = _apply_recycle(work, plans, context, generator)
     drift = drift_against(reference, work, context.replay())
     if limit is not None and drift.relative_l2 > limit and plans:
         # Something the graph did not show (a layer reused elsewhere, an output used twice): find the sites one by one.
@@ -154,10 +153,18 @@ def _site_repair(plan: SitePlan, redraws: int) -> SiteRepair:
     return SiteRepair(plan.site.name, plan.units, plan.dying, tuple(dict.fromkeys(layers)), redraws)
 
 
-def _apply_recycle(work: nn.Module, plans: Sequence[SitePlan], context: _Context) -> dict[str, int]:
-    generator = torch.Generator().manual_seed(context.seed)
-    recycle(work, plans, generator)
-    return _redraw_until_alive(work, plans, context, generator)
+def _apply_recycle(
+    work: nn.Module, plans: Sequence[SitePlan], context: _Context, generator: torch.Generator
+) -> dict[str, int]:
+    """Recycle ``plans`` in ``work``, re-drawing units that still never fire; returns extra draws per site."""
+
+    def silent(edits: Edits) -> list[tuple[SitePlan, list[int]]]:
+        apply_edits(work, edits)
+        return _still_dead(work, plans, context)
+
+    edits, redraws = recycle_until_alive(work, plans, generator, silent)
+    apply_edits(work, edits)
+    return redraws
 
 
 def _recycle_site_by_site(
@@ -170,8 +177,7 @@ def _recycle_site_by_site(
     generator = torch.Generator().manual_seed(context.seed)
     for plan in plans:
         saved = copy.deepcopy(work.state_dict())
-        recycle(work, [plan], generator)
-        counts = _redraw_until_alive(work, [plan], context, generator)
+        counts = _apply_recycle(work, [plan], context, generator)
         drift = drift_against(reference, work, context.replay())
         if drift.relative_l2 > limit:
             work.load_state_dict(saved)
@@ -182,22 +188,6 @@ def _recycle_site_by_site(
         kept.append(plan)
         redraws.update(counts)
     return kept, redraws, rejected
-
-
-def _redraw_until_alive(
-    work: nn.Module, plans: Sequence[SitePlan], context: _Context, generator: torch.Generator
-) -> dict[str, int]:
-    """Re-draw recycled units that still never fire on the probe; returns extra draws per site."""
-    modules = dict(work.named_modules())
-    counts: dict[str, int] = {}
-    for _ in range(MAX_REDRAWS):
-        silent = _still_dead(work, plans, context)
-        if not silent:
-            break
-        for plan, units in silent:
-            redraw_incoming(modules, plan, units, generator)
-            counts[plan.site.name] = counts.get(plan.site.name, 0) + len(units)
-    return counts
 
 
 def _still_dead(work: nn.Module, plans: Sequence[SitePlan], context: _Context) -> list[tuple[SitePlan, list[int]]]:

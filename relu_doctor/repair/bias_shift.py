@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
 from ..diagnose import BIAS_MARGIN
+from .edits import Edits, StateEdits, apply_edits
 from .plan import SitePlan
 
 
@@ -27,12 +27,16 @@ def shift_target(plan: SitePlan) -> str:
     return plan.norm or plan.producer
 
 
-@torch.no_grad()
-def bias_shift(model: nn.Module, plans: Sequence[SitePlan], margin: float = BIAS_MARGIN) -> None:
-    """Raise the bias (or beta) of every planned unit in place."""
-    modules = dict(model.named_modules())
+def bias_shift_edits(model: nn.Module, plans: Sequence[SitePlan], margin: float = BIAS_MARGIN) -> Edits:
+    """The raised bias (or beta) of every planned unit, as edits of ``model``."""
+    state = StateEdits(model)
     for plan in plans:
-        bias = modules[shift_target(plan)].bias
-        assert isinstance(bias, torch.Tensor)
+        bias = state.tensor(shift_target(plan), "bias")
         for unit, shift in zip(plan.units, required_shifts(plan, margin)):
             bias[unit] += shift
+    return state.edits
+
+
+def bias_shift(model: nn.Module, plans: Sequence[SitePlan], margin: float = BIAS_MARGIN) -> None:
+    """Raise the bias (or beta) of every planned unit in place."""
+    apply_edits(model, bias_shift_edits(model, plans, margin))

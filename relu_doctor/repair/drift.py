@@ -57,7 +57,11 @@ def flat_output(model: nn.Module, batch: Any) -> torch.Tensor:
     """Every floating-point output element of one forward pass, as one flat float64 CPU tensor."""
     args = batch if isinstance(batch, tuple) else (batch,)
     with torch.inference_mode():
-        output = model(*args)
+        return flat_floats(model(*args))
+
+
+def flat_floats(output: Any) -> torch.Tensor:
+    """Every floating-point tensor of a model's output, as one flat float64 CPU tensor (what drift compares)."""
     leaves = [t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor) and t.is_floating_point()]
     if not leaves:
         return torch.zeros(0, dtype=torch.float64)
