@@ -213,14 +213,7 @@ class ReluObserver:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def __enter__(self) -> ReluObserver:
-        try:
-            self._exit_stack.enter_context(restored_model_state(self.model, self.warnings))
-            self._exit_stack.enter_context(transformer_fastpath_disabled())
-            self.tracker.install()
-            self._exit_stack.callback(self.tracker.remove)
-        except BaseException:
-            self._exit_stack.close()
-            raise
+        self._exit_stack.enter_context(instrumented(self.model, self.tracker, self.warnings))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -424,6 +417,18 @@ def _flattens_channels(origin: Origin, before: torch.Tensor, after: torch.Tensor
         origin.layout is Layout.CHANNEL_FIRST and before.dim() >= 3 and after.dim() == 2
         and after.shape[0] == before.shape[0] and after.shape[1] == before[0].numel()
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def instrumented(model: nn.Module, tracker: ModuleCallTracker, warnings: dict[str, None]) -> Any:
+    """Everything a pass under a dispatch mode needs around it: eval mode and buffers restored afterwards, the
+    transformer fast path off, and the module hooks installed and removed."""
+    with restored_model_state(model, warnings), transformer_fastpath_disabled():
+        tracker.install()
+        try:
+            yield
+        finally:
+            tracker.remove()
 
 
 @contextlib.contextmanager

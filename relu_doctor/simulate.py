@@ -37,8 +37,7 @@ from .observe import (
     ObservedSite,
     SiteKey,
     SiteKeys,
-    restored_model_state,
-    transformer_fastpath_disabled,
+    instrumented,
 )
 from .repair.bias_shift import bias_shift_edits
 from .repair.drift import DriftMeter, flat_floats
@@ -133,14 +132,7 @@ class Rerun:
         self._exit_stack = contextlib.ExitStack()
 
     def __enter__(self) -> Rerun:
-        try:
-            self._exit_stack.enter_context(restored_model_state(self.model, {}))
-            self._exit_stack.enter_context(transformer_fastpath_disabled())
-            self.tracker.install()
-            self._exit_stack.callback(self.tracker.remove)
-        except BaseException:
-            self._exit_stack.close()
-            raise
+        self._exit_stack.enter_context(instrumented(self.model, self.tracker, {}))
         return self
 
     def __exit__(self, *exc: object) -> None:
