@@ -12,6 +12,9 @@ from typing import Any
 from .errors import UsageError
 from .report import Report, Thresholds
 
+DEFAULT_SAMPLES = 512
+"""Synthetic probe size: enough that a unit never firing supports "fires on fewer than 1%" (299 needed)."""
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -38,7 +41,7 @@ class ScanRequest:
     """Probe file; None for a synthetic probe."""
     probe_key: str | None = None
     """Which tensor of a probe file holding several."""
-    samples: int = 256
+    samples: int = DEFAULT_SAMPLES
     """Synthetic probe size (or the most samples read from a probe file when ``limit_samples``)."""
     limit_samples: bool = False
     """Read at most ``samples`` samples from the probe file."""

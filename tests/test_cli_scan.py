@@ -130,10 +130,17 @@ def test_json_has_the_documented_schema() -> None:
     assert data["summary"]["dead"] == sum(s["dead"] for s in data["sites"])
 
 
-def test_default_samples_do_not_truncate_a_probe_file() -> None:
-    # --samples defaults to 256; with --probe it limits only when given (the probe file holds 512 rows)
-    assert json.loads(invoke(*SAMPLE_ARGS, "--format", "json").stdout)["probe"]["samples"] == 512
-    limited = json.loads(invoke(*SAMPLE_ARGS, "--samples", "100", "--format", "json").stdout)
+def test_default_samples_do_not_truncate_a_probe_file(tmp_path: Path) -> None:
+    # --samples sizes the synthetic probe; with --probe it limits only when given. The probe is larger than
+    # the default, so a default that leaked into file probes would show.
+    from relu_doctor.pipeline import DEFAULT_SAMPLES
+
+    rows = np.load(SAMPLES / "digits_probe.npy")
+    big = np.concatenate([rows] * (DEFAULT_SAMPLES // len(rows) + 2))  # 3 x 512 = 1536 rows > 512
+    np.save(tmp_path / "big.npy", big)
+    args = ["scan", DYING, "--arch", ARCH, "--probe", str(tmp_path / "big.npy"), "--no-simulate"]
+    assert json.loads(invoke(*args, "--format", "json").stdout)["probe"]["samples"] == len(big)
+    limited = json.loads(invoke(*args, "--samples", "100", "--format", "json").stdout)
     assert limited["probe"]["samples"] == 100
 
 

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from ..pipeline import DEFAULT_SAMPLES
 from ..repair.records import Strategy
 from . import options as opt
 from .app import app, error_boundary, note, style_from_options, write_output
@@ -90,7 +91,7 @@ def fix(
     samples: Annotated[
         int | None,
         typer.Option(
-            help="Synthetic probe size (default 256; with --probe, read at most this many samples).",
+            help="Synthetic probe size (default 512); with --probe, read at most this many samples (default: all).",
             show_default=False,
             rich_help_panel=opt.PROBE,
         ),
@@ -124,7 +125,7 @@ def fix(
         scan = ScanRequest(
             model_path=str(model), arch=arch, arch_kwargs=opt.arch_kwargs_value(arch_kwargs), key=key, trust=trust,
             imports=tuple(imports or ()), allow_globals=tuple(allow_global or ()),
-            probe_path=None if probe is None else str(probe), probe_key=probe_key, samples=samples or 256,
+            probe_path=None if probe is None else str(probe), probe_key=probe_key, samples=samples or DEFAULT_SAMPLES,
             limit_samples=probe is not None and samples is not None, seed=seed, batch_size=batch_size,
             input_shape=None if input_shape is None else parse_shape(input_shape), unit_dim=unit_dim,
             device=device, dtype=dtype, thresholds=Thresholds(dying_rate=dying_rate),

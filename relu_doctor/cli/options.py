@@ -28,7 +28,7 @@ Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.", rich_help_p
 Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16 (counters stay float32 or wider).", rich_help_panel=LOAD)]
 Probe = Annotated[Path | None, typer.Option(help="Probe tensor: .npy, .npz, .safetensors, .pt, or a directory of .npy shards.", rich_help_panel=PROBE)]
 ProbeKey = Annotated[str | None, typer.Option(help="Tensor to use from a probe file holding several.", rich_help_panel=PROBE)]
-Samples = Annotated[int, typer.Option(help="Synthetic probe size (default 256; with --probe, read at most this many samples).", show_default=False, rich_help_panel=PROBE)]
+Samples = Annotated[int, typer.Option(help="Synthetic probe size; with --probe, read at most this many samples (default: all).", show_default=False, rich_help_panel=PROBE)]
 Seed = Annotated[int, typer.Option(help="Seed of the synthetic probe.", rich_help_panel=PROBE)]
 BatchSize = Annotated[int, typer.Option(help="Samples per forward pass.", rich_help_panel=PROBE)]
 InputShape = Annotated[str | None, typer.Option(help="Shape of one synthetic sample, e.g. 3x32x32.", rich_help_panel=PROBE)]

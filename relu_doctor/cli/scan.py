@@ -17,6 +17,7 @@ import typer
 
 from ..distributed import is_primary
 from ..errors import UntrustedCodeError
+from ..pipeline import DEFAULT_SAMPLES
 from ..render import Format
 from ..render.common import summary_line
 from ..report import Report
@@ -52,7 +53,7 @@ def scan(
     # Probe
     probe: opt.Probe = None,
     probe_key: opt.ProbeKey = None,
-    samples: opt.Samples = 256,
+    samples: opt.Samples = DEFAULT_SAMPLES,
     seed: opt.Seed = 0,
     batch_size: opt.BatchSize = 64,
     input_shape: opt.InputShape = None,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..pipeline import DEFAULT_SAMPLES
 from . import options as opt
 from .app import (
     OutputStyle,
@@ -51,7 +52,7 @@ def trend(
     # Probe
     probe: opt.Probe = None,
     probe_key: opt.ProbeKey = None,
-    samples: opt.Samples = 256,
+    samples: opt.Samples = DEFAULT_SAMPLES,
     seed: opt.Seed = 0,
     batch_size: opt.BatchSize = 64,
     input_shape: opt.InputShape = None,
