@@ -250,6 +250,9 @@ class ReluObserver:
         elif ops.is_relu_like_uncounted(name, args, kwargs):
             owner = self.tracker.current()[0] or "<root>"
             self.warnings[f"{name}(min=0) in {owner} computes a relu but is not counted as a site"] = None
+        elif (hidden := ops.fused_relu_blind_spot(name, args, kwargs)) is not None:
+            owner = self.tracker.current()[0] or "<root>"
+            self.warnings[f"{hidden} in {owner}: its relu units are not counted"] = None
         elif name.endswith("dropout") and _arg(args, kwargs, 2, "train", False):
             owner = self.tracker.current()[0] or "<root>"
             self.warnings[f"dropout with training=True runs in {owner} even in eval mode: counts may overstate death"] = None

@@ -93,6 +93,22 @@ def is_relu_site(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> bool
     return True
 
 
+FUSED_RELU = {
+    "rnn_relu": "nn.RNN(nonlinearity='relu') runs its relu inside a fused kernel",
+    "rnn_relu_cell": "nn.RNNCell(nonlinearity='relu') runs its relu inside a fused kernel",
+    "_transformer_encoder_layer_fwd": "a TransformerEncoderLayer ran its fused fast path (e.g. scripted)",
+    "_addmm_activation": "a fused linear + activation kernel ran",
+}
+"""Ops that compute a relu inside one kernel, where no observer can see the pre-activation: blind spots."""
+
+
+def fused_relu_blind_spot(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
+    """Why the op hides a relu from observation, or None (``_addmm_activation`` only when it is a relu)."""
+    if name == "_addmm_activation" and _arg(args, kwargs, 4, "use_gelu", False):
+        return None
+    return FUSED_RELU.get(name)
+
+
 def is_relu_like_uncounted(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
     """clamp(min=0) with no upper bound computes a relu but is not a relu site: a blind spot to report."""
     if name in {"clamp_min", "clamp_min_"}:
