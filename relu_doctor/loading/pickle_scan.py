@@ -8,6 +8,7 @@ read as data. The findings drive the refusal messages and the choice between "pi
 from __future__ import annotations
 
 import pickletools
+import warnings
 from collections.abc import Iterable
 from typing import IO
 
@@ -48,26 +49,29 @@ def pickle_globals(stream: IO[bytes]) -> set[str]:
     found: set[str] = set()
     strings: list[str | None] = []
     memo: dict[int, str | None] = {}
-    try:
-        for opcode, arg, _ in pickletools.genops(stream):
-            name = opcode.name
-            if name in ("GLOBAL", "INST"):
-                found.add(str(arg).replace(" ", ".", 1))
-            elif name == "STACK_GLOBAL":
-                module, attribute = (strings[-2:] + [None, None])[:2] if len(strings) >= 2 else (None, None)
-                found.add(f"{module}.{attribute}" if module and attribute else UNRESOLVED)
-            elif name in _STRING_OPS:
-                strings.append(arg if isinstance(arg, str) else None)
-            elif name == "MEMOIZE":
-                memo[len(memo)] = strings[-1] if strings else None
-            elif name in _PUT_OPS:
-                memo[_index(arg)] = strings[-1] if strings else None
-            elif name in _GET_OPS:
-                strings.append(memo.get(_index(arg)))
-            elif name == "STOP":
-                break
-    except (ValueError, EOFError, UnicodeDecodeError, OverflowError, MemoryError):
-        pass  # a damaged pickle: report what was seen before the damage; loading will fail on its own
+    with warnings.catch_warnings():
+        # Damaged string opcodes make pickletools warn about escape sequences; the damage is handled below.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            for opcode, arg, _ in pickletools.genops(stream):
+                name = opcode.name
+                if name in ("GLOBAL", "INST"):
+                    found.add(str(arg).replace(" ", ".", 1))
+                elif name == "STACK_GLOBAL":
+                    module, attribute = (strings[-2:] + [None, None])[:2] if len(strings) >= 2 else (None, None)
+                    found.add(f"{module}.{attribute}" if module and attribute else UNRESOLVED)
+                elif name in _STRING_OPS:
+                    strings.append(arg if isinstance(arg, str) else None)
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = strings[-1] if strings else None
+                elif name in _PUT_OPS:
+                    memo[_index(arg)] = strings[-1] if strings else None
+                elif name in _GET_OPS:
+                    strings.append(memo.get(_index(arg)))
+                elif name == "STOP":
+                    break
+        except (ValueError, EOFError, UnicodeDecodeError, OverflowError, MemoryError):
+            pass  # a damaged pickle: report what was seen before the damage; loading will fail on its own
     return found
 
 
