@@ -4,9 +4,10 @@ Two ratios per model, both medians of pairs run back to back in one process (ord
 machine noise hits both alike):
 
 - per batch: one observed forward pass (``ReluObserver.run``: dispatch, provenance, per-unit reduction)
-  vs one plain forward of the same batch -- the cost that grows with the probe;
-- whole scan: ``relu_doctor.scan`` of the probe (observer set-up, every batch, report, diagnosis)
-  vs plain forwards of the same batches.
+  vs one plain forward of the same batch -- the cost that grows with the probe -- once with each reducer
+  (``torch``, and ``fused`` when numba is installed), so the two are compared in the same run;
+- whole scan: ``relu_doctor.scan`` of the probe (observer set-up, every batch, report, diagnosis; default
+  ``auto`` reducer) vs plain forwards of the same batches.
 
 Usage: ``python bench/bench_speed.py [--reps 7] [--batches 4] [--threads N] [--only cnn]``.
 """
@@ -26,7 +27,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import ReluTransformer, ResNet18Like, mlp, seeded  # noqa: E402
 
-from relu_doctor import scan  # noqa: E402
+from relu_doctor import fused, scan  # noqa: E402
 from relu_doctor.observe import ReluObserver  # noqa: E402
 
 Probe = list[torch.Tensor]
@@ -77,10 +78,10 @@ def plain_forward(model: nn.Module, batch: torch.Tensor) -> Callable[[], object]
     return run
 
 
-def per_batch(model: nn.Module, probe: Probe, reps: int) -> tuple[float, float, float]:
+def per_batch(model: nn.Module, probe: Probe, reps: int, reducer: str) -> tuple[float, float, float]:
     """Observed vs plain forward, batch by batch, inside one open observer."""
     results = []
-    with ReluObserver(model) as observer:
+    with ReluObserver(model, reducer=reducer) as observer:
         for batch in probe:  # warm-up: allocator, oneDNN primitives, the observer's first-batch work
             plain_forward(model, batch)()
             observer.run(batch)
@@ -112,16 +113,22 @@ def main() -> None:
     clock = CLOCKS[args.clock]
     if args.threads:
         torch.set_num_threads(args.threads)
+    reducers = ["torch", "fused"] if fused.available() else ["torch"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, {args.batches} batches, "
-          f"{args.reps} pairs")
-    print(f"{'model':48} {'plain/batch':>11} {'scan/batch':>10} {'ratio':>7} | {'plain':>7} {'scan':>7} {'ratio':>7}")
+          f"{args.reps} pairs, reducers: {', '.join(reducers)}")
+    per = " ".join(f"{r + ' scan':>11} {'ratio':>7}" for r in reducers)
+    print(f"{'model':48} {'plain/batch':>11} {per} | {'plain':>7} {'scan':>7} {'ratio':>7}")
     for name, (model, probe) in workloads(args.batches).items():
         if args.only not in name:
             continue
-        p, s, ratio = per_batch(model, probe, args.reps)
+        cells = []
+        for reducer in reducers:
+            p, s, ratio = per_batch(model, probe, args.reps, reducer)
+            cells.append(f"{s:10.4f}s {ratio:6.3f}x")
         wp, ws, wratio = whole_scan(model, probe, max(3, args.reps // 2))
-        print(f"{name:48} {p:10.4f}s {s:9.4f}s {ratio:6.3f}x | {wp:6.3f}s {ws:6.3f}s {wratio:6.3f}x")
-    print("ratio = median over pairs of scan time / plain time (left: one batch; right: whole scan with report)")
+        print(f"{name:48} {p:10.4f}s {' '.join(cells)} | {wp:6.3f}s {ws:6.3f}s {wratio:6.3f}x")
+    print("ratio = median over pairs of scan time / plain time (left: one batch, per reducer; right: whole scan "
+          "with report, auto reducer)")
 
 
 if __name__ == "__main__":

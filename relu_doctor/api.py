@@ -42,10 +42,11 @@ def observe(
     unit_dim: int | None = None,
     site_paths: tuple[str, ...] | None = None,
     progress: Progress | None = None,
+    reducer: str = "auto",
 ) -> tuple[ReluObserver, int]:
     """Run every batch through ``model`` under the observer; returns it (closed) and the sample count."""
     samples = 0
-    with ReluObserver(model, unit_dim=unit_dim, site_paths=site_paths) as observer:
+    with ReluObserver(model, unit_dim=unit_dim, site_paths=site_paths, reducer=reducer) as observer:
         for batch in batches:
             _forward(observer, batch)
             size = _batch_samples(batch)
@@ -69,6 +70,7 @@ def scan(
     progress: Progress | None = None,
     simulate: bool = False,
     combiner: Combiner | None = None,
+    reducer: str = "auto",
 ) -> Report:
     """Observe every relu-family call of ``model`` over ``batches`` and report dead, dying and dormant units.
 
@@ -83,12 +85,18 @@ def scan(
     ``combiner`` picks the batches this process observes and combines its counters afterwards: under torchrun
     (:class:`relu_doctor.distributed.ShardedScan`) each rank observes its shard and every rank returns the
     single-process report; :class:`relu_doctor.stats_io.StatsWriter` also writes ``--save-stats``.
+
+    ``reducer`` picks how activations are reduced: ``auto`` (the one-pass numba reducer of
+    :mod:`relu_doctor.fused` where it is installed and applies, else torch), ``torch`` or ``fused``. Counts
+    and maxima are identical either way; activation sums may differ in the last float bits.
     """
     if simulate and isinstance(batches, Iterator):
         batches = list(batches)
     meter = InputScaleMeter()
     mine = batches if combiner is None else combiner.batches(batches)
-    observer, samples = observe(model, meter.tap(mine), unit_dim=unit_dim, site_paths=site_paths, progress=progress)
+    observer, samples = observe(
+        model, meter.tap(mine), unit_dim=unit_dim, site_paths=site_paths, progress=progress, reducer=reducer
+    )
     if combiner is not None:
         samples = combiner.combine(observer, samples, meter)
     probe = probe_info or ProbeInfo("in-memory", samples, 0)

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import ConfigError
-from .pipeline import DEVICES, DTYPES
+from .pipeline import DEVICES, DTYPES, REDUCERS
 from .render import Format
 from .report import Thresholds
 
@@ -52,6 +52,7 @@ KEYS: dict[str, Key] = {key.name: key for key in (
     Key("arch", "arch"), Key("arch_kwargs", "table"), Key("probe", "path"), Key("probe_key", "str"),
     Key("samples", "int"), Key("seed", "int"), Key("batch_size", "int"), Key("input_shape", "str"),
     Key("unit_dim", "int"), Key("device", "choice", DEVICES), Key("dtype", "choice", DTYPES),
+    Key("reducer", "choice", REDUCERS),
     Key("dying_rate", "fraction"), Key("tau", "float"), Key("max_dead_fraction", "fraction"),
     Key("max_layer_dead_fraction", "fraction"), Key("ignore", "list"), Key("sites", "sites"),
     Key("format", "choice", tuple(f.value for f in Format)), Key("strict", "bool"),

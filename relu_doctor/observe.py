@@ -26,9 +26,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from . import ops
+from . import fused, ops
 from .counters import UnitAccumulator, all_finite, reduce_sample_max
-from .errors import ObservationError
+from .errors import ObservationError, UsageError
 from .ops import Layout, Role
 from .report import Producer
 
@@ -195,11 +195,14 @@ class ReluObserver:
     """
 
     def __init__(
-        self, model: nn.Module, *, unit_dim: int | None = None, site_paths: tuple[str, ...] | None = None
+        self, model: nn.Module, *, unit_dim: int | None = None, site_paths: tuple[str, ...] | None = None,
+        reducer: str = "auto",
     ) -> None:
+        check_reducer(reducer)
         self.model = model
         self.unit_dim = unit_dim
         self.site_paths = site_paths
+        self.reducer = reducer
         self.tracker = ModuleCallTracker(model)
         self.keys = SiteKeys(model, self.tracker, site_paths)
         self.sites: list[ObservedSite] = []
@@ -209,11 +212,14 @@ class ReluObserver:
         self._op_cache: dict[Any, tuple[str, Role]] = {}
         self._origins: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
         self._batch_size = 0
+        self._static_ids: set[int] = set()
         self._exit_stack = contextlib.ExitStack()
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def __enter__(self) -> ReluObserver:
         self._exit_stack.enter_context(instrumented(self.model, self.tracker, self.warnings))
+        # Weights and buffers never carry provenance: skipping their lookups saves most of them.
+        self._static_ids = {id(t) for t in (*self.model.parameters(), *self.model.buffers())}
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -270,8 +276,13 @@ class ReluObserver:
                 f"of shape {tuple(pre.shape)}; pass --unit-dim to choose the unit axis"
             )
         sample_axis = self._sample_axis(view, site.unit_axis)
-        sample_max = reduce_sample_max(view, site.unit_axis, sample_axis)
-        if all_finite(sample_max):
+        counted = None
+        if fused.applies(view, self.reducer):
+            # Reads ``pre`` before the op runs (an in-place relu overwrites it); counts nothing if it is not finite.
+            counted = fused.add_batch(site.counters, view, site.unit_axis, sample_axis, ops.relu_cap(name, args, kwargs))
+        if counted:
+            output = func(*args, **kwargs)
+        elif counted is None and all_finite(sample_max := reduce_sample_max(view, site.unit_axis, sample_axis)):
             output = func(*args, **kwargs)
             site.counters.add_finite(sample_max, output.reshape(view.shape), site.unit_axis)
         else:
@@ -336,8 +347,8 @@ class ReluObserver:
         out = output[0] if isinstance(output, (tuple, list)) and output else output
         if not isinstance(out, torch.Tensor):
             return
-        # Flattened: cat/stack take their tensors as one list argument.
-        inputs = [(a, self._origins.get(a)) for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor)]
+        static = self._static_ids
+        inputs = [(a, None if id(a) in static else self._origins.get(a)) for a in _tensor_args(args)]
         self._record_uses(name, role, inputs, out)
         origin = _derive_origin(name, role, inputs, out, self.tracker.current()[0])
         if origin is not None:
@@ -366,6 +377,18 @@ class ReluObserver:
             origin = self._origins.get(leaf) if isinstance(leaf, torch.Tensor) else None
             if origin is not None and origin.site is not None:
                 self.sites[origin.site].reaches_output = True
+
+
+def _tensor_args(args: Any) -> list[torch.Tensor]:
+    """The tensors among an aten op's positional arguments, one list level deep (cat/stack take a list):
+    aten schemas nest no deeper, and this runs for every op, where a general tree flatten costs more."""
+    found = []
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            found.append(arg)
+        elif isinstance(arg, (list, tuple)):
+            found.extend(a for a in arg if isinstance(a, torch.Tensor))
+    return found
 
 
 def _derive_origin(
@@ -468,6 +491,14 @@ def transformer_fastpath_disabled() -> Any:
         yield
     finally:
         mha.set_fastpath_enabled(previous)
+
+
+def check_reducer(reducer: str) -> None:
+    """A usage error for an unknown reducer, or for ``fused`` where numba is not installed."""
+    if reducer not in fused.REDUCERS:
+        raise UsageError(f"--reducer must be one of {', '.join(fused.REDUCERS)}, got {reducer!r}")
+    if reducer == "fused" and not fused.available():
+        raise UsageError("--reducer fused needs numba: pip install 'relu-doctor[fast]' (or use --reducer auto)")
 
 
 def _arg(args: Any, kwargs: dict[str, Any], index: int, key: str, default: Any) -> Any:

@@ -9,6 +9,7 @@ the decomposed names (``addmm``, ``convolution``, ``native_batch_norm``) are lis
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,6 +92,15 @@ def is_relu_site(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> bool
     if name.startswith("threshold"):
         return bool(_arg(args, kwargs, 1, "threshold", None) == 0 and _arg(args, kwargs, 2, "value", None) == 0)
     return True
+
+
+def relu_cap(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> float:
+    """The upper clamp of a relu site's output: 6 for relu6 and hardtanh(0, 6), infinity for the others."""
+    if name.startswith("hardtanh"):
+        return float(_arg(args, kwargs, 2, "max_val", 1.0))
+    if name.startswith("relu6"):
+        return 6.0
+    return math.inf
 
 
 FUSED_RELU = {

@@ -17,6 +17,8 @@ DEFAULT_SAMPLES = 512
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("float32", "bfloat16", "float16")
+REDUCERS = ("auto", "torch", "fused")
+"""How each site's activation is reduced to counters (see :mod:`relu_doctor.fused`)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class ScanRequest:
     """auto, cpu, cuda or mps."""
     dtype: str = "float32"
     """Model and probe dtype; counters accumulate in float32 or wider regardless."""
+    reducer: str = "auto"
+    """auto (the fused one-pass reducer where numba is installed, else torch), torch or fused."""
     thresholds: Thresholds = field(default_factory=Thresholds)
     """Classification and gate settings."""
     simulate: bool = False
@@ -69,6 +73,8 @@ class ScanRequest:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.dtype not in DTYPES:
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.reducer not in REDUCERS:
+            raise UsageError(f"--reducer must be one of {', '.join(REDUCERS)}, got {self.reducer!r}")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.samples < 1:
@@ -152,7 +158,7 @@ def run_scan(request: ScanRequest, *, progress: Callable[[int], None] | None = N
         return scan(
             loaded.model, batches, thresholds=request.thresholds,
             unit_dim=request.unit_dim, site_paths=loaded.site_paths, model_info=loaded.info, probe_info=probe.info,
-            progress=progress, simulate=request.simulate, combiner=_combiner(request, sharded, probe.info, loaded.info),
+            progress=progress, reducer=request.reducer, simulate=request.simulate, combiner=_combiner(request, sharded, probe.info, loaded.info),
         )  # fmt: skip
 
 

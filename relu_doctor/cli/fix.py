@@ -85,6 +85,7 @@ def fix(
     allow_global: opt.AllowGlobal = None,
     device: opt.Device = "cpu",
     dtype: opt.Dtype = "float32",
+    reducer: opt.Reducer = "auto",
     # Probe
     probe: opt.Probe = None,
     probe_key: opt.ProbeKey = None,
@@ -128,7 +129,7 @@ def fix(
             probe_path=None if probe is None else str(probe), probe_key=probe_key, samples=samples or DEFAULT_SAMPLES,
             limit_samples=probe is not None and samples is not None, seed=seed, batch_size=batch_size,
             input_shape=None if input_shape is None else parse_shape(input_shape), unit_dim=unit_dim,
-            device=device, dtype=dtype, thresholds=Thresholds(dying_rate=dying_rate),
+            device=device, dtype=dtype, reducer=reducer, thresholds=Thresholds(dying_rate=dying_rate),
         )  # fmt: skip
         request = FixRequest(scan, str(output), strategy, seed, include_dying, force, max_drift)
         outcome = run_fix(request)

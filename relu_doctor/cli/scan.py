@@ -50,6 +50,7 @@ def scan(
     allow_global: opt.AllowGlobal = None,
     device: opt.Device = "cpu",
     dtype: opt.Dtype = "float32",
+    reducer: opt.Reducer = "auto",
     # Probe
     probe: opt.Probe = None,
     probe_key: opt.ProbeKey = None,

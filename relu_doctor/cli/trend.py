@@ -49,6 +49,7 @@ def trend(
     allow_global: opt.AllowGlobal = None,
     device: opt.Device = "cpu",
     dtype: opt.Dtype = "float32",
+    reducer: opt.Reducer = "auto",
     # Probe
     probe: opt.Probe = None,
     probe_key: opt.ProbeKey = None,

@@ -62,6 +62,7 @@ class _Context:
     thresholds: Thresholds
     unit_dim: int | None
     seed: int
+    reducer: str = "auto"
 
 
 def default_max_drift(strategy: Strategy, include_dying: bool) -> float | None:
@@ -74,7 +75,7 @@ def default_max_drift(strategy: Strategy, include_dying: bool) -> float | None:
 def repair_model(
     model: nn.Module, batches: Batches, *, strategy: Strategy | str, seed: int = 0, include_dying: bool = False,
     max_drift: float | None = None, thresholds: Thresholds | None = None, unit_dim: int | None = None,
-    model_info: ModelInfo | None = None, probe_info: ProbeInfo | None = None,
+    model_info: ModelInfo | None = None, probe_info: ProbeInfo | None = None, reducer: str = "auto",
 ) -> Repaired:  # fmt: skip
     """Repair the dead (and with ``include_dying`` dying) units of a copy of ``model``, seen on ``batches``.
 
@@ -85,8 +86,8 @@ def repair_model(
     if include_dying and strategy is not Strategy.recycle:
         raise UsageError(f"--include-dying works with --strategy recycle only, not {strategy.value}")
     replay = _replayable(batches)
-    context = _Context(model, replay, thresholds or Thresholds(), unit_dim, seed)
-    observer, samples = observe(model, replay(), unit_dim=unit_dim)
+    context = _Context(model, replay, thresholds or Thresholds(), unit_dim, seed, reducer)
+    observer, samples = observe(model, replay(), unit_dim=unit_dim, reducer=reducer)
     probe = probe_info or ProbeInfo("in-memory", samples, 0)
     info = model_info or ModelInfo("", "in-memory", None)
     before = build_report(observer.sites, observer, model, context.thresholds, probe, info, unit_dim)
@@ -98,7 +99,7 @@ def repair_model(
     else:
         limit = max_drift if max_drift is not None else default_max_drift(strategy, include_dying)
         result, swapped = _recycle(work, observer.sites, before, context, include_dying, limit), ()
-    after_observer, _ = observe(work, replay(), unit_dim=unit_dim)
+    after_observer, _ = observe(work, replay(), unit_dim=unit_dim, reducer=reducer)
     after = build_report(after_observer.sites, after_observer, work, context.thresholds, probe, info, unit_dim)
     return Repaired(work, result, before, after, swapped)
 
@@ -191,7 +192,7 @@ def _recycle_site_by_site(
 
 
 def _still_dead(work: nn.Module, plans: Sequence[SitePlan], context: _Context) -> list[tuple[SitePlan, list[int]]]:
-    observer, _ = observe(work, context.replay(), unit_dim=context.unit_dim)
+    observer, _ = observe(work, context.replay(), unit_dim=context.unit_dim, reducer=context.reducer)
     names = site_names(observer.sites)
     by_name = {name: seen for name, seen in zip(names, observer.sites)}
     silent = []

@@ -69,7 +69,7 @@ def run_fix(request: FixRequest) -> FixOutcome:
     repaired = repair_model(
         loaded.model, replay, strategy=request.strategy, seed=request.seed, include_dying=request.include_dying,
         max_drift=limit, thresholds=request.scan.thresholds, unit_dim=request.scan.unit_dim,
-        model_info=loaded.info, probe_info=probe.info,
+        model_info=loaded.info, probe_info=probe.info, reducer=request.scan.reducer,
     )  # fmt: skip
     if not writes:
         return FixOutcome(str(source), None, loaded.info.format, repaired.result, None)
@@ -97,6 +97,6 @@ def _verify(request: FixRequest, loaded: Any, repaired: Any, replay: Any, limit:
 
     written = load_for_scan(replace(request.scan, model_path=request.output))
     after = scan(written.model, replay(), thresholds=request.scan.thresholds, unit_dim=request.scan.unit_dim,
-                 model_info=written.info, probe_info=repaired.before.probe)  # fmt: skip
+                 model_info=written.info, probe_info=repaired.before.probe, reducer=request.scan.reducer)  # fmt: skip
     drift = drift_between(loaded.model, written.model, replay())
     return verification(repaired.before, after, repaired.result.repaired, drift, limit)

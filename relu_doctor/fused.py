@@ -1,0 +1,104 @@
+"""The fused reducer: one pass over a site's pre-activation, compiled with numba (the optional ``fast`` extra).
+
+The torch reducer (:mod:`relu_doctor.counters`) reads each activation three to four times (per-sample max,
+sign, two sums). This one reads it once and updates a site's counters directly: per-sample maxima (hence
+samples fired and the largest pre-activation), the positive count and the activation sum. A batch holding a
+NaN or an infinity changes nothing, and the caller takes the exact path, so non-finite values never reach these
+counters (this also catches a -inf next to finite values, which the torch reducer's fast path does not).
+
+Two kernels (:mod:`relu_doctor._fused_kernels`), by the copy-free (lead, units, trail) view of
+:func:`counters.unit_blocks`: ``blocks`` for trail > 1 (channels-first maps: the inner loop runs along a unit's
+positions) and ``rows`` for trail == 1 (feature-last activations: the inner loop runs across units). Counts and
+maxima are exact, so they equal the torch reducer's; the float32 sums are added in another order, so activation
+sums may differ from it in the last bits.
+
+Used for float32 CPU tensors whose sample axis is a lead axis of that view, from :data:`MIN_ELEMENTS` elements
+(smaller ones gain nothing, and a scan of a small model never imports numba). numba's first compilation takes
+a few seconds; it is cached under ``__pycache__`` (or numba's user cache directory) for later runs.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+from typing import Any
+
+import torch
+
+from . import pipeline
+from .counters import UnitAccumulator, unit_blocks
+
+MIN_ELEMENTS = 1 << 16
+"""Activations smaller than this use the torch reducer: the fused pass saves less than a call costs."""
+
+REDUCERS = pipeline.REDUCERS
+"""auto: fused where it applies and numba is installed; torch: never fused; fused: fused wherever it applies
+(even for small activations), an error when numba is missing."""
+
+
+@cache
+def available() -> bool:
+    """True when numba imports (the ``fast`` extra is installed)."""
+    try:
+        import numba  # noqa: F401
+    except Exception:  # an incompatible numba/numpy pair raises ImportError or worse; either way: not available
+        return False
+    return True
+
+
+def applies(pre: torch.Tensor, reducer: str) -> bool:
+    """True when ``reducer`` asks for the fused pass on this tensor and the tensor suits it."""
+    if reducer == "torch" or pre.device.type != "cpu" or pre.dtype != torch.float32 or pre.dim() < 2:
+        return False
+    return reducer == "fused" or (pre.numel() >= MIN_ELEMENTS and available())
+
+
+def add_batch(
+    counters: UnitAccumulator, pre: torch.Tensor, unit_axis: int, sample_axis: int | None, cap: float
+) -> bool | None:
+    """Reduce ``pre`` in one pass into ``counters``.
+
+    Returns True when counted; False when ``pre`` holds a NaN or an infinity (``counters`` untouched: the caller
+    takes the exact path); None when its layout does not allow the fused pass (the caller uses the torch reducer).
+    ``cap`` is the op's upper clamp (6 for relu6 and hardtanh(0, 6), ``inf`` for relu and threshold(0, 0)): the
+    activation sum is of ``min(max(x, 0), cap)``, the op's output.
+    """
+    blocks = unit_blocks(pre, unit_axis)
+    mapping = None if blocks is None else _sample_mapping(pre, unit_axis, sample_axis)
+    if blocks is None or mapping is None:
+        return None
+    inner, samples = mapping
+    lead, units, trail = blocks.shape
+    data = blocks if trail > 1 else blocks.view(lead, units)
+    kernels = _kernels()
+    kernel = kernels.blocks if trail > 1 else kernels.rows
+    finite = kernel(
+        data.numpy(), data.view(torch.int32).numpy(), inner, samples, cap, counters.positive.numpy(),
+        counters.samples_fired.numpy(), counters.max_preactivation.numpy(), counters.activation_sum.numpy(),
+    )  # fmt: skip
+    if finite:
+        counters.positions += pre.numel() // max(units, 1)
+        counters.samples += samples
+    return bool(finite)
+
+
+def _sample_mapping(pre: torch.Tensor, unit_axis: int, sample_axis: int | None) -> tuple[int, int] | None:
+    """(inner, samples) such that lead row ``l`` belongs to sample ``(l // inner) % samples``; None when the
+    sample axis is not a lead axis of the memory-ordered view."""
+    if sample_axis is None:
+        return 1, 1
+    strides = pre.stride()
+    order = sorted(range(pre.dim()), key=lambda d: (-strides[d], d))
+    lead_axes = order[: order.index(unit_axis)]
+    if sample_axis not in lead_axes:
+        return None
+    inner = math.prod(pre.shape[d] for d in lead_axes[lead_axes.index(sample_axis) + 1 :])
+    return inner, int(pre.shape[sample_axis])
+
+
+@cache
+def _kernels() -> Any:
+    """The compiled kernels (numba compiles them at first call, or loads them from its cache)."""
+    from . import _fused_kernels
+
+    return _fused_kernels
