@@ -19,6 +19,7 @@ producer and the relu, which rules 4 and 6 require.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -92,6 +93,15 @@ class _Layer:
     kernel: int
     """Weights per input channel (kernel positions; 1 for a Linear)."""
 
+    @functools.cached_property
+    def row_norms(self) -> torch.Tensor:
+        """L2 norm of each unit's incoming weights (computed once per layer, not once per dead unit)."""
+        return self.rows.norm(dim=1)
+
+    @functools.cached_property
+    def typical_norm(self) -> float:
+        return float(self.row_norms.median())
+
 
 @dataclass(frozen=True)
 class _Context:
@@ -147,8 +157,7 @@ def cause_of(context: _Context, unit: int) -> UnitCause:
 # -- the rules, in priority order ----------------------------------------------------------------------------
 def collapsed(context: _Context, unit: int) -> UnitCause | None:
     """RD104: incoming weights ≈0 next to the layer's median unit."""
-    norms = context.layer.rows.norm(dim=1)
-    norm, typical = float(norms[unit]), float(norms.median())
+    norm, typical = float(context.layer.row_norms[unit]), context.layer.typical_norm
     if norm > COLLAPSED_RATIO * typical and norm > 0:
         return None
     return UnitCause(context.site.name, unit, "RD104", parameter=f"{context.layer.path}.weight", value=norm)
@@ -249,14 +258,19 @@ def _fed_by_dead(layer: _Layer, upstream: Site) -> torch.Tensor | None:
     inputs = per_group * layer.groups
     if inputs % upstream.units:
         return None
-    group = torch.arange(units) // (units // layer.groups)
-    channels = (torch.arange(fan_in) // layer.kernel)[None, :] + (group * per_group)[:, None]
-    # conv -> flatten -> linear: each upstream channel owns a block of inputs // upstream.units columns.
-    owners = channels // (inputs // upstream.units)
+    if not upstream.dead_units:  # nothing dead upstream: no unit can be fed only by dead ones (and wide layers
+        return torch.zeros(units, dtype=torch.bool)  # would pay for the expression below for nothing)
     dead = torch.zeros(upstream.units, dtype=torch.bool)
     dead[list(upstream.dead_units)] = True
     weighted = layer.rows != 0
-    return weighted.any(dim=1) & (~weighted | dead[owners]).all(dim=1)
+    # conv -> flatten -> linear: each upstream channel owns a block of inputs // upstream.units columns.
+    block = inputs // upstream.units
+    if layer.groups == 1:  # one owner per column, the same for every unit: no (units, fan_in) index matrix
+        live_columns = ~dead[torch.arange(fan_in) // layer.kernel // block]
+        return weighted.any(dim=1) & ~(weighted & live_columns).any(dim=1)
+    group = torch.arange(units) // (units // layer.groups)
+    channels = (torch.arange(fan_in) // layer.kernel)[None, :] + (group * per_group)[:, None]
+    return weighted.any(dim=1) & (~weighted | dead[channels // block]).all(dim=1)
 
 
 def _layer(model: nn.Module, site: Site) -> tuple[_Layer | None, str]:

@@ -3,6 +3,7 @@ causes gets the right cause for each dead unit. Expected numbers are recomputed 
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -265,3 +266,35 @@ def test_each_planted_dead_unit_gets_its_planted_cause() -> None:
         assert sorted(causes_by_unit(report, site.name)) == list(site.dead_units)  # causes add up to the dead units
     assert fc3_site.constant_units == PlantedDeathNet.FC3_CONSTANT
     assert fc2_site.name in finding(report, "RD103").cause
+
+
+@pytest.mark.parametrize(
+    ("units", "fan_in", "kernel", "groups", "upstream_units"),
+    [(6, 8, 1, 1, 8), (6, 4 * 9, 9, 1, 4), (6, 2 * 9, 9, 3, 6), (4, 12, 1, 1, 3)],
+    ids=["linear", "conv", "grouped-conv", "flattened-blocks"],
+)
+def test_fed_by_dead_matches_a_per_unit_set_count(units: int, fan_in: int, kernel: int, groups: int,
+                                                  upstream_units: int) -> None:  # fmt: skip
+    from types import SimpleNamespace
+
+    from relu_doctor.causes import _fed_by_dead, _Layer
+
+    gen = _seeded()
+    rows = torch.randn(units, fan_in, generator=gen) * (torch.rand(units, fan_in, generator=gen) < 0.3)
+    dead_units = tuple(u for u in range(upstream_units) if u % 2 == 0)
+    per_group, block = fan_in // kernel, fan_in // kernel * groups // upstream_units
+
+    def owner(u: int, c: int) -> int:
+        return ((c // kernel) + u // (units // groups) * per_group) // block
+
+    for u in range(1, units, 2):  # odd units keep only weights from dead owners (when their group has any)
+        rows[u] *= torch.tensor([owner(u, c) in dead_units for c in range(fan_in)])
+    rows[0] = 0.0  # no incoming weight at all: never "fed by dead"
+    layer = _Layer("fc", rows, torch.zeros(units), "fc.bias", None, groups, kernel)
+    upstream = SimpleNamespace(units=upstream_units, dead_units=dead_units)
+    expected = []
+    for u in range(units):
+        owners = {owner(u, c) for c in range(fan_in) if rows[u, c] != 0}
+        expected.append(bool(owners) and owners <= set(dead_units))
+    assert _fed_by_dead(layer, upstream).tolist() == expected  # type: ignore[arg-type]
+    assert any(expected)  # the case exercises a positive answer
