@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -43,10 +43,18 @@ def observe(
     site_paths: tuple[str, ...] | None = None,
     progress: Progress | None = None,
     reducer: str = "auto",
+    expected_batches: int | None = None,
 ) -> tuple[ReluObserver, int]:
-    """Run every batch through ``model`` under the observer; returns it (closed) and the sample count."""
+    """Run every batch through ``model`` under the observer; returns it (closed) and the sample count.
+
+    ``expected_batches`` (default: ``len(batches)`` when it has one) lets ``reducer="auto"`` judge whether
+    loading the fused reducer pays off."""
     samples = 0
-    with ReluObserver(model, unit_dim=unit_dim, site_paths=site_paths, reducer=reducer) as observer:
+    if expected_batches is None and isinstance(batches, Sized):
+        expected_batches = len(batches)
+    with ReluObserver(
+        model, unit_dim=unit_dim, site_paths=site_paths, reducer=reducer, expected_passes=expected_batches
+    ) as observer:
         for batch in batches:
             _forward(observer, batch)
             size = _batch_samples(batch)
@@ -86,16 +94,18 @@ def scan(
     (:class:`relu_doctor.distributed.ShardedScan`) each rank observes its shard and every rank returns the
     single-process report; :class:`relu_doctor.stats_io.StatsWriter` also writes ``--save-stats``.
 
-    ``reducer`` picks how activations are reduced: ``auto`` (the one-pass numba reducer of
-    :mod:`relu_doctor.fused` where it is installed and applies, else torch), ``torch`` or ``fused``. Counts
-    and maxima are identical either way; activation sums may differ in the last float bits.
+    ``reducer`` picks how activations are reduced: ``fused`` (the one-pass numba reducer of
+    :mod:`relu_doctor.fused`), ``torch``, or ``auto``: fused once it is loaded in this process, or from the
+    second batch on when numba is installed and the batches left (``len(batches)``) hold enough work to pay for
+    loading it; torch otherwise. Counts and maxima are identical either way; sums may differ in the last bits.
     """
     if simulate and isinstance(batches, Iterator):
         batches = list(batches)
     meter = InputScaleMeter()
     mine = batches if combiner is None else combiner.batches(batches)
     observer, samples = observe(
-        model, meter.tap(mine), unit_dim=unit_dim, site_paths=site_paths, progress=progress, reducer=reducer
+        model, meter.tap(mine), unit_dim=unit_dim, site_paths=site_paths, progress=progress, reducer=reducer,
+        expected_batches=len(batches) if isinstance(batches, Sized) else None,
     )
     if combiner is not None:
         samples = combiner.combine(observer, samples, meter)

@@ -12,9 +12,10 @@ positions) and ``rows`` for trail == 1 (feature-last activations: the inner loop
 maxima are exact, so they equal the torch reducer's; the float32 sums are added in another order, so activation
 sums may differ from it in the last bits.
 
-Used for float32 CPU tensors whose sample axis is a lead axis of that view, from :data:`MIN_ELEMENTS` elements
-(smaller ones gain nothing, and a scan of a small model never imports numba). numba's first compilation takes
-a few seconds; it is cached under ``__pycache__`` (or numba's user cache directory) for later runs.
+Used for float32 CPU tensors whose sample axis is a lead axis of that view. Loading numba and the compiled
+kernels costs about 0.5 s and 125 MiB once per process (the very first compilation, a few seconds, is cached
+under ``__pycache__`` or numba's user cache directory), so ``--reducer auto`` uses them only where the scan
+has enough work left to win that back (:func:`worth_loading`); a scan of a small model never imports numba.
 """
 
 from __future__ import annotations
@@ -28,12 +29,16 @@ import torch
 from . import pipeline
 from .counters import UnitAccumulator, unit_blocks
 
-MIN_ELEMENTS = 1 << 16
-"""Activations smaller than this use the torch reducer: the fused pass saves less than a call costs."""
+MIN_WORK = 500_000_000
+"""Elements a scan must still reduce for ``auto`` to load numba: at about 1.3 ns saved per element (CNN, CPU)
+that pays for loading numba and the cached kernels (about 0.5 s, 125 MiB) in a process that has not yet."""
 
 REDUCERS = pipeline.REDUCERS
-"""auto: fused where it applies and numba is installed; torch: never fused; fused: fused wherever it applies
-(even for small activations), an error when numba is missing."""
+"""fused: wherever the layout allows (an error when numba is missing); torch: never; auto: see
+:func:`worth_loading`."""
+
+_loaded = False
+"""True once the kernels ran in this process: from then on ``auto`` costs nothing to use them."""
 
 
 @cache
@@ -46,11 +51,17 @@ def available() -> bool:
     return True
 
 
-def applies(pre: torch.Tensor, reducer: str) -> bool:
-    """True when ``reducer`` asks for the fused pass on this tensor and the tensor suits it."""
-    if reducer == "torch" or pre.device.type != "cpu" or pre.dtype != torch.float32 or pre.dim() < 2:
-        return False
-    return reducer == "fused" or (pre.numel() >= MIN_ELEMENTS and available())
+def suits(pre: torch.Tensor) -> bool:
+    """True for a tensor the kernels read: float32 on the CPU, at least 2-D."""
+    return pre.device.type == "cpu" and pre.dtype == torch.float32 and pre.dim() >= 2
+
+
+def worth_loading(remaining_elements: int | None) -> bool:
+    """``auto``'s choice: use the fused reducer when it is already loaded, or when numba is installed and the
+    scan still has ``remaining_elements`` (None: unknown) to reduce, enough to pay for loading it."""
+    if _loaded:
+        return True
+    return remaining_elements is not None and remaining_elements >= MIN_WORK and available()
 
 
 def add_batch(
@@ -76,6 +87,8 @@ def add_batch(
         data.numpy(), data.view(torch.int32).numpy(), inner, samples, cap, counters.positive.numpy(),
         counters.samples_fired.numpy(), counters.max_preactivation.numpy(), counters.activation_sum.numpy(),
     )  # fmt: skip
+    global _loaded
+    _loaded = True
     if finite:
         counters.positions += pre.numel() // max(units, 1)
         counters.samples += samples

@@ -196,13 +196,20 @@ class ReluObserver:
 
     def __init__(
         self, model: nn.Module, *, unit_dim: int | None = None, site_paths: tuple[str, ...] | None = None,
-        reducer: str = "auto",
+        reducer: str = "auto", expected_passes: int | None = None,
     ) -> None:
         check_reducer(reducer)
         self.model = model
         self.unit_dim = unit_dim
         self.site_paths = site_paths
         self.reducer = reducer
+        self.expected_passes = expected_passes
+        """Forward passes the caller will run (None: unknown); ``auto`` weighs the fused reducer's load cost
+        against the work left after the first pass."""
+        self._fused = reducer == "fused" or (reducer == "auto" and fused.worth_loading(None))
+        self._passes = 0
+        self._suited_elements = 0
+        """Elements the first pass reduced that the fused kernels could have read."""
         self.tracker = ModuleCallTracker(model)
         self.keys = SiteKeys(model, self.tracker, site_paths)
         self.sites: list[ObservedSite] = []
@@ -236,6 +243,9 @@ class ReluObserver:
         with torch.inference_mode(), ForwardingMode(self):
             output = self.model(*args)
         self._mark_outputs(output)
+        self._passes += 1
+        if self.reducer == "auto" and not self._fused and self._passes == 1 and self.expected_passes is not None:
+            self._fused = fused.worth_loading(self._suited_elements * (self.expected_passes - 1))
         if self.site_paths is not None and self.keys.relu_calls != len(self.site_paths):
             self.warnings[
                 f"the graph names {len(self.site_paths)} relu sites but {self.keys.relu_calls} ran; "
@@ -277,7 +287,10 @@ class ReluObserver:
             )
         sample_axis = self._sample_axis(view, site.unit_axis)
         counted = None
-        if fused.applies(view, self.reducer):
+        suits = fused.suits(view)
+        if suits and self._passes == 0:
+            self._suited_elements += view.numel()
+        if suits and self._fused:
             # Reads ``pre`` before the op runs (an in-place relu overwrites it); counts nothing if it is not finite.
             counted = fused.add_batch(site.counters, view, site.unit_axis, sample_axis, ops.relu_cap(name, args, kwargs))
         if counted:
@@ -497,7 +510,7 @@ def check_reducer(reducer: str) -> None:
     """A usage error for an unknown reducer, or for ``fused`` where numba is not installed."""
     if reducer not in fused.REDUCERS:
         raise UsageError(f"--reducer must be one of {', '.join(fused.REDUCERS)}, got {reducer!r}")
-    if reducer == "fused" and not fused.available():
+    if reducer == "fused" and not fused.available():  # auto falls back to torch quietly
         raise UsageError("--reducer fused needs numba: pip install 'relu-doctor[fast]' (or use --reducer auto)")
 
 

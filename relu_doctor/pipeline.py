@@ -181,3 +181,6 @@ class _Replayable:
 
     def __iter__(self) -> Any:
         return self.probe.batches(self.dtype, self.device)
+
+    def __len__(self) -> int:
+        return -(-self.probe.info.samples // self.probe.info.batch_size)

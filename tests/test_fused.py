@@ -118,14 +118,46 @@ def test_layouts_it_cannot_read_in_one_pass_are_declined() -> None:
     assert counters.samples == 0
 
 
-def test_applies_only_to_float32_cpu_tensors_and_honours_the_setting() -> None:
-    big, small = torch.zeros(2, fused.MIN_ELEMENTS), torch.zeros(2, 8)
-    assert not fused.applies(big, "torch")
-    assert not fused.applies(big.double(), "fused")
-    assert not fused.applies(big.half(), "auto")
-    assert fused.applies(small, "fused")
-    assert not fused.applies(small, "auto")  # small activations stay on torch: numba is not even imported
-    assert fused.applies(big, "auto") == fused.available()
+def test_suits_only_float32_cpu_tensors() -> None:
+    x = torch.zeros(4, 3)
+    assert fused.suits(x)
+    assert not fused.suits(x.double()) and not fused.suits(x.half()) and not fused.suits(x.bfloat16())
+    assert not fused.suits(torch.zeros(3))
+
+
+def test_auto_loads_numba_only_for_enough_remaining_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fused, "_loaded", False)
+    assert not fused.worth_loading(None)  # unknown amount of work: do not pay the load
+    assert not fused.worth_loading(fused.MIN_WORK - 1)
+    assert fused.worth_loading(fused.MIN_WORK) == fused.available()
+    monkeypatch.setattr(fused, "_loaded", True)
+    assert fused.worth_loading(None) and fused.worth_loading(0)  # already loaded: free to use
+
+
+@needs_numba
+def test_auto_switches_to_fused_after_the_first_batch_when_the_work_pays(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = fused.add_batch
+
+    def spy(*args):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(fused, "add_batch", spy)
+    model = ConvBNReluShifted()
+    batches = list(_data((12, 3, 6, 6)).split(4))  # 3 batches, one site
+    monkeypatch.setattr(fused, "_loaded", False)
+    small = scan(model, batches)  # a few thousand elements: not worth loading numba
+    assert calls == []
+    monkeypatch.setattr(fused, "MIN_WORK", 1)
+    switched = scan(model, batches)
+    assert len(calls) == 2  # batch 1 on torch (its size decides), batches 2 and 3 fused
+    a, b = small.sites[0].counters, switched.sites[0].counters
+    assert (a.positive, a.samples_fired, a.max_preactivation) == (b.positive, b.samples_fired, b.max_preactivation)
+    assert a.activation_sum == pytest.approx(b.activation_sum, rel=1e-6)
+    calls.clear()
+    scan(model, iter(batches))  # loaded now, so even an iterator of unknown length uses it from the first batch
+    assert len(calls) == 3
 
 
 def _observe(model: nn.Module, batches: list[torch.Tensor], reducer: str) -> list:
