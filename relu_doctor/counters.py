@@ -12,6 +12,7 @@ and several times faster than ``count_nonzero`` (a bool reduction); longer reduc
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -143,7 +144,7 @@ def count_and_sum(output: torch.Tensor, unit_axis: int) -> tuple[torch.Tensor, t
     for start in range(0, blocks.shape[0], step):
         part = blocks[start : start + step]
         # relu-family outputs are >= 0, so sign() is 1 exactly where the output is non-zero.
-        counts += torch.sign(part).sum(dim=2, dtype=torch.float32).to(torch.int64).sum(dim=0)
+        counts += torch.sign(part, out=_scratch(part)).sum(dim=2, dtype=torch.float32).to(torch.int64).sum(dim=0)
     return counts, blocks.sum(dim=2, dtype=torch.float32).sum(dim=0)
 
 
@@ -152,8 +153,29 @@ def _count_and_sum_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     step = max(1, CHUNK_ELEMENTS // max(rows.shape[1], 1))
     counts = torch.zeros(rows.shape[1], dtype=torch.int64, device=rows.device)
     for start in range(0, rows.shape[0], step):
-        counts += torch.sign(rows[start : start + step]).sum(dim=0, dtype=torch.float32).to(torch.int64)
+        part = rows[start : start + step]
+        counts += torch.sign(part, out=_scratch(part)).sum(dim=0, dtype=torch.float32).to(torch.int64)
     return counts, rows.sum(dim=0, dtype=torch.float32)
+
+
+_scratch_buffers = threading.local()
+
+
+def _scratch(like: torch.Tensor) -> torch.Tensor | None:
+    """A reused buffer shaped like ``like`` for the sign temporary (a fresh multi-MiB tensor per chunk costs
+    page faults on every allocation), one of CHUNK_ELEMENTS per thread, device and dtype; None (allocate) for a
+    chunk larger than that, so no bigger buffer outlives the call."""
+    if like.numel() > CHUNK_ELEMENTS:
+        return None
+    buffers = getattr(_scratch_buffers, "by_kind", None)
+    if buffers is None:
+        buffers = _scratch_buffers.by_kind = {}
+    key = (like.device, like.dtype)
+    buffer = buffers.get(key)
+    if buffer is None:
+        with torch.inference_mode(False):  # a normal tensor: writable inside and outside inference mode
+            buffer = buffers[key] = torch.empty(CHUNK_ELEMENTS, dtype=like.dtype, device=like.device)
+    return buffer[: like.numel()].view(like.shape)
 
 
 def unit_blocks(tensor: torch.Tensor, unit_axis: int) -> torch.Tensor | None:

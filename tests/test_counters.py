@@ -98,3 +98,16 @@ def test_reduce_sample_max_never_aliases_its_input() -> None:
     assert sample_max.tolist() == [[-5.0, 2.0], [-3.0, -1.0]]
     whole = reduce_sample_max(torch.tensor([[-5.0, 2.0]]), 1, None)
     assert whole.tolist() == [[-5.0, 2.0]]
+
+
+def test_count_and_sum_reuses_its_scratch_buffer_inside_and_outside_inference_mode() -> None:
+    from relu_doctor.counters import count_and_sum
+
+    x = torch.relu(_probe((6, 4, 5, 5)))
+    expected = ((x > 0).sum(dim=(0, 2, 3)).tolist(), x.sum(dim=(0, 2, 3)))
+    with torch.inference_mode():
+        inside = count_and_sum(x, 1)
+    outside = count_and_sum(x, 1)  # the buffer made inside inference mode must still be writable here
+    for count, total in (inside, outside):
+        assert count.tolist() == expected[0]
+        assert torch.allclose(total, expected[1])
