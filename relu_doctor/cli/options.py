@@ -26,7 +26,7 @@ Imports = Annotated[list[str] | None, typer.Option("--import", help="Module to i
 AllowGlobal = Annotated[list[str] | None, typer.Option(help="Allow one pickled global (module.Name) in a weights-only load (repeatable).", rich_help_panel=LOAD)]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.", rich_help_panel=LOAD)]
 Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16 (counters stay float32 or wider).", rich_help_panel=LOAD)]
-Reducer = Annotated[str, typer.Option(help="auto (one-pass numba reducer where relu-doctor\\[fast] is installed, else torch), torch or fused.", rich_help_panel=LOAD)]
+Reducer = Annotated[str, typer.Option(help="auto, torch or fused (one pass, numba: relu-doctor\\[fast]). auto: fused when installed and the probe is big enough to pay for loading it, else torch.", rich_help_panel=LOAD)]
 Probe = Annotated[Path | None, typer.Option(help="Probe tensor: .npy, .npz, .safetensors, .pt, or a directory of .npy shards.", rich_help_panel=PROBE)]
 ProbeKey = Annotated[str | None, typer.Option(help="Tensor to use from a probe file holding several.", rich_help_panel=PROBE)]
 Samples = Annotated[int, typer.Option(help="Synthetic probe size; with --probe, read at most this many samples (default: all).", show_default=False, rich_help_panel=PROBE)]
