@@ -128,7 +128,8 @@ EXACT_FLOAT32_COUNT = 1 << 24
 """float32 holds every integer up to 2**24: a count summed in float32 over fewer terms than this is exact."""
 
 CHUNK_ELEMENTS = 1 << 20
-"""The sign temporary is made this many elements at a time, so a site needs no second activation-sized buffer."""
+"""The sign temporary covers this many elements at a time (one reused buffer, :func:`_scratch`), so a site needs
+no second activation-sized buffer."""
 
 
 def count_and_sum(output: torch.Tensor, unit_axis: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ maxima are exact, so they equal the torch reducer's; the float32 sums are added 
 sums may differ from it in the last bits.
 
 Used for float32 CPU tensors whose sample axis is a lead axis of that view. Loading numba and the compiled
-kernels costs about 0.5 s and 125 MiB once per process (the very first compilation, a few seconds, is cached
+kernels costs about 0.6 s and 120 MiB once per process (the very first compilation, a few seconds, is cached
 under ``__pycache__`` or numba's user cache directory), so ``--reducer auto`` uses them only where the scan
 has enough work left to win that back (:func:`worth_loading`); a scan of a small model never imports numba.
 """
@@ -31,7 +31,7 @@ from .counters import UnitAccumulator, unit_blocks
 
 MIN_WORK = 500_000_000
 """Elements a scan must still reduce for ``auto`` to load numba: at about 1.3 ns saved per element (CNN, CPU)
-that pays for loading numba and the cached kernels (about 0.5 s, 125 MiB) in a process that has not yet."""
+that pays for loading numba and the cached kernels (about 0.6 s, 120 MiB) in a process that has not yet."""
 
 REDUCERS = pipeline.REDUCERS
 """fused: wherever the layout allows (an error when numba is missing); torch: never; auto: see

@@ -219,14 +219,11 @@ class ReluObserver:
         self._op_cache: dict[Any, tuple[str, Role]] = {}
         self._origins: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
         self._batch_size = 0
-        self._static_ids: set[int] = set()
         self._exit_stack = contextlib.ExitStack()
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def __enter__(self) -> ReluObserver:
         self._exit_stack.enter_context(instrumented(self.model, self.tracker, self.warnings))
-        # Weights and buffers never carry provenance: skipping their lookups saves most of them.
-        self._static_ids = {id(t) for t in (*self.model.parameters(), *self.model.buffers())}
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -360,8 +357,7 @@ class ReluObserver:
         out = output[0] if isinstance(output, (tuple, list)) and output else output
         if not isinstance(out, torch.Tensor):
             return
-        static = self._static_ids
-        inputs = [(a, None if id(a) in static else self._origins.get(a)) for a in _tensor_args(args)]
+        inputs = [(a, self._origins.get(a)) for a in _tensor_args(args)]
         self._record_uses(name, role, inputs, out)
         origin = _derive_origin(name, role, inputs, out, self.tracker.current()[0])
         if origin is not None:

@@ -60,7 +60,7 @@ class ScanRequest:
     dtype: str = "float32"
     """Model and probe dtype; counters accumulate in float32 or wider regardless."""
     reducer: str = "auto"
-    """auto (the fused one-pass reducer where numba is installed, else torch), torch or fused."""
+    """auto, torch or fused: how activations are reduced to counters (see :func:`relu_doctor.scan`)."""
     thresholds: Thresholds = field(default_factory=Thresholds)
     """Classification and gate settings."""
     simulate: bool = False
@@ -158,7 +158,8 @@ def run_scan(request: ScanRequest, *, progress: Callable[[int], None] | None = N
         return scan(
             loaded.model, batches, thresholds=request.thresholds,
             unit_dim=request.unit_dim, site_paths=loaded.site_paths, model_info=loaded.info, probe_info=probe.info,
-            progress=progress, reducer=request.reducer, simulate=request.simulate, combiner=_combiner(request, sharded, probe.info, loaded.info),
+            progress=progress, simulate=request.simulate, combiner=_combiner(request, sharded, probe.info, loaded.info),
+            reducer=request.reducer,
         )  # fmt: skip
 
 
