@@ -15,6 +15,7 @@ Usage: ``python bench/bench_speed.py [--reps 7] [--batches 4] [--threads N] [--o
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -79,14 +80,18 @@ def plain_forward(model: nn.Module, batch: torch.Tensor) -> Callable[[], object]
 
 
 def per_batch(model: nn.Module, probe: Probe, reps: int, reducer: str) -> tuple[float, float, float]:
-    """Observed vs plain forward, batch by batch, inside one open observer."""
+    """Observed vs plain forward, batch by batch, inside one open observer.
+
+    The plain passes run on a copy of the model, so nothing the observer installs (hooks, eval mode) touches them.
+    """
     results = []
+    twin = copy.deepcopy(model).eval()
     with ReluObserver(model, reducer=reducer) as observer:
         for batch in probe:  # warm-up: allocator, oneDNN primitives, the observer's first-batch work
-            plain_forward(model, batch)()
+            plain_forward(twin, batch)()
             observer.run(batch)
         for batch in probe:
-            results.append(paired(plain_forward(model, batch), lambda b=batch: observer.run(b), reps))
+            results.append(paired(plain_forward(twin, batch), lambda b=batch: observer.run(b), reps))
     return tuple(statistics.median(r[i] for r in results) for i in range(3))  # type: ignore[return-value]
 
 

@@ -16,6 +16,7 @@ transformer fast path) in ``finally``.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,6 +211,12 @@ class ReluObserver:
         self._passes = 0
         self._suited_elements = 0
         """Elements the first pass reduced that the fused kernels could have read."""
+        self._hooked = False
+        """True while passes run without the dispatch mode, on hooks of the sites' activation modules only."""
+        self._site_modules: list[tuple[str, str, nn.Module]] = []
+        self._hook_calls: Counter[str] = Counter()
+        self._pending: dict[int, tuple[ObservedSite, torch.Size, int | None, Any]] = {}
+        self._dynamic = False
         self.tracker = ModuleCallTracker(model)
         self.keys = SiteKeys(model, self.tracker, site_paths)
         self.sites: list[ObservedSite] = []
@@ -224,6 +231,9 @@ class ReluObserver:
     # -- lifecycle -------------------------------------------------------------------------------------
     def __enter__(self) -> ReluObserver:
         self._exit_stack.enter_context(instrumented(self.model, self.tracker, self.warnings))
+        # Hooks stay installed only during run(): other forward passes of the model while the observer is open
+        # are neither slowed down nor counted.
+        self.tracker.remove()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -234,20 +244,96 @@ class ReluObserver:
         args = inputs if isinstance(inputs, tuple) else (inputs,)
         first = next((a for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor)), None)
         self._batch_size = int(first.shape[0]) if first is not None and first.dim() > 0 else 1
+        if self._hooked:
+            self._run_hooked(args)
+        else:
+            self._run_dispatched(args)
+        self._passes += 1
+        if self._passes == 1:
+            if self.reducer == "auto" and not self._fused and self.expected_passes is not None:
+                self._fused = fused.worth_loading(self._suited_elements * (self.expected_passes - 1))
+            if self._static_module_sites():
+                self._hook_sites()
+
+    def _run_dispatched(self, args: tuple[Any, ...]) -> None:
+        """A pass under the dispatch mode: every op seen, provenance followed, sites found."""
         self.tracker.start_pass()
         self.keys.start_pass()
         self._origins = WeakTensorKeyDictionary()
-        with torch.inference_mode(), ForwardingMode(self):
-            output = self.model(*args)
+        self.tracker.install()
+        try:
+            with torch.inference_mode(), ForwardingMode(self):
+                output = self.model(*args)
+        finally:
+            self.tracker.remove()
         self._mark_outputs(output)
-        self._passes += 1
-        if self.reducer == "auto" and not self._fused and self._passes == 1 and self.expected_passes is not None:
-            self._fused = fused.worth_loading(self._suited_elements * (self.expected_passes - 1))
         if self.site_paths is not None and self.keys.relu_calls != len(self.site_paths):
             self.warnings[
                 f"the graph names {len(self.site_paths)} relu sites but {self.keys.relu_calls} ran; "
                 "site names past the first difference may be misattributed"
             ] = None
+
+    # -- passes on module hooks ------------------------------------------------------------------------
+    # The dispatch mode costs Python time on every op. Once a first pass has found the sites, their provenance
+    # and the model's warnings, a model whose every site is a plain activation module (nn.ReLU, ...) that ran once
+    # per call, with every module called, needs only those modules' hooks for the counts of later passes: no
+    # per-op overhead for any other op. A call key the first pass did not see (data-dependent control flow)
+    # is still counted, and later passes go back to the dispatch mode.
+    def _static_module_sites(self) -> bool:
+        modules = self.tracker.paths
+        return (
+            self.site_paths is None and bool(self.sites) and not self.other_activations
+            and set(modules) <= self.tracker.ever_called
+            and not any(isinstance(m, torch.jit.ScriptModule) for m in self.model.modules())
+            and all(
+                site.kind == "module" and site.ordinal == 1
+                and type(modules.get(site.module_path)) in ACTIVATION_MODULES for site in self.sites
+            )
+        )  # fmt: skip
+
+    def _hook_sites(self) -> None:
+        ops_by_path = {site.module_path: site.op for site in self.sites}
+        self._site_modules = [(path, op, self.tracker.paths[path]) for path, op in ops_by_path.items()]
+        self._hooked = True
+
+    def _run_hooked(self, args: tuple[Any, ...]) -> None:
+        self._hook_calls.clear()
+        handles = []
+        try:
+            for path, op, module in self._site_modules:
+                handles.append(module.register_forward_pre_hook(self._before_hook(path, op), with_kwargs=True))
+                handles.append(module.register_forward_hook(self._after_hook, with_kwargs=True))
+            with torch.inference_mode():
+                self.model(*args)
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._pending.clear()
+        if self._dynamic:
+            self._hooked = False
+
+    def _before_hook(self, path: str, op: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            pre = args[0] if args else kwargs["input"]
+            self._hook_calls[path] += 1
+            key = (path, self._hook_calls[path], 1)
+            site = self._by_key.get(key)
+            if site is None:
+                site = self._new_site(key, op, "module", pre)
+                self._dynamic = True
+                self.warnings[
+                    f"{site_label(site)} first ran after the first batch: its unit axis comes from its rank and "
+                    "the layer computing its input is not known"
+                ] = None
+            view, sample_axis = self._prepare(site, op, pre)
+            token = self._before_op(site, view, sample_axis, _module_cap(module))
+            self._pending[id(module)] = (site, view.shape, sample_axis, token)
+
+        return hook
+
+    def _after_hook(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        site, shape, sample_axis, token = self._pending.pop(id(module))
+        self._after_op(site, shape, sample_axis, token, output)
 
     # -- dispatch --------------------------------------------------------------------------------------
     def _dispatch(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
@@ -276,31 +362,51 @@ class ReluObserver:
     def _observe_site(self, func: Any, name: str, args: Any, kwargs: dict[str, Any]) -> Any:
         pre = args[0]
         site = self._site_for(name, pre)
+        view, sample_axis = self._prepare(site, name, pre)
+        token = self._before_op(site, view, sample_axis, ops.relu_cap(name, args, kwargs))
+        output = func(*args, **kwargs)
+        self._after_op(site, view.shape, sample_axis, token, output)
+        self._origins[output] = Origin(self._layout_of(pre), site.producer, site.index)
+        return output
+
+    def _prepare(self, site: ObservedSite, name: str, pre: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+        """The pre-activation as a tensor of at least 2 axes, checked against the site, and its sample axis."""
         view = pre.reshape(1, -1) if pre.dim() < 2 else pre
         if view.shape[site.unit_axis] != site.counters.units:
             raise ObservationError(
                 f"site {site.module_path or '<root>'} ({name}) had {site.counters.units} units, then an activation "
                 f"of shape {tuple(pre.shape)}; pass --unit-dim to choose the unit axis"
             )
-        sample_axis = self._sample_axis(view, site.unit_axis)
-        counted = None
+        return view, self._sample_axis(view, site.unit_axis)
+
+    def _before_op(self, site: ObservedSite, view: torch.Tensor, sample_axis: int | None, cap: float) -> Any:
+        """Count what needs the pre-activation, before the op runs (an in-place relu overwrites it).
+
+        Returns what :meth:`_after_op` needs from the op's output: None (the fused reducer counted everything),
+        the per-sample maxima (the torch reducer counts the rest on the output), or an _Exact copy (NaN or Inf).
+        """
         suits = fused.suits(view)
         if suits and self._passes == 0:
             self._suited_elements += view.numel()
-        if suits and self._fused:
-            # Reads ``pre`` before the op runs (an in-place relu overwrites it); counts nothing if it is not finite.
-            counted = fused.add_batch(site.counters, view, site.unit_axis, sample_axis, ops.relu_cap(name, args, kwargs))
+        counted = fused.add_batch(site.counters, view, site.unit_axis, sample_axis, cap) if suits and self._fused else None
         if counted:
-            output = func(*args, **kwargs)
-        elif counted is None and all_finite(sample_max := reduce_sample_max(view, site.unit_axis, sample_axis)):
-            output = func(*args, **kwargs)
-            site.counters.add_finite(sample_max, output.reshape(view.shape), site.unit_axis)
+            return None
+        if counted is None:
+            sample_max = reduce_sample_max(view, site.unit_axis, sample_axis)
+            if all_finite(sample_max):
+                return sample_max
+        return _Exact(view.clone())
+
+    def _after_op(
+        self, site: ObservedSite, shape: torch.Size, sample_axis: int | None, token: Any, output: torch.Tensor
+    ) -> None:
+        if token is None:
+            return
+        activation = output.reshape(shape)
+        if isinstance(token, _Exact):
+            site.counters.add_exact(token.pre, activation, site.unit_axis, sample_axis)
         else:
-            activation = func(view.clone(), *args[1:], **kwargs)
-            site.counters.add_exact(view, activation, site.unit_axis, sample_axis)
-            output = func(*args, **kwargs)
-        self._origins[output] = Origin(self._layout_of(pre), site.producer, site.index)
-        return output
+            site.counters.add_finite(token, activation, site.unit_axis)
 
     def _site_for(self, name: str, pre: torch.Tensor) -> ObservedSite:
         key, kind = self.keys.next_key()
@@ -500,6 +606,24 @@ def transformer_fastpath_disabled() -> Any:
         yield
     finally:
         mha.set_fastpath_enabled(previous)
+
+
+@dataclass(frozen=True)
+class _Exact:
+    """A copy of a pre-activation holding NaN or Inf, kept until the op's output is known."""
+
+    pre: torch.Tensor
+
+
+def site_label(site: ObservedSite) -> str:
+    return f"{site.module_path or '<root>'} (call {site.call_index})"
+
+
+def _module_cap(module: nn.Module) -> float:
+    """The upper clamp of an activation module's output (see :func:`ops.relu_cap`)."""
+    if isinstance(module, nn.Hardtanh):  # nn.ReLU6 is a Hardtanh(0, 6)
+        return float(module.max_val)
+    return math.inf
 
 
 def check_reducer(reducer: str) -> None:
