@@ -11,6 +11,10 @@ Three classes do three jobs: :class:`ModuleCallTracker` knows which module is ru
 that into a site's key (the scan's simulation keys its re-runs with it too, so a site there is the same site);
 :class:`ReluObserver` owns the dispatch mode, the counters, and restores the model (training flags, buffers, the
 transformer fast path) in ``finally``.
+
+Only the first pass needs every op: it finds the sites, their provenance and the warnings. When all sites are
+plain activation-module calls, later passes hook just those modules, so no other op pays any Python time
+(:meth:`ReluObserver._static_module_sites` says when).
 """
 
 from __future__ import annotations
