@@ -305,8 +305,9 @@ class ReluObserver:
         handles = []
         try:
             for path, op, module in self._site_modules:
+                # Last among pre-hooks and first among hooks: the input and output the op itself saw.
                 handles.append(module.register_forward_pre_hook(self._before_hook(path, op), with_kwargs=True))
-                handles.append(module.register_forward_hook(self._after_hook, with_kwargs=True))
+                handles.append(module.register_forward_hook(self._after_hook, with_kwargs=True, prepend=True))
             with torch.inference_mode():
                 self.model(*args)
         finally:
