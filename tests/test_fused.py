@@ -234,3 +234,13 @@ def test_cli_scans_agree_between_reducers() -> None:
     for a, b in zip(reports["torch"]["sites"], reports["fused"]["sites"]):
         assert {k: a[k] for k in fields} == {k: b[k] for k in fields}
     assert reports["torch"]["summary"] == reports["fused"]["summary"]
+
+
+def test_cli_unknown_reducer_is_one_line_exit_2() -> None:
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    args = ["scan", str(samples / "healthy_mlp.safetensors"), "--arch", f"{samples / 'digits_mlp.py'}:build_mlp"]
+    for extra, env in ((["--reducer", "gpu"], {}), ([], {"RELU_DOCTOR_REDUCER": "gpu"})):
+        result = CliRunner().invoke(app, [*args, *extra], env=env)
+        assert result.exit_code == 2
+        assert result.stderr.strip().count("\n") == 0 and "must be one of auto, torch, fused" in result.stderr
+        assert result.stdout == ""
