@@ -121,8 +121,10 @@ class ShardedScan:
     Use ``with sharded.failures_shared(): scan(model, sharded.batches(probe), combine=sharded.combine)``.
     """
 
-    def __init__(self, info: RankInfo) -> None:
+    def __init__(self, info: RankInfo, group: Any = None) -> None:
         self.info = info
+        self.group = group
+        """The process group of the collectives (None: the default group, which must then be gloo)."""
         self._agreed = False
 
     def batches(self, batches: Iterable[T]) -> Iterator[T]:
@@ -136,14 +138,14 @@ class ShardedScan:
         input statistics when given, so the report every rank builds is the single-process one.
         """
         self._agreed = True
-        agree_on_failure(None)
-        _check_same_sites(observer.sites)
+        agree_on_failure(None, self.group)
+        _check_same_sites(observer.sites, self.group)
         for site in observer.sites:
-            site.counters = _all_reduced(site.counters)
-        _merge_side_tables(observer)
+            site.counters = _all_reduced(site.counters, self.group)
+        _merge_side_tables(observer, self.group)
         if meter is not None:
-            _sum_meter(meter)
-        return int(_all_reduce_sum([samples])[0])
+            _sum_meter(meter, self.group)
+        return int(_all_reduce_sum([samples], self.group)[0])
 
     @contextlib.contextmanager
     def failures_shared(self) -> Iterator[None]:
@@ -153,29 +155,29 @@ class ShardedScan:
         except Exception as error:
             if not self._agreed:
                 self._agreed = True
-                agree_on_failure(error)
+                agree_on_failure(error, self.group)
             raise
 
 
-def agree_on_failure(error: BaseException | None) -> None:
+def agree_on_failure(error: BaseException | None, group: Any = None) -> None:
     """Collective: raise on every rank when any rank failed, with the first failing rank's message."""
     import torch.distributed as dist
 
     message = None if error is None else (str(error).splitlines() or [type(error).__name__])[0]
-    messages: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(messages, message)
+    messages: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(messages, message, group=group)
     failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
     if failed:
         rank, text = failed[0]
         raise ObservationError(f"rank {rank} of {len(messages)} failed: {text}") from error
 
 
-def _check_same_sites(sites: Sequence[ObservedSite]) -> None:
+def _check_same_sites(sites: Sequence[ObservedSite], group: Any = None) -> None:
     import torch.distributed as dist
 
     keys = [site_key(s) for s in sites]
-    everyone: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, keys)
+    everyone: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(everyone, keys, group=group)
     for rank, other in enumerate(everyone):
         if other != everyone[0]:
             raise ObservationError(
@@ -197,22 +199,22 @@ def _first_difference(ours: list[Any], theirs: list[Any]) -> str:
     return f"site {min(len(ours), len(theirs))} exists on one rank only"
 
 
-def _all_reduced(counters: UnitAccumulator) -> UnitAccumulator:
+def _all_reduced(counters: UnitAccumulator, group: Any = None) -> UnitAccumulator:
     """The counters summed (maxima maxed) over ranks, as a CPU accumulator (UnitAccumulator.from_tensors)."""
     import torch.distributed as dist
 
     tensors = {name: t.detach().cpu().clone() for name, t in counters.tensors().items()}
     for name, tensor in tensors.items():
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if name in MAXED else dist.ReduceOp.SUM)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if name in MAXED else dist.ReduceOp.SUM, group=group)
     return type(counters).from_tensors(tensors)
 
 
-def _merge_side_tables(observer: ReluObserver) -> None:
+def _merge_side_tables(observer: ReluObserver, group: Any = None) -> None:
     import torch.distributed as dist
 
     mine = (dict(observer.other_activations), list(observer.warnings), sorted(observer.tracker.ever_called))
-    everyone: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
+    everyone: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(everyone, mine, group=group)
     observer.other_activations.clear()
     for activations, warnings, called in everyone:
         observer.other_activations.update(activations)
@@ -220,17 +222,17 @@ def _merge_side_tables(observer: ReluObserver) -> None:
         observer.tracker.ever_called.update(called)
 
 
-def _sum_meter(meter: Any) -> None:
-    values, total, squares = _all_reduce_sum([meter.values, meter.total, meter.squares])
+def _sum_meter(meter: Any, group: Any = None) -> None:
+    values, total, squares = _all_reduce_sum([meter.values, meter.total, meter.squares], group)
     meter.values, meter.total, meter.squares = int(values), float(total), float(squares)
 
 
-def _all_reduce_sum(numbers: list[float]) -> list[float]:
+def _all_reduce_sum(numbers: list[float], group: Any = None) -> list[float]:
     import torch
     import torch.distributed as dist
 
     tensor = torch.tensor(numbers, dtype=torch.float64)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
     return tensor.tolist()
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,12 +247,22 @@ class ReluObserver:
     def run(self, inputs: Any) -> None:
         """One forward pass of ``inputs`` (a tensor, or a tuple of positional inputs)."""
         args = inputs if isinstance(inputs, tuple) else (inputs,)
-        first = next((a for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor)), None)
+        with torch.inference_mode(), self.observed_pass(args) as record_output:
+            record_output(self.model(*args))
+
+    @contextlib.contextmanager
+    def observed_pass(self, inputs: Any) -> Iterator[Callable[[Any], None]]:
+        """Observe the forward pass the caller runs inside the block; call the yielded function with its output.
+
+        :meth:`run` does this under inference mode; the training watch (:mod:`relu_doctor.watching`) does it on the
+        model's own training forward, with autograd on and without entering the observer (the model's mode and
+        buffers are then the caller's): counting never records a graph nor keeps an activation. ``inputs`` (any
+        nest of tensors) gives the batch size from its first tensor.
+        """
+        first = next((a for a in tree_flatten(inputs)[0] if isinstance(a, torch.Tensor)), None)
         self._batch_size = int(first.shape[0]) if first is not None and first.dim() > 0 else 1
-        if self._hooked:
-            self._run_hooked(args)
-        else:
-            self._run_dispatched(args)
+        with self._hooked_pass() if self._hooked else self._dispatched_pass() as record_output:
+            yield record_output
         self._passes += 1
         if self._passes == 1:
             if self.reducer == "auto" and not self._fused and self.expected_passes is not None:
@@ -259,18 +270,21 @@ class ReluObserver:
             if self._static_module_sites():
                 self._hook_sites()
 
-    def _run_dispatched(self, args: tuple[Any, ...]) -> None:
+    @contextlib.contextmanager
+    def _dispatched_pass(self) -> Iterator[Callable[[Any], None]]:
         """A pass under the dispatch mode: every op seen, provenance followed, sites found."""
         self.tracker.start_pass()
         self.keys.start_pass()
         self._origins = WeakTensorKeyDictionary()
+        outputs: list[Any] = []
         self.tracker.install()
         try:
-            with torch.inference_mode(), ForwardingMode(self):
-                output = self.model(*args)
+            with ForwardingMode(self):
+                yield outputs.append
         finally:
             self.tracker.remove()
-        self._mark_outputs(output)
+        if outputs:
+            self._mark_outputs(outputs[-1])
         if self.site_paths is not None and self.keys.relu_calls != len(self.site_paths):
             self.warnings[
                 f"the graph names {len(self.site_paths)} relu sites but {self.keys.relu_calls} ran; "
@@ -300,7 +314,8 @@ class ReluObserver:
         self._site_modules = [(path, op, self.tracker.paths[path]) for path, op in ops_by_path.items()]
         self._hooked = True
 
-    def _run_hooked(self, args: tuple[Any, ...]) -> None:
+    @contextlib.contextmanager
+    def _hooked_pass(self) -> Iterator[Callable[[Any], None]]:
         self._hook_calls.clear()
         handles = []
         try:
@@ -308,8 +323,7 @@ class ReluObserver:
                 # Last among pre-hooks and first among hooks: the input and output the op itself saw.
                 handles.append(module.register_forward_pre_hook(self._before_hook(path, op), with_kwargs=True))
                 handles.append(module.register_forward_hook(self._after_hook, with_kwargs=True, prepend=True))
-            with torch.inference_mode():
-                self.model(*args)
+            yield _ignore_output
         finally:
             for handle in handles:
                 handle.remove()
@@ -357,7 +371,7 @@ class ReluObserver:
         elif (hidden := ops.fused_relu_blind_spot(name, args, kwargs)) is not None:
             owner = self.tracker.current()[0] or "<root>"
             self.warnings[f"{hidden} in {owner}: its relu units are not counted"] = None
-        elif name.endswith("dropout") and _arg(args, kwargs, 2, "train", False):
+        elif name.endswith("dropout") and _arg(args, kwargs, 2, "train", False) and not self.tracker.current()[2].training:
             owner = self.tracker.current()[0] or "<root>"
             self.warnings[f"dropout with training=True runs in {owner} even in eval mode: counts may overstate death"] = None
         output = func(*args, **kwargs)
@@ -390,6 +404,7 @@ class ReluObserver:
         Returns what :meth:`_after_op` needs from the op's output: None (the fused reducer counted everything),
         the per-sample maxima (the torch reducer counts the rest on the output), or an _Exact copy (NaN or Inf).
         """
+        view = view.detach()  # a training forward's tensor: counting records no graph (free in inference mode)
         suits = fused.suits(view)
         if suits and self._passes == 0:
             self._suited_elements += view.numel()
@@ -407,7 +422,7 @@ class ReluObserver:
     ) -> None:
         if token is None:
             return
-        activation = output.reshape(shape)
+        activation = output.detach().reshape(shape)
         if isinstance(token, _Exact):
             site.counters.add_exact(token.pre, activation, site.unit_axis, sample_axis)
         else:
@@ -637,6 +652,10 @@ def check_reducer(reducer: str) -> None:
         raise UsageError(f"--reducer must be one of {', '.join(fused.REDUCERS)}, got {reducer!r}")
     if reducer == "fused" and not fused.available():  # auto falls back to torch quietly
         raise UsageError("--reducer fused needs numba: pip install 'relu-doctor[fast]' (or use --reducer auto)")
+
+
+def _ignore_output(output: Any) -> None:
+    """Hook passes need nothing from the model's output."""
 
 
 def _arg(args: Any, kwargs: dict[str, Any], index: int, key: str, default: Any) -> Any:

@@ -1,0 +1,109 @@
+"""Hugging Face ``Trainer`` callback: watch relu units while ``trainer.train()`` runs (``pip install 'relu-doctor[hf]'``).
+
+``Trainer(..., callbacks=[ReluDoctorCallback(every=10, window=10)])``. Each optimizer step whose ``global_step`` is
+a multiple of ``every`` is observed: the model's training forward passes (every micro-batch of it) are counted in
+training mode; evaluation passes (eval mode) are not. The latest closed window's ``relu_doctor/...`` fractions are
+added to every log the Trainer makes (``logging_steps``), so they land in ``trainer.state.log_history``
+(``trainer_state.json``) and reach the callbacks after this one; reporting integrations (TensorBoard, W&B) added
+by ``report_to`` run before user callbacks, so to have them see the values put this callback first:
+``trainer.callback_handler.callbacks.insert(0, callback)``. Thresholds warn (:class:`DyingReluWarning`) or, with
+``on_threshold="stop"``, set ``control.should_training_stop``; the end-of-training report is written in
+``report_format`` to ``report_path`` (``-``: standard output) and kept as :attr:`ReluDoctorCallback.report`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from ..report import Report, Thresholds
+from ..watching import Watch
+from ._common import DyingReluWarning, callback_settings, metrics_of, threshold_message, write_report
+
+try:
+    from transformers import TrainerCallback
+except ImportError as error:  # pragma: no cover - exercised only without transformers
+    raise ImportError(
+        "relu_doctor.integrations.transformers needs transformers: pip install 'relu-doctor[hf]'"
+    ) from error
+
+__all__ = ["DyingReluWarning", "ReluDoctorCallback"]
+
+
+class ReluDoctorCallback(TrainerCallback):
+    """Counts dead, dying and dormant relu units during ``train()`` and logs them; see the module docstring."""
+
+    def __init__(
+        self, *, every: int = 10, window: int = 10, max_layer_dead_fraction: float | None = 0.5,
+        max_dead_fraction: float | None = None, on_threshold: str = "warn", per_site: bool = True,
+        report_format: str | None = None, report_path: str | None = None, recycle_every: int | None = None,
+        recycle: str = "dormant", seed: int = 0, thresholds: Thresholds | None = None,
+    ) -> None:  # fmt: skip
+        self.settings = callback_settings(
+            every=every, window=window, max_layer_dead_fraction=max_layer_dead_fraction,
+            max_dead_fraction=max_dead_fraction, on_threshold=on_threshold, per_site=per_site,
+            report_format=report_format, report_path=report_path, recycle_every=recycle_every, recycle=recycle,
+            seed=seed, thresholds=thresholds,
+        )  # fmt: skip
+        self.watch: Watch | None = None
+        """The watch of the current training run (None before it starts)."""
+        self.report: Report | None = None
+        """The last window's report, once training has ended."""
+        self.rendered: str | None = None
+        """The end-of-training report as written (None when no report_format was given)."""
+        self._handled = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                       **kwargs: Any) -> None:  # fmt: skip
+        optimizers = [optimizer] if optimizer is not None else []
+        self.watch = Watch(model, optimizer=optimizers, count_optimizer_steps=False, start_step=state.global_step,
+                           **self.settings.watch_settings())  # fmt: skip
+        self.watch.start()
+        self._handled = 0
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.watch is None:
+            return
+        while self.watch.current_step < state.global_step:
+            self.watch.step()
+        if self._handle_new_windows(state) and self.settings.on_threshold == "stop":
+            control.should_training_stop = True
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if self.watch is None or not self.watch.history or logs is None:
+            return
+        metrics = metrics_of(self.watch.history[-1], self.watch.recycles, self.settings.per_site)
+        logs.update(metrics)
+        # The Trainer appended its copy of these logs to log_history before calling back: add the values there too.
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(metrics)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.watch is None:
+            return
+        self.watch.close()
+        if self._handled < len(self.watch.history):  # the last, partial window: the Trainer logs no more
+            self._handle_new_windows(state)
+            metrics = metrics_of(self.watch.history[-1], self.watch.recycles, self.settings.per_site)
+            state.log_history.append({**metrics, "step": state.global_step})
+        if self.watch.history:
+            self.report = self.watch.report()
+            if state.is_world_process_zero:
+                self.rendered = write_report(self.report, self.settings)
+
+    def _handle_new_windows(self, state: Any) -> bool:
+        """Warn for every window closed since the last call; True when one broke a threshold."""
+        assert self.watch is not None
+        history = self.watch.history
+        fresh, self._handled = history[self._handled :], len(history)
+        broken = False
+        for record in fresh:
+            message = threshold_message(record)
+            if message is None:
+                continue
+            broken = True
+            if self.settings.on_threshold == "stop":
+                message += "; stopping training (on_threshold='stop')"
+            if state.is_world_process_zero:
+                warnings.warn(message, DyingReluWarning, stacklevel=2)
+        return broken
