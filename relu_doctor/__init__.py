@@ -1,6 +1,7 @@
 """relu-doctor: find dead and dying ReLU units in a PyTorch model.
 
-The public API is :func:`scan` (model + batches -> :class:`Report`). Importing this package does
+The public API is :func:`scan` (model + batches -> :class:`Report`) and :func:`certify` (model + input
+domain -> proved bounds per site). Importing this package does
 not import torch; the torch-backed names load on first use so the CLI's --help stays instant.
 """
 
@@ -13,8 +14,9 @@ from .report import Finding, Report, Site, Summary, Thresholds
 
 if TYPE_CHECKING:
     from .api import scan
+    from .certification import certify
 
-__all__ = ["Finding", "Report", "Site", "Summary", "Thresholds", "__version__", "scan"]
+__all__ = ["Finding", "Report", "Site", "Summary", "Thresholds", "__version__", "certify", "scan"]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,4 +24,8 @@ def __getattr__(name: str) -> Any:
         from .api import scan
 
         return scan
+    if name == "certify":
+        from .certification import certify
+
+        return certify
     raise AttributeError(f"module 'relu_doctor' has no attribute {name!r}")
