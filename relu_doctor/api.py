@@ -104,7 +104,12 @@ def scan(
     meter = InputScaleMeter()
     mine = batches if combiner is None else combiner.batches(batches)
     observer, samples = observe(
-        model, meter.tap(mine), unit_dim=unit_dim, site_paths=site_paths, progress=progress, reducer=reducer,
+        model,
+        meter.tap(mine),
+        unit_dim=unit_dim,
+        site_paths=site_paths,
+        progress=progress,
+        reducer=reducer,
         expected_batches=len(batches) if isinstance(batches, Sized) else None,
     )
     if combiner is not None:
@@ -113,9 +118,15 @@ def scan(
     if probe.samples != samples:
         probe = ProbeInfo(probe.source, samples, probe.batch_size, probe.path, probe.input_shape, probe.seed)
     report = build_report(
-        observer.sites, observer, model, thresholds or Thresholds(), probe,
-        model_info or ModelInfo("", "in-memory", None), unit_dim, input_scale=meter.result(),
-    )  # fmt: skip
+        observer.sites,
+        observer,
+        model,
+        thresholds or Thresholds(),
+        probe,
+        model_info or ModelInfo("", "in-memory", None),
+        unit_dim,
+        input_scale=meter.result(),
+    )
     if not simulate:
         return report
     from .simulate import simulate_findings
@@ -124,10 +135,16 @@ def scan(
 
 
 def build_report(
-    observed: Sequence[ObservedSite], observer: ReluObserver | None, model: nn.Module | None,
-    thresholds: Thresholds, probe: ProbeInfo, model_info: ModelInfo, unit_dim: int | None = None,
-    *, input_scale: InputScale | None = None,
-) -> Report:  # fmt: skip
+    observed: Sequence[ObservedSite],
+    observer: ReluObserver | None,
+    model: nn.Module | None,
+    thresholds: Thresholds,
+    probe: ProbeInfo,
+    model_info: ModelInfo,
+    unit_dim: int | None = None,
+    *,
+    input_scale: InputScale | None = None,
+) -> Report:
     """Classify observed sites, total them, diagnose and gate: everything after the forward passes.
 
     With the model and its observer at hand, each dead unit also gets a cause (:mod:`relu_doctor.causes`).
@@ -137,13 +154,22 @@ def build_report(
     summary = summarize(sites, thresholds)
     warnings = _warnings(observer, model, probe, len(sites))
     warnings += tuple(w for w in [probe_size_warning(probe.samples, thresholds.dying_rate)] if w)
-    evidence = explain(model, sites, observed, input_scale) if model is not None and observer is not None else Evidence()
+    evidence = (
+        explain(model, sites, observed, input_scale) if model is not None and observer is not None else Evidence()
+    )
     return Report(
-        tool_version=__version__, model=model_info, probe=probe, sites=sites, summary=summary,
-        thresholds=thresholds, gate=evaluate(sites, summary, thresholds), findings=diagnose(sites, probe, evidence),
-        warnings=warnings, other_activations=tuple(sorted(observer.other_activations.items())) if observer else (),
+        tool_version=__version__,
+        model=model_info,
+        probe=probe,
+        sites=sites,
+        summary=summary,
+        thresholds=thresholds,
+        gate=evaluate(sites, summary, thresholds),
+        findings=diagnose(sites, probe, evidence),
+        warnings=warnings,
+        other_activations=tuple(sorted(observer.other_activations.items())) if observer else (),
         unit_dim_override=unit_dim,
-    )  # fmt: skip
+    )
 
 
 def _with_constant_units(site: Site) -> Site:
@@ -151,7 +177,9 @@ def _with_constant_units(site: Site) -> Site:
     return replace(site, constant_units=constant_units(site.counters, (*site.dead_units, *site.nan_units)))
 
 
-def _warnings(observer: ReluObserver | None, model: nn.Module | None, probe: ProbeInfo, site_count: int) -> tuple[str, ...]:
+def _warnings(
+    observer: ReluObserver | None, model: nn.Module | None, probe: ProbeInfo, site_count: int
+) -> tuple[str, ...]:
     found: list[str] = []
     if probe.source == "synthetic":
         found.append(
@@ -172,10 +200,14 @@ def _never_called(observer: ReluObserver, model: nn.Module) -> list[str]:
     # MultiheadAttention reads out_proj's weights directly, never calling it: not a blind spot.
     attention = {path for path, module in observer.tracker.paths.items() if isinstance(module, nn.MultiheadAttention)}
     missing = [
-        path for path, module in observer.tracker.paths.items()
-        if path and path not in called and not list(module.children()) and path.rpartition(".")[0] not in attention
+        path
+        for path, module in observer.tracker.paths.items()
+        if path
+        and path not in called
+        and not list(module.children())
+        and path.rpartition(".")[0] not in attention
         and (isinstance(module, ACTIVATION_MODULES) or any(True for _ in module.parameters(recurse=False)))
-    ]  # fmt: skip
+    ]
     if not missing:
         return []
     shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")

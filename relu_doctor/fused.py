@@ -84,9 +84,16 @@ def add_batch(
     kernels = _kernels()
     kernel = kernels.blocks if trail > 1 else kernels.rows
     finite = kernel(
-        data.numpy(), data.view(torch.int32).numpy(), inner, samples, cap, counters.positive.numpy(),
-        counters.samples_fired.numpy(), counters.max_preactivation.numpy(), counters.activation_sum.numpy(),
-    )  # fmt: skip
+        data.numpy(),
+        data.view(torch.int32).numpy(),
+        inner,
+        samples,
+        cap,
+        counters.positive.numpy(),
+        counters.samples_fired.numpy(),
+        counters.max_preactivation.numpy(),
+        counters.activation_sum.numpy(),
+    )
     global _loaded
     _loaded = True
     if finite:

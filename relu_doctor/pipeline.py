@@ -84,7 +84,10 @@ class ScanRequest:
             raise UsageError(f"--dying-rate must be between 0 and 1, got {t.dying_rate}")
         if t.tau < 0:
             raise UsageError(f"--tau must be >= 0, got {t.tau}")
-        for name, value in (("--max-dead-fraction", t.max_dead_fraction), ("--max-layer-dead-fraction", t.max_layer_dead_fraction)):
+        for name, value in (
+            ("--max-dead-fraction", t.max_dead_fraction),
+            ("--max-layer-dead-fraction", t.max_layer_dead_fraction),
+        ):
             if value is not None and not 0 <= value <= 1:
                 raise UsageError(f"{name} must be between 0 and 1, got {value}")
 
@@ -112,10 +115,16 @@ def load_for_scan(request: ScanRequest) -> Any:
     from .loading import load_model
 
     return load_model(
-        request.model_path, arch=request.arch, arch_kwargs=request.arch_kwargs, key=request.key,
-        trust=request.trust, imports=request.imports, allow_globals=request.allow_globals,
-        device=str(_device(request)), dtype=getattr(torch, request.dtype),
-    )  # fmt: skip
+        request.model_path,
+        arch=request.arch,
+        arch_kwargs=request.arch_kwargs,
+        key=request.key,
+        trust=request.trust,
+        imports=request.imports,
+        allow_globals=request.allow_globals,
+        device=str(_device(request)),
+        dtype=getattr(torch, request.dtype),
+    )
 
 
 def _device(request: ScanRequest) -> Any:
@@ -135,12 +144,20 @@ def build_probe(request: ScanRequest, model: Any) -> Any:
         check_probe_fits(model, probe)
         return probe
     return synthetic_probe(
-        model, samples=request.samples, seed=request.seed, batch_size=request.batch_size, input_shape=request.input_shape
+        model,
+        samples=request.samples,
+        seed=request.seed,
+        batch_size=request.batch_size,
+        input_shape=request.input_shape,
     )
 
 
-def run_scan(request: ScanRequest, *, progress: Callable[[int], None] | None = None,
-             on_probe: Callable[[int], None] | None = None) -> Report:  # fmt: skip
+def run_scan(
+    request: ScanRequest,
+    *,
+    progress: Callable[[int], None] | None = None,
+    on_probe: Callable[[int], None] | None = None,
+) -> Report:
     """Load, probe and scan; ``on_probe(total_samples)`` is called once the probe size is known."""
     import torch
 
@@ -156,11 +173,18 @@ def run_scan(request: ScanRequest, *, progress: Callable[[int], None] | None = N
     batches = _Replayable(probe, getattr(torch, request.dtype), _device(request))
     with torchrun_scan(info) as sharded:
         return scan(
-            loaded.model, batches, thresholds=request.thresholds,
-            unit_dim=request.unit_dim, site_paths=loaded.site_paths, model_info=loaded.info, probe_info=probe.info,
-            progress=progress, simulate=request.simulate, combiner=_combiner(request, sharded, probe.info, loaded.info),
+            loaded.model,
+            batches,
+            thresholds=request.thresholds,
+            unit_dim=request.unit_dim,
+            site_paths=loaded.site_paths,
+            model_info=loaded.info,
+            probe_info=probe.info,
+            progress=progress,
+            simulate=request.simulate,
+            combiner=_combiner(request, sharded, probe.info, loaded.info),
             reducer=request.reducer,
-        )  # fmt: skip
+        )
 
 
 def _combiner(request: ScanRequest, sharded: Any, probe: Any, model: Any) -> Any:
@@ -170,8 +194,15 @@ def _combiner(request: ScanRequest, sharded: Any, probe: Any, model: Any) -> Any
     from .distributed import is_primary
     from .stats_io import StatsWriter
 
-    return StatsWriter(request.save_stats, inner=sharded, probe=probe, model=model, thresholds=request.thresholds,
-                       unit_dim=request.unit_dim, primary=is_primary())  # fmt: skip
+    return StatsWriter(
+        request.save_stats,
+        inner=sharded,
+        probe=probe,
+        model=model,
+        thresholds=request.thresholds,
+        unit_dim=request.unit_dim,
+        primary=is_primary(),
+    )
 
 
 class _Replayable:

@@ -53,8 +53,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def synthetic_probe(model: nn.Module, *, samples: int, seed: int, batch_size: int,
-                    input_shape: tuple[int, ...] | None) -> Probe:  # fmt: skip
+def synthetic_probe(
+    model: nn.Module, *, samples: int, seed: int, batch_size: int, input_shape: tuple[int, ...] | None
+) -> Probe:
     """A seeded standard-normal probe (random token ids for an Embedding first layer), made batch by batch."""
     _check_counts(samples, batch_size)
     first = first_layer(model)
@@ -95,7 +96,9 @@ def file_probe(path: str | Path, *, batch_size: int, key: str | None = None, lim
     except Exception as exc:  # a library error on a broken file becomes one clear line
         raise ProbeError(f"cannot read probe {str(source)!r}: {type(exc).__name__}: {_first_line(exc)}") from exc
     if len(array.shape) < 1 or array.shape[0] == 0:
-        raise ProbeError(f"probe {str(source)!r} has shape {tuple(array.shape)}; it needs at least one sample on axis 0")
+        raise ProbeError(
+            f"probe {str(source)!r} has shape {tuple(array.shape)}; it needs at least one sample on axis 0"
+        )
     samples = array.shape[0] if limit is None else min(limit, array.shape[0])
     info = ProbeInfo("file", samples, batch_size, str(source), tuple(int(s) for s in array.shape[1:]))
     return Probe(info, lambda start, stop: _as_tensor(array[start:stop]))
@@ -249,7 +252,9 @@ class _ShardedNpy:
 
     def __init__(self, files: list[Path], source: Path) -> None:
         if not files:
-            raise ProbeError(f"probe directory {str(source)!r} holds no .npy shards; pass a file or a directory of .npy")
+            raise ProbeError(
+                f"probe directory {str(source)!r} holds no .npy shards; pass a file or a directory of .npy"
+            )
         self._shards = [npy_rows(f) for f in files]
         tails = {s.shape[1:] for s in self._shards}
         if len(tails) != 1:

@@ -108,8 +108,10 @@ class _Meter:
     def outcome(self, variant: Variant, units: dict[SiteKey, int]) -> Outcome:
         with_gradient = sum(units[k] if k in variant.leaky_sites else int(f.sum()) for k, f in self.fired.items())
         with_gradient += sum(units[k] for k in variant.leaky_sites if k not in self.fired)
-        revived = {key: frozenset(u for u in watched if key in self.fired and bool(self.fired[key][u]))
-                   for key, watched in variant.watch}  # fmt: skip
+        revived = {
+            key: frozenset(u for u in watched if key in self.fired and bool(self.fired[key][u]))
+            for key, watched in variant.watch
+        }
         argmax = self.changed / self.rows if self.classifier and self.rows else None
         return Outcome(self.drift.result().relative_l2, argmax, with_gradient, revived)
 
@@ -121,7 +123,9 @@ class Rerun:
     same site here.
     """
 
-    def __init__(self, model: nn.Module, observed: Sequence[ObservedSite], site_paths: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, observed: Sequence[ObservedSite], site_paths: tuple[str, ...] | None = None
+    ) -> None:
         self.model = model
         self.axes = {site_key(s): s.unit_axis for s in observed}
         self.tracker = ModuleCallTracker(model)
@@ -172,9 +176,12 @@ def site_key(site: ObservedSite) -> SiteKey:
 
 
 def run_variants(
-    model: nn.Module, observed: Sequence[ObservedSite], batches: Iterable[Any], variants: Sequence[Variant],
+    model: nn.Module,
+    observed: Sequence[ObservedSite],
+    batches: Iterable[Any],
+    variants: Sequence[Variant],
     site_paths: tuple[str, ...] | None = None,
-) -> tuple[Outcome, list[Outcome]]:  # fmt: skip
+) -> tuple[Outcome, list[Outcome]]:
     """The unmodified model's outcome and each variant's, over one pass of ``batches`` (1 + V forwards a batch)."""
     baseline, meters = _Meter(), [_Meter() for _ in variants]
     with Rerun(model, observed, site_paths) as rerun:
@@ -189,9 +196,12 @@ def run_variants(
 
 
 def simulate_recycle(
-    model: nn.Module, observed: Sequence[ObservedSite], sites: Sequence[Site], batches: Iterable[Any],
+    model: nn.Module,
+    observed: Sequence[ObservedSite],
+    sites: Sequence[Site],
+    batches: Iterable[Any],
     site_paths: tuple[str, ...] | None = None,
-) -> Outcome | None:  # fmt: skip
+) -> Outcome | None:
     """What ``fix --strategy recycle`` does to the dead units: its plans, seed and re-draws, measured on the probe.
 
     None when fix would recycle no site. ``batches`` is replayed once per round of re-draws.
@@ -248,9 +258,13 @@ class SimulationPlan:
 
 
 def simulate_findings(
-    report: Report, model: nn.Module, observed: Sequence[ObservedSite], batches: Iterable[Any],
-    *, site_paths: tuple[str, ...] | None = None,
-) -> Report:  # fmt: skip
+    report: Report,
+    model: nn.Module,
+    observed: Sequence[ObservedSite],
+    batches: Iterable[Any],
+    *,
+    site_paths: tuple[str, ...] | None = None,
+) -> Report:
     """``report`` with measured predictions on its cause findings, plus RD301 (LeakyReLU everywhere).
 
     ``batches`` must be iterable again (the probe is replayed). A simulation that cannot run leaves the report
@@ -271,13 +285,19 @@ def simulate_findings(
     keys = _keys_by_name(report, observed)
     predicted: dict[int, dict[str, float]] = {}
     answers = [(item.prefix, outcome, i) for item, outcome in zip(chosen.variants, outcomes) for i in item.findings]
-    answers += [("recycle", recycled, i) for i in chosen.recycle if recycled and keys[findings[i].site] in recycled.revived_units]
+    answers += [
+        ("recycle", recycled, i)
+        for i in chosen.recycle
+        if recycled and keys[findings[i].site] in recycled.revived_units
+    ]
     for prefix, outcome, index in answers:
         finding = findings[index]
         revived = outcome.revived(keys.get(finding.site, ("", 0, 0)), finding.units)
         predicted.setdefault(index % len(findings), {}).update(_numbers(prefix, outcome, baseline, revived))
-    findings = [replace(f, predicted=tuple(predicted.get(i, {}).items())) if i in predicted else f
-                for i, f in enumerate(findings)]  # fmt: skip
+    findings = [
+        replace(f, predicted=tuple(predicted.get(i, {}).items())) if i in predicted else f
+        for i, f in enumerate(findings)
+    ]
     warnings = report.warnings + ((chosen.caveat,) if chosen.caveat else ())
     return replace(report, findings=tuple(findings), warnings=warnings)
 
@@ -299,8 +319,11 @@ def plan(report: Report, model: nn.Module, observed: Sequence[ObservedSite]) -> 
         planned.append(_Planned(Variant("LeakyReLU everywhere", frozenset(swappable)), "leaky", (-1,)))
     caveat = ""
     if left_out:
-        caveat = (f"simulated the {len(chosen)} sites with the most dead units; not simulated: "
-                  + ", ".join(s.name for s in left_out[:8]) + (" …" if len(left_out) > 8 else ""))  # fmt: skip
+        caveat = (
+            f"simulated the {len(chosen)} sites with the most dead units; not simulated: "
+            + ", ".join(s.name for s in left_out[:8])
+            + (" …" if len(left_out) > 8 else "")
+        )
     return SimulationPlan(tuple(planned), tuple(recycle), caveat)
 
 

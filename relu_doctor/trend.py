@@ -104,7 +104,9 @@ def build_trend(checkpoints: Sequence[str], reports: Sequence[Report]) -> TrendR
     if not reports or len(reports) != len(checkpoints):
         raise UsageError("trend needs one report per checkpoint and at least one checkpoint")
     names = list(dict.fromkeys(site.name for report in reports for site in report.sites))
-    return TrendReport(tuple(checkpoints), tuple(reports), tuple(_site_trend(name, checkpoints, reports) for name in names))
+    return TrendReport(
+        tuple(checkpoints), tuple(reports), tuple(_site_trend(name, checkpoints, reports) for name in names)
+    )
 
 
 def _site_trend(name: str, checkpoints: Sequence[str], reports: Sequence[Report]) -> SiteTrend:
@@ -112,19 +114,25 @@ def _site_trend(name: str, checkpoints: Sequence[str], reports: Sequence[Report]
     sizes = {site.units for site in found if site is not None}
     if len(sizes) > 1:
         shown = ", ".join(f"{PurePath(c).name}: {s.units}" for c, s in zip(checkpoints, found) if s is not None)
-        raise UsageError(f"site {name!r} changes size across checkpoints ({shown}); trend compares checkpoints "
-                         "of one architecture, so pass checkpoints of a single run")  # fmt: skip
+        raise UsageError(
+            f"site {name!r} changes size across checkpoints ({shown}); trend compares checkpoints "
+            "of one architecture, so pass checkpoints of a single run"
+        )
     dead = [None if site is None else frozenset(site.dead_units) for site in found]
     seen_dead = set().union(*(d for d in dead[:-1] if d is not None)) if len(dead) > 1 else set()
     return SiteTrend(
-        name=name, units=sizes.pop(), dead=tuple(None if s is None else s.dead for s in found),
-        dead_fraction=tuple(None if s is None else s.dead_fraction for s in found), died_at=died_at(dead),
+        name=name,
+        units=sizes.pop(),
+        dead=tuple(None if s is None else s.dead for s in found),
+        dead_fraction=tuple(None if s is None else s.dead_fraction for s in found),
+        died_at=died_at(dead),
         revived=tuple(sorted(seen_dead - (dead[-1] or set()))),
-    )  # fmt: skip
+    )
 
 
-def scan_checkpoints(paths: Sequence[str], request: Any, *,
-                     on_checkpoint: Callable[[int, str], None] | None = None) -> TrendReport:  # fmt: skip
+def scan_checkpoints(
+    paths: Sequence[str], request: Any, *, on_checkpoint: Callable[[int, str], None] | None = None
+) -> TrendReport:
     """Scan each checkpoint with ``request`` (a :class:`~relu_doctor.pipeline.ScanRequest`; its model path is
     replaced), in natural order, and follow the sites. ``on_checkpoint(index, path)`` runs before each scan."""
     from .pipeline import run_scan

@@ -273,8 +273,9 @@ def test_each_planted_dead_unit_gets_its_planted_cause() -> None:
     [(6, 8, 1, 1, 8), (6, 4 * 9, 9, 1, 4), (6, 2 * 9, 9, 3, 6), (4, 12, 1, 1, 3)],
     ids=["linear", "conv", "grouped-conv", "flattened-blocks"],
 )
-def test_fed_by_dead_matches_a_per_unit_set_count(units: int, fan_in: int, kernel: int, groups: int,
-                                                  upstream_units: int) -> None:  # fmt: skip
+def test_fed_by_dead_matches_a_per_unit_set_count(
+    units: int, fan_in: int, kernel: int, groups: int, upstream_units: int
+) -> None:
     from types import SimpleNamespace
 
     from relu_doctor.causes import _fed_by_dead, _Layer

@@ -82,9 +82,18 @@ def _launch(command_for_rank: list[list[str]], tmp_path: Path) -> list[subproces
     port, world = _free_port(), len(command_for_rank)
     processes = []
     for rank, command in enumerate(command_for_rank):
-        env = {**os.environ, "WORLD_SIZE": str(world), "RANK": str(rank), "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}  # fmt: skip
-        processes.append(subprocess.Popen(command, env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        env = {
+            **os.environ,
+            "WORLD_SIZE": str(world),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1",
+        }
+        processes.append(
+            subprocess.Popen(command, env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        )
     results = []
     for process in processes:
         stdout, stderr = process.communicate(timeout=120)
@@ -130,9 +139,25 @@ def test_a_failure_on_one_rank_fails_every_rank_with_its_message(two_rank_result
 
 def test_cli_under_two_ranks_writes_once_and_exits_alike(tmp_path: Path) -> None:
     np.save(tmp_path / "probe.npy", np.load(SAMPLES / "digits_probe.npy")[:256])
-    args = ["-m", "relu_doctor", "scan", str(SAMPLES / "dying_mlp.safetensors"), "--arch",
-            f"{SAMPLES / 'digits_mlp.py'}:build_mlp", "--probe", "probe.npy", "--batch-size", "64", "--no-simulate",
-            "-f", "json", "--max-dead-fraction", "0", "--save-stats", "run.stats"]  # fmt: skip
+    args = [
+        "-m",
+        "relu_doctor",
+        "scan",
+        str(SAMPLES / "dying_mlp.safetensors"),
+        "--arch",
+        f"{SAMPLES / 'digits_mlp.py'}:build_mlp",
+        "--probe",
+        "probe.npy",
+        "--batch-size",
+        "64",
+        "--no-simulate",
+        "-f",
+        "json",
+        "--max-dead-fraction",
+        "0",
+        "--save-stats",
+        "run.stats",
+    ]
     ranks = _launch([[sys.executable, *args]] * 2, tmp_path)
     single = subprocess.run([sys.executable, *args[:-2]], cwd=tmp_path, text=True, capture_output=True, timeout=120)
     assert [r.returncode for r in ranks] == [single.returncode] * 2 == [1, 1]  # the dying sample exceeds 0

@@ -221,15 +221,37 @@ def test_cli_reducer_fused_without_numba_is_one_line_exit_2(tmp_path: Path, monk
 @needs_numba
 def test_cli_scans_agree_between_reducers() -> None:
     samples = Path(__file__).resolve().parent.parent / "samples"
-    args = ["scan", str(samples / "dying_mlp.safetensors"), "--arch", f"{samples / 'digits_mlp.py'}:build_mlp",
-            "--probe", str(samples / "digits_probe.npy"), "--format", "json", "--no-simulate"]  # fmt: skip
+    args = [
+        "scan",
+        str(samples / "dying_mlp.safetensors"),
+        "--arch",
+        f"{samples / 'digits_mlp.py'}:build_mlp",
+        "--probe",
+        str(samples / "digits_probe.npy"),
+        "--format",
+        "json",
+        "--no-simulate",
+    ]
     reports = {}
     for reducer in ("torch", "fused"):
         result = CliRunner().invoke(app, [*args, "--reducer", reducer])
         assert result.exit_code in (0, 1), result.stderr
         reports[reducer] = json.loads(result.stdout)
-    fields = ("name", "units", "dead", "dead_units", "dying_units", "dormant_units", "firing_rate", "sparsity",
-              "dead_max_preactivation", "nan_count", "inf_count", "samples", "positions_per_unit")  # fmt: skip
+    fields = (
+        "name",
+        "units",
+        "dead",
+        "dead_units",
+        "dying_units",
+        "dormant_units",
+        "firing_rate",
+        "sparsity",
+        "dead_max_preactivation",
+        "nan_count",
+        "inf_count",
+        "samples",
+        "positions_per_unit",
+    )
     assert len(reports["torch"]["sites"]) == len(reports["fused"]["sites"]) == 2
     for a, b in zip(reports["torch"]["sites"], reports["fused"]["sites"]):
         assert {k: a[k] for k in fields} == {k: b[k] for k in fields}

@@ -32,11 +32,14 @@ def _every_form(tmp_path: Path) -> dict[str, tuple[Path, str | None]]:
     for i, (lo, hi) in enumerate([(0, 2), (2, 3), (3, 7)]):  # uneven shards, read across their borders
         np.save(shards / f"part{i}.npy", ROWS[lo:hi])
     return {
-        "npy": (tmp_path / "rows.npy", None), "fortran npy": (tmp_path / "fortran.npy", None),
-        "npz": (tmp_path / "rows.npz", None), "safetensors": (tmp_path / "rows.safetensors", "x"),
-        "pt dict": (tmp_path / "dict.pt", "inputs"), "pt tuple": (tmp_path / "tuple.pt", "0"),
+        "npy": (tmp_path / "rows.npy", None),
+        "fortran npy": (tmp_path / "fortran.npy", None),
+        "npz": (tmp_path / "rows.npz", None),
+        "safetensors": (tmp_path / "rows.safetensors", "x"),
+        "pt dict": (tmp_path / "dict.pt", "inputs"),
+        "pt tuple": (tmp_path / "tuple.pt", "0"),
         "npy shards": (shards, None),
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("form", ["npy", "fortran npy", "npz", "safetensors", "pt dict", "pt tuple", "npy shards"])

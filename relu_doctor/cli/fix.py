@@ -124,13 +124,26 @@ def fix(
         from ..report import Thresholds
 
         scan = ScanRequest(
-            model_path=str(model), arch=arch, arch_kwargs=opt.arch_kwargs_value(arch_kwargs), key=key, trust=trust,
-            imports=tuple(imports or ()), allow_globals=tuple(allow_global or ()),
-            probe_path=None if probe is None else str(probe), probe_key=probe_key, samples=samples or DEFAULT_SAMPLES,
-            limit_samples=probe is not None and samples is not None, seed=seed, batch_size=batch_size,
-            input_shape=None if input_shape is None else parse_shape(input_shape), unit_dim=unit_dim,
-            device=device, dtype=dtype, reducer=reducer, thresholds=Thresholds(dying_rate=dying_rate),
-        )  # fmt: skip
+            model_path=str(model),
+            arch=arch,
+            arch_kwargs=opt.arch_kwargs_value(arch_kwargs),
+            key=key,
+            trust=trust,
+            imports=tuple(imports or ()),
+            allow_globals=tuple(allow_global or ()),
+            probe_path=None if probe is None else str(probe),
+            probe_key=probe_key,
+            samples=samples or DEFAULT_SAMPLES,
+            limit_samples=probe is not None and samples is not None,
+            seed=seed,
+            batch_size=batch_size,
+            input_shape=None if input_shape is None else parse_shape(input_shape),
+            unit_dim=unit_dim,
+            device=device,
+            dtype=dtype,
+            reducer=reducer,
+            thresholds=Thresholds(dying_rate=dying_rate),
+        )
         request = FixRequest(scan, str(output), strategy, seed, include_dying, force, max_drift)
         outcome = run_fix(request)
         if fmt is FixFormat.json:

@@ -73,10 +73,19 @@ def default_max_drift(strategy: Strategy, include_dying: bool) -> float | None:
 
 
 def repair_model(
-    model: nn.Module, batches: Batches, *, strategy: Strategy | str, seed: int = 0, include_dying: bool = False,
-    max_drift: float | None = None, thresholds: Thresholds | None = None, unit_dim: int | None = None,
-    model_info: ModelInfo | None = None, probe_info: ProbeInfo | None = None, reducer: str = "auto",
-) -> Repaired:  # fmt: skip
+    model: nn.Module,
+    batches: Batches,
+    *,
+    strategy: Strategy | str,
+    seed: int = 0,
+    include_dying: bool = False,
+    max_drift: float | None = None,
+    thresholds: Thresholds | None = None,
+    unit_dim: int | None = None,
+    model_info: ModelInfo | None = None,
+    probe_info: ProbeInfo | None = None,
+    reducer: str = "auto",
+) -> Repaired:
     """Repair the dead (and with ``include_dying`` dying) units of a copy of ``model``, seen on ``batches``.
 
     ``recycle`` keeps the output (sites where it cannot are skipped, as are sites whose change moved the output by
@@ -130,9 +139,13 @@ def _bias_shift(work: nn.Module, observed: Sequence[Any], before: Report, contex
 
 
 def _recycle(
-    work: nn.Module, observed: Sequence[Any], before: Report, context: _Context, include_dying: bool,
+    work: nn.Module,
+    observed: Sequence[Any],
+    before: Report,
+    context: _Context,
+    include_dying: bool,
     limit: float | None,
-) -> RepairResult:  # fmt: skip
+) -> RepairResult:
     plans, skipped = plan_recycle(work, observed, before.sites, include_dying)
     reference = reference_outputs(context.original, context.replay())
     generator = torch.Generator().manual_seed(context.seed)
@@ -182,9 +195,16 @@ def _recycle_site_by_site(
         drift = drift_against(reference, work, context.replay())
         if drift.relative_l2 > limit:
             work.load_state_dict(saved)
-            rejected.append(SkippedSite(plan.site.name, plan.units, (
-                f"recycling it moved the output by {drift.relative_l2:.3g} relative L2 (limit {limit:g}): one of "
-                f"{', '.join(_site_repair(plan, 0).layers)} has a use the forward pass did not show")))  # fmt: skip
+            rejected.append(
+                SkippedSite(
+                    plan.site.name,
+                    plan.units,
+                    (
+                        f"recycling it moved the output by {drift.relative_l2:.3g} relative L2 (limit {limit:g}): one of "
+                        f"{', '.join(_site_repair(plan, 0).layers)} has a use the forward pass did not show"
+                    ),
+                )
+            )
             continue
         kept.append(plan)
         redraws.update(counts)

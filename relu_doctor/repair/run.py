@@ -67,15 +67,29 @@ def run_fix(request: FixRequest) -> FixOutcome:
         else default_max_drift(request.strategy, request.include_dying)
     )
     repaired = repair_model(
-        loaded.model, replay, strategy=request.strategy, seed=request.seed, include_dying=request.include_dying,
-        max_drift=limit, thresholds=request.scan.thresholds, unit_dim=request.scan.unit_dim,
-        model_info=loaded.info, probe_info=probe.info, reducer=request.scan.reducer,
-    )  # fmt: skip
+        loaded.model,
+        replay,
+        strategy=request.strategy,
+        seed=request.seed,
+        include_dying=request.include_dying,
+        max_drift=limit,
+        thresholds=request.scan.thresholds,
+        unit_dim=request.scan.unit_dim,
+        model_info=loaded.info,
+        probe_info=probe.info,
+        reducer=request.scan.reducer,
+    )
     if not writes:
         return FixOutcome(str(source), None, loaded.info.format, repaired.result, None)
     notes = _write(request, loaded, repaired)
-    return FixOutcome(str(source), str(output), loaded.info.format, repaired.result,
-                      _verify(request, loaded, repaired, replay, limit), notes)  # fmt: skip
+    return FixOutcome(
+        str(source),
+        str(output),
+        loaded.info.format,
+        repaired.result,
+        _verify(request, loaded, repaired, replay, limit),
+        notes,
+    )
 
 
 def _write(request: FixRequest, loaded: Any, repaired: Any) -> tuple[str, ...]:
@@ -84,8 +98,15 @@ def _write(request: FixRequest, loaded: Any, repaired: Any) -> tuple[str, ...]:
 
     scan = request.scan
     policy = TrustPolicy(trust=scan.trust, allow_globals=scan.allow_globals, imports=scan.imports)
-    return write_repaired(Path(scan.model_path), Path(request.output), key=scan.key, policy=policy,
-                          original=loaded.model, repaired=repaired.model, swapped=repaired.swapped)  # fmt: skip
+    return write_repaired(
+        Path(scan.model_path),
+        Path(request.output),
+        key=scan.key,
+        policy=policy,
+        original=loaded.model,
+        repaired=repaired.model,
+        swapped=repaired.swapped,
+    )
 
 
 def _verify(request: FixRequest, loaded: Any, repaired: Any, replay: Any, limit: float | None) -> Any:
@@ -96,7 +117,14 @@ def _verify(request: FixRequest, loaded: Any, repaired: Any, replay: Any, limit:
     from .verify import verification
 
     written = load_for_scan(replace(request.scan, model_path=request.output))
-    after = scan(written.model, replay(), thresholds=request.scan.thresholds, unit_dim=request.scan.unit_dim,
-                 model_info=written.info, probe_info=repaired.before.probe, reducer=request.scan.reducer)  # fmt: skip
+    after = scan(
+        written.model,
+        replay(),
+        thresholds=request.scan.thresholds,
+        unit_dim=request.scan.unit_dim,
+        model_info=written.info,
+        probe_info=repaired.before.probe,
+        reducer=request.scan.reducer,
+    )
     drift = drift_between(loaded.model, written.model, replay())
     return verification(repaired.before, after, repaired.result.repaired, drift, limit)
