@@ -28,8 +28,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import ReluTransformer, ResNet18Like, mlp, seeded  # noqa: E402
 
-from relu_doctor import fused, scan  # noqa: E402
-from relu_doctor.observe import ReluObserver  # noqa: E402
+from relu_doctor import scan  # noqa: E402
+from relu_doctor.engine import fused
+from relu_doctor.engine.observe import ReluObserver  # noqa: E402
 
 Probe = list[torch.Tensor]
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from relu_doctor import scan
-from relu_doctor.diagnose import BIAS_MARGIN
+from relu_doctor.analysis.diagnose import BIAS_MARGIN
 from relu_doctor.report import Report
 
 KILL = -50.0
@@ -278,7 +278,7 @@ def test_fed_by_dead_matches_a_per_unit_set_count(
 ) -> None:
     from types import SimpleNamespace
 
-    from relu_doctor.causes import _fed_by_dead, _Layer
+    from relu_doctor.analysis.causes import _fed_by_dead, _Layer
 
     gen = _seeded()
     rows = torch.randn(units, fan_in, generator=gen) * (torch.rand(units, fan_in, generator=gen) < 0.3)

@@ -145,7 +145,7 @@ def test_json_has_the_documented_schema() -> None:
 def test_default_samples_do_not_truncate_a_probe_file(tmp_path: Path) -> None:
     # --samples sizes the synthetic probe; with --probe it limits only when given. The probe is larger than
     # the default, so a default that leaked into file probes would show.
-    from relu_doctor.pipeline import DEFAULT_SAMPLES
+    from relu_doctor.settings import DEFAULT_SAMPLES
 
     rows = np.load(SAMPLES / "digits_probe.npy")
     big = np.concatenate([rows] * (DEFAULT_SAMPLES // len(rows) + 2))  # 3 x 512 = 1536 rows > 512

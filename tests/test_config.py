@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from relu_doctor import config
-from relu_doctor.cli import app
+from relu_doctor.cli import app, config
 from relu_doctor.errors import ConfigError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"

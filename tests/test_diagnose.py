@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from relu_doctor import scan
-from relu_doctor.api import build_report, observe
-from relu_doctor.diagnose import describe_codes
+from relu_doctor.analysis.build import build_report
+from relu_doctor.analysis.diagnose import describe_codes
+from relu_doctor.engine.runner import observe
 from relu_doctor.render.json_format import report_dict
 from relu_doctor.render.markdown import render_markdown
 from relu_doctor.render.table import render_table

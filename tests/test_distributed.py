@@ -16,8 +16,8 @@ import torch
 from models import ConvBNReluShifted
 
 from relu_doctor import scan
-from relu_doctor.distributed import RankInfo, check_enough_batches, is_primary, rank_info, shard
 from relu_doctor.errors import UsageError
+from relu_doctor.workflow.distributed import RankInfo, check_enough_batches, is_primary, rank_info, shard
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, {tests!r})
 from models import ConvBNReluShifted
 from relu_doctor import scan
-from relu_doctor.distributed import ShardedScan, process_group, rank_info, torchrun_scan
+from relu_doctor.workflow.distributed import ShardedScan, process_group, rank_info, torchrun_scan
 
 
 class DataDependent(torch.nn.Module):
@@ -164,7 +164,7 @@ def test_cli_under_two_ranks_writes_once_and_exits_alike(tmp_path: Path) -> None
     assert ranks[1].stdout == ""  # only rank 0 writes the report
     ours, theirs = json.loads(ranks[0].stdout), json.loads(single.stdout)
     assert ours["sites"] == theirs["sites"] and ours["summary"] == theirs["summary"]
-    from relu_doctor.stats_io import load_stats
+    from relu_doctor.workflow.stats_io import load_stats
 
     assert load_stats(tmp_path / "run.stats").probe.samples == 256  # rank 0 saved the combined counters
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from relu_doctor import scan
 from relu_doctor.cli import app
-from relu_doctor.counters import UnitAccumulator
+from relu_doctor.engine.counters import UnitAccumulator
 
 HALF = [torch.bfloat16, torch.float16]
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from relu_doctor import diagnose
+from relu_doctor.analysis import diagnose
 from relu_doctor.api import scan
 from relu_doctor.render import RENDERERS, Format, render
 from relu_doctor.render.csv_format import COLUMNS

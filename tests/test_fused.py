@@ -13,11 +13,12 @@ from models import ConvBNReluShifted, EveryReluForm, NaNUnit, TokenFFN
 from torch import nn
 from typer.testing import CliRunner
 
-from relu_doctor import fused, scan
+from relu_doctor import scan
 from relu_doctor.cli import app
-from relu_doctor.counters import UnitAccumulator
+from relu_doctor.engine import fused
+from relu_doctor.engine.counters import UnitAccumulator
+from relu_doctor.engine.observe import ReluObserver
 from relu_doctor.errors import UsageError
-from relu_doctor.observe import ReluObserver
 
 needs_numba = pytest.mark.skipif(not fused.available(), reason="numba (relu-doctor[fast]) is not installed")
 
@@ -86,7 +87,7 @@ def test_batches_accumulate_like_the_torch_reducer() -> None:
     for seed in range(3):
         x = _data((4, 5, 6, 6), seed)
         assert fused.add_batch(fused_counters, x, 1, 0, math.inf)
-        from relu_doctor.counters import reduce_sample_max
+        from relu_doctor.engine.counters import reduce_sample_max
 
         torch_counters.add_finite(reduce_sample_max(x, 1, 0), torch.relu(x), 1)
     a, b = fused_counters.snapshot(), torch_counters.snapshot()

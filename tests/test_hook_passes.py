@@ -9,8 +9,8 @@ import torch
 from models import ConvBNReluShifted, FunctionalReluNet, ReusedReluBlock
 from torch import nn
 
-from relu_doctor import fused
-from relu_doctor.observe import ReluObserver
+from relu_doctor.engine import fused
+from relu_doctor.engine.observe import ReluObserver
 
 
 class Residual(nn.Module):

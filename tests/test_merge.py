@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from relu_doctor import scan
 from relu_doctor.cli import app
 from relu_doctor.report import ModelInfo, ProbeInfo, Report, Thresholds
-from relu_doctor.stats_io import StatsWriter, load_stats, merge_stats
+from relu_doctor.workflow.stats_io import StatsWriter, load_stats, merge_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"

@@ -11,14 +11,14 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from relu_doctor.analysis.trend import build_trend
 from relu_doctor.api import scan
 from relu_doctor.cli import app
 from relu_doctor.report import Report, Thresholds
-from relu_doctor.trend import build_trend
 
 pytest.importorskip("matplotlib")
 
-from relu_doctor.plot import DEAD_COLOR, report_figure, report_png, trend_figure  # noqa: E402
+from relu_doctor.render.plot import DEAD_COLOR, report_figure, report_png, trend_figure  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

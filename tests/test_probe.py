@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from relu_doctor.errors import ProbeError
-from relu_doctor.probe import check_probe_fits, file_probe, npy_rows, parse_shape, synthetic_probe
+from relu_doctor.workflow.probe import check_probe_fits, file_probe, npy_rows, parse_shape, synthetic_probe
 
 ROWS = np.arange(7 * 2 * 3, dtype=np.float32).reshape(7, 2, 3)
 

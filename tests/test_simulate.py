@@ -14,8 +14,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from relu_doctor import scan
+from relu_doctor.analysis.diagnose import BIAS_MARGIN
 from relu_doctor.cli import app
-from relu_doctor.diagnose import BIAS_MARGIN
 from relu_doctor.repair.api import repair_model
 from relu_doctor.report import Finding, Report
 

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from relu_doctor.analysis.trend import died_at, natural_key, sort_naturally
 from relu_doctor.cli import app
 from relu_doctor.render.trend import sparkline
-from relu_doctor.trend import died_at, natural_key, sort_naturally
 
 ARCH_SOURCE = """
 from torch import nn

@@ -17,9 +17,9 @@ import typer
 from rich.console import Console
 
 from .._version import __version__
-from ..config import Resolved
 from ..errors import ReluDoctorError, UsageError
 from ..report import GateResult, Report
+from .config import Resolved
 
 EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
 
@@ -139,7 +139,7 @@ def configure(ctx: typer.Context, config_file: Path | None, *, exclude: Collecti
 
     Keys are the long option names; ``exclude`` keys are taken from the command line or default only.
     """
-    from .. import config
+    from . import config
 
     keyed = {
         config.normalize(opt[2:]): param.name

@@ -48,7 +48,7 @@ def merge(
     """Merge the counters of several scans of one model into one report, equal to a scan of their union."""
     style = style_from_options(quiet, False, no_color, output)
     with error_boundary(debug):
-        from ..stats_io import merge_stats
+        from ..workflow.stats_io import merge_stats
         from .scan import emit_report
 
         overrides = {

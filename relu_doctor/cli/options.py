@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import UsageError
+from ..settings import DEFAULT_REDUCER
 
 LOAD, PROBE, GATE, OUTPUT = "Loading", "Probe", "Gate", "Output"
 
@@ -195,9 +196,9 @@ def scan_request(
     limit_samples: bool,
 ) -> Any:
     """A validated ScanRequest from resolved settings plus the command-line-only options."""
-    from ..config import thresholds_from
-    from ..pipeline import ScanRequest
-    from ..probe import parse_shape
+    from ..workflow.probe import parse_shape
+    from ..workflow.scan import ScanRequest
+    from .config import thresholds_from
 
     probe, shape = values.get("probe"), values.get("input_shape")
     return ScanRequest(
@@ -218,6 +219,6 @@ def scan_request(
         unit_dim=values.get("unit_dim"),
         device=values["device"],
         dtype=values["dtype"],
-        reducer=values.get("reducer", "auto"),
+        reducer=values.get("reducer", DEFAULT_REDUCER),
         thresholds=thresholds_from(values),
     )

@@ -15,12 +15,21 @@ from typing import Annotated, Any
 
 import typer
 
-from ..distributed import is_primary
 from ..errors import UntrustedCodeError
-from ..pipeline import DEFAULT_SAMPLES
 from ..render import Format
 from ..render.common import summary_line
 from ..report import Report
+from ..settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_DYING_RATE,
+    DEFAULT_REDUCER,
+    DEFAULT_SAMPLES,
+    DEFAULT_SEED,
+    DEFAULT_TAU,
+)
+from ..workflow.distributed import is_primary
 from . import options as opt
 from .app import (
     OutputStyle,
@@ -48,20 +57,20 @@ def scan(
     trust: opt.Trust = False,
     imports: opt.Imports = None,
     allow_global: opt.AllowGlobal = None,
-    device: opt.Device = "cpu",
-    dtype: opt.Dtype = "float32",
-    reducer: opt.Reducer = "auto",
+    device: opt.Device = DEFAULT_DEVICE,
+    dtype: opt.Dtype = DEFAULT_DTYPE,
+    reducer: opt.Reducer = DEFAULT_REDUCER,
     # Probe
     probe: opt.Probe = None,
     probe_key: opt.ProbeKey = None,
     samples: opt.Samples = DEFAULT_SAMPLES,
-    seed: opt.Seed = 0,
-    batch_size: opt.BatchSize = 64,
+    seed: opt.Seed = DEFAULT_SEED,
+    batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
     input_shape: opt.InputShape = None,
     unit_dim: opt.UnitDim = None,
     # Gate
-    dying_rate: opt.DyingRate = 0.01,
-    tau: opt.Tau = 0.025,
+    dying_rate: opt.DyingRate = DEFAULT_DYING_RATE,
+    tau: opt.Tau = DEFAULT_TAU,
     max_dead_fraction: opt.MaxDeadFraction = None,
     max_layer_dead_fraction: opt.MaxLayerDeadFraction = None,
     ignore: opt.Ignore = None,
@@ -102,7 +111,7 @@ def scan(
         for line in describe_settings(settings):
             note(style, line, verbose_only=True)
         if plot is not None:
-            from ..plot import require_matplotlib
+            from ..render.plot import require_matplotlib
 
             require_matplotlib()
         request = opt.scan_request(
@@ -124,7 +133,7 @@ def scan(
             raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
         emit_report(report, Format(settings.values["format"]), output, style)
         if plot is not None:
-            from ..plot import report_png
+            from ..render.plot import report_png
 
             write_output(report_png(report), plot)
     raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
@@ -161,7 +170,7 @@ def _run_with_trust_prompt(request: Any, style: OutputStyle) -> Report:
 
 
 def _run(request: Any, style: OutputStyle) -> Report:
-    from ..pipeline import run_scan
+    from ..workflow.scan import run_scan
 
     state: dict[str, Any] = {}
 

@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..pipeline import DEFAULT_SAMPLES
+from ..settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_DYING_RATE,
+    DEFAULT_REDUCER,
+    DEFAULT_SAMPLES,
+    DEFAULT_SEED,
+    DEFAULT_TAU,
+)
 from . import options as opt
 from .app import (
     OutputStyle,
@@ -26,7 +35,7 @@ from .app import (
 )
 
 if TYPE_CHECKING:
-    from ..trend import TrendReport
+    from ..report import TrendReport
 
 
 class TrendFormat(str, enum.Enum):
@@ -52,20 +61,20 @@ def trend(
     trust: opt.Trust = False,
     imports: opt.Imports = None,
     allow_global: opt.AllowGlobal = None,
-    device: opt.Device = "cpu",
-    dtype: opt.Dtype = "float32",
-    reducer: opt.Reducer = "auto",
+    device: opt.Device = DEFAULT_DEVICE,
+    dtype: opt.Dtype = DEFAULT_DTYPE,
+    reducer: opt.Reducer = DEFAULT_REDUCER,
     # Probe
     probe: opt.Probe = None,
     probe_key: opt.ProbeKey = None,
     samples: opt.Samples = DEFAULT_SAMPLES,
-    seed: opt.Seed = 0,
-    batch_size: opt.BatchSize = 64,
+    seed: opt.Seed = DEFAULT_SEED,
+    batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
     input_shape: opt.InputShape = None,
     unit_dim: opt.UnitDim = None,
     # Gate (applied to the last checkpoint)
-    dying_rate: opt.DyingRate = 0.01,
-    tau: opt.Tau = 0.025,
+    dying_rate: opt.DyingRate = DEFAULT_DYING_RATE,
+    tau: opt.Tau = DEFAULT_TAU,
     max_dead_fraction: opt.MaxDeadFraction = None,
     max_layer_dead_fraction: opt.MaxLayerDeadFraction = None,
     ignore: opt.Ignore = None,
@@ -86,13 +95,13 @@ def trend(
     """Follow dead units across CHECKPOINTS of one training run; gate on the last one."""
     style = style_from_options(quiet, verbose, no_color, output)
     with error_boundary(debug):
-        from ..trend import scan_checkpoints
+        from ..workflow.trend import scan_checkpoints
 
         settings = configure(ctx, config, exclude={"format"})  # a config's format is scan's; trend has two
         for line in describe_settings(settings):
             note(style, line, verbose_only=True)
         if plot is not None:
-            from ..plot import require_matplotlib
+            from ..render.plot import require_matplotlib
 
             require_matplotlib()
         request = opt.scan_request(
@@ -132,6 +141,6 @@ def emit_trend(
     if fmt is TrendFormat.json or output is not None:
         note(style, f"last checkpoint: {summary_line(result.last)}")
     if plot is not None:
-        from ..plot import trend_png
+        from ..render.plot import trend_png
 
         write_output(trend_png(result), plot)

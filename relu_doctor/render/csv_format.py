@@ -6,7 +6,7 @@ import csv
 import io
 import math
 
-from ..gate import is_ignored, site_limit
+from ..analysis.gate import is_ignored, site_limit
 from ..report import Report, Site
 from .common import site_status
 

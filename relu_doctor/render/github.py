@@ -8,7 +8,7 @@ Model-wide threshold violations and blind spots follow, and a closing ``::notice
 
 from __future__ import annotations
 
-from ..gate import is_ignored
+from ..analysis.gate import is_ignored
 from ..report import Finding, Report, Site
 from .common import percent, summary_line
 

@@ -6,8 +6,8 @@ import json
 import math
 from typing import Any
 
-from ..confidence import dead_rate_bound_95, dying_intervals, samples_needed
-from ..diagnose import is_constant_output
+from ..analysis.confidence import dead_rate_bound_95, dying_intervals, samples_needed
+from ..analysis.diagnose import is_constant_output
 from ..report import Finding, Report, Site
 
 

@@ -17,8 +17,8 @@ import re
 from pathlib import PurePath, PurePosixPath
 from typing import Any
 
-from .. import diagnose
-from ..gate import is_ignored
+from ..analysis import diagnose
+from ..analysis.gate import is_ignored
 from ..report import Finding, Report
 from .github import model_violations
 

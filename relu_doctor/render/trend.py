@@ -10,7 +10,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ..trend import SiteTrend, TrendReport
+from ..report import SiteTrend, TrendReport
 from .common import percent, summary_line
 from .json_format import report_dict
 

@@ -14,10 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..api import build_report, observe
+from ..analysis.build import build_report
+from ..analysis.sites import build_site, site_names
+from ..engine.runner import observe
 from ..errors import UsageError
 from ..report import ModelInfo, ProbeInfo, Report, Thresholds
-from ..sites import build_site, site_names
+from ..settings import DEFAULT_REDUCER
 from .bias_shift import bias_shift, shift_target
 from .drift import drift_against, drift_between, reference_outputs
 from .edits import Edits, apply_edits
@@ -62,7 +64,7 @@ class _Context:
     thresholds: Thresholds
     unit_dim: int | None
     seed: int
-    reducer: str = "auto"
+    reducer: str = DEFAULT_REDUCER
 
 
 def default_max_drift(strategy: Strategy, include_dying: bool) -> float | None:
@@ -84,7 +86,7 @@ def repair_model(
     unit_dim: int | None = None,
     model_info: ModelInfo | None = None,
     probe_info: ProbeInfo | None = None,
-    reducer: str = "auto",
+    reducer: str = DEFAULT_REDUCER,
 ) -> Repaired:
     """Repair the dead (and with ``include_dying`` dying) units of a copy of ``model``, seen on ``batches``.
 

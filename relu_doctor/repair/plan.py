@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..observe import ObservedSite
+from ..engine.observe import ObservedSite
 from ..report import Site
 from .records import SkippedSite
 

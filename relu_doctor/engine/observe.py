@@ -31,11 +31,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from ..errors import ObservationError, UsageError
+from ..report import Producer
+from ..settings import DEFAULT_REDUCER, check_reducer_name
 from . import fused, ops
 from .counters import UnitAccumulator, all_finite, reduce_sample_max
-from .errors import ObservationError, UsageError
 from .ops import Layout, Role
-from .report import Producer
 
 ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Threshold)
 
@@ -205,7 +206,7 @@ class ReluObserver:
         *,
         unit_dim: int | None = None,
         site_paths: tuple[str, ...] | None = None,
-        reducer: str = "auto",
+        reducer: str = DEFAULT_REDUCER,
         expected_passes: int | None = None,
     ) -> None:
         check_reducer(reducer)
@@ -658,8 +659,7 @@ def _module_cap(module: nn.Module) -> float:
 
 def check_reducer(reducer: str) -> None:
     """A usage error for an unknown reducer, or for ``fused`` where numba is not installed."""
-    if reducer not in fused.REDUCERS:
-        raise UsageError(f"--reducer must be one of {', '.join(fused.REDUCERS)}, got {reducer!r}")
+    check_reducer_name(reducer)
     if reducer == "fused" and not fused.available():  # auto falls back to torch quietly
         raise UsageError("--reducer fused needs numba: pip install 'relu-doctor[fast]' (or use --reducer auto)")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from .observe import ObservedSite
-from .report import Site, Thresholds, UnitCounters, rate_summary
+from ..engine.observe import ObservedSite
+from ..report import Site, Thresholds, UnitCounters, rate_summary
 
 
 def site_names(observed: Sequence[ObservedSite]) -> list[str]:

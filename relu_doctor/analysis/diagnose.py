@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from .report import Finding, ProbeInfo, Site, UnitCounters
+from ..report import Finding, ProbeInfo, Site, UnitCounters
 
 BIAS_MARGIN = 0.1
 """Positive margin a bias shift aims for above zero, in pre-activation units."""

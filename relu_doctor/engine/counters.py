@@ -16,7 +16,7 @@ import threading
 
 import torch
 
-from .report import UnitCounters
+from ..report import UnitCounters
 
 
 class UnitAccumulator:

@@ -12,7 +12,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .records import Drift, FixOutcome, SiteCheck, Verification
+from ..repair.records import Drift, FixOutcome, SiteCheck, Verification
 
 FIX_SCHEMA_VERSION = 1
 

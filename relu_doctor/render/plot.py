@@ -11,9 +11,8 @@ import io
 import math
 from typing import Any
 
-from .errors import UsageError
-from .report import Report, Site
-from .trend import TrendReport
+from ..errors import UsageError
+from ..report import Report, Site, TrendReport
 
 MAX_PANELS = 24
 """At most this many site panels in one histogram figure (the first ones in call order)."""

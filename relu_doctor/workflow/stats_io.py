@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._version import __version__
-from .errors import UsageError
-from .report import ModelInfo, ProbeInfo, Producer, Report, Thresholds
+from .._version import __version__
+from ..errors import UsageError
+from ..report import ModelInfo, ProbeInfo, Producer, Report, Thresholds
 
 FORMAT = "relu-doctor-stats"
 """The ``format`` field of every stats file."""
@@ -164,7 +164,7 @@ def merge_stats(paths: Sequence[str | Path], overrides: Mapping[str, Any] | None
     The thresholds are those saved in the first file, with ``overrides`` (Thresholds field -> value) applied.
     Raises UsageError when the files come from different models or saw different sites.
     """
-    from .api import build_report
+    from ..analysis.build import build_report
 
     if not paths:
         raise UsageError("merge needs at least one stats file; pass the files written by scan --save-stats")
@@ -189,8 +189,8 @@ def _site_record(site: Any) -> dict[str, Any]:
 
 
 def _site_from(record: dict[str, Any], tensors: dict[str, Any], k: int) -> Any:
-    from .counters import UnitAccumulator
-    from .observe import ObservedSite
+    from ..engine.counters import UnitAccumulator
+    from ..engine.observe import ObservedSite
 
     prefix = f"site{k}."
     counters = UnitAccumulator.from_tensors({n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)})
@@ -241,7 +241,7 @@ def _check_version(source: Path, document: Any) -> None:
 
 
 def _check_compatible(saved: list[SavedStats]) -> None:
-    from .distributed import site_key
+    from ..engine.distributed import site_key
 
     first = saved[0]
     for other in saved[1:]:

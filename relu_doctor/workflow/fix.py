@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..pipeline import ScanRequest
-from .records import FixOutcome, Strategy
+from ..repair.records import FixOutcome, Strategy
+from .scan import ScanRequest
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,9 @@ def run_fix(request: FixRequest) -> FixOutcome:
     import torch
 
     from ..loading.sniff import PICKLED_MODULE
-    from ..pipeline import build_probe, load_for_scan, resolve_device
-    from .api import default_max_drift, repair_model
-    from .write import check_output_path, check_writable
+    from ..repair.api import default_max_drift, repair_model
+    from ..repair.write import check_output_path, check_writable
+    from .scan import build_probe, load_for_scan, resolve_device
 
     source, output = Path(request.scan.model_path), Path(request.output)
     check_output_path(source, output, request.force)
@@ -94,7 +94,7 @@ def run_fix(request: FixRequest) -> FixOutcome:
 
 def _write(request: FixRequest, loaded: Any, repaired: Any) -> tuple[str, ...]:
     from ..loading.torch_save import TrustPolicy
-    from .write import write_repaired
+    from ..repair.write import write_repaired
 
     scan = request.scan
     policy = TrustPolicy(trust=scan.trust, allow_globals=scan.allow_globals, imports=scan.imports)
@@ -112,9 +112,9 @@ def _write(request: FixRequest, loaded: Any, repaired: Any) -> tuple[str, ...]:
 def _verify(request: FixRequest, loaded: Any, repaired: Any, replay: Any, limit: float | None) -> Any:
     """Load OUT like the input, scan it on the same probe and compare its output with the input's."""
     from ..api import scan
-    from ..pipeline import load_for_scan
-    from .drift import drift_between
-    from .verify import verification
+    from ..repair.drift import drift_between
+    from ..repair.verify import verification
+    from .scan import load_for_scan
 
     written = load_for_scan(replace(request.scan, model_path=request.output))
     after = scan(

@@ -21,7 +21,7 @@ re-run of the modified model. Edits are applied in place for one pass of the pro
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,9 +29,10 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from . import ops
-from .diagnose import leaky_everywhere
-from .observe import (
+from .analysis.diagnose import leaky_everywhere
+from .api import Combiner, scan_observed
+from .engine import ops
+from .engine.observe import (
     ForwardingMode,
     ModuleCallTracker,
     ObservedSite,
@@ -39,13 +40,15 @@ from .observe import (
     SiteKeys,
     instrumented,
 )
+from .engine.runner import Progress
 from .repair.bias_shift import bias_shift_edits
 from .repair.drift import DriftMeter, flat_floats
 from .repair.edits import Edits, edited
 from .repair.leaky import NEGATIVE_SLOPE
 from .repair.plan import SitePlan, plan_bias_shift, plan_recycle
 from .repair.recycle import DEFAULT_SEED, recycle_until_alive
-from .report import Report, Site
+from .report import ModelInfo, ProbeInfo, Report, Site, Thresholds
+from .settings import DEFAULT_REDUCER
 
 MAX_SIMULATED_SITES = 8
 """Sites with the most dead units that get per-site simulations; each costs a few forward passes of the probe."""
@@ -362,3 +365,44 @@ def _numbers(prefix: str, outcome: Outcome, baseline: Outcome, revived: int) -> 
     else:
         numbers[f"{prefix}_revived"] = float(revived)
     return numbers
+
+
+# -- the public scan: the scan stage, then (asked for) this one ----------------------------------------------
+def scan(
+    model: nn.Module,
+    batches: Iterable[Any],
+    *,
+    thresholds: Thresholds | None = None,
+    unit_dim: int | None = None,
+    site_paths: tuple[str, ...] | None = None,
+    model_info: ModelInfo | None = None,
+    probe_info: ProbeInfo | None = None,
+    progress: Progress | None = None,
+    simulate: bool = False,
+    combiner: Combiner | None = None,
+    reducer: str = DEFAULT_REDUCER,
+) -> Report:
+    """:func:`relu_doctor.api.scan`, then with ``simulate=True`` the fix simulations (:func:`simulate_findings`).
+
+    ``simulate=True`` re-runs the probe through modified versions of the model (LeakyReLU swaps, bias shifts,
+    recycled units) and fills each finding's ``predicted``; it costs extra forward passes, so it is off by
+    default here (the CLI turns it on). An iterator of batches is then kept in memory to be replayed.
+    Every other argument is :func:`relu_doctor.api.scan`'s.
+    """
+    if simulate and isinstance(batches, Iterator):
+        batches = list(batches)
+    report, observed = scan_observed(
+        model,
+        batches,
+        thresholds=thresholds,
+        unit_dim=unit_dim,
+        site_paths=site_paths,
+        model_info=model_info,
+        probe_info=probe_info,
+        progress=progress,
+        combiner=combiner,
+        reducer=reducer,
+    )
+    if not simulate:
+        return report
+    return simulate_findings(report, model, observed, batches, site_paths=site_paths)

@@ -16,10 +16,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .errors import ConfigError
-from .pipeline import DEVICES, DTYPES, REDUCERS
-from .render import Format
-from .report import Thresholds
+from ..errors import ConfigError
+from ..render import Format
+from ..report import Thresholds
+from ..settings import DEVICES, DTYPES, REDUCERS
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -29,9 +29,10 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from ..engine.layers import first_layer_path
+from ..engine.observe import ObservedSite
+from ..report import Site
 from .diagnose import BIAS_MARGIN, NORM_SHIFT_K, Evidence, UnitCause
-from .observe import ObservedSite
-from .report import Site
 
 COLLAPSED_RATIO = 1e-3
 """Incoming-weight norm, relative to the layer's median unit, below which a unit's weights count as collapsed."""
@@ -126,7 +127,7 @@ def explain(
     model: nn.Module, sites: Sequence[Site], observed: Sequence[ObservedSite], input_scale: InputScale | None = None
 ) -> Evidence:
     """A cause for every dead unit of every site whose producing layer can be read, plus the output sites."""
-    first = _first_layer_path(model)
+    first = first_layer_path(model)
     causes: list[UnitCause] = []
     analysed: list[str] = []
     for site in sites:
@@ -362,10 +363,3 @@ def _submodule(model: nn.Module, path: str | None) -> nn.Module | None:
         return model.get_submodule(path)
     except (AttributeError, RuntimeError):  # RuntimeError: a ScriptModule has no get_submodule
         return None
-
-
-def _first_layer_path(model: nn.Module) -> str | None:
-    from .probe import first_layer
-
-    first = first_layer(model)
-    return next((path for path, module in model.named_modules() if module is first), None)
