@@ -7,6 +7,8 @@ the input file's model. Every failure is a :class:`~relu_doctor.errors.ReluDocto
 
 from __future__ import annotations
 
+# Imports inside functions keep this module free of torch at import time (the CLI's --help and --version stay
+# fast); they do not hide a cycle: .importlinter checks every one of them.
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path

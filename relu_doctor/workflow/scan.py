@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+# Imports inside functions keep this module free of torch at import time (the CLI's --help and --version stay
+# fast); they do not hide a cycle: .importlinter checks every one of them.
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any

@@ -10,6 +10,8 @@ union. What needs the model's weights (the per-unit causes) is left out of a mer
 
 from __future__ import annotations
 
+# Imports inside functions keep this module free of torch at import time (the CLI's --help and --version stay
+# fast); they do not hide a cycle: .importlinter checks every one of them.
 import dataclasses
 import json
 import os
