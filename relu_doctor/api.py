@@ -104,12 +104,7 @@ def scan(
     meter = InputScaleMeter()
     mine = batches if combiner is None else combiner.batches(batches)
     observer, samples = observe(
-        model,
-        meter.tap(mine),
-        unit_dim=unit_dim,
-        site_paths=site_paths,
-        progress=progress,
-        reducer=reducer,
+        model, meter.tap(mine), unit_dim=unit_dim, site_paths=site_paths, progress=progress, reducer=reducer,
         expected_batches=len(batches) if isinstance(batches, Sized) else None,
     )
     if combiner is not None:
@@ -142,9 +137,7 @@ def build_report(
     summary = summarize(sites, thresholds)
     warnings = _warnings(observer, model, probe, len(sites))
     warnings += tuple(w for w in [probe_size_warning(probe.samples, thresholds.dying_rate)] if w)
-    evidence = (
-        explain(model, sites, observed, input_scale) if model is not None and observer is not None else Evidence()
-    )
+    evidence = explain(model, sites, observed, input_scale) if model is not None and observer is not None else Evidence()
     return Report(
         tool_version=__version__, model=model_info, probe=probe, sites=sites, summary=summary,
         thresholds=thresholds, gate=evaluate(sites, summary, thresholds), findings=diagnose(sites, probe, evidence),
@@ -158,9 +151,7 @@ def _with_constant_units(site: Site) -> Site:
     return replace(site, constant_units=constant_units(site.counters, (*site.dead_units, *site.nan_units)))
 
 
-def _warnings(
-    observer: ReluObserver | None, model: nn.Module | None, probe: ProbeInfo, site_count: int
-) -> tuple[str, ...]:
+def _warnings(observer: ReluObserver | None, model: nn.Module | None, probe: ProbeInfo, site_count: int) -> tuple[str, ...]:
     found: list[str] = []
     if probe.source == "synthetic":
         found.append(

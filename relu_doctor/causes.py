@@ -169,9 +169,7 @@ def inputs_dead(context: _Context, unit: int) -> UnitCause | None:
     if upstream is None or fed_by_dead is None or not bool(fed_by_dead[unit]):
         return None
     bias = float(context.layer.bias[unit])
-    return UnitCause(
-        context.site.name, unit, "RD103", parameter=context.layer.bias_name, value=bias, upstream=upstream.name
-    )
+    return UnitCause(context.site.name, unit, "RD103", parameter=context.layer.bias_name, value=bias, upstream=upstream.name)
 
 
 def norm_shifted(context: _Context, unit: int) -> UnitCause | None:
@@ -282,11 +280,7 @@ def _layer(model: nn.Module, site: Site) -> tuple[_Layer | None, str]:
         return None, why_not
     path = site.producer.module_path
     weight = module.weight.detach().float()
-    rows, kernel, groups = (
-        weight.reshape(site.units, -1),
-        math.prod(weight.shape[2:]),
-        int(getattr(module, "groups", 1)),
-    )
+    rows, kernel, groups = weight.reshape(site.units, -1), math.prod(weight.shape[2:]), int(getattr(module, "groups", 1))
     norm_path = site.producer.norm_path
     gamma, beta = _norm_affine(_submodule(model, norm_path), site.units)
     if beta is not None:
@@ -302,14 +296,9 @@ def _producer_module(model: nn.Module, site: Site) -> tuple[nn.Linear | nn.modul
     if producer is None:
         return None, "the layer computing its input is not visible in the forward pass"
     module = _submodule(model, producer.module_path)
-    if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or isinstance(
-        module, nn.modules.conv._ConvTransposeNd
-    ):
+    if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or isinstance(module, nn.modules.conv._ConvTransposeNd):
         kind = type(module).__name__ if module is not None else "opaque"
-        return (
-            None,
-            f"its input comes from {producer.module_path or '<root>'} ({kind}, {producer.op}), which is not analysed",
-        )
+        return None, f"its input comes from {producer.module_path or '<root>'} ({kind}, {producer.op}), which is not analysed"
     if module.weight.shape[0] != site.units:
         return None, f"{producer.module_path}.weight has {module.weight.shape[0]} rows for {site.units} units"
     return module, ""
@@ -321,9 +310,7 @@ def _norm_affine(norm: nn.Module | None, units: int) -> tuple[torch.Tensor | Non
     weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
     if not isinstance(bias, torch.Tensor) or bias.numel() != units:
         return None, None
-    gamma = (
-        weight.detach().float() if isinstance(weight, torch.Tensor) and weight.numel() == units else torch.ones(units)
-    )
+    gamma = weight.detach().float() if isinstance(weight, torch.Tensor) and weight.numel() == units else torch.ones(units)
     return gamma, bias.detach().float()
 
 

@@ -102,9 +102,7 @@ def load_config(path: Path) -> FileConfig:
         raise ConfigError(f"config file {str(path)!r} does not exist; pass an existing TOML file to --config")
     document = _read_toml(path)
     tool = document.get("tool", {})
-    table: dict[str, Any] = (
-        tool[SECTION] if isinstance(tool, dict) and isinstance(tool.get(SECTION), dict) else document
-    )
+    table: dict[str, Any] = tool[SECTION] if isinstance(tool, dict) and isinstance(tool.get(SECTION), dict) else document
     if path.name == "pyproject.toml" and table is document:
         table = {}  # a pyproject.toml without our table sets nothing (its other tables are not ours)
     origin = f"{path} [tool.{SECTION}]" if table is not document else str(path)
@@ -217,9 +215,7 @@ def _json_table(text: str, origin: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{origin} must be a JSON object, e.g. '{{\"width\": 64}}', got {text!r} ({exc.msg})"
-        ) from exc
+        raise ConfigError(f"{origin} must be a JSON object, e.g. '{{\"width\": 64}}', got {text!r} ({exc.msg})") from exc
 
 
 _TYPES: dict[str, type | tuple[type, ...]] = {
@@ -241,7 +237,7 @@ def _check(key: Key, value: Any, origin: str) -> Any:
     if key.kind == "choice" and value not in key.choices:
         raise ConfigError(f"{origin} must be one of {', '.join(key.choices)}, got {value!r}")
     if key.kind == "list" and not all(isinstance(item, str) for item in value):
-        raise ConfigError(f'{origin} must be a list of glob strings, e.g. ["head.*"], got {value!r}')
+        raise ConfigError(f"{origin} must be a list of glob strings, e.g. [\"head.*\"], got {value!r}")
     if key.kind == "sites":
         return _site_limits(value, origin)
     return float(value) if key.kind in ("fraction", "float") else value

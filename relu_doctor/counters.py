@@ -70,9 +70,7 @@ class UnitAccumulator:
             raise ValueError(f"cannot merge a site of {other.units} units into one of {self.units}")
         self.positive += other.positive.to(self.positive.device)
         self.samples_fired += other.samples_fired.to(self.samples_fired.device)
-        self.max_preactivation = torch.maximum(
-            self.max_preactivation, other.max_preactivation.to(self.max_preactivation.device)
-        )
+        self.max_preactivation = torch.maximum(self.max_preactivation, other.max_preactivation.to(self.max_preactivation.device))
         self.activation_sum += other.activation_sum.to(self.activation_sum)
         self.nan += other.nan.to(self.nan.device)
         self.inf += other.inf.to(self.inf.device)

@@ -77,8 +77,7 @@ def dead_units(site: Site, probe: ProbeInfo) -> Iterable[Finding]:
             f"their max pre-activation is {low:.3g} … {high:.3g}: a negative bias or shift keeps them off"
         ),
         suggestion=(
-            f"raise their bias by ≈{need_low:.3g}"
-            + (f" to {need_high:.3g}" if need_high > need_low + 1e-9 else "")
+            f"raise their bias by ≈{need_low:.3g}" + (f" to {need_high:.3g}" if need_high > need_low + 1e-9 else "")
             + ", use LeakyReLU(0.01), or re-initialise them (relu-doctor fix --strategy recycle)"
         ),
     )
@@ -126,11 +125,7 @@ def constant_units_rule(site: Site, probe: ProbeInfo) -> Iterable[Finding]:
         return
     values = [site.counters.max_preactivation[u] for u in site.constant_units]
     whole = "; with the dead units, the whole site's output is constant" if is_constant_output(site) else ""
-    norm = (
-        f" (e.g. {site.producer.norm_path} with γ≈0 outputs relu(β))"
-        if site.producer and site.producer.norm_path
-        else ""
-    )
+    norm = f" (e.g. {site.producer.norm_path} with γ≈0 outputs relu(β))" if site.producer and site.producer.norm_path else ""
     yield Finding(
         code="RD005", site=site.name, units=site.constant_units, severity="note",
         cause=(f"{len(site.constant_units)} of {site.units} units output the same value on every position "

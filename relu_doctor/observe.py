@@ -200,13 +200,8 @@ class ReluObserver:
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        *,
-        unit_dim: int | None = None,
-        site_paths: tuple[str, ...] | None = None,
-        reducer: str = "auto",
-        expected_passes: int | None = None,
+        self, model: nn.Module, *, unit_dim: int | None = None, site_paths: tuple[str, ...] | None = None,
+        reducer: str = "auto", expected_passes: int | None = None,
     ) -> None:
         check_reducer(reducer)
         self.model = model
@@ -364,9 +359,7 @@ class ReluObserver:
             self.warnings[f"{hidden} in {owner}: its relu units are not counted"] = None
         elif name.endswith("dropout") and _arg(args, kwargs, 2, "train", False):
             owner = self.tracker.current()[0] or "<root>"
-            self.warnings[
-                f"dropout with training=True runs in {owner} even in eval mode: counts may overstate death"
-            ] = None
+            self.warnings[f"dropout with training=True runs in {owner} even in eval mode: counts may overstate death"] = None
         output = func(*args, **kwargs)
         self._propagate(name, role, args, output)
         return output
@@ -400,9 +393,7 @@ class ReluObserver:
         suits = fused.suits(view)
         if suits and self._passes == 0:
             self._suited_elements += view.numel()
-        counted = (
-            fused.add_batch(site.counters, view, site.unit_axis, sample_axis, cap) if suits and self._fused else None
-        )
+        counted = fused.add_batch(site.counters, view, site.unit_axis, sample_axis, cap) if suits and self._fused else None
         if counted:
             return None
         if counted is None:
@@ -533,9 +524,7 @@ def _derive_origin(
     if role is Role.NORM_CHANNEL:
         producer = first.producer if first else None
         if producer is not None:
-            producer = Producer(
-                producer.module_path, producer.op, owner, producer.elementwise_only, producer.input_sites
-            )
+            producer = Producer(producer.module_path, producer.op, owner, producer.elementwise_only, producer.input_sites)
         return Origin(Layout.CHANNEL_FIRST, producer)
     if role is Role.NORM_FEATURE:
         return Origin(Layout.FEATURE_LAST)

@@ -84,10 +84,7 @@ class ScanRequest:
             raise UsageError(f"--dying-rate must be between 0 and 1, got {t.dying_rate}")
         if t.tau < 0:
             raise UsageError(f"--tau must be >= 0, got {t.tau}")
-        for name, value in (
-            ("--max-dead-fraction", t.max_dead_fraction),
-            ("--max-layer-dead-fraction", t.max_layer_dead_fraction),
-        ):
+        for name, value in (("--max-dead-fraction", t.max_dead_fraction), ("--max-layer-dead-fraction", t.max_layer_dead_fraction)):
             if value is not None and not 0 <= value <= 1:
                 raise UsageError(f"{name} must be between 0 and 1, got {value}")
 
@@ -138,11 +135,7 @@ def build_probe(request: ScanRequest, model: Any) -> Any:
         check_probe_fits(model, probe)
         return probe
     return synthetic_probe(
-        model,
-        samples=request.samples,
-        seed=request.seed,
-        batch_size=request.batch_size,
-        input_shape=request.input_shape,
+        model, samples=request.samples, seed=request.seed, batch_size=request.batch_size, input_shape=request.input_shape
     )
 
 

@@ -77,9 +77,7 @@ def report_figure(report: Report) -> Any:
     sites = report.sites[:MAX_PANELS]
     columns = min(3, max(1, len(sites)))
     rows = max(1, math.ceil(len(sites) / columns))
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(4.2 * columns, 2.9 * rows + 0.4), squeeze=False, layout="constrained"
-    )
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.9 * rows + 0.4), squeeze=False, layout="constrained")
     for axis, site in zip(axes.flat, sites):
         _site_panel(axis, site, report.thresholds.dying_rate)
     for axis in list(axes.flat)[len(sites) :]:
@@ -105,13 +103,7 @@ def trend_figure(trend: TrendReport) -> Any:
     limit = trend.last.thresholds.max_layer_dead_fraction
     if limit is not None:
         axis.axhline(limit, color=LIMIT_COLOR, linestyle="--", linewidth=1, label=f"limit {limit:g}")
-    axis.set_xticks(
-        range(len(labels)),
-        labels,
-        rotation=45 if len(labels) > 6 else 0,
-        ha="right" if len(labels) > 6 else "center",
-        fontsize=7,
-    )
+    axis.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center", fontsize=7)
     axis.set_ylim(-0.02, 1.02)
     axis.set_ylabel("dead share")
     axis.set_title(f"dead share per site over {len(labels)} checkpoints", fontsize=10)

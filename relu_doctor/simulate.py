@@ -121,9 +121,7 @@ class Rerun:
     same site here.
     """
 
-    def __init__(
-        self, model: nn.Module, observed: Sequence[ObservedSite], site_paths: tuple[str, ...] | None = None
-    ) -> None:
+    def __init__(self, model: nn.Module, observed: Sequence[ObservedSite], site_paths: tuple[str, ...] | None = None) -> None:
         self.model = model
         self.axes = {site_key(s): s.unit_axis for s in observed}
         self.tracker = ModuleCallTracker(model)
@@ -273,11 +271,7 @@ def simulate_findings(
     keys = _keys_by_name(report, observed)
     predicted: dict[int, dict[str, float]] = {}
     answers = [(item.prefix, outcome, i) for item, outcome in zip(chosen.variants, outcomes) for i in item.findings]
-    answers += [
-        ("recycle", recycled, i)
-        for i in chosen.recycle
-        if recycled and keys[findings[i].site] in recycled.revived_units
-    ]
+    answers += [("recycle", recycled, i) for i in chosen.recycle if recycled and keys[findings[i].site] in recycled.revived_units]
     for prefix, outcome, index in answers:
         finding = findings[index]
         revived = outcome.revived(keys.get(finding.site, ("", 0, 0)), finding.units)

@@ -113,9 +113,7 @@ def load_stats(path: str | Path) -> SavedStats:
             other_activations=tuple(sorted(document.get("other_activations", {}).items())),
         )  # fmt: skip
     except (KeyError, TypeError, ValueError) as exc:
-        raise UsageError(
-            f"stats file {str(source)!r} is incomplete ({type(exc).__name__}: {exc}); write it again with --save-stats"
-        ) from None
+        raise UsageError(f"stats file {str(source)!r} is incomplete ({type(exc).__name__}: {exc}); write it again with --save-stats") from None
 
 
 def merge_stats(paths: Sequence[str | Path], overrides: Mapping[str, Any] | None = None) -> Report:
@@ -135,8 +133,7 @@ def merge_stats(paths: Sequence[str | Path], overrides: Mapping[str, Any] | None
     report = build_report(sites, None, None, thresholds, _merged_probe(saved),
                           saved[0].model, saved[0].unit_dim)  # fmt: skip
     return dataclasses.replace(
-        report,
-        warnings=tuple(dict.fromkeys(w for s in saved for w in s.warnings)) + report.warnings,
+        report, warnings=tuple(dict.fromkeys(w for s in saved for w in s.warnings)) + report.warnings,
         other_activations=_summed_activations(saved),
     )
 
@@ -154,7 +151,7 @@ def _site_from(record: dict[str, Any], tensors: dict[str, Any], k: int) -> Any:
     from .observe import ObservedSite
 
     prefix = f"site{k}."
-    counters = UnitAccumulator.from_tensors({n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)})
+    counters = UnitAccumulator.from_tensors({n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)})
     fields = {name: _tupled(record[name]) for name in _SITE_FIELDS}
     producer = None if record.get("producer") is None else _record(Producer, record["producer"])
     site = ObservedSite(counters=counters, producer=producer, **fields)

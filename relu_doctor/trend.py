@@ -104,9 +104,7 @@ def build_trend(checkpoints: Sequence[str], reports: Sequence[Report]) -> TrendR
     if not reports or len(reports) != len(checkpoints):
         raise UsageError("trend needs one report per checkpoint and at least one checkpoint")
     names = list(dict.fromkeys(site.name for report in reports for site in report.sites))
-    return TrendReport(
-        tuple(checkpoints), tuple(reports), tuple(_site_trend(name, checkpoints, reports) for name in names)
-    )
+    return TrendReport(tuple(checkpoints), tuple(reports), tuple(_site_trend(name, checkpoints, reports) for name in names))
 
 
 def _site_trend(name: str, checkpoints: Sequence[str], reports: Sequence[Report]) -> SiteTrend:

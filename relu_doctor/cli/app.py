@@ -41,9 +41,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Find dead and dying ReLU units in a PyTorch checkpoint, say why, and gate CI on them."""
 
@@ -136,11 +134,7 @@ def configure(ctx: typer.Context, config_file: Path | None, *, exclude: Collecti
 def describe_settings(resolved: Resolved) -> list[str]:
     """Verbose lines: the config file, then every setting that did not come from its default."""
     lines = [f"config: {resolved.config_path or 'none found (no [tool.relu-doctor] in a pyproject.toml above here)'}"]
-    lines += [
-        f"  {key} = {_shown(resolved.values[key])}  ({source})"
-        for key, source in resolved.sources.items()
-        if source != "default"
-    ]
+    lines += [f"  {key} = {_shown(resolved.values[key])}  ({source})" for key, source in resolved.sources.items() if source != "default"]
     return lines
 
 
@@ -242,3 +236,4 @@ def main() -> None:
         typer.echo("relu-doctor: aborted", err=True)
         raise SystemExit(EXIT_ERROR) from None
     raise SystemExit(code if isinstance(code, int) else EXIT_OK)
+

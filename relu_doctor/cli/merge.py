@@ -14,32 +14,13 @@ from .app import app, error_boundary, exit_code, style_from_options
 
 @app.command()
 def merge(
-    files: Annotated[
-        list[Path],
-        typer.Argument(help="Stats files written by `scan --save-stats` (one per shard).", show_default=False),
-    ],
-    fmt: Annotated[
-        Format, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)
-    ] = Format.table,
+    files: Annotated[list[Path], typer.Argument(help="Stats files written by `scan --save-stats` (one per shard).", show_default=False)],
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)] = Format.table,
     output: opt.Output = None,
-    dying_rate: Annotated[
-        float | None, typer.Option(help="Override the saved dying rate.", rich_help_panel=opt.GATE)
-    ] = None,
-    tau: Annotated[
-        float | None, typer.Option(help="Override the saved ReDo dormancy threshold.", rich_help_panel=opt.GATE)
-    ] = None,
-    max_dead_fraction: Annotated[
-        float | None,
-        typer.Option(
-            help="Exit 1 when the model's dead fraction exceeds this (default: as saved).", rich_help_panel=opt.GATE
-        ),
-    ] = None,
-    max_layer_dead_fraction: Annotated[
-        float | None,
-        typer.Option(
-            help="Exit 1 when any site's dead fraction exceeds this (default: as saved).", rich_help_panel=opt.GATE
-        ),
-    ] = None,
+    dying_rate: Annotated[float | None, typer.Option(help="Override the saved dying rate.", rich_help_panel=opt.GATE)] = None,
+    tau: Annotated[float | None, typer.Option(help="Override the saved ReDo dormancy threshold.", rich_help_panel=opt.GATE)] = None,
+    max_dead_fraction: Annotated[float | None, typer.Option(help="Exit 1 when the model's dead fraction exceeds this (default: as saved).", rich_help_panel=opt.GATE)] = None,
+    max_layer_dead_fraction: Annotated[float | None, typer.Option(help="Exit 1 when any site's dead fraction exceeds this (default: as saved).", rich_help_panel=opt.GATE)] = None,
     exit_zero: opt.ExitZero = False,
     quiet: opt.Quiet = False,
     no_color: opt.NoColor = False,

@@ -69,27 +69,11 @@ def scan(
     exit_zero: opt.ExitZero = False,
     config: opt.Config = None,
     # Output
-    fmt: Annotated[
-        Format, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)
-    ] = Format.table,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)] = Format.table,
     output: opt.Output = None,
     plot: opt.Plot = None,
-    save_stats: Annotated[
-        Path | None,
-        typer.Option(
-            "--save-stats",
-            help="Also write every site's counters to this safetensors file; combine files with `relu-doctor merge`.",
-            rich_help_panel=opt.OUTPUT,
-        ),
-    ] = None,
-    no_simulate: Annotated[
-        bool,
-        typer.Option(
-            "--no-simulate",
-            help="Skip the extra forward passes that measure what each suggested fix would do.",
-            rich_help_panel=opt.OUTPUT,
-        ),
-    ] = False,
+    save_stats: Annotated[Path | None, typer.Option("--save-stats", help="Also write every site's counters to this safetensors file; combine files with `relu-doctor merge`.", rich_help_panel=opt.OUTPUT)] = None,
+    no_simulate: Annotated[bool, typer.Option("--no-simulate", help="Skip the extra forward passes that measure what each suggested fix would do.", rich_help_panel=opt.OUTPUT)] = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
     no_color: opt.NoColor = False,

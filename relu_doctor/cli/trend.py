@@ -39,12 +39,7 @@ class TrendFormat(str, enum.Enum):
 @app.command()
 def trend(
     ctx: typer.Context,
-    checkpoints: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Checkpoints of one run (any order: sorted naturally, epoch_10 after epoch_9).", show_default=False
-        ),
-    ],
+    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints of one run (any order: sorted naturally, epoch_10 after epoch_9).", show_default=False)],
     # Loading
     arch: opt.Arch = None,
     arch_kwargs: opt.ArchKwargs = None,
@@ -73,9 +68,7 @@ def trend(
     exit_zero: opt.ExitZero = False,
     config: opt.Config = None,
     # Output
-    fmt: Annotated[
-        TrendFormat, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)
-    ] = TrendFormat.table,
+    fmt: Annotated[TrendFormat, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)] = TrendFormat.table,
     output: opt.Output = None,
     plot: opt.Plot = None,
     quiet: opt.Quiet = False,
@@ -105,18 +98,12 @@ def trend(
     raise typer.Exit(exit_code(result.gate, exit_zero=exit_zero))
 
 
-def emit_trend(
-    result: TrendReport, fmt: TrendFormat, output: Path | None, plot: Path | None, style: OutputStyle
-) -> None:
+def emit_trend(result: TrendReport, fmt: TrendFormat, output: Path | None, plot: Path | None, style: OutputStyle) -> None:
     """The trend on stdout (or --output), the last checkpoint's verdict on stderr, and the picture if asked for."""
     from ..render.common import summary_line
     from ..render.trend import render_trend_json, render_trend_table
 
-    text = (
-        render_trend_json(result)
-        if fmt is TrendFormat.json
-        else render_trend_table(result, width=style.width, color=style.color)
-    )
+    text = render_trend_json(result) if fmt is TrendFormat.json else render_trend_table(result, width=style.width, color=style.color)
     if output is not None or not style.quiet:
         write_output(text, output)
     if fmt is TrendFormat.json or output is not None:

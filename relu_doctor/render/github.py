@@ -52,11 +52,7 @@ def render_github(report: Report) -> str:
         findings = [f for f in report.findings if f.site == site.name]
         level = site_level(site, report, findings)
         if level:
-            lines.append(
-                workflow_command(
-                    level, _site_message(site, report, findings), title=f"relu-doctor: {site.name}", file=file
-                )
-            )
+            lines.append(workflow_command(level, _site_message(site, report, findings), title=f"relu-doctor: {site.name}", file=file))
     lines += [workflow_command("error", v, title="relu-doctor: model", file=file) for v in model_violations(report)]
     lines += [workflow_command("error" if f.severity == "error" else "warning", f"[{f.code}] {f.cause}; {f.suggestion}",
                                title="relu-doctor: model", file=file) for f in report.findings if not f.site]  # fmt: skip

@@ -82,10 +82,7 @@ def _probe_support(report: Report) -> dict[str, Any]:
     """Whether the probe is big enough for the --dying-rate claim about units that never fired."""
     rate = report.thresholds.dying_rate
     needed = samples_needed(rate) if rate > 0 else None
-    return {
-        "samples_needed_for_dying_rate": needed,
-        "supports_dying_rate": needed is None or report.probe.samples >= needed,
-    }
+    return {"samples_needed_for_dying_rate": needed, "supports_dying_rate": needed is None or report.probe.samples >= needed}
 
 
 def _dying_ci(site: Site) -> dict[str, Any]:

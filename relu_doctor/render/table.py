@@ -58,9 +58,7 @@ def finding_renderable(finding: Finding) -> RenderableType:
 
 def report_renderable(report: Report) -> RenderableType:
     """The whole terminal report as one rich renderable."""
-    parts: list[RenderableType] = [
-        Text(f"relu-doctor {report.tool_version}: {report.model.path or 'model'}", style="bold")
-    ]
+    parts: list[RenderableType] = [Text(f"relu-doctor {report.tool_version}: {report.model.path or 'model'}", style="bold")]
     parts.append(sites_table(report) if report.sites else Text("no relu sites found", style="yellow"))
     parts.append(Text(summary_line(report), style="bold green" if report.gate.passed else "bold red"))
     parts.append(Text(confidence_line(report), style="dim"))

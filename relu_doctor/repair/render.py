@@ -21,9 +21,7 @@ def verdict(outcome: FixOutcome) -> str:
     """One line: what was repaired and whether the written file verified."""
     result, check = outcome.result, outcome.verification
     sites = len(result.repaired)
-    done = (
-        f"{result.units_repaired} units repaired at {sites} site{'' if sites == 1 else 's'} ({result.strategy.value})"
-    )
+    done = f"{result.units_repaired} units repaired at {sites} site{'' if sites == 1 else 's'} ({result.strategy.value})"
     skipped = sum(len(s.units) for s in result.skipped)
     done += f", {skipped} skipped" if skipped else ""
     if outcome.output_path is None:
