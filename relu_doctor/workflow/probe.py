@@ -177,7 +177,7 @@ def _torch_probe(source: Path, key: str | None) -> Any:
 
 def _prescan(source: Path) -> None:
     """The loader's bounded pickle pre-scan (depth, size, tensor count, non-dense tensors) before torch.load."""
-    from .loading.pickle_scan import PickleLimitError, check_torch_file
+    from ..loading.pickle_scan import PickleLimitError, check_torch_file
 
     try:
         check_torch_file(source)
@@ -189,7 +189,7 @@ def _prescan(source: Path) -> None:
 
 def _check_probe_tensor(tensor: torch.Tensor, source: Path) -> None:
     """A dense CPU tensor whose storage really holds every element (no stride-0 rows repeated forever)."""
-    from .loading.dense import tensor_problem
+    from ..loading.dense import tensor_problem
 
     problem = tensor_problem(tensor)
     if problem is not None:
