@@ -13,15 +13,16 @@ from ._version import __version__
 from .report import Finding, Report, Site, Summary, Thresholds
 
 if TYPE_CHECKING:
-    from .api import scan
     from .certification import certify
+    from .whatif import scan
 
 __all__ = ["Finding", "Report", "Site", "Summary", "Thresholds", "__version__", "certify", "scan"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "scan":
-        from .api import scan
+        # Imported on first use: importing relu_doctor must not import torch (the CLI's --help stays fast).
+        from .whatif import scan
 
         return scan
     if name == "certify":

@@ -18,15 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .bounds.domain import DomainSpec, parse_domain
-from .bounds.propagate import BoundPass, SitePass
-from .bounds.relax import DEFAULT_WORK_LIMIT, Refined, Relaxation
-from .bounds.rules import Interval, RuleTable, default_rules
+from .analysis.gate import evaluate
+from .analysis.sites import site_names
+from .engine.bounds.domain import DomainSpec, parse_domain
+from .engine.bounds.propagate import BoundPass, SitePass
+from .engine.bounds.relax import DEFAULT_WORK_LIMIT, Refined, Relaxation
+from .engine.bounds.rules import Interval, RuleTable, default_rules
+from .engine.observe import ObservedSite, ReluObserver, SiteKey, restored_model_state
 from .errors import CertifyError, ReluDoctorError
-from .gate import evaluate
-from .observe import ObservedSite, ReluObserver, SiteKey, restored_model_state
 from .report import Certification, CertifiedSite, Report
-from .sites import site_names
 
 METHODS = ("interval", "linear")
 """Interval bound propagation, then the linear relaxation (back-substitution)."""

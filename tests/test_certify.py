@@ -17,7 +17,7 @@ from _certify_models import RandomResidualNet, TinyResNet, gradient_search, per_
 from torch import nn
 
 import relu_doctor
-from relu_doctor.bounds.rules import Interval, default_rules
+from relu_doctor.engine.bounds.rules import Interval, default_rules
 from relu_doctor.certification import Box, box_from_spec, certify
 from relu_doctor.errors import CertifyError, UsageError
 

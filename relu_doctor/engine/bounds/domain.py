@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..errors import UsageError
+from ...errors import UsageError
 
 EXAMPLES = "probe, probe:0.1, box:0,1 or file:bounds.npy"
 
