@@ -17,8 +17,8 @@ from _certify_models import RandomResidualNet, TinyResNet, gradient_search, per_
 from torch import nn
 
 import relu_doctor
-from relu_doctor.engine.bounds.rules import Interval, default_rules
 from relu_doctor.certification import Box, box_from_spec, certify
+from relu_doctor.engine.bounds.rules import Interval, default_rules
 from relu_doctor.errors import CertifyError, UsageError
 
 # (model, shape of one sample) for every test model whose forward takes one float tensor.
