@@ -152,7 +152,7 @@ def is_concat(name: str) -> bool:
     return name in _CONCAT
 
 
-_ROLE_TABLE: tuple[tuple[Role, set[str]], ...] = (
+_ROLE_TABLE: tuple[tuple[Role, frozenset[str] | set[str]], ...] = (
     (Role.OTHER_ACTIVATION, OTHER_ACTIVATION_OPS),
     (Role.PRODUCER_CHANNEL, _PRODUCER_CHANNEL),
     (Role.PRODUCER_FEATURE, _PRODUCER_FEATURE),
