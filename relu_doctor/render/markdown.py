@@ -9,6 +9,7 @@ import math
 from collections import Counter
 
 from ..report import Finding, Report, Site
+from .certificate import certification_lines
 from .common import dead_range, percent, rate, site_status, summary_line
 
 CAUSE_PREFIXES = ("RD1", "RD005")
@@ -80,6 +81,9 @@ def render_markdown(report: Report) -> str:
     if report.findings:
         lines += ["", "**Causes and fixes**", ""]
         lines += [_finding_item(f) for f in report.findings]
+    certified = certification_lines(report)
+    if certified:
+        lines += ["", "**Certified**", ""] + [f"- {_cell(line.strip())}" for line in certified]
     if report.warnings:
         lines += ["", "**Blind spots and caveats**", ""] + [f"- {_cell(w)}" for w in report.warnings]
     return "\n".join(lines).rstrip() + "\n"
