@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
-from ..report import GateResult, Site, Summary, Thresholds
+from ..report import GateResult, Site, Summary, Thresholds, Violation
 
 
 def is_ignored(name: str, thresholds: Thresholds) -> bool:
@@ -32,16 +32,34 @@ def evaluate(sites: Sequence[Site], summary: Summary, thresholds: Thresholds) ->
             continue
         failing.append(site.name)
         violations.append(
-            f"site {site.name}: {site.dead} of {site.units} units dead ({site.dead_fraction:.1%}) "
-            f"> max-layer-dead-fraction {limit:g}"
+            Violation(
+                f"site {site.name}: {site.dead} of {site.units} units dead ({site.dead_fraction:.1%}) "
+                f"> max-layer-dead-fraction {limit:g}",
+                site.name,
+            )
         )
     limit = thresholds.max_dead_fraction
     if limit is not None and summary.dead_fraction > limit:
         violations.append(
-            f"model: {summary.dead} of {summary.units} units dead ({summary.dead_fraction:.1%}) "
-            f"> max-dead-fraction {limit:g}"
+            Violation(
+                f"model: {summary.dead} of {summary.units} units dead ({summary.dead_fraction:.1%}) "
+                f"> max-dead-fraction {limit:g}"
+            )
         )
     return GateResult(passed=not violations, violations=tuple(violations), failing_sites=tuple(failing))
+
+
+def site_status(site: Site, gate: GateResult) -> str:
+    """One word per site: FAIL (breaks a threshold), dead (all units), nan, warn (some dead), ok."""
+    if site.name in gate.failing_sites:
+        return "FAIL"
+    if site.units and site.dead == site.units:
+        return "dead"
+    if site.nan_units:
+        return "nan"
+    if site.dead:
+        return "warn"
+    return "ok"
 
 
 def summarize(sites: Sequence[Site], thresholds: Thresholds) -> Summary:
