@@ -95,7 +95,9 @@ def file_probe(path: str | Path, *, batch_size: int, key: str | None = None, lim
     except Exception as exc:  # a library error on a broken file becomes one clear line
         raise ProbeError(f"cannot read probe {str(source)!r}: {type(exc).__name__}: {_first_line(exc)}") from exc
     if len(array.shape) < 1 or array.shape[0] == 0:
-        raise ProbeError(f"probe {str(source)!r} has shape {tuple(array.shape)}; it needs at least one sample on axis 0")
+        raise ProbeError(
+            f"probe {str(source)!r} has shape {tuple(array.shape)}; it needs at least one sample on axis 0"
+        )
     samples = array.shape[0] if limit is None else min(limit, array.shape[0])
     info = ProbeInfo("file", samples, batch_size, str(source), tuple(int(s) for s in array.shape[1:]))
     return Probe(info, lambda start, stop: _as_tensor(array[start:stop]))
@@ -163,6 +165,7 @@ def _open_array(source: Path, key: str | None) -> Any:
 
 
 def _torch_probe(source: Path, key: str | None) -> Any:
+    _prescan(source)
     try:
         loaded = torch.load(source, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(source))
     except Exception as exc:
@@ -172,7 +175,38 @@ def _torch_probe(source: Path, key: str | None) -> Any:
         ) from exc
     if isinstance(loaded, (tuple, list)):
         loaded = {str(i): v for i, v in enumerate(loaded)}
-    return _pick(loaded, key, source) if isinstance(loaded, dict) else loaded
+    picked = _pick(loaded, key, source) if isinstance(loaded, dict) else loaded
+    if isinstance(picked, torch.Tensor):
+        _check_probe_tensor(picked, source)
+    return picked
+
+
+def _prescan(source: Path) -> None:
+    """The loader's bounded pickle pre-scan (depth, size, tensor count, non-dense tensors) before torch.load."""
+    from .loading.pickle_scan import PickleLimitError, check_torch_file
+
+    try:
+        check_torch_file(source)
+    except PickleLimitError as exc:
+        raise ProbeError(f"refusing probe {str(source)!r}: its pickle {exc}") from None
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        pass  # not a readable torch.save file: torch.load below says so in its own words
+
+
+def _check_probe_tensor(tensor: torch.Tensor, source: Path) -> None:
+    """A dense CPU tensor whose storage really holds every element (no stride-0 rows repeated forever)."""
+    from .loading.dense import tensor_problem
+
+    problem = tensor_problem(tensor)
+    if problem is not None:
+        raise ProbeError(f"refusing probe {str(source)!r}: it is {problem}; save a dense tensor (tensor.to_dense())")
+    needed = tensor.numel() * tensor.element_size()
+    held = tensor.untyped_storage().nbytes()
+    if needed > held:
+        raise ProbeError(
+            f"refusing probe {str(source)!r}: shape {tuple(tensor.shape)} needs {needed:,} bytes but its storage holds "
+            f"{held:,} (a stride-0 or overlapping view); save tensor.contiguous()"
+        )
 
 
 def _pick(tensors: dict[str, Any], key: str | None, source: Path) -> Any:
@@ -249,7 +283,9 @@ class _ShardedNpy:
 
     def __init__(self, files: list[Path], source: Path) -> None:
         if not files:
-            raise ProbeError(f"probe directory {str(source)!r} holds no .npy shards; pass a file or a directory of .npy")
+            raise ProbeError(
+                f"probe directory {str(source)!r} holds no .npy shards; pass a file or a directory of .npy"
+            )
         self._shards = [npy_rows(f) for f in files]
         tails = {s.shape[1:] for s in self._shards}
         if len(tails) != 1:

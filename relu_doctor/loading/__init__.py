@@ -18,7 +18,7 @@ import torch
 
 from ..errors import CheckpointError, ReluDoctorError, UntrustedCodeError, UsageError
 from ..report import ModelInfo
-from .arch import arch_directories, build_arch, on_sys_path
+from .arch import arch_directories, build_arch, no_bytecode, on_sys_path
 from .build import build_with_weights
 from .hashing import file_sha256, files_sha256
 from .messages import describe_exception
@@ -89,7 +89,7 @@ def load_model(
     target_device = _parse_device(device)
     policy = TrustPolicy(trust=trust, allow_globals=tuple(allow_globals), imports=tuple(imports))
     request = _Request(Path(path), arch, arch_kwargs, key, policy)
-    with on_sys_path(arch_directories(arch)):
+    with on_sys_path(arch_directories(arch)), no_bytecode():
         raw = _guarded(request)
     model = _place(raw.model, target_device, dtype, request.path)
     info = ModelInfo(
