@@ -12,14 +12,15 @@ from ._version import __version__
 from .report import Finding, Report, Site, Summary, Thresholds
 
 if TYPE_CHECKING:
-    from .api import scan
+    from .whatif import scan
 
 __all__ = ["Finding", "Report", "Site", "Summary", "Thresholds", "__version__", "scan"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "scan":
-        from .api import scan
+        # Imported on first use: importing relu_doctor must not import torch (the CLI's --help stays fast).
+        from .whatif import scan
 
         return scan
     raise AttributeError(f"module 'relu_doctor' has no attribute {name!r}")

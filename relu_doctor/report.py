@@ -9,6 +9,9 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
+from pathlib import PurePath
+
+from .settings import DEFAULT_DYING_RATE, DEFAULT_TAU
 
 SCHEMA_VERSION = 1
 
@@ -172,9 +175,9 @@ class ProbeInfo:
 class Thresholds:
     """Gate settings and the classification parameters used for this report."""
 
-    dying_rate: float = 0.01
+    dying_rate: float = DEFAULT_DYING_RATE
     """A live unit firing on fewer than this share of its positions is dying."""
-    tau: float = 0.025
+    tau: float = DEFAULT_TAU
     """ReDo dormancy threshold."""
     max_dead_fraction: float | None = None
     """Fail when the whole model's dead fraction exceeds this."""
@@ -288,3 +291,60 @@ def rate_summary(rates: tuple[float, ...]) -> RateSummary:
     if not rates:
         return RateSummary(math.nan, math.nan, math.nan)
     return RateSummary(min(rates), statistics.median(rates), statistics.fmean(rates))
+
+
+@dataclass(frozen=True)
+class SiteTrend:
+    """One site followed over the checkpoints."""
+
+    name: str
+    """Site name, as in each report."""
+    units: int
+    """Number of units (the same in every checkpoint)."""
+    dead: tuple[int | None, ...]
+    """Dead units per checkpoint; None where the site did not run."""
+    dead_fraction: tuple[float | None, ...]
+    """Dead share per checkpoint; None where the site did not run."""
+    died_at: tuple[tuple[int, int], ...]
+    """(unit, checkpoint index) for each unit dead at the last checkpoint: the first index from which it stays dead."""
+    revived: tuple[int, ...]
+    """Units dead at some earlier checkpoint but alive at the last one."""
+
+    def deaths_per_checkpoint(self) -> dict[int, tuple[int, ...]]:
+        """Checkpoint index -> the units that died there, in index order."""
+        grouped: dict[int, list[int]] = {}
+        for unit, index in self.died_at:
+            grouped.setdefault(index, []).append(unit)
+        return {index: tuple(units) for index, units in sorted(grouped.items())}
+
+
+@dataclass(frozen=True)
+class TrendReport:
+    """Reports of several checkpoints of one run, and each site's trend across them."""
+
+    checkpoints: tuple[str, ...]
+    """Checkpoint paths, in natural order."""
+    reports: tuple[Report, ...]
+    """One report per checkpoint, same order."""
+    sites: tuple[SiteTrend, ...]
+    """Every site seen, in the call order of the first checkpoint that has it."""
+
+    @property
+    def last(self) -> Report:
+        """The last checkpoint's report: the one thresholds and exit codes apply to."""
+        return self.reports[-1]
+
+    @property
+    def gate(self) -> GateResult:
+        """The last checkpoint's gate result."""
+        return self.last.gate
+
+    @property
+    def exit_code(self) -> int:
+        """0 when the last checkpoint is within thresholds, 1 when not."""
+        return self.gate.exit_code
+
+    def labels(self) -> tuple[str, ...]:
+        """Short names for the checkpoints: file names when those are unique, else the paths."""
+        names = tuple(PurePath(path).name for path in self.checkpoints)
+        return names if len(set(names)) == len(names) else self.checkpoints

@@ -38,9 +38,22 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize(
     "name",
-    ["torch-save", "torch-save-legacy", "safetensors", "hf-safetensors", "hf-bin", "hf-safetensors-sharded",
-     "hf-bin-sharded", "lightning", "ddp", "pickled-module", "torchscript", "torch-export", "torch-export-legacy"],
-)  # fmt: skip
+    [
+        "torch-save",
+        "torch-save-legacy",
+        "safetensors",
+        "hf-safetensors",
+        "hf-bin",
+        "hf-safetensors-sharded",
+        "hf-bin-sharded",
+        "lightning",
+        "ddp",
+        "pickled-module",
+        "torchscript",
+        "torch-export",
+        "torch-export-legacy",
+    ],
+)
 def test_every_format_loads_to_a_model_with_the_original_outputs(saved: dict[str, Path], name: str) -> None:
     loaded = load_model(saved[name], arch=ARCH_MODULE_SPEC, trust=name in CODE_CARRYING)
     x = probe()
@@ -279,9 +292,20 @@ def dead_formats(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize(
     "name",
-    ["torch-save", "torch-save-legacy", "safetensors", "hf-safetensors-sharded", "hf-bin-sharded", "lightning",
-     "ddp", "pickled-module", "torchscript", "torch-export", "torch-export-legacy"],
-)  # fmt: skip
+    [
+        "torch-save",
+        "torch-save-legacy",
+        "safetensors",
+        "hf-safetensors-sharded",
+        "hf-bin-sharded",
+        "lightning",
+        "ddp",
+        "pickled-module",
+        "torchscript",
+        "torch-export",
+        "torch-export-legacy",
+    ],
+)
 def test_scan_counts_match_across_formats(dead_formats: dict[str, Path], name: str) -> None:
     from relu_doctor import scan
 

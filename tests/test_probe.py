@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from relu_doctor.errors import ProbeError
-from relu_doctor.probe import check_probe_fits, file_probe, npy_rows, parse_shape, synthetic_probe
+from relu_doctor.workflow.probe import check_probe_fits, file_probe, npy_rows, parse_shape, synthetic_probe
 
 ROWS = np.arange(7 * 2 * 3, dtype=np.float32).reshape(7, 2, 3)
 
@@ -32,11 +32,14 @@ def _every_form(tmp_path: Path) -> dict[str, tuple[Path, str | None]]:
     for i, (lo, hi) in enumerate([(0, 2), (2, 3), (3, 7)]):  # uneven shards, read across their borders
         np.save(shards / f"part{i}.npy", ROWS[lo:hi])
     return {
-        "npy": (tmp_path / "rows.npy", None), "fortran npy": (tmp_path / "fortran.npy", None),
-        "npz": (tmp_path / "rows.npz", None), "safetensors": (tmp_path / "rows.safetensors", "x"),
-        "pt dict": (tmp_path / "dict.pt", "inputs"), "pt tuple": (tmp_path / "tuple.pt", "0"),
+        "npy": (tmp_path / "rows.npy", None),
+        "fortran npy": (tmp_path / "fortran.npy", None),
+        "npz": (tmp_path / "rows.npz", None),
+        "safetensors": (tmp_path / "rows.safetensors", "x"),
+        "pt dict": (tmp_path / "dict.pt", "inputs"),
+        "pt tuple": (tmp_path / "tuple.pt", "0"),
         "npy shards": (shards, None),
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("form", ["npy", "fortran npy", "npz", "safetensors", "pt dict", "pt tuple", "npy shards"])

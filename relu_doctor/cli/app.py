@@ -17,9 +17,9 @@ import typer
 from rich.console import Console
 
 from .._version import __version__
-from ..config import Resolved
 from ..errors import ReluDoctorError, UsageError
 from ..report import GateResult, Report
+from .config import Resolved
 
 EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
 
@@ -41,7 +41,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Find dead and dying ReLU units in a PyTorch checkpoint, say why, and gate CI on them."""
 
@@ -69,14 +71,28 @@ class OutputStyle:
     """--no-color or NO_COLOR: keep stderr plain too."""
 
 
-def output_style(*, quiet: bool, verbose: bool, no_color: bool, to_file: bool, environ: Mapping[str, str],
-                 stdout_tty: bool, stderr_tty: bool) -> OutputStyle:  # fmt: skip
+def output_style(
+    *,
+    quiet: bool,
+    verbose: bool,
+    no_color: bool,
+    to_file: bool,
+    environ: Mapping[str, str],
+    stdout_tty: bool,
+    stderr_tty: bool,
+) -> OutputStyle:
     """Colour: off with --no-color, NO_COLOR (non-empty) or a file; on with FORCE_COLOR; else when stdout is a
     terminal. Width: COLUMNS, else the terminal's, else 100. Progress only on a terminal stderr, never when quiet."""
     plain = no_color or bool(environ.get("NO_COLOR"))
     color = not plain and not to_file and (bool(environ.get("FORCE_COLOR")) or stdout_tty)
-    return OutputStyle(quiet=quiet, verbose=verbose and not quiet, color=color, width=_width(environ, stdout_tty and not to_file),
-                       progress=stderr_tty and not quiet, no_color=plain)  # fmt: skip
+    return OutputStyle(
+        quiet=quiet,
+        verbose=verbose and not quiet,
+        color=color,
+        width=_width(environ, stdout_tty and not to_file),
+        progress=stderr_tty and not quiet,
+        no_color=plain,
+    )
 
 
 def _width(environ: Mapping[str, str], terminal: bool) -> int:
@@ -93,8 +109,15 @@ def _width(environ: Mapping[str, str], terminal: bool) -> int:
 
 def style_from_options(quiet: bool, verbose: bool, no_color: bool, output: Path | None) -> OutputStyle:
     """:func:`output_style` for this process's environment and streams."""
-    return output_style(quiet=quiet, verbose=verbose, no_color=no_color, to_file=output is not None, environ=os.environ,
-                        stdout_tty=sys.stdout.isatty(), stderr_tty=sys.stderr.isatty())  # fmt: skip
+    return output_style(
+        quiet=quiet,
+        verbose=verbose,
+        no_color=no_color,
+        to_file=output is not None,
+        environ=os.environ,
+        stdout_tty=sys.stdout.isatty(),
+        stderr_tty=sys.stderr.isatty(),
+    )
 
 
 def note(style: OutputStyle, message: str, *, verbose_only: bool = False) -> None:
@@ -116,10 +139,14 @@ def configure(ctx: typer.Context, config_file: Path | None, *, exclude: Collecti
 
     Keys are the long option names; ``exclude`` keys are taken from the command line or default only.
     """
-    from .. import config
+    from . import config
 
-    keyed = {config.normalize(opt[2:]): param.name for param in ctx.command.params
-             for opt in param.opts[:1] if opt.startswith("--") and param.name}  # fmt: skip
+    keyed = {
+        config.normalize(opt[2:]): param.name
+        for param in ctx.command.params
+        for opt in param.opts[:1]
+        if opt.startswith("--") and param.name
+    }
     known = {key: name for key, name in keyed.items() if key in config.KEYS}
     given = {key: ctx.params[name] for key, name in known.items() if given_on_command_line(ctx, name)}
     defaults = {key: ctx.params[name] for key, name in known.items() if key not in given}
@@ -134,7 +161,11 @@ def configure(ctx: typer.Context, config_file: Path | None, *, exclude: Collecti
 def describe_settings(resolved: Resolved) -> list[str]:
     """Verbose lines: the config file, then every setting that did not come from its default."""
     lines = [f"config: {resolved.config_path or 'none found (no [tool.relu-doctor] in a pyproject.toml above here)'}"]
-    lines += [f"  {key} = {_shown(resolved.values[key])}  ({source})" for key, source in resolved.sources.items() if source != "default"]
+    lines += [
+        f"  {key} = {_shown(resolved.values[key])}  ({source})"
+        for key, source in resolved.sources.items()
+        if source != "default"
+    ]
     return lines
 
 
@@ -212,8 +243,14 @@ def progress_bar(total: int, enabled: bool) -> Any:
     console = stderr_console()
     if not enabled or not sys.stderr.isatty():  # FORCE_COLOR makes rich think it is a terminal; a bar needs a real one
         return None
-    bar = Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
-                   transient=True)  # fmt: skip
+    bar = Progress(
+        TextColumn("scanning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
     task = bar.add_task("scan", total=total)
     return bar, (lambda n: bar.advance(task, n))
 
@@ -236,4 +273,3 @@ def main() -> None:
         typer.echo("relu-doctor: aborted", err=True)
         raise SystemExit(EXIT_ERROR) from None
     raise SystemExit(code if isinstance(code, int) else EXIT_OK)
-

@@ -13,8 +13,15 @@ from typing import Annotated
 
 import typer
 
-from ..pipeline import DEFAULT_SAMPLES
 from ..repair.records import Strategy
+from ..settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_DYING_RATE,
+    DEFAULT_REDUCER,
+    DEFAULT_SAMPLES,
+)
 from . import options as opt
 from .app import app, error_boundary, note, style_from_options, write_output
 
@@ -83,9 +90,9 @@ def fix(
     trust: opt.Trust = False,
     imports: opt.Imports = None,
     allow_global: opt.AllowGlobal = None,
-    device: opt.Device = "cpu",
-    dtype: opt.Dtype = "float32",
-    reducer: opt.Reducer = "auto",
+    device: opt.Device = DEFAULT_DEVICE,
+    dtype: opt.Dtype = DEFAULT_DTYPE,
+    reducer: opt.Reducer = DEFAULT_REDUCER,
     # Probe
     probe: opt.Probe = None,
     probe_key: opt.ProbeKey = None,
@@ -97,10 +104,10 @@ def fix(
             rich_help_panel=opt.PROBE,
         ),
     ] = None,
-    batch_size: opt.BatchSize = 64,
+    batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
     input_shape: opt.InputShape = None,
     unit_dim: opt.UnitDim = None,
-    dying_rate: opt.DyingRate = 0.01,
+    dying_rate: opt.DyingRate = DEFAULT_DYING_RATE,
     # Output
     fmt: Annotated[
         FixFormat,
@@ -117,20 +124,33 @@ def fix(
     """Repair the dead units of MODEL into OUT, keeping its format, and verify OUT on the same probe."""
     style = style_from_options(False, False, no_color, None)
     with error_boundary(debug):
-        from ..pipeline import ScanRequest
-        from ..probe import parse_shape
-        from ..repair.render import render_fix_json, render_fix_text, verdict
-        from ..repair.run import FixRequest, run_fix
+        from ..render.fix import render_fix_json, render_fix_text, verdict
         from ..report import Thresholds
+        from ..workflow.fix import FixRequest, run_fix
+        from ..workflow.probe import parse_shape
+        from ..workflow.scan import ScanRequest
 
         scan = ScanRequest(
-            model_path=str(model), arch=arch, arch_kwargs=opt.arch_kwargs_value(arch_kwargs), key=key, trust=trust,
-            imports=tuple(imports or ()), allow_globals=tuple(allow_global or ()),
-            probe_path=None if probe is None else str(probe), probe_key=probe_key, samples=samples or DEFAULT_SAMPLES,
-            limit_samples=probe is not None and samples is not None, seed=seed, batch_size=batch_size,
-            input_shape=None if input_shape is None else parse_shape(input_shape), unit_dim=unit_dim,
-            device=device, dtype=dtype, reducer=reducer, thresholds=Thresholds(dying_rate=dying_rate),
-        )  # fmt: skip
+            model_path=str(model),
+            arch=arch,
+            arch_kwargs=opt.arch_kwargs_value(arch_kwargs),
+            key=key,
+            trust=trust,
+            imports=tuple(imports or ()),
+            allow_globals=tuple(allow_global or ()),
+            probe_path=None if probe is None else str(probe),
+            probe_key=probe_key,
+            samples=samples or DEFAULT_SAMPLES,
+            limit_samples=probe is not None and samples is not None,
+            seed=seed,
+            batch_size=batch_size,
+            input_shape=None if input_shape is None else parse_shape(input_shape),
+            unit_dim=unit_dim,
+            device=device,
+            dtype=dtype,
+            reducer=reducer,
+            thresholds=Thresholds(dying_rate=dying_rate),
+        )
         request = FixRequest(scan, str(output), strategy, seed, include_dying, force, max_drift)
         outcome = run_fix(request)
         if fmt is FixFormat.json:

@@ -21,18 +21,76 @@ from .messages import first_few
 # A model never needs them, so they are refused even with --trust (best effort: the list is not complete).
 _DANGEROUS_MODULES = frozenset(
     {
-        "os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "runpy", "importlib", "pty",
-        "webbrowser", "code", "codeop", "ctypes", "marshal", "pickle", "_pickle", "dill", "multiprocessing",
-        "asyncio", "platform", "signal", "tempfile", "urllib", "http", "requests", "ftplib", "smtplib",
-        "telnetlib", "commands", "popen2", "_io", "io", "types", "inspect",
-        "pdb", "bdb", "timeit", "cProfile", "profile", "trace", "pip", "setuptools", "_posixsubprocess",
+        "os",
+        "posix",
+        "nt",
+        "subprocess",
+        "sys",
+        "shutil",
+        "socket",
+        "runpy",
+        "importlib",
+        "pty",
+        "webbrowser",
+        "code",
+        "codeop",
+        "ctypes",
+        "marshal",
+        "pickle",
+        "_pickle",
+        "dill",
+        "multiprocessing",
+        "asyncio",
+        "platform",
+        "signal",
+        "tempfile",
+        "urllib",
+        "http",
+        "requests",
+        "ftplib",
+        "smtplib",
+        "telnetlib",
+        "commands",
+        "popen2",
+        "_io",
+        "io",
+        "types",
+        "inspect",
+        "pdb",
+        "bdb",
+        "timeit",
+        "cProfile",
+        "profile",
+        "trace",
+        "pip",
+        "setuptools",
+        "_posixsubprocess",
     }
-)  # fmt: skip
+)
 # Builtins are fine as containers (set, slice, ...) but these evaluate code or reach any attribute.
 _DANGEROUS_BUILTINS = frozenset(
-    {"eval", "exec", "compile", "open", "getattr", "setattr", "delattr", "__import__", "globals", "locals",
-     "vars", "input", "breakpoint", "apply", "execfile", "file", "help", "exit", "quit"}
-)  # fmt: skip
+    {
+        "eval",
+        "exec",
+        "compile",
+        "open",
+        "getattr",
+        "setattr",
+        "delattr",
+        "__import__",
+        "globals",
+        "locals",
+        "vars",
+        "input",
+        "breakpoint",
+        "apply",
+        "execfile",
+        "file",
+        "help",
+        "exit",
+        "quit",
+    }
+)
 _DANGEROUS_PREFIXES = ("torch.hub.", "torch._C._jit", "torch.jit._", "torch.load", "numpy.load")
 _MODULE_CLASS_PREFIXES = ("torch.nn.modules.", "torch.nn.parallel.", "torch.ao.nn.", "torch.fx.graph_module.")
 _STRING_OPS = frozenset(

@@ -8,7 +8,7 @@ Model-wide threshold violations and blind spots follow, and a closing ``::notice
 
 from __future__ import annotations
 
-from ..gate import is_ignored
+from ..analysis.gate import is_ignored
 from ..report import Finding, Report, Site
 from .common import percent, summary_line
 
@@ -52,10 +52,22 @@ def render_github(report: Report) -> str:
         findings = [f for f in report.findings if f.site == site.name]
         level = site_level(site, report, findings)
         if level:
-            lines.append(workflow_command(level, _site_message(site, report, findings), title=f"relu-doctor: {site.name}", file=file))
+            lines.append(
+                workflow_command(
+                    level, _site_message(site, report, findings), title=f"relu-doctor: {site.name}", file=file
+                )
+            )
     lines += [workflow_command("error", v, title="relu-doctor: model", file=file) for v in model_violations(report)]
-    lines += [workflow_command("error" if f.severity == "error" else "warning", f"[{f.code}] {f.cause}; {f.suggestion}",
-                               title="relu-doctor: model", file=file) for f in report.findings if not f.site]  # fmt: skip
+    lines += [
+        workflow_command(
+            "error" if f.severity == "error" else "warning",
+            f"[{f.code}] {f.cause}; {f.suggestion}",
+            title="relu-doctor: model",
+            file=file,
+        )
+        for f in report.findings
+        if not f.site
+    ]
     lines += [workflow_command("warning", w, title="relu-doctor: blind spot", file=file) for w in report.warnings]
     lines.append(workflow_command("notice", summary_line(report), title="relu-doctor"))
     return "\n".join(lines) + "\n"

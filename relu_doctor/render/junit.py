@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from ..gate import is_ignored
+from ..analysis.gate import is_ignored
 from ..report import Report, Site
 from .common import percent
 from .github import model_violations

@@ -47,8 +47,10 @@ def predicted_text(finding: Finding) -> str:
     for prefix, label in (("bias_shift", "bias shift"), ("recycle", "recycle")):
         if f"{prefix}_drift" in numbers:
             revived = _count(numbers.get(f"{prefix}_revived"))
-            parts.append(f"{label}: drift {_share(numbers[f'{prefix}_drift'])}{_argmax(numbers, prefix)}, "
-                         f"revived {revived}/{len(finding.units)}")  # fmt: skip
+            parts.append(
+                f"{label}: drift {_share(numbers[f'{prefix}_drift'])}{_argmax(numbers, prefix)}, "
+                f"revived {revived}/{len(finding.units)}"
+            )
     return " · ".join(parts)
 
 
@@ -63,8 +65,10 @@ def render_markdown(report: Report) -> str:
     """The report as Markdown."""
     icon = "✅" if report.gate.passed else "❌"
     lines = [f"### {icon} relu-doctor: `{_cell(report.model.path or 'model')}`", "", summary_line(report), ""]
-    lines += ["| # | site | op | units | dead | dying | dormant | sparsity | firing min / median | dead max pre-act | causes | status |",
-              "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]  # fmt: skip
+    lines += [
+        "| # | site | op | units | dead | dying | dormant | sparsity | firing min / median | dead max pre-act | causes | status |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
     for s in report.sites:
         lines.append(
             f"| {s.index} | `{_cell(s.name)}` | {s.op} | {s.units} | {s.dead} ({percent(s.dead_fraction)}) | {s.dying} "

@@ -17,8 +17,8 @@ import re
 from pathlib import PurePath, PurePosixPath
 from typing import Any
 
-from .. import diagnose
-from ..gate import is_ignored
+from ..analysis import diagnose
+from ..analysis.gate import is_ignored
 from ..report import Finding, Report
 from .github import model_violations
 
@@ -28,11 +28,18 @@ _LEVELS = {"error": "error", "warning": "warning", "note": "note"}
 
 
 def _is_registry(value: object) -> bool:
-    return isinstance(value, tuple) and bool(value) and all(
-        isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
-        and re.fullmatch(r"RD\d{3}", entry[0]) is not None and callable(entry[1])
-        for entry in value
-    )  # fmt: skip
+    return (
+        isinstance(value, tuple)
+        and bool(value)
+        and all(
+            isinstance(entry, tuple)
+            and len(entry) == 2
+            and isinstance(entry[0], str)
+            and re.fullmatch(r"RD\d{3}", entry[0]) is not None
+            and callable(entry[1])
+            for entry in value
+        )
+    )
 
 
 def registered_rules() -> dict[str, str]:
@@ -61,10 +68,11 @@ def fingerprint(finding: Finding, uri: str) -> str:
 
 def _rule(code: str, description: str) -> dict[str, Any]:
     return {
-        "id": code, "name": code,
+        "id": code,
+        "name": code,
         "shortDescription": {"text": description},
         "help": {"text": f"relu-doctor finding {code}: look the code up in relu-doctor's README."},
-    }  # fmt: skip
+    }
 
 
 def _rules(report: Report) -> list[dict[str, Any]]:
@@ -82,13 +90,14 @@ def _result(finding: Finding, report: Report, rule_index: dict[str, int], uri: s
     if finding.site:
         location["logicalLocations"] = [{"name": finding.site, "fullyQualifiedName": finding.site, "kind": "module"}]
     return {
-        "ruleId": finding.code, "ruleIndex": rule_index[finding.code],
+        "ruleId": finding.code,
+        "ruleIndex": rule_index[finding.code],
         "level": "error" if failing else _LEVELS.get(finding.severity, "warning"),
         "message": {"text": f"{finding.site or 'model'}: {finding.cause}; {finding.suggestion}"},
         "locations": [location],
         "partialFingerprints": {FINGERPRINT_KEY: fingerprint(finding, uri)},
         "properties": {"site": finding.site, "units": list(finding.units), "gateFailing": failing},
-    }  # fmt: skip
+    }
 
 
 def _invocation(report: Report) -> dict[str, Any]:
@@ -105,14 +114,29 @@ def sarif_log(report: Report) -> dict[str, Any]:
     artifact: dict[str, Any] = {"location": {"uri": uri}}
     if report.model.sha256:
         artifact["hashes"] = {"sha-256": report.model.sha256}
-    driver = {"name": "relu-doctor", "version": report.tool_version, "semanticVersion": report.tool_version,
-              "informationUri": "https://pypi.org/project/relu-doctor/", "rules": rules}  # fmt: skip
+    driver = {
+        "name": "relu-doctor",
+        "version": report.tool_version,
+        "semanticVersion": report.tool_version,
+        "informationUri": "https://pypi.org/project/relu-doctor/",
+        "rules": rules,
+    }
     run = {
-        "tool": {"driver": driver}, "artifacts": [artifact], "invocations": [_invocation(report)],
-        "results": [_result(f, report, rule_index, uri) for f in report.findings if not is_ignored(f.site, report.thresholds)],
-        "properties": {"summary": {"sites": report.summary.sites, "units": report.summary.units,
-                                   "dead": report.summary.dead, "passed": report.gate.passed}},
-    }  # fmt: skip
+        "tool": {"driver": driver},
+        "artifacts": [artifact],
+        "invocations": [_invocation(report)],
+        "results": [
+            _result(f, report, rule_index, uri) for f in report.findings if not is_ignored(f.site, report.thresholds)
+        ],
+        "properties": {
+            "summary": {
+                "sites": report.summary.sites,
+                "units": report.summary.units,
+                "dead": report.summary.dead,
+                "passed": report.gate.passed,
+            }
+        },
+    }
     return {"$schema": SCHEMA, "version": "2.1.0", "runs": [run]}
 
 

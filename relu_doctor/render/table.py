@@ -35,10 +35,17 @@ def sites_table(report: Report) -> Table:
     for site in report.sites:
         status = site_status(site, report)
         table.add_row(
-            str(site.index), site.name, site.op, str(site.units),
-            f"{site.dead} ({percent(site.dead_fraction)})", str(site.dying), str(len(site.dormant_units)),
-            percent(site.sparsity), site_causes(report, site), Text(status, style=_STATUS_STYLE[status]),
-        )  # fmt: skip
+            str(site.index),
+            site.name,
+            site.op,
+            str(site.units),
+            f"{site.dead} ({percent(site.dead_fraction)})",
+            str(site.dying),
+            str(len(site.dormant_units)),
+            percent(site.sparsity),
+            site_causes(report, site),
+            Text(status, style=_STATUS_STYLE[status]),
+        )
     return table
 
 
@@ -58,7 +65,9 @@ def finding_renderable(finding: Finding) -> RenderableType:
 
 def report_renderable(report: Report) -> RenderableType:
     """The whole terminal report as one rich renderable."""
-    parts: list[RenderableType] = [Text(f"relu-doctor {report.tool_version}: {report.model.path or 'model'}", style="bold")]
+    parts: list[RenderableType] = [
+        Text(f"relu-doctor {report.tool_version}: {report.model.path or 'model'}", style="bold")
+    ]
     parts.append(sites_table(report) if report.sites else Text("no relu sites found", style="yellow"))
     parts.append(Text(summary_line(report), style="bold green" if report.gate.passed else "bold red"))
     parts.append(Text(confidence_line(report), style="dim"))
@@ -78,8 +87,13 @@ def render_table(report: Report, *, width: int = 100, color: bool = False) -> st
     """The terminal report as text, at a fixed width, with or without ANSI colour."""
     buffer = io.StringIO()
     console = Console(
-        file=buffer, width=width, force_terminal=color, no_color=not color, color_system="standard" if color else None,
-        highlight=False, soft_wrap=False,
-    )  # fmt: skip
+        file=buffer,
+        width=width,
+        force_terminal=color,
+        no_color=not color,
+        color_system="standard" if color else None,
+        highlight=False,
+        soft_wrap=False,
+    )
     console.print(report_renderable(report))
     return buffer.getvalue()

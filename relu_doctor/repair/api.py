@@ -14,10 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..api import build_report, observe
+from ..analysis.build import build_report
+from ..analysis.sites import build_site, site_names
+from ..engine.runner import observe
 from ..errors import UsageError
 from ..report import ModelInfo, ProbeInfo, Report, Thresholds
-from ..sites import build_site, site_names
+from ..settings import DEFAULT_REDUCER
 from .bias_shift import bias_shift, shift_target
 from .drift import drift_against, drift_between, reference_outputs
 from .edits import Edits, apply_edits
@@ -62,7 +64,7 @@ class _Context:
     thresholds: Thresholds
     unit_dim: int | None
     seed: int
-    reducer: str = "auto"
+    reducer: str = DEFAULT_REDUCER
 
 
 def default_max_drift(strategy: Strategy, include_dying: bool) -> float | None:
@@ -73,10 +75,19 @@ def default_max_drift(strategy: Strategy, include_dying: bool) -> float | None:
 
 
 def repair_model(
-    model: nn.Module, batches: Batches, *, strategy: Strategy | str, seed: int = 0, include_dying: bool = False,
-    max_drift: float | None = None, thresholds: Thresholds | None = None, unit_dim: int | None = None,
-    model_info: ModelInfo | None = None, probe_info: ProbeInfo | None = None, reducer: str = "auto",
-) -> Repaired:  # fmt: skip
+    model: nn.Module,
+    batches: Batches,
+    *,
+    strategy: Strategy | str,
+    seed: int = 0,
+    include_dying: bool = False,
+    max_drift: float | None = None,
+    thresholds: Thresholds | None = None,
+    unit_dim: int | None = None,
+    model_info: ModelInfo | None = None,
+    probe_info: ProbeInfo | None = None,
+    reducer: str = DEFAULT_REDUCER,
+) -> Repaired:
     """Repair the dead (and with ``include_dying`` dying) units of a copy of ``model``, seen on ``batches``.
 
     ``recycle`` keeps the output (sites where it cannot are skipped, as are sites whose change moved the output by
@@ -130,9 +141,13 @@ def _bias_shift(work: nn.Module, observed: Sequence[Any], before: Report, contex
 
 
 def _recycle(
-    work: nn.Module, observed: Sequence[Any], before: Report, context: _Context, include_dying: bool,
+    work: nn.Module,
+    observed: Sequence[Any],
+    before: Report,
+    context: _Context,
+    include_dying: bool,
     limit: float | None,
-) -> RepairResult:  # fmt: skip
+) -> RepairResult:
     plans, skipped = plan_recycle(work, observed, before.sites, include_dying)
     reference = reference_outputs(context.original, context.replay())
     generator = torch.Generator().manual_seed(context.seed)
@@ -182,9 +197,16 @@ def _recycle_site_by_site(
         drift = drift_against(reference, work, context.replay())
         if drift.relative_l2 > limit:
             work.load_state_dict(saved)
-            rejected.append(SkippedSite(plan.site.name, plan.units, (
-                f"recycling it moved the output by {drift.relative_l2:.3g} relative L2 (limit {limit:g}): one of "
-                f"{', '.join(_site_repair(plan, 0).layers)} has a use the forward pass did not show")))  # fmt: skip
+            rejected.append(
+                SkippedSite(
+                    plan.site.name,
+                    plan.units,
+                    (
+                        f"recycling it moved the output by {drift.relative_l2:.3g} relative L2 (limit {limit:g}): one of "
+                        f"{', '.join(_site_repair(plan, 0).layers)} has a use the forward pass did not show"
+                    ),
+                )
+            )
             continue
         kept.append(plan)
         redraws.update(counts)

@@ -52,8 +52,10 @@ def plan_leaky(model: nn.Module, sites: Sequence[Site]) -> LeakyPlan:
 def _why_not(site: Site, module: nn.Module | None) -> str:
     owner = site.module_path or "<root>"
     if site.kind != "module":
-        return (f"a functional {site.op} call in the forward of {owner} ({type(module).__name__}): not changeable "
-                f"from the checkpoint; edit the code to call F.leaky_relu(x, {NEGATIVE_SLOPE})")  # fmt: skip
+        return (
+            f"a functional {site.op} call in the forward of {owner} ({type(module).__name__}): not changeable "
+            f"from the checkpoint; edit the code to call F.leaky_relu(x, {NEGATIVE_SLOPE})"
+        )
     return f"{owner} is an {type(module).__name__}, not nn.ReLU: LeakyReLU would drop its upper clip"
 
 

@@ -14,10 +14,16 @@ def site_checks(before: Report, after: Report) -> tuple[SiteCheck, ...]:
     checks = []
     for site in before.sites:
         now = later.get(site.name)
-        checks.append(SiteCheck(
-            site.name, site.units, site.dead, site.dying,
-            None if now is None else now.dead, None if now is None else now.dying,
-        ))  # fmt: skip
+        checks.append(
+            SiteCheck(
+                site.name,
+                site.units,
+                site.dead,
+                site.dying,
+                None if now is None else now.dead,
+                None if now is None else now.dying,
+            )
+        )
     return tuple(checks)
 
 
@@ -33,7 +39,8 @@ def still_dead(repaired: Sequence[SiteRepair], after: Report) -> tuple[tuple[str
     return tuple(found)
 
 
-def verification(before: Report, after: Report, repaired: Sequence[SiteRepair], drift: Drift,
-                 max_drift: float | None) -> Verification:  # fmt: skip
+def verification(
+    before: Report, after: Report, repaired: Sequence[SiteRepair], drift: Drift, max_drift: float | None
+) -> Verification:
     """The verification record of a repair, from the scans before and after and the measured drift."""
     return Verification(site_checks(before, after), drift, max_drift, still_dead(repaired, after))

@@ -84,9 +84,15 @@ def changed_entries(original: nn.Module, repaired: nn.Module) -> dict[str, Chang
 
 
 def write_repaired(
-    source: Path, output: Path, *, key: str | None, policy: TrustPolicy, original: nn.Module, repaired: nn.Module,
+    source: Path,
+    output: Path,
+    *,
+    key: str | None,
+    policy: TrustPolicy,
+    original: nn.Module,
+    repaired: nn.Module,
     swapped: tuple[str, ...] = (),
-) -> tuple[str, ...]:  # fmt: skip
+) -> tuple[str, ...]:
     """Write ``repaired`` to ``output`` in the format of ``source``; returns notes on what else was done."""
     changes = changed_entries(original, repaired)
     model_keys = list(original.state_dict())

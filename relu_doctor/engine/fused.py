@@ -26,16 +26,11 @@ from typing import Any
 
 import torch
 
-from . import pipeline
 from .counters import UnitAccumulator, unit_blocks
 
 MIN_WORK = 500_000_000
 """Elements a scan must still reduce for ``auto`` to load numba: at about 1.3 ns saved per element (CNN, CPU)
 that pays for loading numba and the cached kernels (about 0.6 s, 120 MiB) in a process that has not yet."""
-
-REDUCERS = pipeline.REDUCERS
-"""fused: wherever the layout allows (an error when numba is missing); torch: never; auto: see
-:func:`worth_loading`."""
 
 _loaded = False
 """True once the kernels ran in this process: from then on ``auto`` costs nothing to use them."""
@@ -84,9 +79,16 @@ def add_batch(
     kernels = _kernels()
     kernel = kernels.blocks if trail > 1 else kernels.rows
     finite = kernel(
-        data.numpy(), data.view(torch.int32).numpy(), inner, samples, cap, counters.positive.numpy(),
-        counters.samples_fired.numpy(), counters.max_preactivation.numpy(), counters.activation_sum.numpy(),
-    )  # fmt: skip
+        data.numpy(),
+        data.view(torch.int32).numpy(),
+        inner,
+        samples,
+        cap,
+        counters.positive.numpy(),
+        counters.samples_fired.numpy(),
+        counters.max_preactivation.numpy(),
+        counters.activation_sum.numpy(),
+    )
     global _loaded
     _loaded = True
     if finite:

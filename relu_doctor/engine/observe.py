@@ -31,11 +31,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from ..errors import ObservationError, UsageError
+from ..report import Producer
+from ..settings import DEFAULT_REDUCER, check_reducer_name
 from . import fused, ops
 from .counters import UnitAccumulator, all_finite, reduce_sample_max
-from .errors import ObservationError, UsageError
 from .ops import Layout, Role
-from .report import Producer
 
 ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Threshold)
 
@@ -200,8 +201,13 @@ class ReluObserver:
     """
 
     def __init__(
-        self, model: nn.Module, *, unit_dim: int | None = None, site_paths: tuple[str, ...] | None = None,
-        reducer: str = "auto", expected_passes: int | None = None,
+        self,
+        model: nn.Module,
+        *,
+        unit_dim: int | None = None,
+        site_paths: tuple[str, ...] | None = None,
+        reducer: str = DEFAULT_REDUCER,
+        expected_passes: int | None = None,
     ) -> None:
         check_reducer(reducer)
         self.model = model
@@ -286,14 +292,18 @@ class ReluObserver:
     def _static_module_sites(self) -> bool:
         modules = self.tracker.paths
         return (
-            self.site_paths is None and bool(self.sites) and not self.other_activations
+            self.site_paths is None
+            and bool(self.sites)
+            and not self.other_activations
             and set(modules) <= self.tracker.ever_called
             and not any(isinstance(m, torch.jit.ScriptModule) for m in self.model.modules())
             and all(
-                site.kind == "module" and site.ordinal == 1
-                and type(modules.get(site.module_path)) in ACTIVATION_MODULES for site in self.sites
+                site.kind == "module"
+                and site.ordinal == 1
+                and type(modules.get(site.module_path)) in ACTIVATION_MODULES
+                for site in self.sites
             )
-        )  # fmt: skip
+        )
 
     def _hook_sites(self) -> None:
         ops_by_path = {site.module_path: site.op for site in self.sites}
@@ -359,7 +369,9 @@ class ReluObserver:
             self.warnings[f"{hidden} in {owner}: its relu units are not counted"] = None
         elif name.endswith("dropout") and _arg(args, kwargs, 2, "train", False):
             owner = self.tracker.current()[0] or "<root>"
-            self.warnings[f"dropout with training=True runs in {owner} even in eval mode: counts may overstate death"] = None
+            self.warnings[
+                f"dropout with training=True runs in {owner} even in eval mode: counts may overstate death"
+            ] = None
         output = func(*args, **kwargs)
         self._propagate(name, role, args, output)
         return output
@@ -393,7 +405,9 @@ class ReluObserver:
         suits = fused.suits(view)
         if suits and self._passes == 0:
             self._suited_elements += view.numel()
-        counted = fused.add_batch(site.counters, view, site.unit_axis, sample_axis, cap) if suits and self._fused else None
+        counted = (
+            fused.add_batch(site.counters, view, site.unit_axis, sample_axis, cap) if suits and self._fused else None
+        )
         if counted:
             return None
         if counted is None:
@@ -425,11 +439,18 @@ class ReluObserver:
         axis, layout = self._unit_axis(pre, len(view_shape))
         origin = self._origins.get(pre)
         site = ObservedSite(
-            index=len(self.sites), module_path=key[0], call_index=key[1], ordinal=key[2], op=name, kind=kind,
-            unit_axis=axis, layout=layout, activation_shape=tuple(int(s) for s in pre.shape),
+            index=len(self.sites),
+            module_path=key[0],
+            call_index=key[1],
+            ordinal=key[2],
+            op=name,
+            kind=kind,
+            unit_axis=axis,
+            layout=layout,
+            activation_shape=tuple(int(s) for s in pre.shape),
             counters=UnitAccumulator(int(view_shape[axis]), pre.device),
             producer=origin.producer if origin else None,
-        )  # fmt: skip
+        )
         self.sites.append(site)
         self._by_key[key] = site
         return site
@@ -524,7 +545,9 @@ def _derive_origin(
     if role is Role.NORM_CHANNEL:
         producer = first.producer if first else None
         if producer is not None:
-            producer = Producer(producer.module_path, producer.op, owner, producer.elementwise_only, producer.input_sites)
+            producer = Producer(
+                producer.module_path, producer.op, owner, producer.elementwise_only, producer.input_sites
+            )
         return Origin(Layout.CHANNEL_FIRST, producer)
     if role is Role.NORM_FEATURE:
         return Origin(Layout.FEATURE_LAST)
@@ -560,9 +583,12 @@ def _keeps_units(origin: Origin, before: torch.Tensor, after: torch.Tensor) -> b
 def _flattens_channels(origin: Origin, before: torch.Tensor, after: torch.Tensor) -> bool:
     """True for (N, C, *spatial) -> (N, C * prod(spatial)), which keeps each channel as a block of columns."""
     return (
-        origin.layout is Layout.CHANNEL_FIRST and before.dim() >= 3 and after.dim() == 2
-        and after.shape[0] == before.shape[0] and after.shape[1] == before[0].numel()
-    )  # fmt: skip
+        origin.layout is Layout.CHANNEL_FIRST
+        and before.dim() >= 3
+        and after.dim() == 2
+        and after.shape[0] == before.shape[0]
+        and after.shape[1] == before[0].numel()
+    )
 
 
 @contextlib.contextmanager
@@ -633,8 +659,7 @@ def _module_cap(module: nn.Module) -> float:
 
 def check_reducer(reducer: str) -> None:
     """A usage error for an unknown reducer, or for ``fused`` where numba is not installed."""
-    if reducer not in fused.REDUCERS:
-        raise UsageError(f"--reducer must be one of {', '.join(fused.REDUCERS)}, got {reducer!r}")
+    check_reducer_name(reducer)
     if reducer == "fused" and not fused.available():  # auto falls back to torch quietly
         raise UsageError("--reducer fused needs numba: pip install 'relu-doctor[fast]' (or use --reducer auto)")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from .observe import ObservedSite
-from .report import Site, Thresholds, UnitCounters, rate_summary
+from ..engine.observe import ObservedSite
+from ..report import Site, Thresholds, UnitCounters, rate_summary
 
 
 def site_names(observed: Sequence[ObservedSite]) -> list[str]:
@@ -45,14 +45,26 @@ def build_site(observed: ObservedSite, name: str, thresholds: Thresholds) -> Sit
     dying = tuple(u for u, r in enumerate(rates) if 0 < r < thresholds.dying_rate and u not in bad)
     total_positions = counters.positions * len(rates)
     return Site(
-        index=observed.index, name=name, module_path=observed.module_path, call_index=observed.call_index,
-        op=user_op(observed.op), kind=observed.kind, unit_axis=observed.unit_axis, layout=observed.layout,
-        activation_shape=observed.activation_shape, units=len(rates), counters=counters,
-        dead_units=dead, dying_units=dying, nan_units=nan_units, firing_rate=rate_summary(tuple(r for u, r in enumerate(rates) if u not in bad)),
+        index=observed.index,
+        name=name,
+        module_path=observed.module_path,
+        call_index=observed.call_index,
+        op=user_op(observed.op),
+        kind=observed.kind,
+        unit_axis=observed.unit_axis,
+        layout=observed.layout,
+        activation_shape=observed.activation_shape,
+        units=len(rates),
+        counters=counters,
+        dead_units=dead,
+        dying_units=dying,
+        nan_units=nan_units,
+        firing_rate=rate_summary(tuple(r for u, r in enumerate(rates) if u not in bad)),
         sparsity=1.0 - sum(counters.positive) / total_positions if total_positions else 0.0,
-        dead_max_preactivation=_dead_range(counters, dead), producer=observed.producer,
+        dead_max_preactivation=_dead_range(counters, dead),
+        producer=observed.producer,
         dormant_units=dormant_units(counters, thresholds.tau, bad),
-    )  # fmt: skip
+    )
 
 
 def user_op(aten_name: str) -> str:

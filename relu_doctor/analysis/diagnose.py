@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from .report import Finding, ProbeInfo, Site, UnitCounters
+from ..report import Finding, ProbeInfo, Site, UnitCounters
 
 BIAS_MARGIN = 0.1
 """Positive margin a bias shift aims for above zero, in pre-activation units."""
@@ -77,7 +77,8 @@ def dead_units(site: Site, probe: ProbeInfo) -> Iterable[Finding]:
             f"their max pre-activation is {low:.3g} … {high:.3g}: a negative bias or shift keeps them off"
         ),
         suggestion=(
-            f"raise their bias by ≈{need_low:.3g}" + (f" to {need_high:.3g}" if need_high > need_low + 1e-9 else "")
+            f"raise their bias by ≈{need_low:.3g}"
+            + (f" to {need_high:.3g}" if need_high > need_low + 1e-9 else "")
             + ", use LeakyReLU(0.01), or re-initialise them (relu-doctor fix --strategy recycle)"
         ),
     )
@@ -88,10 +89,13 @@ def whole_site_dead(site: Site, probe: ProbeInfo) -> Iterable[Finding]:
     if site.units and site.dead == site.units:
         low, high = site.dead_max_preactivation or (0.0, 0.0)
         yield Finding(
-            code="RD002", site=site.name, units=site.dead_units, severity="error",
+            code="RD002",
+            site=site.name,
+            units=site.dead_units,
+            severity="error",
             cause=f"all {site.units} units are dead (max pre-activation {low:.3g} … {high:.3g}): the output is constant 0",
             suggestion="check the layer before it (bias, BatchNorm shift, input scale); re-initialise it or lower the learning rate",
-        )  # fmt: skip
+        )
 
 
 def dying_units(site: Site, probe: ProbeInfo) -> Iterable[Finding]:
@@ -101,10 +105,13 @@ def dying_units(site: Site, probe: ProbeInfo) -> Iterable[Finding]:
         low, high = min(rates[u] for u in site.dying_units), max(rates[u] for u in site.dying_units)
         span = f"{low:.2%}" if low == high else f"{low:.2%} … {high:.2%}"
         yield Finding(
-            code="RD003", site=site.name, units=site.dying_units, severity="note",
+            code="RD003",
+            site=site.name,
+            units=site.dying_units,
+            severity="note",
             cause=f"{site.dying} of {site.units} units fire, but only on {span} of their positions",
             suggestion="watch them across checkpoints (relu-doctor trend); a lower learning rate or LeakyReLU keeps them learning",
-        )  # fmt: skip
+        )
 
 
 def nan_units(site: Site, probe: ProbeInfo) -> Iterable[Finding]:
@@ -113,10 +120,13 @@ def nan_units(site: Site, probe: ProbeInfo) -> Iterable[Finding]:
         nans = sum(site.counters.nan)
         infs = sum(site.counters.inf)
         yield Finding(
-            code="RD004", site=site.name, units=site.nan_units, severity="error",
+            code="RD004",
+            site=site.name,
+            units=site.nan_units,
+            severity="error",
             cause=f"{len(site.nan_units)} units saw {nans:,} NaN and {infs:,} Inf pre-activations",
             suggestion="the weights or the probe hold non-finite values: check the checkpoint and the input scale",
-        )  # fmt: skip
+        )
 
 
 def constant_units_rule(site: Site, probe: ProbeInfo) -> Iterable[Finding]:
@@ -125,13 +135,22 @@ def constant_units_rule(site: Site, probe: ProbeInfo) -> Iterable[Finding]:
         return
     values = [site.counters.max_preactivation[u] for u in site.constant_units]
     whole = "; with the dead units, the whole site's output is constant" if is_constant_output(site) else ""
-    norm = f" (e.g. {site.producer.norm_path} with γ≈0 outputs relu(β))" if site.producer and site.producer.norm_path else ""
+    norm = (
+        f" (e.g. {site.producer.norm_path} with γ≈0 outputs relu(β))"
+        if site.producer and site.producer.norm_path
+        else ""
+    )
     yield Finding(
-        code="RD005", site=site.name, units=site.constant_units, severity="note",
-        cause=(f"{len(site.constant_units)} of {site.units} units output the same value on every position "
-               f"({min(values):.3g} … {max(values):.3g}): alive, but they carry no information{norm}{whole}"),
+        code="RD005",
+        site=site.name,
+        units=site.constant_units,
+        severity="note",
+        cause=(
+            f"{len(site.constant_units)} of {site.units} units output the same value on every position "
+            f"({min(values):.3g} … {max(values):.3g}): alive, but they carry no information{norm}{whole}"
+        ),
         suggestion="fold their constant into the next layer's bias and prune them, or re-initialise them",
-    )  # fmt: skip
+    )
 
 
 def is_constant_output(site: Site) -> bool:
@@ -146,11 +165,13 @@ def constant_units(counters: UnitCounters, excluded: Sequence[int] = ()) -> tupl
         return ()
     skip = set(excluded)
     return tuple(
-        u for u, positive in enumerate(counters.positive)
-        if positive == n and u not in skip
+        u
+        for u, positive in enumerate(counters.positive)
+        if positive == n
+        and u not in skip
         and abs(counters.activation_sum[u] / n - counters.max_preactivation[u])
         <= CONSTANT_TOLERANCE * max(1.0, abs(counters.max_preactivation[u]))
-    )  # fmt: skip
+    )
 
 
 RULES: tuple[tuple[str, Rule], ...] = (
@@ -186,8 +207,10 @@ def _units(causes: Sequence[UnitCause], site: Site) -> str:
 def unknown_cause(causes: Sequence[UnitCause], site: Site) -> tuple[str, str]:
     """RD100: dead, and no parameter-based cause applies (or the producing layer could not be read)."""
     why = causes[0].parameter or "no bias, norm shift, dead input, collapsed weight or input-range cause applies"
-    return (f"{_units(causes, site)} are dead and {why}",
-            "re-initialise them (relu-doctor fix --strategy recycle) or try LeakyReLU(0.01)")  # fmt: skip
+    return (
+        f"{_units(causes, site)} are dead and {why}",
+        "re-initialise them (relu-doctor fix --strategy recycle) or try LeakyReLU(0.01)",
+    )
 
 
 def negative_bias(causes: Sequence[UnitCause], site: Site) -> tuple[str, str]:
@@ -276,10 +299,13 @@ def cause_findings(site: Site, causes: Sequence[UnitCause]) -> tuple[Finding, ..
 def relu_on_output(site: Site) -> Finding:
     """RD201: a relu-family op computes the model's output: negative logits or targets are clipped to 0."""
     return Finding(
-        "RD201", site.name, (), severity="warning",
+        "RD201",
+        site.name,
+        (),
+        severity="warning",
         cause=f"{site.name} ({site.op}) writes the model's output: every negative output is clipped to 0",
         suggestion="drop the nonlinearity on the last layer (logits and regression targets need negative values)",
-    )  # fmt: skip
+    )
 
 
 ADVICE: tuple[tuple[str, Callable[[Site], Finding]], ...] = (("RD201", relu_on_output),)
@@ -289,11 +315,14 @@ def leaky_everywhere(sites: Sequence[Site], dead: int, units: int) -> Finding:
     """RD301: the model-wide alternative, every relu site swapped to LeakyReLU(0.01), simulated on the probe."""
     dead_sites = sum(1 for s in sites if s.dead)
     return Finding(
-        "RD301", "", (), severity="note",
+        "RD301",
+        "",
+        (),
+        severity="note",
         cause=f"{dead} of {units} units are dead across {dead_sites} site{'s' if dead_sites != 1 else ''}",
         suggestion="swap every relu site to LeakyReLU(0.01): every unit then carries gradient, "
         "at the cost of the output drift measured here",
-    )  # fmt: skip
+    )
 
 
 MODEL_WIDE: tuple[tuple[str, Callable[..., Finding]], ...] = (("RD301", leaky_everywhere),)

@@ -16,7 +16,7 @@ import threading
 
 import torch
 
-from .report import UnitCounters
+from ..report import UnitCounters
 
 
 class UnitAccumulator:
@@ -70,7 +70,9 @@ class UnitAccumulator:
             raise ValueError(f"cannot merge a site of {other.units} units into one of {self.units}")
         self.positive += other.positive.to(self.positive.device)
         self.samples_fired += other.samples_fired.to(self.samples_fired.device)
-        self.max_preactivation = torch.maximum(self.max_preactivation, other.max_preactivation.to(self.max_preactivation.device))
+        self.max_preactivation = torch.maximum(
+            self.max_preactivation, other.max_preactivation.to(self.max_preactivation.device)
+        )
         self.activation_sum += other.activation_sum.to(self.activation_sum)
         self.nan += other.nan.to(self.nan.device)
         self.inf += other.inf.to(self.inf.device)
@@ -80,11 +82,15 @@ class UnitAccumulator:
     def tensors(self) -> dict[str, torch.Tensor]:
         """The counters as named tensors (for all_reduce and --save-stats)."""
         return {
-            "positive": self.positive, "samples_fired": self.samples_fired,
-            "max_preactivation": self.max_preactivation, "activation_sum": self.activation_sum,
-            "nan": self.nan, "inf": self.inf,
-            "positions": torch.tensor(self.positions), "samples": torch.tensor(self.samples),
-        }  # fmt: skip
+            "positive": self.positive,
+            "samples_fired": self.samples_fired,
+            "max_preactivation": self.max_preactivation,
+            "activation_sum": self.activation_sum,
+            "nan": self.nan,
+            "inf": self.inf,
+            "positions": torch.tensor(self.positions),
+            "samples": torch.tensor(self.samples),
+        }
 
     @classmethod
     def from_tensors(cls, data: dict[str, torch.Tensor]) -> UnitAccumulator:

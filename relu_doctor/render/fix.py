@@ -12,7 +12,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .records import Drift, FixOutcome, SiteCheck, Verification
+from ..repair.records import Drift, FixOutcome, SiteCheck, Verification
 
 FIX_SCHEMA_VERSION = 1
 
@@ -21,7 +21,9 @@ def verdict(outcome: FixOutcome) -> str:
     """One line: what was repaired and whether the written file verified."""
     result, check = outcome.result, outcome.verification
     sites = len(result.repaired)
-    done = f"{result.units_repaired} units repaired at {sites} site{'' if sites == 1 else 's'} ({result.strategy.value})"
+    done = (
+        f"{result.units_repaired} units repaired at {sites} site{'' if sites == 1 else 's'} ({result.strategy.value})"
+    )
     skipped = sum(len(s.units) for s in result.skipped)
     done += f", {skipped} skipped" if skipped else ""
     if outcome.output_path is None:
@@ -50,12 +52,24 @@ def drift_text(drift: Drift, limit: float | None = None) -> str:
 def checks_table(checks: tuple[SiteCheck, ...], samples: str = "") -> Table:
     """Before/after dead and dying units per site."""
     table = Table(title=f"before / after on the same probe{samples}", title_justify="left")
-    for name, justify in (("site", "left"), ("units", "right"), ("dead before", "right"), ("dead after", "right"),
-                          ("dying before", "right"), ("dying after", "right")):  # fmt: skip
+    for name, justify in (
+        ("site", "left"),
+        ("units", "right"),
+        ("dead before", "right"),
+        ("dead after", "right"),
+        ("dying before", "right"),
+        ("dying after", "right"),
+    ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for check in checks:
-        table.add_row(check.site, str(check.units), str(check.dead_before), _after(check.dead_after),
-                      str(check.dying_before), _after(check.dying_after))  # fmt: skip
+        table.add_row(
+            check.site,
+            str(check.units),
+            str(check.dead_before),
+            _after(check.dead_after),
+            str(check.dying_before),
+            _after(check.dying_after),
+        )
     return table
 
 
@@ -69,8 +83,13 @@ def outcome_renderable(outcome: FixOutcome) -> RenderableType:
             style="bold",
         )
     ]
-    parts += [Text(f"✓ {r.site}: {len(r.units)} units ({_units(r.units)}) via {', '.join(r.layers)}"
-                   + (f"; {r.redraws} re-draws" if r.redraws else "")) for r in result.repaired]  # fmt: skip
+    parts += [
+        Text(
+            f"✓ {r.site}: {len(r.units)} units ({_units(r.units)}) via {', '.join(r.layers)}"
+            + (f"; {r.redraws} re-draws" if r.redraws else "")
+        )
+        for r in result.repaired
+    ]
     parts += [
         Text(f"– {s.site or 'model'}: {len(s.units)} units skipped: {s.reason}", style="yellow") for s in result.skipped
     ]
@@ -89,8 +108,15 @@ def outcome_renderable(outcome: FixOutcome) -> RenderableType:
 def render_fix_text(outcome: FixOutcome, *, width: int = 100, color: bool = False) -> str:
     """The terminal summary as text, at a fixed width, with or without ANSI colour."""
     buffer = io.StringIO()
-    console = Console(file=buffer, width=width, force_terminal=color, no_color=not color,
-                      color_system="standard" if color else None, highlight=False, soft_wrap=False)  # fmt: skip
+    console = Console(
+        file=buffer,
+        width=width,
+        force_terminal=color,
+        no_color=not color,
+        color_system="standard" if color else None,
+        highlight=False,
+        soft_wrap=False,
+    )
     console.print(outcome_renderable(outcome))
     return buffer.getvalue()
 
@@ -99,15 +125,22 @@ def fix_dict(outcome: FixOutcome) -> dict[str, Any]:
     """The outcome as JSON-ready data (non-finite numbers become null)."""
     result = outcome.result
     data: dict[str, Any] = {
-        "schema_version": FIX_SCHEMA_VERSION, "model": outcome.model_path, "output": outcome.output_path,
-        "format": outcome.format, "strategy": result.strategy.value, "seed": result.seed,
-        "include_dying": result.include_dying, "units_repaired": result.units_repaired,
+        "schema_version": FIX_SCHEMA_VERSION,
+        "model": outcome.model_path,
+        "output": outcome.output_path,
+        "format": outcome.format,
+        "strategy": result.strategy.value,
+        "seed": result.seed,
+        "include_dying": result.include_dying,
+        "units_repaired": result.units_repaired,
         "repaired": [dataclasses.asdict(r) for r in result.repaired],
         "skipped": [dataclasses.asdict(s) for s in result.skipped],
-        "drift_in_memory": dataclasses.asdict(result.drift), "notes": list(result.notes), "written": list(outcome.written),
+        "drift_in_memory": dataclasses.asdict(result.drift),
+        "notes": list(result.notes),
+        "written": list(outcome.written),
         "verification": None if outcome.verification is None else _verification_dict(outcome.verification),
         "exit_code": outcome.exit_code,
-    }  # fmt: skip
+    }
     return _finite(data)
 
 
@@ -118,11 +151,13 @@ def render_fix_json(outcome: FixOutcome) -> str:
 
 def _verification_dict(check: Verification) -> dict[str, Any]:
     return {
-        "passed": check.passed, "drift": dataclasses.asdict(check.drift), "max_drift": check.max_drift,
+        "passed": check.passed,
+        "drift": dataclasses.asdict(check.drift),
+        "max_drift": check.max_drift,
         "sites": [dataclasses.asdict(c) for c in check.sites],
         "still_dead": [{"site": site, "units": list(units)} for site, units in check.still_dead],
         "failures": failures(check),
-    }  # fmt: skip
+    }
 
 
 def _finite(value: Any) -> Any:

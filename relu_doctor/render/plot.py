@@ -11,9 +11,8 @@ import io
 import math
 from typing import Any
 
-from .errors import UsageError
-from .report import Report, Site
-from .trend import TrendReport
+from ..errors import UsageError
+from ..report import Report, Site, TrendReport
 
 MAX_PANELS = 24
 """At most this many site panels in one histogram figure (the first ones in call order)."""
@@ -54,8 +53,11 @@ def _site_panel(axis: Any, site: Site, dying_rate: float) -> None:
     # Dead units get their own bar left of 0, so they never hide the live units that fire rarely.
     axis.bar([DEAD_BAR_X], [len(dead)], width=0.05, color=DEAD_COLOR, label="dead units")
     axis.axvline(dying_rate, color=LIMIT_COLOR, linestyle=":", linewidth=1, label=f"dying rate {dying_rate:g}")
-    axis.set_title(f"{site.name}: {site.dead}/{site.units} dead ({site.dead_fraction:.1%})", fontsize=9,
-                   color=DEAD_COLOR if site.dead else "black")  # fmt: skip
+    axis.set_title(
+        f"{site.name}: {site.dead}/{site.units} dead ({site.dead_fraction:.1%})",
+        fontsize=9,
+        color=DEAD_COLOR if site.dead else "black",
+    )
     axis.set_xlim(DEAD_BAR_X - 0.04, 1.0)
     axis.set_xticks([DEAD_BAR_X, 0.0, 0.25, 0.5, 0.75, 1.0], ["dead", "0", "0.25", "0.5", "0.75", "1"])
     axis.tick_params(labelsize=7)
@@ -77,7 +79,9 @@ def report_figure(report: Report) -> Any:
     sites = report.sites[:MAX_PANELS]
     columns = min(3, max(1, len(sites)))
     rows = max(1, math.ceil(len(sites) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.9 * rows + 0.4), squeeze=False, layout="constrained")
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(4.2 * columns, 2.9 * rows + 0.4), squeeze=False, layout="constrained"
+    )
     for axis, site in zip(axes.flat, sites):
         _site_panel(axis, site, report.thresholds.dying_rate)
     for axis in list(axes.flat)[len(sites) :]:
@@ -85,8 +89,9 @@ def report_figure(report: Report) -> Any:
     if sites:
         axes.flat[0].legend(fontsize=7)
     shown = "" if len(report.sites) <= MAX_PANELS else f" (first {MAX_PANELS} of {len(report.sites)} sites)"
-    figure.suptitle(f"{report.model.path or 'model'}: firing rate per unit, {report.probe.samples} samples{shown}",
-                    fontsize=10)  # fmt: skip
+    figure.suptitle(
+        f"{report.model.path or 'model'}: firing rate per unit, {report.probe.samples} samples{shown}", fontsize=10
+    )
     figure.supxlabel("share of positions where the unit fired", fontsize=8)
     figure.supylabel("units", fontsize=8)
     return figure
@@ -103,7 +108,13 @@ def trend_figure(trend: TrendReport) -> Any:
     limit = trend.last.thresholds.max_layer_dead_fraction
     if limit is not None:
         axis.axhline(limit, color=LIMIT_COLOR, linestyle="--", linewidth=1, label=f"limit {limit:g}")
-    axis.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center", fontsize=7)
+    axis.set_xticks(
+        range(len(labels)),
+        labels,
+        rotation=45 if len(labels) > 6 else 0,
+        ha="right" if len(labels) > 6 else "center",
+        fontsize=7,
+    )
     axis.set_ylim(-0.02, 1.02)
     axis.set_ylabel("dead share")
     axis.set_title(f"dead share per site over {len(labels)} checkpoints", fontsize=10)

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ProbeError
-from .report import ProbeInfo
+from ..engine.layers import first_layer
+from ..errors import ProbeError
+from ..report import ProbeInfo
 
 SYNTHETIC_CHUNK = 256
 """Synthetic samples are drawn in seeded chunks of this size, so the probe does not depend on --batch-size."""
@@ -53,8 +54,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def synthetic_probe(model: nn.Module, *, samples: int, seed: int, batch_size: int,
-                    input_shape: tuple[int, ...] | None) -> Probe:  # fmt: skip
+def synthetic_probe(
+    model: nn.Module, *, samples: int, seed: int, batch_size: int, input_shape: tuple[int, ...] | None
+) -> Probe:
     """A seeded standard-normal probe (random token ids for an Embedding first layer), made batch by batch."""
     _check_counts(samples, batch_size)
     first = first_layer(model)
@@ -101,14 +103,6 @@ def file_probe(path: str | Path, *, batch_size: int, key: str | None = None, lim
     samples = array.shape[0] if limit is None else min(limit, array.shape[0])
     info = ProbeInfo("file", samples, batch_size, str(source), tuple(int(s) for s in array.shape[1:]))
     return Probe(info, lambda start, stop: _as_tensor(array[start:stop]))
-
-
-def first_layer(model: nn.Module) -> nn.Module | None:
-    """The first leaf module with parameters, in registration order (the usual input layer)."""
-    for module in model.modules():
-        if not list(module.children()) and any(True for _ in module.parameters(recurse=False)):
-            return module
-    return None
 
 
 def expected_features(model: nn.Module) -> int | None:

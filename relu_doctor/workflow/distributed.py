@@ -7,27 +7,25 @@ Before combining, the ranks agree on failure (one rank's error fails every rank,
 check that every rank saw the same sites in the same order. Every rank then builds the same report, so every
 rank exits with the same code; only rank 0 writes it (:func:`is_primary`).
 
-This module imports torch lazily: :func:`rank_info` and :func:`is_primary` are safe on the CLI's fast paths.
+The collectives are :mod:`relu_doctor.engine.distributed`'s. torch is imported inside the functions that need it:
+:func:`rank_info` and :func:`is_primary` are safe on the CLI's fast paths.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import ObservationError, UsageError
+from ..engine.distributed import agree_on_failure, combine_counters
+from ..errors import UsageError
 
 if TYPE_CHECKING:
-    from .counters import UnitAccumulator
-    from .observe import ObservedSite, ReluObserver
+    from ..engine.observe import ReluObserver
 
 T = TypeVar("T")
-
-MAXED = frozenset({"max_preactivation"})
-"""Counters combined with a max over ranks; every other counter is summed."""
 
 
 @dataclass(frozen=True)
@@ -130,20 +128,10 @@ class ShardedScan:
         return shard(batches, self.info)
 
     def combine(self, observer: ReluObserver, samples: int, meter: Any = None) -> int:
-        """Collective: replace this rank's counters by the sums (maxima) over every rank; returns the total samples.
-
-        Also unions the observer's warnings, other-activation counts and called modules, and sums ``meter``'s
-        input statistics when given, so the report every rank builds is the single-process one.
-        """
+        """Collective: :func:`relu_doctor.engine.distributed.combine_counters` (this rank's counters become the
+        job's); returns the total samples."""
         self._agreed = True
-        agree_on_failure(None)
-        _check_same_sites(observer.sites)
-        for site in observer.sites:
-            site.counters = _all_reduced(site.counters)
-        _merge_side_tables(observer)
-        if meter is not None:
-            _sum_meter(meter)
-        return int(_all_reduce_sum([samples])[0])
+        return combine_counters(observer, samples, meter)
 
     @contextlib.contextmanager
     def failures_shared(self) -> Iterator[None]:
@@ -155,83 +143,6 @@ class ShardedScan:
                 self._agreed = True
                 agree_on_failure(error)
             raise
-
-
-def agree_on_failure(error: BaseException | None) -> None:
-    """Collective: raise on every rank when any rank failed, with the first failing rank's message."""
-    import torch.distributed as dist
-
-    message = None if error is None else (str(error).splitlines() or [type(error).__name__])[0]
-    messages: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(messages, message)
-    failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
-    if failed:
-        rank, text = failed[0]
-        raise ObservationError(f"rank {rank} of {len(messages)} failed: {text}") from error
-
-
-def _check_same_sites(sites: Sequence[ObservedSite]) -> None:
-    import torch.distributed as dist
-
-    keys = [site_key(s) for s in sites]
-    everyone: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, keys)
-    for rank, other in enumerate(everyone):
-        if other != everyone[0]:
-            raise ObservationError(
-                f"rank {rank} saw {len(other)} relu sites, rank 0 saw {len(everyone[0])} "
-                f"(first difference: {_first_difference(everyone[0], other)}); the forward pass depends on the data, "
-                "so shards cannot be combined: scan in one process, or use --save-stats per shard and check the sites"
-            )
-
-
-def site_key(site: ObservedSite) -> tuple[str, int, int, str, int, int]:
-    """What identifies a site across ranks and files: owner path, call, ordinal, op, units, unit axis."""
-    return (site.module_path, site.call_index, site.ordinal, site.op, site.counters.units, site.unit_axis)
-
-
-def _first_difference(ours: list[Any], theirs: list[Any]) -> str:
-    for index, (a, b) in enumerate(zip(ours, theirs)):
-        if a != b:
-            return f"site {index}: {a} vs {b}"
-    return f"site {min(len(ours), len(theirs))} exists on one rank only"
-
-
-def _all_reduced(counters: UnitAccumulator) -> UnitAccumulator:
-    """The counters summed (maxima maxed) over ranks, as a CPU accumulator (UnitAccumulator.from_tensors)."""
-    import torch.distributed as dist
-
-    tensors = {name: t.detach().cpu().clone() for name, t in counters.tensors().items()}
-    for name, tensor in tensors.items():
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if name in MAXED else dist.ReduceOp.SUM)
-    return type(counters).from_tensors(tensors)
-
-
-def _merge_side_tables(observer: ReluObserver) -> None:
-    import torch.distributed as dist
-
-    mine = (dict(observer.other_activations), list(observer.warnings), sorted(observer.tracker.ever_called))
-    everyone: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
-    observer.other_activations.clear()
-    for activations, warnings, called in everyone:
-        observer.other_activations.update(activations)
-        observer.warnings.update(dict.fromkeys(warnings))
-        observer.tracker.ever_called.update(called)
-
-
-def _sum_meter(meter: Any) -> None:
-    values, total, squares = _all_reduce_sum([meter.values, meter.total, meter.squares])
-    meter.values, meter.total, meter.squares = int(values), float(total), float(squares)
-
-
-def _all_reduce_sum(numbers: list[float]) -> list[float]:
-    import torch
-    import torch.distributed as dist
-
-    tensor = torch.tensor(numbers, dtype=torch.float64)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor.tolist()
 
 
 def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:

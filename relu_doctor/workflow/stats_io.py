@@ -10,6 +10,8 @@ union. What needs the model's weights (the per-unit causes) is left out of a mer
 
 from __future__ import annotations
 
+# Imports inside functions keep this module free of torch at import time (the CLI's --help and --version stay
+# fast); they do not hide a cycle: .importlinter checks every one of them.
 import dataclasses
 import json
 import os
@@ -19,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._version import __version__
-from .errors import UsageError
-from .report import ModelInfo, ProbeInfo, Producer, Report, Thresholds
+from .._version import __version__
+from ..errors import UsageError
+from ..report import ModelInfo, ProbeInfo, Producer, Report, Thresholds
 
 FORMAT = "relu-doctor-stats"
 """The ``format`` field of every stats file."""
@@ -29,8 +31,20 @@ VERSION = 1
 """Layout version of the JSON metadata; a newer file is refused with a clear message."""
 METADATA_KEY = "relu_doctor"
 """safetensors metadata key holding the JSON document."""
-_SITE_FIELDS = ("index", "module_path", "call_index", "ordinal", "op", "kind", "unit_axis", "layout",
-                "activation_shape", "feeds_sum", "feeds_concat", "reaches_output")  # fmt: skip
+_SITE_FIELDS = (
+    "index",
+    "module_path",
+    "call_index",
+    "ordinal",
+    "op",
+    "kind",
+    "unit_axis",
+    "layout",
+    "activation_shape",
+    "feeds_sum",
+    "feeds_concat",
+    "reaches_output",
+)
 
 
 @dataclass(frozen=True)
@@ -62,8 +76,17 @@ class StatsWriter:
     the primary process writes it.
     """
 
-    def __init__(self, path: str | Path, *, inner: Any, probe: ProbeInfo, model: ModelInfo, thresholds: Thresholds,
-                 unit_dim: int | None, primary: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        inner: Any,
+        probe: ProbeInfo,
+        model: ModelInfo,
+        thresholds: Thresholds,
+        unit_dim: int | None,
+        primary: bool = True,
+    ) -> None:
         self.path, self.inner, self.primary = Path(path), inner, primary
         self.probe, self.model, self.thresholds, self.unit_dim = probe, model, thresholds, unit_dim
 
@@ -77,26 +100,41 @@ class StatsWriter:
             samples = self.inner.combine(observer, samples, meter)
         if self.primary:
             probe = dataclasses.replace(self.probe, samples=samples)
-            save_stats(self.path, observer, probe=probe, model=self.model, thresholds=self.thresholds,
-                       unit_dim=self.unit_dim)  # fmt: skip
+            save_stats(
+                self.path, observer, probe=probe, model=self.model, thresholds=self.thresholds, unit_dim=self.unit_dim
+            )
         return samples
 
 
-def save_stats(path: str | Path, observer: Any, *, probe: ProbeInfo, model: ModelInfo, thresholds: Thresholds,
-               unit_dim: int | None = None) -> None:  # fmt: skip
+def save_stats(
+    path: str | Path,
+    observer: Any,
+    *,
+    probe: ProbeInfo,
+    model: ModelInfo,
+    thresholds: Thresholds,
+    unit_dim: int | None = None,
+) -> None:
     """Write every site's counters and identity to ``path`` (atomically: a temporary file, then rename)."""
     from safetensors.torch import save_file
 
     tensors = {
         f"site{k}.{name}": tensor.detach().cpu().contiguous()
-        for k, site in enumerate(observer.sites) for name, tensor in site.counters.tensors().items()
-    }  # fmt: skip
+        for k, site in enumerate(observer.sites)
+        for name, tensor in site.counters.tensors().items()
+    }
     document = {
-        "format": FORMAT, "version": VERSION, "tool_version": __version__,
-        "sites": [_site_record(site) for site in observer.sites], "probe": dataclasses.asdict(probe),
-        "model": dataclasses.asdict(model), "thresholds": dataclasses.asdict(thresholds), "unit_dim": unit_dim,
-        "warnings": list(observer.warnings), "other_activations": dict(observer.other_activations),
-    }  # fmt: skip
+        "format": FORMAT,
+        "version": VERSION,
+        "tool_version": __version__,
+        "sites": [_site_record(site) for site in observer.sites],
+        "probe": dataclasses.asdict(probe),
+        "model": dataclasses.asdict(model),
+        "thresholds": dataclasses.asdict(thresholds),
+        "unit_dim": unit_dim,
+        "warnings": list(observer.warnings),
+        "other_activations": dict(observer.other_activations),
+    }
     _atomic(Path(path), lambda temporary: save_file(tensors, temporary, metadata={METADATA_KEY: json.dumps(document)}))
 
 
@@ -107,13 +145,19 @@ def load_stats(path: str | Path) -> SavedStats:
     try:
         sites = tuple(_site_from(record, tensors, k) for k, record in enumerate(document["sites"]))
         return SavedStats(
-            path=str(source), sites=sites, probe=_record(ProbeInfo, document["probe"]),
-            model=_record(ModelInfo, document["model"]), thresholds=_record(Thresholds, document["thresholds"]),
-            unit_dim=document.get("unit_dim"), warnings=tuple(document.get("warnings", ())),
+            path=str(source),
+            sites=sites,
+            probe=_record(ProbeInfo, document["probe"]),
+            model=_record(ModelInfo, document["model"]),
+            thresholds=_record(Thresholds, document["thresholds"]),
+            unit_dim=document.get("unit_dim"),
+            warnings=tuple(document.get("warnings", ())),
             other_activations=tuple(sorted(document.get("other_activations", {}).items())),
-        )  # fmt: skip
+        )
     except (KeyError, TypeError, ValueError) as exc:
-        raise UsageError(f"stats file {str(source)!r} is incomplete ({type(exc).__name__}: {exc}); write it again with --save-stats") from None
+        raise UsageError(
+            f"stats file {str(source)!r} is incomplete ({type(exc).__name__}: {exc}); write it again with --save-stats"
+        ) from None
 
 
 def merge_stats(paths: Sequence[str | Path], overrides: Mapping[str, Any] | None = None) -> Report:
@@ -122,7 +166,7 @@ def merge_stats(paths: Sequence[str | Path], overrides: Mapping[str, Any] | None
     The thresholds are those saved in the first file, with ``overrides`` (Thresholds field -> value) applied.
     Raises UsageError when the files come from different models or saw different sites.
     """
-    from .api import build_report
+    from ..analysis.build import build_report
 
     if not paths:
         raise UsageError("merge needs at least one stats file; pass the files written by scan --save-stats")
@@ -130,10 +174,10 @@ def merge_stats(paths: Sequence[str | Path], overrides: Mapping[str, Any] | None
     _check_compatible(saved)
     sites = _merged_sites(saved)
     thresholds = dataclasses.replace(saved[0].thresholds, **(overrides or {}))
-    report = build_report(sites, None, None, thresholds, _merged_probe(saved),
-                          saved[0].model, saved[0].unit_dim)  # fmt: skip
+    report = build_report(sites, None, None, thresholds, _merged_probe(saved), saved[0].model, saved[0].unit_dim)
     return dataclasses.replace(
-        report, warnings=tuple(dict.fromkeys(w for s in saved for w in s.warnings)) + report.warnings,
+        report,
+        warnings=tuple(dict.fromkeys(w for s in saved for w in s.warnings)) + report.warnings,
         other_activations=_summed_activations(saved),
     )
 
@@ -147,11 +191,11 @@ def _site_record(site: Any) -> dict[str, Any]:
 
 
 def _site_from(record: dict[str, Any], tensors: dict[str, Any], k: int) -> Any:
-    from .counters import UnitAccumulator
-    from .observe import ObservedSite
+    from ..engine.counters import UnitAccumulator
+    from ..engine.observe import ObservedSite
 
     prefix = f"site{k}."
-    counters = UnitAccumulator.from_tensors({n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)})
+    counters = UnitAccumulator.from_tensors({n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)})
     fields = {name: _tupled(record[name]) for name in _SITE_FIELDS}
     producer = None if record.get("producer") is None else _record(Producer, record["producer"])
     site = ObservedSite(counters=counters, producer=producer, **fields)
@@ -199,7 +243,7 @@ def _check_version(source: Path, document: Any) -> None:
 
 
 def _check_compatible(saved: list[SavedStats]) -> None:
-    from .distributed import site_key
+    from ..engine.distributed import site_key
 
     first = saved[0]
     for other in saved[1:]:
@@ -236,9 +280,13 @@ def _merged_probe(saved: list[SavedStats]) -> ProbeInfo:
         return getattr(first, name) if len(values) == 1 else None
 
     return dataclasses.replace(
-        first, samples=sum(p.samples for p in probes), path=agreed("path"), seed=agreed("seed"),
-        source=agreed("source") or "merged", input_shape=agreed("input_shape") or (),
-    )  # fmt: skip
+        first,
+        samples=sum(p.samples for p in probes),
+        path=agreed("path"),
+        seed=agreed("seed"),
+        source=agreed("source") or "merged",
+        input_shape=agreed("input_shape") or (),
+    )
 
 
 def _summed_activations(saved: list[SavedStats]) -> tuple[tuple[str, int], ...]:

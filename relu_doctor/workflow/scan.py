@@ -5,20 +5,23 @@
 
 from __future__ import annotations
 
+# Imports inside functions keep this module free of torch at import time (the CLI's --help and --version stay
+# fast); they do not hide a cycle: .importlinter checks every one of them.
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UsageError
-from .report import Report, Thresholds
-
-DEFAULT_SAMPLES = 512
-"""Synthetic probe size: enough that a unit never firing supports "fires on fewer than 1%" (299 needed)."""
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("float32", "bfloat16", "float16")
-REDUCERS = ("auto", "torch", "fused")
-"""How each site's activation is reduced to counters (see :mod:`relu_doctor.fused`)."""
+from ..errors import UsageError
+from ..report import Report, Thresholds
+from ..settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_REDUCER,
+    DEFAULT_SAMPLES,
+    DEFAULT_SEED,
+    check_scan_settings,
+)
 
 
 @dataclass(frozen=True)
@@ -47,19 +50,19 @@ class ScanRequest:
     """Synthetic probe size (or the most samples read from a probe file when ``limit_samples``)."""
     limit_samples: bool = False
     """Read at most ``samples`` samples from the probe file."""
-    seed: int = 0
+    seed: int = DEFAULT_SEED
     """Seed of the synthetic probe."""
-    batch_size: int = 64
+    batch_size: int = DEFAULT_BATCH_SIZE
     """Samples per forward pass."""
     input_shape: tuple[int, ...] | None = None
     """Shape of one synthetic sample, when the model does not tell."""
     unit_dim: int | None = None
     """Force the unit axis of every site."""
-    device: str = "cpu"
+    device: str = DEFAULT_DEVICE
     """auto, cpu, cuda or mps."""
-    dtype: str = "float32"
+    dtype: str = DEFAULT_DTYPE
     """Model and probe dtype; counters accumulate in float32 or wider regardless."""
-    reducer: str = "auto"
+    reducer: str = DEFAULT_REDUCER
     """auto, torch or fused: how activations are reduced to counters (see :func:`relu_doctor.scan`)."""
     thresholds: Thresholds = field(default_factory=Thresholds)
     """Classification and gate settings."""
@@ -69,24 +72,18 @@ class ScanRequest:
     """Also write every site's counters to this safetensors file, for ``relu-doctor merge``."""
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.dtype not in DTYPES:
-            raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.reducer not in REDUCERS:
-            raise UsageError(f"--reducer must be one of {', '.join(REDUCERS)}, got {self.reducer!r}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.samples < 1:
-            raise UsageError(f"--samples must be at least 1, got {self.samples}")
         t = self.thresholds
-        if not 0 <= t.dying_rate <= 1:
-            raise UsageError(f"--dying-rate must be between 0 and 1, got {t.dying_rate}")
-        if t.tau < 0:
-            raise UsageError(f"--tau must be >= 0, got {t.tau}")
-        for name, value in (("--max-dead-fraction", t.max_dead_fraction), ("--max-layer-dead-fraction", t.max_layer_dead_fraction)):
-            if value is not None and not 0 <= value <= 1:
-                raise UsageError(f"{name} must be between 0 and 1, got {value}")
+        check_scan_settings(
+            device=self.device,
+            dtype=self.dtype,
+            reducer=self.reducer,
+            batch_size=self.batch_size,
+            samples=self.samples,
+            dying_rate=t.dying_rate,
+            tau=t.tau,
+            max_dead_fraction=t.max_dead_fraction,
+            max_layer_dead_fraction=t.max_layer_dead_fraction,
+        )
 
 
 def resolve_device(name: str) -> Any:
@@ -109,13 +106,19 @@ def load_for_scan(request: ScanRequest) -> Any:
     """The loaded model (a :class:`relu_doctor.loading.LoadedModel`) on the requested device and dtype."""
     import torch
 
-    from .loading import load_model
+    from ..loading import load_model
 
     return load_model(
-        request.model_path, arch=request.arch, arch_kwargs=request.arch_kwargs, key=request.key,
-        trust=request.trust, imports=request.imports, allow_globals=request.allow_globals,
-        device=str(_device(request)), dtype=getattr(torch, request.dtype),
-    )  # fmt: skip
+        request.model_path,
+        arch=request.arch,
+        arch_kwargs=request.arch_kwargs,
+        key=request.key,
+        trust=request.trust,
+        imports=request.imports,
+        allow_globals=request.allow_globals,
+        device=str(_device(request)),
+        dtype=getattr(torch, request.dtype),
+    )
 
 
 def _device(request: ScanRequest) -> Any:
@@ -135,16 +138,24 @@ def build_probe(request: ScanRequest, model: Any) -> Any:
         check_probe_fits(model, probe)
         return probe
     return synthetic_probe(
-        model, samples=request.samples, seed=request.seed, batch_size=request.batch_size, input_shape=request.input_shape
+        model,
+        samples=request.samples,
+        seed=request.seed,
+        batch_size=request.batch_size,
+        input_shape=request.input_shape,
     )
 
 
-def run_scan(request: ScanRequest, *, progress: Callable[[int], None] | None = None,
-             on_probe: Callable[[int], None] | None = None) -> Report:  # fmt: skip
+def run_scan(
+    request: ScanRequest,
+    *,
+    progress: Callable[[int], None] | None = None,
+    on_probe: Callable[[int], None] | None = None,
+) -> Report:
     """Load, probe and scan; ``on_probe(total_samples)`` is called once the probe size is known."""
     import torch
 
-    from .api import scan
+    from ..whatif import scan
     from .distributed import check_enough_batches, rank_info, torchrun_scan
 
     info = rank_info()
@@ -156,11 +167,18 @@ def run_scan(request: ScanRequest, *, progress: Callable[[int], None] | None = N
     batches = _Replayable(probe, getattr(torch, request.dtype), _device(request))
     with torchrun_scan(info) as sharded:
         return scan(
-            loaded.model, batches, thresholds=request.thresholds,
-            unit_dim=request.unit_dim, site_paths=loaded.site_paths, model_info=loaded.info, probe_info=probe.info,
-            progress=progress, simulate=request.simulate, combiner=_combiner(request, sharded, probe.info, loaded.info),
+            loaded.model,
+            batches,
+            thresholds=request.thresholds,
+            unit_dim=request.unit_dim,
+            site_paths=loaded.site_paths,
+            model_info=loaded.info,
+            probe_info=probe.info,
+            progress=progress,
+            simulate=request.simulate,
+            combiner=_combiner(request, sharded, probe.info, loaded.info),
             reducer=request.reducer,
-        )  # fmt: skip
+        )
 
 
 def _combiner(request: ScanRequest, sharded: Any, probe: Any, model: Any) -> Any:
@@ -170,8 +188,15 @@ def _combiner(request: ScanRequest, sharded: Any, probe: Any, model: Any) -> Any
     from .distributed import is_primary
     from .stats_io import StatsWriter
 
-    return StatsWriter(request.save_stats, inner=sharded, probe=probe, model=model, thresholds=request.thresholds,
-                       unit_dim=request.unit_dim, primary=is_primary())  # fmt: skip
+    return StatsWriter(
+        request.save_stats,
+        inner=sharded,
+        probe=probe,
+        model=model,
+        thresholds=request.thresholds,
+        unit_dim=request.unit_dim,
+        primary=is_primary(),
+    )
 
 
 class _Replayable:

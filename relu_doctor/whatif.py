@@ -21,7 +21,7 @@ re-run of the modified model. Edits are applied in place for one pass of the pro
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,9 +29,10 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from . import ops
-from .diagnose import leaky_everywhere
-from .observe import (
+from .analysis.diagnose import leaky_everywhere
+from .api import Combiner, scan_observed
+from .engine import ops
+from .engine.observe import (
     ForwardingMode,
     ModuleCallTracker,
     ObservedSite,
@@ -39,13 +40,15 @@ from .observe import (
     SiteKeys,
     instrumented,
 )
+from .engine.runner import Progress
 from .repair.bias_shift import bias_shift_edits
 from .repair.drift import DriftMeter, flat_floats
 from .repair.edits import Edits, edited
 from .repair.leaky import NEGATIVE_SLOPE
 from .repair.plan import SitePlan, plan_bias_shift, plan_recycle
 from .repair.recycle import DEFAULT_SEED, recycle_until_alive
-from .report import Report, Site
+from .report import ModelInfo, ProbeInfo, Report, Site, Thresholds
+from .settings import DEFAULT_REDUCER
 
 MAX_SIMULATED_SITES = 8
 """Sites with the most dead units that get per-site simulations; each costs a few forward passes of the probe."""
@@ -108,8 +111,10 @@ class _Meter:
     def outcome(self, variant: Variant, units: dict[SiteKey, int]) -> Outcome:
         with_gradient = sum(units[k] if k in variant.leaky_sites else int(f.sum()) for k, f in self.fired.items())
         with_gradient += sum(units[k] for k in variant.leaky_sites if k not in self.fired)
-        revived = {key: frozenset(u for u in watched if key in self.fired and bool(self.fired[key][u]))
-                   for key, watched in variant.watch}  # fmt: skip
+        revived = {
+            key: frozenset(u for u in watched if key in self.fired and bool(self.fired[key][u]))
+            for key, watched in variant.watch
+        }
         argmax = self.changed / self.rows if self.classifier and self.rows else None
         return Outcome(self.drift.result().relative_l2, argmax, with_gradient, revived)
 
@@ -121,7 +126,9 @@ class Rerun:
     same site here.
     """
 
-    def __init__(self, model: nn.Module, observed: Sequence[ObservedSite], site_paths: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, observed: Sequence[ObservedSite], site_paths: tuple[str, ...] | None = None
+    ) -> None:
         self.model = model
         self.axes = {site_key(s): s.unit_axis for s in observed}
         self.tracker = ModuleCallTracker(model)
@@ -172,9 +179,12 @@ def site_key(site: ObservedSite) -> SiteKey:
 
 
 def run_variants(
-    model: nn.Module, observed: Sequence[ObservedSite], batches: Iterable[Any], variants: Sequence[Variant],
+    model: nn.Module,
+    observed: Sequence[ObservedSite],
+    batches: Iterable[Any],
+    variants: Sequence[Variant],
     site_paths: tuple[str, ...] | None = None,
-) -> tuple[Outcome, list[Outcome]]:  # fmt: skip
+) -> tuple[Outcome, list[Outcome]]:
     """The unmodified model's outcome and each variant's, over one pass of ``batches`` (1 + V forwards a batch)."""
     baseline, meters = _Meter(), [_Meter() for _ in variants]
     with Rerun(model, observed, site_paths) as rerun:
@@ -189,9 +199,12 @@ def run_variants(
 
 
 def simulate_recycle(
-    model: nn.Module, observed: Sequence[ObservedSite], sites: Sequence[Site], batches: Iterable[Any],
+    model: nn.Module,
+    observed: Sequence[ObservedSite],
+    sites: Sequence[Site],
+    batches: Iterable[Any],
     site_paths: tuple[str, ...] | None = None,
-) -> Outcome | None:  # fmt: skip
+) -> Outcome | None:
     """What ``fix --strategy recycle`` does to the dead units: its plans, seed and re-draws, measured on the probe.
 
     None when fix would recycle no site. ``batches`` is replayed once per round of re-draws.
@@ -248,9 +261,13 @@ class SimulationPlan:
 
 
 def simulate_findings(
-    report: Report, model: nn.Module, observed: Sequence[ObservedSite], batches: Iterable[Any],
-    *, site_paths: tuple[str, ...] | None = None,
-) -> Report:  # fmt: skip
+    report: Report,
+    model: nn.Module,
+    observed: Sequence[ObservedSite],
+    batches: Iterable[Any],
+    *,
+    site_paths: tuple[str, ...] | None = None,
+) -> Report:
     """``report`` with measured predictions on its cause findings, plus RD301 (LeakyReLU everywhere).
 
     ``batches`` must be iterable again (the probe is replayed). A simulation that cannot run leaves the report
@@ -271,13 +288,19 @@ def simulate_findings(
     keys = _keys_by_name(report, observed)
     predicted: dict[int, dict[str, float]] = {}
     answers = [(item.prefix, outcome, i) for item, outcome in zip(chosen.variants, outcomes) for i in item.findings]
-    answers += [("recycle", recycled, i) for i in chosen.recycle if recycled and keys[findings[i].site] in recycled.revived_units]
+    answers += [
+        ("recycle", recycled, i)
+        for i in chosen.recycle
+        if recycled and keys[findings[i].site] in recycled.revived_units
+    ]
     for prefix, outcome, index in answers:
         finding = findings[index]
         revived = outcome.revived(keys.get(finding.site, ("", 0, 0)), finding.units)
         predicted.setdefault(index % len(findings), {}).update(_numbers(prefix, outcome, baseline, revived))
-    findings = [replace(f, predicted=tuple(predicted.get(i, {}).items())) if i in predicted else f
-                for i, f in enumerate(findings)]  # fmt: skip
+    findings = [
+        replace(f, predicted=tuple(predicted.get(i, {}).items())) if i in predicted else f
+        for i, f in enumerate(findings)
+    ]
     warnings = report.warnings + ((chosen.caveat,) if chosen.caveat else ())
     return replace(report, findings=tuple(findings), warnings=warnings)
 
@@ -299,8 +322,11 @@ def plan(report: Report, model: nn.Module, observed: Sequence[ObservedSite]) -> 
         planned.append(_Planned(Variant("LeakyReLU everywhere", frozenset(swappable)), "leaky", (-1,)))
     caveat = ""
     if left_out:
-        caveat = (f"simulated the {len(chosen)} sites with the most dead units; not simulated: "
-                  + ", ".join(s.name for s in left_out[:8]) + (" …" if len(left_out) > 8 else ""))  # fmt: skip
+        caveat = (
+            f"simulated the {len(chosen)} sites with the most dead units; not simulated: "
+            + ", ".join(s.name for s in left_out[:8])
+            + (" …" if len(left_out) > 8 else "")
+        )
     return SimulationPlan(tuple(planned), tuple(recycle), caveat)
 
 
@@ -339,3 +365,44 @@ def _numbers(prefix: str, outcome: Outcome, baseline: Outcome, revived: int) -> 
     else:
         numbers[f"{prefix}_revived"] = float(revived)
     return numbers
+
+
+# -- the public scan: the scan stage, then (asked for) this one ----------------------------------------------
+def scan(
+    model: nn.Module,
+    batches: Iterable[Any],
+    *,
+    thresholds: Thresholds | None = None,
+    unit_dim: int | None = None,
+    site_paths: tuple[str, ...] | None = None,
+    model_info: ModelInfo | None = None,
+    probe_info: ProbeInfo | None = None,
+    progress: Progress | None = None,
+    simulate: bool = False,
+    combiner: Combiner | None = None,
+    reducer: str = DEFAULT_REDUCER,
+) -> Report:
+    """:func:`relu_doctor.api.scan`, then with ``simulate=True`` the fix simulations (:func:`simulate_findings`).
+
+    ``simulate=True`` re-runs the probe through modified versions of the model (LeakyReLU swaps, bias shifts,
+    recycled units) and fills each finding's ``predicted``; it costs extra forward passes, so it is off by
+    default here (the CLI turns it on). An iterator of batches is then kept in memory to be replayed.
+    Every other argument is :func:`relu_doctor.api.scan`'s.
+    """
+    if simulate and isinstance(batches, Iterator):
+        batches = list(batches)
+    report, observed = scan_observed(
+        model,
+        batches,
+        thresholds=thresholds,
+        unit_dim=unit_dim,
+        site_paths=site_paths,
+        model_info=model_info,
+        probe_info=probe_info,
+        progress=progress,
+        combiner=combiner,
+        reducer=reducer,
+    )
+    if not simulate:
+        return report
+    return simulate_findings(report, model, observed, batches, site_paths=site_paths)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .report import Site
+from ..report import Site
 
 Z_95 = 1.959963984540054
 """Two-sided 95% standard-normal quantile."""

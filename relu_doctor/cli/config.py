@@ -16,10 +16,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .errors import ConfigError
-from .pipeline import DEVICES, DTYPES, REDUCERS
-from .render import Format
-from .report import Thresholds
+from ..errors import ConfigError
+from ..render import Format
+from ..report import Thresholds
+from ..settings import DEVICES, DTYPES, REDUCERS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,8 +31,11 @@ ENV_PREFIX = "RELU_DOCTOR_"
 SECTION = "relu-doctor"
 """The table under [tool] in pyproject.toml."""
 COMMAND_LINE_ONLY = {
-    "trust": "--trust", "import": "--import", "imports": "--import", "allow_global": "--allow-global",
-}  # fmt: skip
+    "trust": "--trust",
+    "import": "--import",
+    "imports": "--import",
+    "allow_global": "--allow-global",
+}
 """Keys that let a checkpoint run code: refused in files and the environment, with the option to use instead."""
 
 
@@ -48,15 +51,31 @@ class Key:
     """Allowed values of a ``choice`` key."""
 
 
-KEYS: dict[str, Key] = {key.name: key for key in (
-    Key("arch", "arch"), Key("arch_kwargs", "table"), Key("probe", "path"), Key("probe_key", "str"),
-    Key("samples", "int"), Key("seed", "int"), Key("batch_size", "int"), Key("input_shape", "str"),
-    Key("unit_dim", "int"), Key("device", "choice", DEVICES), Key("dtype", "choice", DTYPES),
-    Key("reducer", "choice", REDUCERS),
-    Key("dying_rate", "fraction"), Key("tau", "float"), Key("max_dead_fraction", "fraction"),
-    Key("max_layer_dead_fraction", "fraction"), Key("ignore", "list"), Key("sites", "sites"),
-    Key("format", "choice", tuple(f.value for f in Format)), Key("strict", "bool"),
-)}  # fmt: skip
+KEYS: dict[str, Key] = {
+    key.name: key
+    for key in (
+        Key("arch", "arch"),
+        Key("arch_kwargs", "table"),
+        Key("probe", "path"),
+        Key("probe_key", "str"),
+        Key("samples", "int"),
+        Key("seed", "int"),
+        Key("batch_size", "int"),
+        Key("input_shape", "str"),
+        Key("unit_dim", "int"),
+        Key("device", "choice", DEVICES),
+        Key("dtype", "choice", DTYPES),
+        Key("reducer", "choice", REDUCERS),
+        Key("dying_rate", "fraction"),
+        Key("tau", "float"),
+        Key("max_dead_fraction", "fraction"),
+        Key("max_layer_dead_fraction", "fraction"),
+        Key("ignore", "list"),
+        Key("sites", "sites"),
+        Key("format", "choice", tuple(f.value for f in Format)),
+        Key("strict", "bool"),
+    )
+}
 """Every key a config file or RELU_DOCTOR_* variable may set."""
 
 
@@ -102,7 +121,9 @@ def load_config(path: Path) -> FileConfig:
         raise ConfigError(f"config file {str(path)!r} does not exist; pass an existing TOML file to --config")
     document = _read_toml(path)
     tool = document.get("tool", {})
-    table: dict[str, Any] = tool[SECTION] if isinstance(tool, dict) and isinstance(tool.get(SECTION), dict) else document
+    table: dict[str, Any] = (
+        tool[SECTION] if isinstance(tool, dict) and isinstance(tool.get(SECTION), dict) else document
+    )
     if path.name == "pyproject.toml" and table is document:
         table = {}  # a pyproject.toml without our table sets nothing (its other tables are not ours)
     origin = f"{path} [tool.{SECTION}]" if table is not document else str(path)
@@ -131,8 +152,12 @@ def parse_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
-def resolve(command_line: Mapping[str, Any], environment: Mapping[str, Any], file: FileConfig | None,
-            defaults: Mapping[str, Any]) -> Resolved:  # fmt: skip
+def resolve(
+    command_line: Mapping[str, Any],
+    environment: Mapping[str, Any],
+    file: FileConfig | None,
+    defaults: Mapping[str, Any],
+) -> Resolved:
     """Layer the settings: command line > environment > config file > defaults."""
     layers: list[tuple[str, Mapping[str, Any]]] = [("default", defaults)]
     if file is not None:
@@ -152,22 +177,29 @@ def thresholds_from(values: Mapping[str, Any]) -> Thresholds:
     base = Thresholds()
     sites = values.get("sites") or {}
     return Thresholds(
-        dying_rate=values.get("dying_rate", base.dying_rate), tau=values.get("tau", base.tau),
-        max_dead_fraction=values.get("max_dead_fraction"), max_layer_dead_fraction=values.get("max_layer_dead_fraction"),
+        dying_rate=values.get("dying_rate", base.dying_rate),
+        tau=values.get("tau", base.tau),
+        max_dead_fraction=values.get("max_dead_fraction"),
+        max_layer_dead_fraction=values.get("max_layer_dead_fraction"),
         site_overrides=tuple(sites.items()) if isinstance(sites, Mapping) else tuple(sites),
         ignore=tuple(values.get("ignore") or ()),
-    )  # fmt: skip
+    )
 
 
 def _known_key(raw: str, origin: str, *, environment: bool = False) -> str:
     name = normalize(raw)
     if name in COMMAND_LINE_ONLY:
         where = "the environment" if environment else "a config file"
-        raise ConfigError(f"{origin}: {raw!r} cannot come from {where}; it lets a checkpoint run code, "
-                          f"so pass {COMMAND_LINE_ONLY[name]} on the command line each time")  # fmt: skip
+        raise ConfigError(
+            f"{origin}: {raw!r} cannot come from {where}; it lets a checkpoint run code, "
+            f"so pass {COMMAND_LINE_ONLY[name]} on the command line each time"
+        )
     if name not in KEYS or (environment and KEYS[name].kind == "sites"):
-        hint = "per-site limits go in the config file's [tool.relu-doctor.sites] table" if name == "sites" else (
-            f"known keys: {', '.join(KEYS)}")  # fmt: skip
+        hint = (
+            "per-site limits go in the config file's [tool.relu-doctor.sites] table"
+            if name == "sites"
+            else (f"known keys: {', '.join(KEYS)}")
+        )
         raise ConfigError(f"{origin}: unknown key {raw!r}; {hint}")
     return name
 
@@ -215,12 +247,20 @@ def _json_table(text: str, origin: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{origin} must be a JSON object, e.g. '{{\"width\": 64}}', got {text!r} ({exc.msg})") from exc
+        raise ConfigError(
+            f"{origin} must be a JSON object, e.g. '{{\"width\": 64}}', got {text!r} ({exc.msg})"
+        ) from exc
 
 
 _TYPES: dict[str, type | tuple[type, ...]] = {
-    "fraction": (int, float), "float": (int, float), "int": int, "bool": bool, "list": list, "table": dict, "sites": dict,
-}  # fmt: skip
+    "fraction": (int, float),
+    "float": (int, float),
+    "int": int,
+    "bool": bool,
+    "list": list,
+    "table": dict,
+    "sites": dict,
+}
 
 
 def _has_type(value: Any, kind: str) -> bool:
@@ -237,7 +277,7 @@ def _check(key: Key, value: Any, origin: str) -> Any:
     if key.kind == "choice" and value not in key.choices:
         raise ConfigError(f"{origin} must be one of {', '.join(key.choices)}, got {value!r}")
     if key.kind == "list" and not all(isinstance(item, str) for item in value):
-        raise ConfigError(f"{origin} must be a list of glob strings, e.g. [\"head.*\"], got {value!r}")
+        raise ConfigError(f'{origin} must be a list of glob strings, e.g. ["head.*"], got {value!r}')
     if key.kind == "sites":
         return _site_limits(value, origin)
     return float(value) if key.kind in ("fraction", "float") else value
@@ -259,9 +299,16 @@ def _site_limits(table: Mapping[str, Any], origin: str) -> dict[str, float]:
 
 
 def _describe(key: Key) -> str:
-    return {"fraction": "a number between 0 and 1", "float": "a number", "int": "an integer", "bool": "true or false",
-            "list": "a list of strings", "table": "a table", "sites": "a table of glob = { max_layer_dead_fraction = x }",
-            "choice": f"one of {', '.join(key.choices)}"}.get(key.kind, "a string")  # fmt: skip
+    return {
+        "fraction": "a number between 0 and 1",
+        "float": "a number",
+        "int": "an integer",
+        "bool": "true or false",
+        "list": "a list of strings",
+        "table": "a table",
+        "sites": "a table of glob = { max_layer_dead_fraction = x }",
+        "choice": f"one of {', '.join(key.choices)}",
+    }.get(key.kind, "a string")
 
 
 def _relative_to(base_dir: Path, key: Key, value: Any) -> Any:

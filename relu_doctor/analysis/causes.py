@@ -29,9 +29,10 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from ..engine.layers import first_layer_path
+from ..engine.observe import ObservedSite
+from ..report import Site
 from .diagnose import BIAS_MARGIN, NORM_SHIFT_K, Evidence, UnitCause
-from .observe import ObservedSite
-from .report import Site
 
 COLLAPSED_RATIO = 1e-3
 """Incoming-weight norm, relative to the layer's median unit, below which a unit's weights count as collapsed."""
@@ -126,7 +127,7 @@ def explain(
     model: nn.Module, sites: Sequence[Site], observed: Sequence[ObservedSite], input_scale: InputScale | None = None
 ) -> Evidence:
     """A cause for every dead unit of every site whose producing layer can be read, plus the output sites."""
-    first = _first_layer_path(model)
+    first = first_layer_path(model)
     causes: list[UnitCause] = []
     analysed: list[str] = []
     for site in sites:
@@ -169,7 +170,9 @@ def inputs_dead(context: _Context, unit: int) -> UnitCause | None:
     if upstream is None or fed_by_dead is None or not bool(fed_by_dead[unit]):
         return None
     bias = float(context.layer.bias[unit])
-    return UnitCause(context.site.name, unit, "RD103", parameter=context.layer.bias_name, value=bias, upstream=upstream.name)
+    return UnitCause(
+        context.site.name, unit, "RD103", parameter=context.layer.bias_name, value=bias, upstream=upstream.name
+    )
 
 
 def norm_shifted(context: _Context, unit: int) -> UnitCause | None:
@@ -180,8 +183,16 @@ def norm_shifted(context: _Context, unit: int) -> UnitCause | None:
     beta, scale = float(context.layer.bias[unit]), abs(float(gamma[unit]))
     if beta > -NORM_SHIFT_K * scale:
         return None
-    return UnitCause(context.site.name, unit, "RD102", parameter=context.layer.bias_name, value=beta, scale=scale,
-                     shift=_shift(context, unit), reach=_reach(context, unit))  # fmt: skip
+    return UnitCause(
+        context.site.name,
+        unit,
+        "RD102",
+        parameter=context.layer.bias_name,
+        value=beta,
+        scale=scale,
+        shift=_shift(context, unit),
+        reach=_reach(context, unit),
+    )
 
 
 def bias_negative(context: _Context, unit: int) -> UnitCause | None:
@@ -189,8 +200,15 @@ def bias_negative(context: _Context, unit: int) -> UnitCause | None:
     bias, reach = float(context.layer.bias[unit]), _reach(context, unit)
     if not _elementwise(context) or bias >= 0 or not reach > 0:
         return None
-    return UnitCause(context.site.name, unit, "RD101", parameter=context.layer.bias_name, value=bias, reach=reach,
-                     shift=_shift(context, unit))  # fmt: skip
+    return UnitCause(
+        context.site.name,
+        unit,
+        "RD101",
+        parameter=context.layer.bias_name,
+        value=bias,
+        reach=reach,
+        shift=_shift(context, unit),
+    )
 
 
 def input_out_of_range(context: _Context, unit: int) -> UnitCause | None:
@@ -212,12 +230,25 @@ def weights_negative(context: _Context, unit: int) -> UnitCause | None:
         return None
     row = context.layer.rows[unit]
     negative = float(row.clamp(max=0).abs().sum() / row.abs().sum().clamp(min=1e-30))
-    return UnitCause(context.site.name, unit, "RD106", parameter=f"{context.layer.path}.weight", reach=reach,
-                     scale=negative, shift=_shift(context, unit))  # fmt: skip
+    return UnitCause(
+        context.site.name,
+        unit,
+        "RD106",
+        parameter=f"{context.layer.path}.weight",
+        reach=reach,
+        scale=negative,
+        shift=_shift(context, unit),
+    )
 
 
-CAUSE_RULES: tuple[CauseRule, ...] = (collapsed, inputs_dead, norm_shifted, input_out_of_range, bias_negative,
-                                      weights_negative)  # fmt: skip
+CAUSE_RULES: tuple[CauseRule, ...] = (
+    collapsed,
+    inputs_dead,
+    norm_shifted,
+    input_out_of_range,
+    bias_negative,
+    weights_negative,
+)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
@@ -280,7 +311,11 @@ def _layer(model: nn.Module, site: Site) -> tuple[_Layer | None, str]:
         return None, why_not
     path = site.producer.module_path
     weight = module.weight.detach().float()
-    rows, kernel, groups = weight.reshape(site.units, -1), math.prod(weight.shape[2:]), int(getattr(module, "groups", 1))
+    rows, kernel, groups = (
+        weight.reshape(site.units, -1),
+        math.prod(weight.shape[2:]),
+        int(getattr(module, "groups", 1)),
+    )
     norm_path = site.producer.norm_path
     gamma, beta = _norm_affine(_submodule(model, norm_path), site.units)
     if beta is not None:
@@ -296,9 +331,14 @@ def _producer_module(model: nn.Module, site: Site) -> tuple[nn.Linear | nn.modul
     if producer is None:
         return None, "the layer computing its input is not visible in the forward pass"
     module = _submodule(model, producer.module_path)
-    if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or isinstance(module, nn.modules.conv._ConvTransposeNd):
+    if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or isinstance(
+        module, nn.modules.conv._ConvTransposeNd
+    ):
         kind = type(module).__name__ if module is not None else "opaque"
-        return None, f"its input comes from {producer.module_path or '<root>'} ({kind}, {producer.op}), which is not analysed"
+        return (
+            None,
+            f"its input comes from {producer.module_path or '<root>'} ({kind}, {producer.op}), which is not analysed",
+        )
     if module.weight.shape[0] != site.units:
         return None, f"{producer.module_path}.weight has {module.weight.shape[0]} rows for {site.units} units"
     return module, ""
@@ -310,7 +350,9 @@ def _norm_affine(norm: nn.Module | None, units: int) -> tuple[torch.Tensor | Non
     weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
     if not isinstance(bias, torch.Tensor) or bias.numel() != units:
         return None, None
-    gamma = weight.detach().float() if isinstance(weight, torch.Tensor) and weight.numel() == units else torch.ones(units)
+    gamma = (
+        weight.detach().float() if isinstance(weight, torch.Tensor) and weight.numel() == units else torch.ones(units)
+    )
     return gamma, bias.detach().float()
 
 
@@ -321,10 +363,3 @@ def _submodule(model: nn.Module, path: str | None) -> nn.Module | None:
         return model.get_submodule(path)
     except (AttributeError, RuntimeError):  # RuntimeError: a ScriptModule has no get_submodule
         return None
-
-
-def _first_layer_path(model: nn.Module) -> str | None:
-    from .probe import first_layer
-
-    first = first_layer(model)
-    return next((path for path, module in model.named_modules() if module is first), None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
-from .report import GateResult, Site, Summary, Thresholds
+from ..report import GateResult, Site, Summary, Thresholds
 
 
 def is_ignored(name: str, thresholds: Thresholds) -> bool:

@@ -7,14 +7,16 @@ the input file's model. Every failure is a :class:`~relu_doctor.errors.ReluDocto
 
 from __future__ import annotations
 
+# Imports inside functions keep this module free of torch at import time (the CLI's --help and --version stay
+# fast); they do not hide a cycle: .importlinter checks every one of them.
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..pipeline import ScanRequest
-from .records import FixOutcome, Strategy
+from ..repair.records import FixOutcome, Strategy
+from .scan import ScanRequest
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,9 @@ def run_fix(request: FixRequest) -> FixOutcome:
     import torch
 
     from ..loading.sniff import PICKLED_MODULE
-    from ..pipeline import build_probe, load_for_scan, resolve_device
-    from .api import default_max_drift, repair_model
-    from .write import check_output_path, check_writable
+    from ..repair.api import default_max_drift, repair_model
+    from ..repair.write import check_output_path, check_writable
+    from .scan import build_probe, load_for_scan, resolve_device
 
     source, output = Path(request.scan.model_path), Path(request.output)
     check_output_path(source, output, request.force)
@@ -67,36 +69,64 @@ def run_fix(request: FixRequest) -> FixOutcome:
         else default_max_drift(request.strategy, request.include_dying)
     )
     repaired = repair_model(
-        loaded.model, replay, strategy=request.strategy, seed=request.seed, include_dying=request.include_dying,
-        max_drift=limit, thresholds=request.scan.thresholds, unit_dim=request.scan.unit_dim,
-        model_info=loaded.info, probe_info=probe.info, reducer=request.scan.reducer,
-    )  # fmt: skip
+        loaded.model,
+        replay,
+        strategy=request.strategy,
+        seed=request.seed,
+        include_dying=request.include_dying,
+        max_drift=limit,
+        thresholds=request.scan.thresholds,
+        unit_dim=request.scan.unit_dim,
+        model_info=loaded.info,
+        probe_info=probe.info,
+        reducer=request.scan.reducer,
+    )
     if not writes:
         return FixOutcome(str(source), None, loaded.info.format, repaired.result, None)
     notes = _write(request, loaded, repaired)
-    return FixOutcome(str(source), str(output), loaded.info.format, repaired.result,
-                      _verify(request, loaded, repaired, replay, limit), notes)  # fmt: skip
+    return FixOutcome(
+        str(source),
+        str(output),
+        loaded.info.format,
+        repaired.result,
+        _verify(request, loaded, repaired, replay, limit),
+        notes,
+    )
 
 
 def _write(request: FixRequest, loaded: Any, repaired: Any) -> tuple[str, ...]:
     from ..loading.torch_save import TrustPolicy
-    from .write import write_repaired
+    from ..repair.write import write_repaired
 
     scan = request.scan
     policy = TrustPolicy(trust=scan.trust, allow_globals=scan.allow_globals, imports=scan.imports)
-    return write_repaired(Path(scan.model_path), Path(request.output), key=scan.key, policy=policy,
-                          original=loaded.model, repaired=repaired.model, swapped=repaired.swapped)  # fmt: skip
+    return write_repaired(
+        Path(scan.model_path),
+        Path(request.output),
+        key=scan.key,
+        policy=policy,
+        original=loaded.model,
+        repaired=repaired.model,
+        swapped=repaired.swapped,
+    )
 
 
 def _verify(request: FixRequest, loaded: Any, repaired: Any, replay: Any, limit: float | None) -> Any:
     """Load OUT like the input, scan it on the same probe and compare its output with the input's."""
     from ..api import scan
-    from ..pipeline import load_for_scan
-    from .drift import drift_between
-    from .verify import verification
+    from ..repair.drift import drift_between
+    from ..repair.verify import verification
+    from .scan import load_for_scan
 
     written = load_for_scan(replace(request.scan, model_path=request.output))
-    after = scan(written.model, replay(), thresholds=request.scan.thresholds, unit_dim=request.scan.unit_dim,
-                 model_info=written.info, probe_info=repaired.before.probe, reducer=request.scan.reducer)  # fmt: skip
+    after = scan(
+        written.model,
+        replay(),
+        thresholds=request.scan.thresholds,
+        unit_dim=request.scan.unit_dim,
+        model_info=written.info,
+        probe_info=repaired.before.probe,
+        reducer=request.scan.reducer,
+    )
     drift = drift_between(loaded.model, written.model, replay())
     return verification(repaired.before, after, repaired.result.repaired, drift, limit)

@@ -1,0 +1,97 @@
+"""From observed sites to a Report: classify, total, explain causes, diagnose and gate (no forward passes)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from torch import nn
+
+from .._version import __version__
+from ..engine.observe import ACTIVATION_MODULES, ObservedSite, ReluObserver
+from ..report import ModelInfo, ProbeInfo, Report, Site, Thresholds
+from .causes import InputScale, explain
+from .confidence import probe_size_warning
+from .diagnose import Evidence, constant_units, diagnose
+from .gate import evaluate, summarize
+from .sites import build_site, site_names
+
+
+def build_report(
+    observed: Sequence[ObservedSite],
+    observer: ReluObserver | None,
+    model: nn.Module | None,
+    thresholds: Thresholds,
+    probe: ProbeInfo,
+    model_info: ModelInfo,
+    unit_dim: int | None = None,
+    *,
+    input_scale: InputScale | None = None,
+) -> Report:
+    """Classify observed sites, total them, diagnose and gate: everything after the forward passes.
+
+    With the model and its observer at hand, each dead unit also gets a cause (:mod:`relu_doctor.causes`).
+    """
+    names = site_names(observed)
+    sites = tuple(_with_constant_units(build_site(site, name, thresholds)) for site, name in zip(observed, names))
+    summary = summarize(sites, thresholds)
+    warnings = _warnings(observer, model, probe, len(sites))
+    warnings += tuple(w for w in [probe_size_warning(probe.samples, thresholds.dying_rate)] if w)
+    evidence = (
+        explain(model, sites, observed, input_scale) if model is not None and observer is not None else Evidence()
+    )
+    return Report(
+        tool_version=__version__,
+        model=model_info,
+        probe=probe,
+        sites=sites,
+        summary=summary,
+        thresholds=thresholds,
+        gate=evaluate(sites, summary, thresholds),
+        findings=diagnose(sites, probe, evidence),
+        warnings=warnings,
+        other_activations=tuple(sorted(observer.other_activations.items())) if observer else (),
+        unit_dim_override=unit_dim,
+    )
+
+
+def _with_constant_units(site: Site) -> Site:
+    # build_site leaves constant_units empty; they need only the counters (alive, same value everywhere).
+    return replace(site, constant_units=constant_units(site.counters, (*site.dead_units, *site.nan_units)))
+
+
+def _warnings(
+    observer: ReluObserver | None, model: nn.Module | None, probe: ProbeInfo, site_count: int
+) -> tuple[str, ...]:
+    found: list[str] = []
+    if probe.source == "synthetic":
+        found.append(
+            f"synthetic probe ({probe.samples} standard-normal samples, seed {probe.seed}): "
+            "real data gives truer answers; pass --probe"
+        )
+    if observer is not None:
+        found.extend(observer.warnings)
+        if model is not None:
+            found.extend(_never_called(observer, model))
+    if site_count == 0:
+        found.append("no relu-family call ran in the forward pass: nothing to count")
+    return tuple(found)
+
+
+def _never_called(observer: ReluObserver, model: nn.Module) -> list[str]:
+    called = observer.tracker.ever_called
+    # MultiheadAttention reads out_proj's weights directly, never calling it: not a blind spot.
+    attention = {path for path, module in observer.tracker.paths.items() if isinstance(module, nn.MultiheadAttention)}
+    missing = [
+        path
+        for path, module in observer.tracker.paths.items()
+        if path
+        and path not in called
+        and not list(module.children())
+        and path.rpartition(".")[0] not in attention
+        and (isinstance(module, ACTIVATION_MODULES) or any(True for _ in module.parameters(recurse=False)))
+    ]
+    if not missing:
+        return []
+    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    return [f"{len(missing)} modules were never called by the forward pass: {shown}"]
