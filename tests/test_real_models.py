@@ -27,16 +27,13 @@ SITE_KEYS = ("name", "units", "dead", "dead_units")
 
 # Combinations that fail on the code this corpus was written against, and the issue-11 item each reproduces.
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    **{("crepe", f): "1" for f in ("state-dict", "safetensors", "pickled-module")},
     **{("silero_vad", f): "1, 2" for f in ("state-dict", "safetensors", "pickled-module")},
     **{("silero_vad", f): "2" for f in ("torchscript", "torch-export")},
-    **{(name, "torchscript"): "5" for name in ("resnet", "speaker", "experts")},
     ("transformer", "torchscript"): "3",
     **{("rnn", f): "3" for f in FORMATS},
     **{("experts", f): "4" for f in ("state-dict", "safetensors", "pickled-module")},
 }
 CROSS_FORMAT_FAILURES = {
-    "crepe": "1",
     "silero_vad": "1, 2",
     "resnet": "5",
     "speaker": "5",
