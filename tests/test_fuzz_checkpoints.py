@@ -128,9 +128,8 @@ def _hostile_case(rng: random.Random, directory: Path) -> tuple[Path, str | None
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_hostile_tensors_and_pickles_are_refused_with_their_reason(tmp_path: Path) -> None:
-    from relu_doctor.probe import file_probe
-
     from relu_doctor.errors import CheckpointError, ProbeError
+    from relu_doctor.workflow.probe import file_probe
 
     rng = random.Random(HOSTILE_SEED)
     refused = 0

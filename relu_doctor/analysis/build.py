@@ -98,7 +98,7 @@ def _never_called(observer: ReluObserver, model: nn.Module) -> list[str]:
 
 
 def _shape_note(probe: ProbeInfo) -> str:
-    """ of shape 3x32x32, inferred from the first layer conv1 (Conv2d)": which sample shape a synthetic probe used."""
+    """of shape 3x32x32, inferred from the first layer conv1 (Conv2d)": which sample shape a synthetic probe used."""
     if not probe.input_shape:
         return ""
     text = "x".join(map(str, probe.input_shape))

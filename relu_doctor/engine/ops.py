@@ -203,13 +203,27 @@ def fused_relu_blind_spot(name: str, args: Sequence[Any], kwargs: dict[str, Any]
     return FUSED_RELU.get(name)
 
 
-def is_relu_like_uncounted(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
-    """clamp(min=0) with no upper bound computes a relu but is not a relu site: a blind spot to report."""
+def relu_like_uncounted(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
+    """How a relu-like op that is not a relu site reads (``clamp(min=0)``, ``clamp(min=0, max=6)``,
+    ``hardtanh(0, 1)``), or None. Such ops compute a (clipped) relu but are not counted: a blind spot to report."""
     if name in {"clamp_min", "clamp_min_"}:
-        return bool(_arg(args, kwargs, 1, "min", None) == 0)
+        return "clamp(min=0)" if _arg(args, kwargs, 1, "min", None) == 0 else None
     if name in {"clamp", "clamp_"}:
-        return bool(_arg(args, kwargs, 1, "min", None) == 0 and _arg(args, kwargs, 2, "max", None) is None)
-    return False
+        low, high = _arg(args, kwargs, 1, "min", None), _arg(args, kwargs, 2, "max", None)
+        if isinstance(low, bool) or not isinstance(low, (int, float)) or low != 0:
+            return None
+        return "clamp(min=0)" if high is None else f"clamp(min=0, max={_number(high)})"
+    if name in {"hardtanh", "hardtanh_"}:  # (0, 6) is relu6, a site
+        low, high = _arg(args, kwargs, 1, "min_val", -1.0), _arg(args, kwargs, 2, "max_val", 1.0)
+        return f"hardtanh(0, {_number(high)})" if low == 0 and high != 6 else None
+    if name in {"threshold", "threshold_"}:  # (0, 0) is a relu, a site
+        threshold, value = _arg(args, kwargs, 1, "threshold", None), _arg(args, kwargs, 2, "value", None)
+        return f"threshold(0, {_number(value)})" if threshold == 0 and value != 0 else None
+    return None
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def role_of(name: str) -> Role:
