@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from . import activations
+from .activations import LEAKY_SLOPE, SWAPPABLE_OPS
 from .analysis.diagnose import leaky_everywhere
 from .api import Combiner, scan_observed
 from .engine import ops
@@ -44,7 +46,6 @@ from .engine.runner import Progress
 from .repair.bias_shift import bias_shift_edits
 from .repair.drift import DriftMeter, flat_floats
 from .repair.edits import Edits, edited
-from .repair.leaky import NEGATIVE_SLOPE
 from .repair.plan import SitePlan, plan_bias_shift, plan_recycle
 from .repair.recycle import DEFAULT_SEED, recycle_until_alive
 from .report import ModelInfo, ProbeInfo, Report, Site, Thresholds
@@ -52,8 +53,6 @@ from .settings import DEFAULT_REDUCER
 
 MAX_SIMULATED_SITES = 8
 """Sites with the most dead units that get per-site simulations; each costs a few forward passes of the probe."""
-_SWAPPABLE = {"relu", "relu_", "threshold", "threshold_"}
-"""relu6 (hardtanh) sites are not swapped: a LeakyReLU would also remove their upper clip."""
 
 
 @dataclass(frozen=True)
@@ -156,11 +155,11 @@ class Rerun:
 
     def _dispatch(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         name = self._names.get(func) or self._names.setdefault(func, ops.op_name(func))
-        if not ops.is_relu_site(name, args, kwargs):
+        if not activations.is_relu_site(name, args, kwargs):
             return func(*args, **kwargs)
         (key, _), pre = self.keys.next_key(), args[0]
-        if key in self.leaky and name in _SWAPPABLE:
-            swapped = torch.nn.functional.leaky_relu(pre, NEGATIVE_SLOPE)
+        if key in self.leaky and name in SWAPPABLE_OPS:
+            swapped = torch.nn.functional.leaky_relu(pre, LEAKY_SLOPE)
             return pre.copy_(swapped) if name.endswith("_") else swapped
         self._count(key, pre)
         return func(*args, **kwargs)
@@ -317,7 +316,7 @@ def plan(report: Report, model: nn.Module, observed: Sequence[ObservedSite]) -> 
         causes = [i for i, f in enumerate(report.findings) if f.site == site.name and f.code.startswith("RD1")]
         planned += _site_variants(report, model, by_index[site.index], site.name, causes, shifts.get(site.name))
         recycle += [i for i in causes if report.findings[i].code in _RECYCLABLE]
-    swappable = [site_key(s) for s in observed if s.op in _SWAPPABLE]
+    swappable = [site_key(s) for s in observed if s.op in SWAPPABLE_OPS]
     if dead_sites and swappable:
         planned.append(_Planned(Variant("LeakyReLU everywhere", frozenset(swappable)), "leaky", (-1,)))
     caveat = ""
@@ -338,7 +337,7 @@ def _site_variants(
         return []
     key = site_key(seen)
     planned = []
-    if seen.op in _SWAPPABLE:
+    if seen.op in SWAPPABLE_OPS:
         planned.append(_Planned(Variant(f"LeakyReLU at {name}", frozenset([key])), "leaky", tuple(causes)))
     for index in causes:
         finding = report.findings[index]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,14 +32,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from .. import activations
+from ..activations import ACTIVATION_MODULES, module_cap
 from ..errors import ObservationError, UsageError
 from ..report import Producer
 from ..settings import DEFAULT_REDUCER, check_reducer_name
 from . import fused, ops
 from .counters import UnitAccumulator, all_finite, reduce_sample_max
 from .ops import Layout, Role
-
-ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Threshold)
 
 SiteKey = tuple[str, int, int]
 """(owner module path, call of the owner in the pass, relu op of that call): how a site is keyed."""
@@ -396,7 +395,7 @@ class ReluObserver:
                     "the layer computing its input is not known"
                 ] = None
             view, sample_axis = self._prepare(site, op, pre)
-            token = self._before_op(site, view, sample_axis, _module_cap(module))
+            token = self._before_op(site, view, sample_axis, module_cap(module))
             self._pending[id(module)] = (site, view.shape, sample_axis, token)
             self._inside_hooked += 1
 
@@ -414,14 +413,15 @@ class ReluObserver:
             name = ops.op_name(func)
             cached = self._op_cache[func] = (name, ops.role_of(name))
         name, role = cached
-        if ops.is_relu_site(name, args, kwargs):
+        if activations.is_relu_site(name, args, kwargs):
             return self._observe_site(func, name, args, kwargs)
         if role is Role.OTHER_ACTIVATION:
-            self.other_activations[ops.display_op(name)] += 1
-        elif (relu_like := ops.relu_like_uncounted(name, args, kwargs)) is not None:
+            self.other_activations[activations.display_op(name)] += 1
+        elif (relu_like := activations.uncounted_relu_like(name, args, kwargs)) is not None:
             owner = self.tracker.current()[0] or "<root>"
-            self.warnings[f"{relu_like} in {owner} computes a relu but is not counted as a site"] = None
-        elif (hidden := ops.fused_relu_blind_spot(name, args, kwargs)) is not None:
+            where = f"{relu_like.describe(args, kwargs)} in {owner}"
+            self.warnings[f"{where} computes a relu but is not counted as a site"] = None
+        elif (hidden := activations.fused_relu_blind_spot(name, args, kwargs)) is not None:
             owner = self.tracker.current()[0] or "<root>"
             self._raise_grad = _stronger(self._raise_grad, _GRAD_SHOWING.get(name), self._grad)
             self.warnings[f"{hidden} in {owner}: its relu units are not counted"] = None
@@ -437,7 +437,7 @@ class ReluObserver:
     def _observe_site(self, func: Any, name: str, args: Any, kwargs: dict[str, Any]) -> Any:
         pre = args[0]
         site = self._site_for(name, pre)
-        cap = ops.relu_cap(name, args, kwargs)
+        cap = activations.relu_cap(name, args, kwargs)
         if site.undecided is not None:  # counted once a consumer tells the unit axis (or the pass ends)
             copy = pre.detach().clone()
             output = func(*args, **kwargs)
@@ -840,13 +840,6 @@ class _Exact:
 
 def site_label(site: ObservedSite) -> str:
     return f"{site.module_path or '<root>'} (call {site.call_index})"
-
-
-def _module_cap(module: nn.Module) -> float:
-    """The upper clamp of an activation module's output (see :func:`ops.relu_cap`)."""
-    if isinstance(module, nn.Hardtanh):  # nn.ReLU6 is a Hardtanh(0, 6)
-        return float(module.max_val)
-    return math.inf
 
 
 def check_reducer(reducer: str) -> None:
