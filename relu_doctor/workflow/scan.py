@@ -70,6 +70,10 @@ class ScanRequest:
     """Re-run the probe through each suggested fix to measure its effect (``scan`` turns it on; --no-simulate)."""
     save_stats: str | None = None
     """Also write every site's counters to this safetensors file, for ``relu-doctor merge``."""
+    force: bool = False
+    """--force: outputs may replace an existing file (never an input)."""
+    inputs: tuple[str, ...] = ()
+    """Other files the command read (its config file): no output may replace them."""
 
     def __post_init__(self) -> None:
         t = self.thresholds
@@ -181,15 +185,26 @@ def run_scan(
         )
 
 
+def scan_inputs(request: ScanRequest) -> tuple[str, ...]:
+    """Every file a scan reads: the checkpoint, the probe, a file --arch, the config file."""
+    arch_file = None
+    if request.arch is not None:
+        target = request.arch.rpartition(":")[0]
+        arch_file = target if target.endswith(".py") or "/" in target else None
+    named = (request.model_path, request.probe_path, arch_file, *request.inputs)
+    return tuple(path for path in named if path)
+
+
 def _combiner(request: ScanRequest, sharded: Any, probe: Any, model: Any) -> Any:
     """torchrun's combiner, wrapped by a --save-stats writer when asked for one; None for a plain scan."""
     if request.save_stats is None:
         return sharded
     from .distributed import is_primary
     from .stats_io import StatsWriter
+    from .writer import plan_output
 
     return StatsWriter(
-        request.save_stats,
+        plan_output(request.save_stats, scan_inputs(request), force=request.force, option="--save-stats"),
         inner=sharded,
         probe=probe,
         model=model,
