@@ -33,6 +33,7 @@ from . import activations
 from .activations import LEAKY_SLOPE, SWAPPABLE_OPS
 from .analysis.diagnose import leaky_everywhere
 from .api import Combiner, scan_observed
+from .codes import BIAS_SHIFT, LEAKY, RECYCLE, fixable_by
 from .engine import ops
 from .engine.observe import (
     ForwardingMode,
@@ -232,10 +233,14 @@ def _float_leaves(output: Any) -> list[torch.Tensor]:
 
 
 # -- from a report to predictions ---------------------------------------------------------------------------
-_BIAS_FIXABLE = {"RD101", "RD102", "RD106"}
-"""Causes a bias (or beta) shift addresses; a shift only makes dead-input or collapsed units constant."""
-_RECYCLABLE = {"RD100", "RD101", "RD102", "RD104", "RD105", "RD106"}
-"""Causes new incoming weights can address; units with dead inputs stay dead whatever their weights."""
+_BIAS_FIXABLE = fixable_by(BIAS_SHIFT)
+"""Causes a bias (or beta) shift addresses (:mod:`relu_doctor.codes`)."""
+_RECYCLABLE = fixable_by(RECYCLE)
+"""Causes new incoming weights can address (:mod:`relu_doctor.codes`)."""
+_LEAKY_FIXABLE = fixable_by(LEAKY) - {"RD301"}
+"""Causes a LeakyReLU swap of their site addresses (RD301 is the model-wide swap itself)."""
+SIMULATED_FIXES = frozenset({LEAKY, BIAS_SHIFT, RECYCLE})
+"""The fixes this module simulates; every fix a registered code names must be one (tests/test_codes.py)."""
 
 
 @dataclass(frozen=True)
@@ -313,7 +318,7 @@ def plan(report: Report, model: nn.Module, observed: Sequence[ObservedSite]) -> 
     planned: list[_Planned] = []
     recycle: list[int] = []
     for site in sorted(chosen, key=lambda s: s.index):
-        causes = [i for i, f in enumerate(report.findings) if f.site == site.name and f.code.startswith("RD1")]
+        causes = [i for i, f in enumerate(report.findings) if f.site == site.name and f.code in _LEAKY_FIXABLE]
         planned += _site_variants(report, model, by_index[site.index], site.name, causes, shifts.get(site.name))
         recycle += [i for i in causes if report.findings[i].code in _RECYCLABLE]
     swappable = [site_key(s) for s in observed if s.op in SWAPPABLE_OPS]

@@ -30,6 +30,7 @@ from ..settings import (
     DEFAULT_TAU,
 )
 from ..workflow.distributed import is_primary
+from ..workflow.scan import certify_domain
 from . import options as opt
 from .app import (
     OutputStyle,
@@ -78,6 +79,9 @@ def scan(
     strict: opt.Strict = False,
     exit_zero: opt.ExitZero = False,
     config: opt.Config = None,
+    certify: opt.Certify = False,
+    domain: opt.Domain = None,
+    gate_on: opt.GateOn = "probe",
     # Output
     fmt: Annotated[
         Format, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)
@@ -129,6 +133,8 @@ def scan(
             request,
             simulate=not no_simulate,
             save_stats=None if save_stats is None else str(save_stats),
+            certify=certify_domain(certify, domain, gate_on, request.probe_path is not None),
+            thresholds=replace(request.thresholds, gate_on=gate_on),
             force=force,
             inputs=tuple(p for p in (settings.config_path,) if p),
         )
