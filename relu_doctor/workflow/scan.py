@@ -164,13 +164,12 @@ def _device(request: ScanRequest) -> Any:
 
 def build_probe(request: ScanRequest, model: Any) -> Any:
     """The probe for this request: the file, or a synthetic one shaped for the model."""
-    from .probe import check_probe_fits, file_probe, synthetic_probe
+    from .probe import file_probe, synthetic_probe
 
     if request.probe_path is not None:
+        # Never refused by a guess from the first layer: the forward pass decides (its error carries the hint).
         limit = request.samples if request.limit_samples else None
-        probe = file_probe(request.probe_path, batch_size=request.batch_size, key=request.probe_key, limit=limit)
-        check_probe_fits(model, probe)
-        return probe
+        return file_probe(request.probe_path, batch_size=request.batch_size, key=request.probe_key, limit=limit)
     return synthetic_probe(
         model,
         samples=request.samples,
