@@ -30,14 +30,7 @@ KNOWN_FAILURES: dict[tuple[str, str], str] = {
     ("rnn", "torchscript"): "3, 5",
     ("rnn", "torch-export"): "3, 5",
 }
-CROSS_FORMAT_FAILURES = {
-    "crepe": "5",
-    "resnet": "5",
-    "speaker": "5",
-    "silero_vad": "5",
-    "transformer": "5",
-    "rnn": "3, 5",
-}
+CROSS_FORMAT_FAILURES = {"rnn": "3, 5"}
 
 
 def scan_json(*args: str) -> dict[str, Any]:
@@ -161,7 +154,6 @@ def test_an_exported_program_gives_its_own_input_shape(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--batch-size" in result.stderr and "8" in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 7")
 def test_a_trusted_pickle_reaching_getattr_loads(tmp_path: Path) -> None:
     from real_models.small import StaticActivationNet
 
@@ -196,7 +188,6 @@ def test_nan_positions_are_not_zeros_in_sparsity() -> None:
     assert site.sparsity == pytest.approx(0.5)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 10")
 def test_import_finds_a_module_in_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
     import sys
