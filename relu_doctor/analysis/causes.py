@@ -347,7 +347,7 @@ def _producer_module(model: nn.Module, site: Site) -> tuple[nn.Module | None, st
             None,
             f"its input comes from {producer.module_path or '<root>'} ({kind}, {producer.op}), which is not analysed",
         )
-    weight = cast(torch.Tensor, module.weight)
+    weight = cast(torch.Tensor, getattr(module, "weight", None))
     if weight.shape[0] != site.units:
         return None, f"{producer.module_path}.weight has {weight.shape[0]} rows for {site.units} units"
     return module, ""
