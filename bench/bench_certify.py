@@ -122,7 +122,9 @@ def main() -> None:
         ("ResNet-18-like 3x32x32 (BN beta -50 planted)", resnet18_planted, 32),
     ]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.reps}; domain = probe box")
-    print("| model | dead on probe | certified by interval | by interval + linear | interval time | linear time | forward |")
+    print(
+        "| model | dead on probe | certified by interval | by interval + linear | interval time | linear time | forward |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, make, batch in cases:
         print(measure(name, make, batch, args.reps), flush=True)

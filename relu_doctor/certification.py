@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .analysis.build import with_gate
 from .analysis.gate import evaluate
 from .analysis.sites import site_names
 from .engine.bounds.domain import DomainSpec, parse_domain
@@ -185,7 +186,7 @@ def certify(
 def with_certification(report: Report, certification: Certification) -> Report:
     """The report carrying ``certification``, its gate re-evaluated (``gate_on = "certified"`` counts it)."""
     gate = evaluate(report.sites, report.summary, report.thresholds, certification)
-    return replace(report, certification=certification, gate=gate)
+    return with_gate(replace(report, certification=certification), gate)
 
 
 def _describe(box: Box) -> str:
