@@ -31,6 +31,7 @@ from .app import (
     note,
     strict_report,
     style_from_options,
+    warn,
     write_output,
 )
 
@@ -81,6 +82,7 @@ def trend(
     strict: opt.Strict = False,
     exit_zero: opt.ExitZero = False,
     config: opt.Config = None,
+    isolated: opt.Isolated = False,
     # Output
     fmt: Annotated[
         TrendFormat, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)
@@ -97,7 +99,10 @@ def trend(
     with error_boundary(debug):
         from ..workflow.trend import scan_checkpoints
 
-        settings = configure(ctx, config, exclude={"format"})  # a config's format is scan's; trend has two
+        # a config's format is scan's; trend has its own choices
+        settings = configure(ctx, config, exclude={"format"}, isolated=isolated)
+        for line in settings.warnings:
+            warn(style, line)
         for line in describe_settings(settings):
             note(style, line, verbose_only=True)
         if plot is not None:
