@@ -1,6 +1,7 @@
 """relu-doctor: find dead and dying ReLU units in a PyTorch model.
 
-The public API is :func:`scan` (model + batches -> :class:`Report`). Importing this package does
+The public API is :func:`scan` (model + batches -> :class:`Report`) and :func:`certify` (model + input
+domain -> proved bounds per site). Importing this package does
 not import torch; the torch-backed names load on first use so the CLI's --help stays instant.
 """
 
@@ -12,9 +13,10 @@ from ._version import __version__
 from .report import Finding, Report, Site, Summary, Thresholds
 
 if TYPE_CHECKING:
+    from .certification import certify
     from .whatif import scan
 
-__all__ = ["Finding", "Report", "Site", "Summary", "Thresholds", "__version__", "scan"]
+__all__ = ["Finding", "Report", "Site", "Summary", "Thresholds", "__version__", "certify", "scan"]
 
 
 def __getattr__(name: str) -> Any:
@@ -23,4 +25,8 @@ def __getattr__(name: str) -> Any:
         from .whatif import scan
 
         return scan
+    if name == "certify":
+        from .certification import certify
+
+        return certify
     raise AttributeError(f"module 'relu_doctor' has no attribute {name!r}")

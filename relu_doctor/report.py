@@ -187,6 +187,8 @@ class Thresholds:
     """(glob, max_layer_dead_fraction) pairs that replace the per-site limit for matching sites."""
     ignore: tuple[str, ...] = ()
     """Globs of site names left out of the gate and the totals."""
+    gate_on: str = "probe"
+    """What the dead-fraction limits count: units dead on the probe, or units certified dead (``certified``)."""
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,8 @@ class Report:
     """Activations seen that are not relu sites (op, calls), e.g. (gelu, 12)."""
     unit_dim_override: int | None = None
     """--unit-dim, when the user forced the unit axis."""
+    certification: Certification | None = None
+    """Bounds proved over a whole input domain (--certify), or None when not asked for."""
     schema_version: int = SCHEMA_VERSION
     """Version of the JSON schema this report renders to."""
     extra: dict[str, object] = field(default_factory=dict, compare=False)
@@ -284,6 +288,68 @@ class Report:
     def exit_code(self) -> int:
         """The gate's exit code: 0 within thresholds, 1 exceeded."""
         return self.gate.exit_code
+
+
+@dataclass(frozen=True)
+class CertifiedSite:
+    """What bound propagation proved about one site's pre-activation over the whole domain."""
+
+    name: str
+    """The site's name, as in :attr:`Site.name`."""
+    units: int
+    """Number of units."""
+    upper_bound: tuple[float, ...]
+    """Per unit: the largest pre-activation possible on the domain, by the best method (inf: unbounded)."""
+    lower_bound: tuple[float, ...]
+    """Per unit: the smallest pre-activation possible on the domain (-inf: unbounded)."""
+    interval_upper_bound: tuple[float, ...]
+    """Per unit: the upper bound from interval propagation alone."""
+    certified_dead: tuple[int, ...]
+    """Units whose pre-activation is <= 0 on every input of the domain: they can never fire."""
+    dead_method: tuple[str, ...]
+    """For each certified-dead unit (same order), the method that proved it: interval or linear."""
+    certified_active: tuple[int, ...]
+    """Units whose pre-activation is > 0 on every input of the domain: they always fire."""
+    active_method: tuple[str, ...]
+    """For each certified-active unit (same order), the method that proved it."""
+    relaxed: bool
+    """Whether the linear relaxation re-bounded this site (it was asked for and within its size limit)."""
+    notes: tuple[str, ...] = ()
+    """Why bounds here may be loose or absent: ops without a bound upstream, a skipped relaxation, ..."""
+
+
+@dataclass(frozen=True)
+class Certification:
+    """Bounds on every site over one input domain (``--certify``): proofs, unlike the probe's counts."""
+
+    domain: str
+    """The domain as given: probe, probe:MARGIN, box:LO,HI, file:PATH (or "custom" from Python)."""
+    description: str
+    """What the domain is, in words, with its range."""
+    input_shape: tuple[int, ...]
+    """Shape of one input sample the domain bounds."""
+    methods: tuple[str, ...]
+    """Methods run, in order: interval, then linear (the relaxation) when asked for."""
+    sites: tuple[CertifiedSite, ...]
+    """One record per site, in call order; sites the bound pass did not reach are absent."""
+    seconds: tuple[tuple[str, float], ...] = ()
+    """Wall time of one forward pass of the domain's centre, and of each method."""
+    notes: tuple[str, ...] = ()
+    """Ops that had no bound (their outputs unbounded) and anything else that voided claims."""
+
+    def site(self, name: str) -> CertifiedSite | None:
+        """The record of the site with this name, or None."""
+        return next((s for s in self.sites if s.name == name), None)
+
+    @property
+    def certified_dead(self) -> int:
+        """Certified-dead units over all sites."""
+        return sum(len(s.certified_dead) for s in self.sites)
+
+    @property
+    def certified_active(self) -> int:
+        """Certified-active units over all sites."""
+        return sum(len(s.certified_active) for s in self.sites)
 
 
 def rate_summary(rates: tuple[float, ...]) -> RateSummary:

@@ -29,8 +29,11 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from . import activations
+from .activations import LEAKY_SLOPE, SWAPPABLE_OPS
 from .analysis.diagnose import leaky_everywhere
 from .api import Combiner, scan_observed
+from .codes import BIAS_SHIFT, LEAKY, RECYCLE, fixable_by
 from .engine import ops
 from .engine.observe import (
     ForwardingMode,
@@ -44,7 +47,6 @@ from .engine.runner import Progress
 from .repair.bias_shift import bias_shift_edits
 from .repair.drift import DriftMeter, flat_floats
 from .repair.edits import Edits, edited
-from .repair.leaky import NEGATIVE_SLOPE
 from .repair.plan import SitePlan, plan_bias_shift, plan_recycle
 from .repair.recycle import DEFAULT_SEED, recycle_until_alive
 from .report import ModelInfo, ProbeInfo, Report, Site, Thresholds
@@ -52,8 +54,6 @@ from .settings import DEFAULT_REDUCER
 
 MAX_SIMULATED_SITES = 8
 """Sites with the most dead units that get per-site simulations; each costs a few forward passes of the probe."""
-_SWAPPABLE = {"relu", "relu_", "threshold", "threshold_"}
-"""relu6 (hardtanh) sites are not swapped: a LeakyReLU would also remove their upper clip."""
 
 
 @dataclass(frozen=True)
@@ -158,11 +158,11 @@ class Rerun:
 
     def _dispatch(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         name = self._names.get(func) or self._names.setdefault(func, ops.op_name(func))
-        if not ops.is_relu_site(name, args, kwargs):
+        if not activations.is_relu_site(name, args, kwargs):
             return func(*args, **kwargs)
         (key, _), pre = self.keys.next_key(), args[0]
-        if key in self.leaky and name in _SWAPPABLE:
-            swapped = torch.nn.functional.leaky_relu(pre, NEGATIVE_SLOPE)
+        if key in self.leaky and name in SWAPPABLE_OPS:
+            swapped = torch.nn.functional.leaky_relu(pre, LEAKY_SLOPE)
             return pre.copy_(swapped) if name.endswith("_") else swapped
         self._count(key, pre)
         return func(*args, **kwargs)
@@ -250,8 +250,12 @@ def _float_leaves(output: Any) -> list[torch.Tensor]:
 
 
 # -- from a report to predictions ---------------------------------------------------------------------------
-_RECYCLABLE = {"RD100", "RD101", "RD102", "RD104", "RD105", "RD106"}
-"""Causes new incoming weights can address; units with dead inputs stay dead whatever their weights."""
+_RECYCLABLE = fixable_by(RECYCLE)
+"""Causes new incoming weights can address (:mod:`relu_doctor.codes`)."""
+_LEAKY_FIXABLE = fixable_by(LEAKY) - {"RD301"}
+"""Causes a LeakyReLU swap of their site addresses (RD301 is the model-wide swap itself)."""
+SIMULATED_FIXES = frozenset({LEAKY, BIAS_SHIFT, RECYCLE})
+"""The fixes this module simulates; every fix a registered code names must be one (tests/test_codes.py)."""
 
 
 @dataclass(frozen=True)
@@ -331,14 +335,14 @@ def plan(report: Report, model: nn.Module, observed: Sequence[ObservedSite]) -> 
     recycle: list[int] = []
     shift_answers: list[int] = []
     for site in sorted(chosen, key=lambda s: s.index):
-        causes = [i for i, f in enumerate(report.findings) if f.site == site.name and f.code.startswith("RD1")]
+        causes = [i for i, f in enumerate(report.findings) if f.site == site.name and f.code in _LEAKY_FIXABLE]
         planned += _site_variants(report, by_index[site.index], site.name, causes)
         recycle += [i for i in causes if report.findings[i].code in _RECYCLABLE]
         if site.name in shifted:  # fix shifts every dead unit of the site, whatever its cause
             shift_answers += causes
     if shift_answers:
         planned.append(_Planned(bias_shift_variant(model, observed, shifts), "bias_shift", tuple(shift_answers)))
-    swappable = [site_key(s) for s in observed if s.op in _SWAPPABLE]
+    swappable = [site_key(s) for s in observed if s.op in SWAPPABLE_OPS]
     if dead_sites and swappable:
         planned.append(_Planned(Variant("LeakyReLU everywhere", frozenset(swappable)), "leaky", (-1,)))
     caveat = ""
@@ -364,7 +368,7 @@ def bias_shift_variant(model: nn.Module, observed: Sequence[ObservedSite], plans
 
 def _site_variants(report: Report, seen: ObservedSite, name: str, causes: Sequence[int]) -> list[_Planned]:
     """A LeakyReLU swap of the site for all its causes."""
-    if not causes or seen.op not in _SWAPPABLE:
+    if not causes or seen.op not in SWAPPABLE_OPS:
         return []
     return [_Planned(Variant(f"LeakyReLU at {name}", frozenset([site_key(seen)])), "leaky", tuple(causes))]
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from relu_doctor import scan
 from relu_doctor.analysis.build import build_report
-from relu_doctor.analysis.diagnose import describe_codes
+from relu_doctor.codes import describe_codes
 from relu_doctor.engine.runner import observe
 from relu_doctor.render.json_format import report_dict
 from relu_doctor.render.markdown import render_markdown

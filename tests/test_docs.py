@@ -10,8 +10,8 @@ import torch
 from typer.main import get_command
 
 from relu_doctor import scan
-from relu_doctor.analysis.diagnose import describe_codes
 from relu_doctor.cli import app
+from relu_doctor.codes import describe_codes
 from relu_doctor.render import Format
 from relu_doctor.render.json_format import report_dict
 

@@ -8,7 +8,8 @@ from dataclasses import replace
 from torch import nn
 
 from .._version import __version__
-from ..engine.observe import ACTIVATION_MODULES, ObservedSite, ReluObserver
+from ..activations import ACTIVATION_MODULES
+from ..engine.observe import ObservedSite, ReluObserver
 from ..report import ModelInfo, ProbeInfo, Report, Site, Thresholds
 from .causes import InputScale, explain
 from .confidence import probe_size_warning

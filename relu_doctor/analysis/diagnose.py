@@ -1,8 +1,8 @@
 """Diagnosis rules: pure functions from sites (and, when the model was at hand, per-unit causes) to findings.
 
-Every code is registered once, in :data:`RULES` (site rules, from the counters alone), :data:`CAUSES` (why dead
-units are dead, from the model's parameters) or :data:`ADVICE` (model-wide advice); codes never change meaning
-once released. Torch-free: :mod:`relu_doctor.causes` reads the model and hands over :class:`UnitCause` records.
+Every code's meaning, severity and fixes are registered once in :mod:`relu_doctor.codes`; its rule is registered
+here, in :data:`RULES` (site rules, from the counters alone), :data:`CAUSES` (why dead units are dead, from the
+model's parameters), :data:`ADVICE` or :data:`MODEL_WIDE`; codes never change meaning once released. Torch-free: :mod:`relu_doctor.causes` reads the model and hands over :class:`UnitCause` records.
 
 Codes: RD0xx site counts, RD1xx causes of dead units, RD2xx training advice, RD3xx model-wide simulated fixes.
 """
@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from ..codes import severity
 from ..report import Finding, ProbeInfo, Site, UnitCounters
 
 BIAS_MARGIN = 0.1
@@ -72,6 +73,7 @@ def dead_units(site: Site, probe: ProbeInfo) -> Iterable[Finding]:
         code="RD001",
         site=site.name,
         units=site.dead_units,
+        severity=severity("RD001"),
         cause=(
             f"{site.dead} of {site.units} units never fired on {probe.samples} samples; "
             f"their max pre-activation is {low:.3g} … {high:.3g}: a negative bias or shift keeps them off"
@@ -92,7 +94,7 @@ def whole_site_dead(site: Site, probe: ProbeInfo) -> Iterable[Finding]:
             code="RD002",
             site=site.name,
             units=site.dead_units,
-            severity="error",
+            severity=severity("RD002"),
             cause=f"all {site.units} units are dead (max pre-activation {low:.3g} … {high:.3g}): the output is constant 0",
             suggestion="check the layer before it (bias, BatchNorm shift, input scale); re-initialise it or lower the learning rate",
         )
@@ -108,7 +110,7 @@ def dying_units(site: Site, probe: ProbeInfo) -> Iterable[Finding]:
             code="RD003",
             site=site.name,
             units=site.dying_units,
-            severity="note",
+            severity=severity("RD003"),
             cause=f"{site.dying} of {site.units} units fire, but only on {span} of their positions",
             suggestion="watch them across checkpoints (relu-doctor trend); a lower learning rate or LeakyReLU keeps them learning",
         )
@@ -123,7 +125,7 @@ def nan_units(site: Site, probe: ProbeInfo) -> Iterable[Finding]:
             code="RD004",
             site=site.name,
             units=site.nan_units,
-            severity="error",
+            severity=severity("RD004"),
             cause=f"{len(site.nan_units)} units saw {nans:,} NaN and {infs:,} Inf pre-activations",
             suggestion="the weights or the probe hold non-finite values: check the checkpoint and the input scale",
         )
@@ -144,7 +146,7 @@ def constant_units_rule(site: Site, probe: ProbeInfo) -> Iterable[Finding]:
         code="RD005",
         site=site.name,
         units=site.constant_units,
-        severity="note",
+        severity=severity("RD005"),
         cause=(
             f"{len(site.constant_units)} of {site.units} units output the same value on every position "
             f"({min(values):.3g} … {max(values):.3g}): alive, but they carry no information{norm}{whole}"
@@ -291,7 +293,7 @@ def cause_findings(site: Site, causes: Sequence[UnitCause]) -> tuple[Finding, ..
         if group:
             cause, suggestion = text(group, site)
             units = tuple(sorted(c.unit for c in group))
-            findings.append(Finding(code, site.name, units, cause, suggestion, "warning"))
+            findings.append(Finding(code, site.name, units, cause, suggestion, severity(code)))
     return tuple(findings)
 
 
@@ -302,7 +304,7 @@ def relu_on_output(site: Site) -> Finding:
         "RD201",
         site.name,
         (),
-        severity="warning",
+        severity=severity("RD201"),
         cause=f"{site.name} ({site.op}) writes the model's output: every negative output is clipped to 0",
         suggestion="drop the nonlinearity on the last layer (logits and regression targets need negative values)",
     )
@@ -318,7 +320,7 @@ def leaky_everywhere(sites: Sequence[Site], dead: int, units: int) -> Finding:
         "RD301",
         "",
         (),
-        severity="note",
+        severity=severity("RD301"),
         cause=f"{dead} of {units} units are dead across {dead_sites} site{'s' if dead_sites != 1 else ''}",
         suggestion="swap every relu site to LeakyReLU(0.01): every unit then carries gradient, "
         "at the cost of the output drift measured here",
@@ -326,15 +328,6 @@ def leaky_everywhere(sites: Sequence[Site], dead: int, units: int) -> Finding:
 
 
 MODEL_WIDE: tuple[tuple[str, Callable[..., Finding]], ...] = (("RD301", leaky_everywhere),)
-
-
-def describe_codes() -> dict[str, str]:
-    """Every finding code and its one-line meaning (the first docstring line of its rule), in code order."""
-    described: dict[str, str] = {}
-    for code, function in (*RULES, *CAUSES, *ADVICE, *MODEL_WIDE):
-        doc = (function.__doc__ or code).strip().splitlines()[0]
-        described[code] = doc.split(":", 1)[1].strip() if doc.startswith(f"{code}:") else doc
-    return dict(sorted(described.items()))
 
 
 def diagnose(sites: Sequence[Site], probe: ProbeInfo, evidence: Evidence | None = None) -> tuple[Finding, ...]:

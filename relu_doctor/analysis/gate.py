@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
-from ..report import GateResult, Site, Summary, Thresholds
+from ..report import Certification, GateResult, Site, Summary, Thresholds
 
 
 def is_ignored(name: str, thresholds: Thresholds) -> bool:
@@ -22,26 +22,41 @@ def site_limit(name: str, thresholds: Thresholds) -> float | None:
     return limit
 
 
-def evaluate(sites: Sequence[Site], summary: Summary, thresholds: Thresholds) -> GateResult:
-    """Pass/fail with one line per exceeded threshold (a fraction equal to its limit passes)."""
+def evaluate(sites: Sequence[Site], summary: Summary, thresholds: Thresholds,
+             certification: Certification | None = None) -> GateResult:  # fmt: skip
+    """Pass/fail with one line per exceeded threshold (a fraction equal to its limit passes).
+
+    With ``thresholds.gate_on == "certified"`` the limits count certified-dead units (none without a
+    certification) instead of units dead on the probe."""
+    certified = thresholds.gate_on == "certified"
+    word = "certified dead" if certified else "dead"
     violations = []
     failing = []
+    total_dead = 0
     for site in sites:
+        dead = _certified_dead(site.name, certification) if certified else site.dead
+        if not is_ignored(site.name, thresholds):
+            total_dead += dead
         limit = site_limit(site.name, thresholds)
-        if is_ignored(site.name, thresholds) or limit is None or site.dead_fraction <= limit:
+        fraction = dead / site.units if site.units else 0.0
+        if is_ignored(site.name, thresholds) or limit is None or fraction <= limit:
             continue
         failing.append(site.name)
         violations.append(
-            f"site {site.name}: {site.dead} of {site.units} units dead ({site.dead_fraction:.1%}) "
-            f"> max-layer-dead-fraction {limit:g}"
+            f"site {site.name}: {dead} of {site.units} units {word} ({fraction:.1%}) > max-layer-dead-fraction {limit:g}"
         )
     limit = thresholds.max_dead_fraction
-    if limit is not None and summary.dead_fraction > limit:
+    fraction = total_dead / summary.units if summary.units else 0.0
+    if limit is not None and fraction > limit:
         violations.append(
-            f"model: {summary.dead} of {summary.units} units dead ({summary.dead_fraction:.1%}) "
-            f"> max-dead-fraction {limit:g}"
+            f"model: {total_dead} of {summary.units} units {word} ({fraction:.1%}) > max-dead-fraction {limit:g}"
         )
     return GateResult(passed=not violations, violations=tuple(violations), failing_sites=tuple(failing))
+
+
+def _certified_dead(name: str, certification: Certification | None) -> int:
+    found = certification.site(name) if certification is not None else None
+    return len(found.certified_dead) if found is not None else 0
 
 
 def summarize(sites: Sequence[Site], thresholds: Thresholds) -> Summary:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+from ..activations import site_op
 from ..engine.observe import ObservedSite
 from ..report import Site, Thresholds, UnitCounters, rate_summary
 
@@ -49,7 +50,7 @@ def build_site(observed: ObservedSite, name: str, thresholds: Thresholds) -> Sit
         name=name,
         module_path=observed.module_path,
         call_index=observed.call_index,
-        op=user_op(observed.op),
+        op=site_op(observed.op),
         kind=observed.kind,
         unit_axis=observed.unit_axis,
         layout=observed.layout,
@@ -65,11 +66,6 @@ def build_site(observed: ObservedSite, name: str, thresholds: Thresholds) -> Sit
         producer=observed.producer,
         dormant_units=dormant_units(counters, thresholds.tau, bad),
     )
-
-
-def user_op(aten_name: str) -> str:
-    """The op as users know it: aten's hardtanh(0, 6) is relu6; a trailing _ means in-place."""
-    return aten_name.replace("hardtanh", "relu6")
 
 
 def dormant_units(counters: UnitCounters, tau: float, excluded: set[int]) -> tuple[int, ...]:

@@ -175,6 +175,31 @@ NoColor = Annotated[
 ]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.", rich_help_panel=OUTPUT)]
 
+Certify = Annotated[
+    bool,
+    typer.Option(
+        "--certify",
+        help="Also prove, by bound propagation, which units can never fire (and which always fire) on a whole input domain (--domain).",
+        rich_help_panel=GATE,
+    ),
+]
+Domain = Annotated[
+    str | None,
+    typer.Option(
+        "--domain",
+        help="Input domain for --certify: probe[:MARGIN] (the probe's per-feature min/max box; the default with --probe), box:LO,HI, or file:PATH (.npy of shape (2, *sample), or .npz with lo and hi).",
+        rich_help_panel=GATE,
+    ),
+]
+GateOn = Annotated[
+    str,
+    typer.Option(
+        "--gate-on",
+        help="What the dead-fraction limits count: probe (units dead on the probe) or certified (units proved dead; turns on --certify).",
+        rich_help_panel=GATE,
+    ),
+]
+
 
 def arch_kwargs_value(value: str | Mapping[str, Any] | None) -> dict[str, Any]:
     """--arch-kwargs as a dict: JSON text from the command line or the environment, a table from a config file."""

@@ -30,6 +30,7 @@ from ..settings import (
     DEFAULT_TAU,
 )
 from ..workflow.distributed import is_primary
+from ..workflow.scan import certify_domain
 from . import options as opt
 from .app import (
     OutputStyle,
@@ -79,6 +80,9 @@ def scan(
     exit_zero: opt.ExitZero = False,
     config: opt.Config = None,
     isolated: opt.Isolated = False,
+    certify: opt.Certify = False,
+    domain: opt.Domain = None,
+    gate_on: opt.GateOn = "probe",
     # Output
     fmt: Annotated[
         Format, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)
@@ -127,7 +131,13 @@ def scan(
             allow_global=allow_global,
             limit_samples=settings.sources["samples"] != "default",
         )
-        request = replace(request, simulate=not no_simulate, save_stats=None if save_stats is None else str(save_stats))
+        request = replace(
+            request,
+            simulate=not no_simulate,
+            save_stats=None if save_stats is None else str(save_stats),
+            certify=certify_domain(certify, domain, gate_on, request.probe_path is not None),
+            thresholds=replace(request.thresholds, gate_on=gate_on),
+        )
         started = time.perf_counter()
         report = _run_with_trust_prompt(request, style)
         note(style, f"scanned {len(report.sites)} sites in {time.perf_counter() - started:.2f} s", verbose_only=True)

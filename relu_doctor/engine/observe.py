@@ -20,7 +20,6 @@ plain activation-module calls, later passes hook just those modules, so no other
 from __future__ import annotations
 
 import contextlib
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,14 +30,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from .. import activations
+from ..activations import ACTIVATION_MODULES, module_cap
 from ..errors import ObservationError, UsageError
 from ..report import Producer
 from ..settings import DEFAULT_REDUCER, check_reducer_name
 from . import fused, ops
 from .counters import UnitAccumulator, all_finite, reduce_sample_max
 from .ops import Layout, Role
-
-ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Threshold)
 
 SiteKey = tuple[str, int, int]
 """(owner module path, call of the owner in the pass, relu op of that call): how a site is keyed."""
@@ -341,7 +340,7 @@ class ReluObserver:
                     "the layer computing its input is not known"
                 ] = None
             view, sample_axis = self._prepare(site, op, pre)
-            token = self._before_op(site, view, sample_axis, _module_cap(module))
+            token = self._before_op(site, view, sample_axis, module_cap(module))
             self._pending[id(module)] = (site, view.shape, sample_axis, token)
 
         return hook
@@ -357,14 +356,14 @@ class ReluObserver:
             name = ops.op_name(func)
             cached = self._op_cache[func] = (name, ops.role_of(name))
         name, role = cached
-        if ops.is_relu_site(name, args, kwargs):
+        if activations.is_relu_site(name, args, kwargs):
             return self._observe_site(func, name, args, kwargs)
         if role is Role.OTHER_ACTIVATION:
-            self.other_activations[ops.display_op(name)] += 1
-        elif ops.is_relu_like_uncounted(name, args, kwargs):
+            self.other_activations[activations.display_op(name)] += 1
+        elif activations.is_relu_like_uncounted(name, args, kwargs):
             owner = self.tracker.current()[0] or "<root>"
             self.warnings[f"{name}(min=0) in {owner} computes a relu but is not counted as a site"] = None
-        elif (hidden := ops.fused_relu_blind_spot(name, args, kwargs)) is not None:
+        elif (hidden := activations.fused_relu_blind_spot(name, args, kwargs)) is not None:
             owner = self.tracker.current()[0] or "<root>"
             self.warnings[f"{hidden} in {owner}: its relu units are not counted"] = None
         elif name.endswith("dropout") and _arg(args, kwargs, 2, "train", False):
@@ -380,7 +379,7 @@ class ReluObserver:
         pre = args[0]
         site = self._site_for(name, pre)
         view, sample_axis = self._prepare(site, name, pre)
-        token = self._before_op(site, view, sample_axis, ops.relu_cap(name, args, kwargs))
+        token = self._before_op(site, view, sample_axis, activations.relu_cap(name, args, kwargs))
         output = func(*args, **kwargs)
         self._after_op(site, view.shape, sample_axis, token, output)
         self._origins[output] = Origin(self._layout_of(pre), site.producer, site.index)
@@ -648,13 +647,6 @@ class _Exact:
 
 def site_label(site: ObservedSite) -> str:
     return f"{site.module_path or '<root>'} (call {site.call_index})"
-
-
-def _module_cap(module: nn.Module) -> float:
-    """The upper clamp of an activation module's output (see :func:`ops.relu_cap`)."""
-    if isinstance(module, nn.Hardtanh):  # nn.ReLU6 is a Hardtanh(0, 6)
-        return float(module.max_val)
-    return math.inf
 
 
 def check_reducer(reducer: str) -> None:

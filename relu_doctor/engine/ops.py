@@ -1,4 +1,5 @@
-"""Which aten operations are relu sites, which are other activations, and how each op moves the unit axis.
+"""How each aten op moves the unit axis and the provenance of what it produces (the relu family itself is
+:mod:`relu_doctor.activations`).
 
 Pure lookup rules, one small function per question, so the observer only forwards. Ops are matched by
 their aten name (``relu``, ``relu_``, ``conv2d``, ...) as seen by a dispatch mode under
@@ -9,9 +10,9 @@ the decomposed names (``addmm``, ``convolution``, ``native_batch_norm``) are lis
 from __future__ import annotations
 
 import enum
-import math
-from collections.abc import Sequence
 from typing import Any
+
+from ..activations import OTHER_ACTIVATION_OPS
 
 
 class Layout(enum.Enum):
@@ -40,38 +41,6 @@ class Role(enum.Enum):
     OTHER = "other"
 
 
-_RELU_SITES = {"relu", "relu_", "relu6", "relu6_", "hardtanh", "hardtanh_", "threshold", "threshold_"}
-_OTHER_ACTIVATIONS = {
-    "leaky_relu",
-    "leaky_relu_",
-    "prelu",
-    "_prelu_kernel",
-    "rrelu",
-    "rrelu_",
-    "rrelu_with_noise",
-    "gelu",
-    "gelu_",
-    "elu",
-    "elu_",
-    "selu",
-    "selu_",
-    "celu",
-    "celu_",
-    "silu",
-    "silu_",
-    "mish",
-    "mish_",
-    "hardswish",
-    "hardswish_",
-    "hardsigmoid",
-    "hardsigmoid_",
-    "softplus",
-    "glu",
-    "sigmoid",
-    "sigmoid_",
-    "tanh",
-    "tanh_",
-}
 _PRODUCER_CHANNEL = {
     "conv1d",
     "conv2d",
@@ -152,7 +121,7 @@ _ELEMENTWISE = {
     "exp",
     "sqrt",
     "rsqrt",
-} | _OTHER_ACTIVATIONS
+} | OTHER_ACTIVATION_OPS
 _VIEW = {"view", "reshape", "_unsafe_view", "flatten", "unsqueeze", "squeeze", "expand", "_reshape_alias"}
 _SUM = {"add", "add_", "sub", "sub_"}
 _CONCAT = {"cat", "concat", "stack"}
@@ -163,53 +132,6 @@ def op_name(func: Any) -> str:
     packet = getattr(func, "overloadpacket", None)
     name = getattr(packet, "__name__", None) or str(func)
     return str(name).split(".")[-1]
-
-
-def is_relu_site(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
-    """True for relu-family calls: relu, relu6, hardtanh(0, 6) and threshold(0, 0)."""
-    if name not in _RELU_SITES:
-        return False
-    if name.startswith("hardtanh"):
-        low = _arg(args, kwargs, 1, "min_val", -1.0)
-        high = _arg(args, kwargs, 2, "max_val", 1.0)
-        return bool(low == 0 and high == 6)
-    if name.startswith("threshold"):
-        return bool(_arg(args, kwargs, 1, "threshold", None) == 0 and _arg(args, kwargs, 2, "value", None) == 0)
-    return True
-
-
-def relu_cap(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> float:
-    """The upper clamp of a relu site's output: 6 for relu6 and hardtanh(0, 6), infinity for the others."""
-    if name.startswith("hardtanh"):
-        return float(_arg(args, kwargs, 2, "max_val", 1.0))
-    if name.startswith("relu6"):
-        return 6.0
-    return math.inf
-
-
-FUSED_RELU = {
-    "rnn_relu": "nn.RNN(nonlinearity='relu') runs its relu inside a fused kernel",
-    "rnn_relu_cell": "nn.RNNCell(nonlinearity='relu') runs its relu inside a fused kernel",
-    "_transformer_encoder_layer_fwd": "a TransformerEncoderLayer ran its fused fast path (e.g. scripted)",
-    "_addmm_activation": "a fused linear + activation kernel ran",
-}
-"""Ops that compute a relu inside one kernel, where no observer can see the pre-activation: blind spots."""
-
-
-def fused_relu_blind_spot(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
-    """Why the op hides a relu from observation, or None (``_addmm_activation`` only when it is a relu)."""
-    if name == "_addmm_activation" and _arg(args, kwargs, 4, "use_gelu", False):
-        return None
-    return FUSED_RELU.get(name)
-
-
-def is_relu_like_uncounted(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
-    """clamp(min=0) with no upper bound computes a relu but is not a relu site: a blind spot to report."""
-    if name in {"clamp_min", "clamp_min_"}:
-        return bool(_arg(args, kwargs, 1, "min", None) == 0)
-    if name in {"clamp", "clamp_"}:
-        return bool(_arg(args, kwargs, 1, "min", None) == 0 and _arg(args, kwargs, 2, "max", None) is None)
-    return False
 
 
 def role_of(name: str) -> Role:
@@ -230,14 +152,8 @@ def is_concat(name: str) -> bool:
     return name in _CONCAT
 
 
-def display_op(name: str) -> str:
-    """The op as users write it: relu_ -> relu (in-place), hardtanh -> relu6."""
-    base = name.rstrip("_")
-    return "relu6" if base == "hardtanh" else base
-
-
-_ROLE_TABLE: tuple[tuple[Role, set[str]], ...] = (
-    (Role.OTHER_ACTIVATION, _OTHER_ACTIVATIONS),
+_ROLE_TABLE: tuple[tuple[Role, frozenset[str] | set[str]], ...] = (
+    (Role.OTHER_ACTIVATION, OTHER_ACTIVATION_OPS),
     (Role.PRODUCER_CHANNEL, _PRODUCER_CHANNEL),
     (Role.PRODUCER_FEATURE, _PRODUCER_FEATURE),
     (Role.NORM_CHANNEL, _NORM_CHANNEL),
@@ -247,9 +163,3 @@ _ROLE_TABLE: tuple[tuple[Role, set[str]], ...] = (
     (Role.VIEW, _VIEW),
     (Role.CONCAT, _CONCAT),
 )
-
-
-def _arg(args: Sequence[Any], kwargs: dict[str, Any], index: int, key: str, default: Any) -> Any:
-    if len(args) > index:
-        return args[index]
-    return kwargs.get(key, default)

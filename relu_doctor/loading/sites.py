@@ -7,34 +7,15 @@ straight-line where relu ops occur, so graph order is execution order; otherwise
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-_PLAIN_RELU = frozenset({"relu", "relu_", "relu6", "relu6_"})
-_HARDTANH = frozenset({"hardtanh", "hardtanh_"})
-_THRESHOLD = frozenset({"threshold", "threshold_"})
-_HARDTANH_DEFAULTS = (-1.0, 1.0)
+from ..activations import FAMILY_OPS, is_relu_family, params_of
 
 
 class _Unsure(Exception):
     """Raised inside a walk when graph order cannot be trusted to be execution order."""
-
-
-def is_relu_family(op: str, scalars: Sequence[Any]) -> bool | None:
-    """Whether aten `op` with its scalar arguments is a relu site; None when the arguments are unknown.
-
-    relu/relu6 always; hardtanh only as (0, 6) (what nn.ReLU6 runs); threshold only as (0, 0).
-    """
-    if op in _PLAIN_RELU:
-        return True
-    if op not in _HARDTANH and op not in _THRESHOLD:
-        return False
-    if any(value is None for value in scalars):
-        return None
-    wanted = (0.0, 6.0) if op in _HARDTANH else (0.0, 0.0)
-    return tuple(float(value) for value in scalars) == wanted
 
 
 def export_site_paths(program: Any) -> tuple[str, ...] | None:
@@ -63,12 +44,9 @@ def _export_op_name(target: Any) -> str:
 
 def _export_scalars(node: Any) -> tuple[Any, ...]:
     op = _export_op_name(node.target)
-    if op not in _HARDTANH and op not in _THRESHOLD:
-        return ()
-    names = ("min_val", "max_val") if op in _HARDTANH else ("threshold", "value")
-    defaults = _HARDTANH_DEFAULTS if op in _HARDTANH else (None, None)
-    args = list(node.args[1:3])
-    return tuple(args[i] if i < len(args) else node.kwargs.get(names[i], defaults[i]) for i in range(2))
+    params = params_of(op)
+    args = list(node.args[1 : 1 + len(params)])
+    return tuple(args[i] if i < len(args) else node.kwargs.get(p.key, p.default) for i, p in enumerate(params))
 
 
 def torchscript_site_paths(module: Any) -> tuple[str, ...] | None:
@@ -118,7 +96,7 @@ def _has_sites(node: Any) -> bool:
         for inner in block.nodes():
             kind = inner.kind()
             op = kind[6:] if kind.startswith("aten::") else ""
-            if kind in ("prim::CallMethod", "prim::CallFunction") or op in _PLAIN_RELU | _HARDTANH | _THRESHOLD:
+            if kind in ("prim::CallMethod", "prim::CallFunction") or op in FAMILY_OPS:
                 return True
             if list(inner.blocks()) and _has_sites(inner):
                 return True

@@ -9,6 +9,7 @@ from typing import Any
 from ..analysis.confidence import dead_rate_bound_95, dying_intervals, samples_needed
 from ..analysis.diagnose import is_constant_output
 from ..report import Finding, Report, Site
+from .certificate import certification_dict, site_certification_dict
 
 
 def report_dict(report: Report) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def report_dict(report: Report) -> dict[str, Any]:
             "dead_rate_bound_95": _number(report.probe.dead_rate_bound_95),
             **_probe_support(report),
         },
-        "sites": [site_dict(site) for site in report.sites],
+        "sites": [_with_certification(report, site_dict(site), site) for site in report.sites],
         "summary": {
             "sites": report.summary.sites,
             "units": report.summary.units,
@@ -58,7 +59,13 @@ def report_dict(report: Report) -> dict[str, Any]:
         "violations": list(report.gate.violations),
         "passed": report.gate.passed,
         "exit_code": report.exit_code,
+        **({} if report.certification is None else {"certification": certification_dict(report)}),
     }
+
+
+def _with_certification(report: Report, data: dict[str, Any], site: Site) -> dict[str, Any]:
+    # The certification keys appear only with --certify, so reports without it keep their exact shape.
+    return data if report.certification is None else {**data, "certification": site_certification_dict(report, site)}
 
 
 def site_dict(site: Site) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """SARIF 2.1.0 for code-scanning dashboards (GitHub ``upload-sarif``, Azure DevOps, VS Code's SARIF viewer).
 
-Rule ids are the finding codes: every code registered in :mod:`relu_doctor.diagnose` (``RULES``, ``CAUSES``,
-``ADVICE``, ...) is described in ``tool.driver.rules`` (its docstring is the description), and a finding whose
+Rule ids are the finding codes: every code of the registry (:mod:`relu_doctor.codes`) is described in
+``tool.driver.rules`` (its title is the description), and a finding whose
 code is registered nowhere still gets a rule entry of its own. The model file is the one artifact; each result names its site as a
 logical location. ``partialFingerprints`` hash code, site and model path, so an alert keeps its identity from
 run to run while its numbers change. Findings on ignored sites are left out. Give a repository-relative
@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import PurePath, PurePosixPath
 from typing import Any
 
-from ..analysis import diagnose
 from ..analysis.gate import is_ignored
+from ..codes import describe_codes
 from ..report import Finding, Report
 from .github import model_violations
 
@@ -27,30 +26,9 @@ FINGERPRINT_KEY = "reluDoctorFinding/v1"
 _LEVELS = {"error": "error", "warning": "warning", "note": "note"}
 
 
-def _is_registry(value: object) -> bool:
-    return (
-        isinstance(value, tuple)
-        and bool(value)
-        and all(
-            isinstance(entry, tuple)
-            and len(entry) == 2
-            and isinstance(entry[0], str)
-            and re.fullmatch(r"RD\d{3}", entry[0]) is not None
-            and callable(entry[1])
-            for entry in value
-        )
-    )
-
-
 def registered_rules() -> dict[str, str]:
-    """Finding code -> one-line description (the docstring's first line), from every code registry of
-    :mod:`relu_doctor.diagnose` (``RULES``, ``CAUSES``, ``ADVICE``, and any later one of the same shape)."""
-    rules: dict[str, str] = {}
-    for value in vars(diagnose).values():
-        for code, function in value if _is_registry(value) else ():
-            doc = (function.__doc__ or code).strip().splitlines()[0]
-            rules[code] = doc.split(":", 1)[1].strip() if doc.startswith(f"{code}:") else doc
-    return dict(sorted(rules.items()))
+    """Finding code -> one-line description, from the code registry (:mod:`relu_doctor.codes`)."""
+    return describe_codes()
 
 
 def artifact_uri(path: str) -> str:

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..report import Finding, Report
+from .certificate import certification_lines
 from .common import percent, site_status, summary_line
 from .markdown import confidence_line, predicted_text, site_causes, units_text
 
@@ -72,6 +73,7 @@ def report_renderable(report: Report) -> RenderableType:
     parts.append(Text(summary_line(report), style="bold green" if report.gate.passed else "bold red"))
     parts.append(Text(confidence_line(report), style="dim"))
     parts.extend(Text(f"✗ {line}", style="red") for line in report.gate.violations)
+    parts.extend(Text(line, style="cyan") for line in certification_lines(report))
     if report.findings:
         parts.append(Text("causes and fixes", style="bold"))
         parts.extend(finding_renderable(f) for f in report.findings)

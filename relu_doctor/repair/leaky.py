@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..activations import LEAKY_SLOPE, SWAP_MODULES
 from ..report import Site
 from .records import SiteRepair, SkippedSite
 
-NEGATIVE_SLOPE = 0.01
-"""Slope of the LeakyReLU that replaces nn.ReLU (PyTorch's default)."""
+NEGATIVE_SLOPE = LEAKY_SLOPE
+"""Slope of the LeakyReLU that replaces nn.ReLU (PyTorch's default; :mod:`relu_doctor.activations`)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def plan_leaky(model: nn.Module, sites: Sequence[Site]) -> LeakyPlan:
         if not site.dead_units:
             continue
         module = modules.get(site.module_path)
-        if site.kind == "module" and type(module) is nn.ReLU and site.module_path:
+        if site.kind == "module" and type(module) in SWAP_MODULES and site.module_path:
             paths[site.module_path] = None
             repaired.append(SiteRepair(site.name, site.dead_units, (), (site.module_path,)))
         else:

@@ -79,10 +79,10 @@ def plan_recycle(
             site,
             units,
             tuple(u for u in units if u in site.dying_units),
-            seen.producer.module_path,  # type: ignore[union-attr]
-            seen.producer.norm_path,
+            seen.producer.module_path,  # type: ignore[union-attr]  # a site without a producer was refused above
+            seen.producer.norm_path,  # type: ignore[union-attr]
             consumers,
-        )  # type: ignore[union-attr]
+        )
         plans.append(_without_unfoldable(plan, modules, skipped))
     return [p for p in plans if p.units], skipped
 

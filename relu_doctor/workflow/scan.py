@@ -70,8 +70,18 @@ class ScanRequest:
     """Re-run the probe through each suggested fix to measure its effect (``scan`` turns it on; --no-simulate)."""
     save_stats: str | None = None
     """Also write every site's counters to this safetensors file, for ``relu-doctor merge``."""
+    certify: str | None = None
+    """The --domain to certify units on (probe, probe:MARGIN, box:LO,HI, file:PATH); None: no certification."""
 
     def __post_init__(self) -> None:
+        from ..engine.bounds.domain import parse_domain
+
+        if self.certify is not None:
+            parse_domain(self.certify)
+        if self.thresholds.gate_on not in GATE_ON:
+            raise UsageError(f"--gate-on must be one of {', '.join(GATE_ON)}, got {self.thresholds.gate_on!r}")
+        if self.thresholds.gate_on == "certified" and self.certify is None:
+            raise UsageError("--gate-on certified needs --certify (and a --domain without --probe)")
         t = self.thresholds
         check_scan_settings(
             device=self.device,
@@ -84,6 +94,26 @@ class ScanRequest:
             max_dead_fraction=t.max_dead_fraction,
             max_layer_dead_fraction=t.max_layer_dead_fraction,
         )
+
+
+GATE_ON = ("probe", "certified")
+"""What the dead-fraction limits count (--gate-on)."""
+
+
+def certify_domain(certify: bool, domain: str | None, gate_on: str, has_probe_file: bool) -> str | None:
+    """The domain to certify on from --certify / --domain / --gate-on, or None when certification is off.
+
+    ``--gate-on certified`` turns certification on; without a probe file the domain must be named, since the
+    synthetic probe's box says nothing about the model's real inputs."""
+    if not (certify or gate_on == "certified" or domain is not None):
+        return None
+    if domain is not None:
+        return domain
+    if not has_probe_file:
+        raise UsageError(
+            "--certify without --probe needs --domain, e.g. box:0,1 (or --domain probe for the synthetic probe's box)"
+        )
+    return "probe"
 
 
 def resolve_device(name: str) -> Any:
@@ -166,7 +196,7 @@ def run_scan(
         on_probe(probe.info.samples)
     batches = _Replayable(probe, getattr(torch, request.dtype), _device(request))
     with torchrun_scan(info) as sharded:
-        return scan(
+        report = scan(
             loaded.model,
             batches,
             thresholds=request.thresholds,
@@ -179,6 +209,19 @@ def run_scan(
             combiner=_combiner(request, sharded, probe.info, loaded.info),
             reducer=request.reducer,
         )
+    if request.certify is None:
+        return report
+    return _certified(report, request, loaded, probe.info, batches)
+
+
+def _certified(report: Report, request: ScanRequest, loaded: Any, probe: Any, batches: Any) -> Report:
+    """The report with bounds proved on the requested domain (the probe's own box for ``probe``)."""
+    from ..certification import box_from_spec, certify, with_certification
+
+    assert request.certify is not None
+    box = box_from_spec(request.certify, input_shape=probe.input_shape or None, samples=batches)
+    certification = certify(loaded.model, box, unit_dim=request.unit_dim, site_paths=loaded.site_paths)
+    return with_certification(report, certification)
 
 
 def _combiner(request: ScanRequest, sharded: Any, probe: Any, model: Any) -> Any:
