@@ -164,6 +164,8 @@ class ProbeInfo:
     """Shape of one sample (without the batch axis)."""
     seed: int | None = None
     """Seed of a synthetic probe."""
+    shape_source: str | None = None
+    """Where a synthetic probe's sample shape came from: --input-shape, the exported program, or the first layer."""
 
     @property
     def dead_rate_bound_95(self) -> float:

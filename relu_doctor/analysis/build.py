@@ -67,7 +67,7 @@ def _warnings(
     found: list[str] = []
     if probe.source == "synthetic":
         found.append(
-            f"synthetic probe ({probe.samples} standard-normal samples, seed {probe.seed}): "
+            f"synthetic probe ({probe.samples} standard-normal samples{_shape_note(probe)}, seed {probe.seed}): "
             "real data gives truer answers; pass --probe"
         )
     if observer is not None:
@@ -96,3 +96,13 @@ def _never_called(observer: ReluObserver, model: nn.Module) -> list[str]:
         return []
     shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
     return [f"{len(missing)} modules were never called by the forward pass: {shown}"]
+
+
+def _shape_note(probe: ProbeInfo) -> str:
+    """of shape 3x32x32, inferred from the first layer conv1 (Conv2d)": which sample shape a synthetic probe used."""
+    if not probe.input_shape:
+        return ""
+    text = "x".join(map(str, probe.input_shape))
+    if probe.shape_source is None or probe.shape_source == "--input-shape":
+        return f" of shape {text}"
+    return f" of shape {text}, inferred from {probe.shape_source}"

@@ -155,6 +155,14 @@ Plot = Annotated[
     Path | None,
     typer.Option("--plot", help="Also save a PNG picture here (needs relu-doctor\\[plot]).", rich_help_panel=OUTPUT),
 ]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Replace an existing output file (--output, --plot, --save-stats); an input is never replaced.",
+        rich_help_panel=OUTPUT,
+    ),
+]
 Quiet = Annotated[
     bool,
     typer.Option(

@@ -40,6 +40,7 @@ from .app import (
     error_boundary,
     exit_code,
     note,
+    plan_outputs,
     progress_bar,
     strict_report,
     style_from_options,
@@ -105,6 +106,7 @@ def scan(
             rich_help_panel=opt.OUTPUT,
         ),
     ] = False,
+    force: opt.Force = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
     no_color: opt.NoColor = False,
@@ -137,7 +139,12 @@ def scan(
             save_stats=None if save_stats is None else str(save_stats),
             certify=certify_domain(certify, domain, gate_on, request.probe_path is not None),
             thresholds=replace(request.thresholds, gate_on=gate_on),
+            force=force,
+            inputs=tuple(p for p in (settings.config_path,) if p),
         )
+        from ..workflow.scan import scan_inputs
+
+        targets = plan_outputs(scan_inputs(request), force, output=output, plot=plot, save_stats=save_stats)
         started = time.perf_counter()
         report = _run_with_trust_prompt(request, style)
         note(style, f"scanned {len(report.sites)} sites in {time.perf_counter() - started:.2f} s", verbose_only=True)
@@ -145,15 +152,15 @@ def scan(
             report = strict_report(report)
         if not is_primary():  # under torchrun every rank has the same report; rank 0 writes it
             raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
-        emit_report(report, Format(settings.values["format"]), output, style)
+        emit_report(report, Format(settings.values["format"]), targets["output"], style)
         if plot is not None:
             from ..render.plot import report_png
 
-            write_output(report_png(report), plot)
+            write_output(report_png(report), targets["plot"])
     raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
 
 
-def emit_report(report: Report, fmt: Format, output: Path | None, style: OutputStyle) -> None:
+def emit_report(report: Report, fmt: Format, output: Any, style: OutputStyle) -> None:
     """The report on stdout (or --output), the one-line verdict on stderr unless the table already shows it."""
     from ..render import render
 

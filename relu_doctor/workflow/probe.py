@@ -55,12 +55,27 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def synthetic_probe(
-    model: nn.Module, *, samples: int, seed: int, batch_size: int, input_shape: tuple[int, ...] | None
+    model: nn.Module,
+    *,
+    samples: int,
+    seed: int,
+    batch_size: int,
+    input_shape: tuple[int, ...] | None,
+    example_shape: tuple[int, ...] | None = None,
 ) -> Probe:
-    """A seeded standard-normal probe (random token ids for an Embedding first layer), made batch by batch."""
+    """A seeded standard-normal probe (random token ids for an Embedding first layer), made batch by batch.
+
+    The sample shape is ``input_shape`` (--input-shape), else ``example_shape`` (a torch.export program's own
+    example input), else a guess from the first layer, which a trial forward pass must confirm.
+    """
     _check_counts(samples, batch_size)
     first = first_layer(model)
-    shape = input_shape or _inferred_shape(first)
+    if input_shape is not None:
+        shape, source = input_shape, "--input-shape"
+    elif example_shape is not None:
+        shape, source = example_shape, "the exported program's example input"
+    else:
+        shape, source = _inferred_shape(model, first)
     if isinstance(first, nn.Embedding):
         vocabulary = first.num_embeddings
 
@@ -80,8 +95,27 @@ def synthetic_probe(
             parts.append(block[lo : min(stop - chunk * SYNTHETIC_CHUNK, SYNTHETIC_CHUNK)])
         return torch.cat(parts)
 
-    info = ProbeInfo("synthetic", samples, batch_size, None, tuple(shape), seed)
+    if source.startswith("the first layer"):
+        _confirm_shape(model, read(0, min(2, samples)), shape, source)
+    info = ProbeInfo("synthetic", samples, batch_size, None, tuple(shape), seed, shape_source=source)
     return Probe(info, read)
+
+
+def _confirm_shape(model: nn.Module, trial: torch.Tensor, shape: tuple[int, ...], source: str) -> None:
+    """A guessed shape is used only when the model accepts it: one small forward pass, or a ProbeError."""
+    parameter = next(model.parameters(), None)
+    if parameter is not None:
+        trial = trial.to(parameter.device, parameter.dtype if trial.is_floating_point() else trial.dtype)
+    try:
+        with torch.no_grad():
+            model(trial)
+    except Exception as exc:
+        text = "x".join(map(str, shape))
+        raise ProbeError(
+            f"the synthetic probe's sample shape {text} was inferred from {source}, but the model refuses it "
+            f"({type(exc).__name__}: {_first_line(exc)}); pass --input-shape with the shape one sample has, "
+            "or a real probe with --probe"
+        ) from None
 
 
 def file_probe(path: str | Path, *, batch_size: int, key: str | None = None, limit: int | None = None) -> Probe:
@@ -105,35 +139,10 @@ def file_probe(path: str | Path, *, batch_size: int, key: str | None = None, lim
     return Probe(info, lambda start, stop: _as_tensor(array[start:stop]))
 
 
-def expected_features(model: nn.Module) -> int | None:
-    """in_features of a Linear first layer (or in_channels of a conv), to check a probe against."""
-    first = first_layer(model)
+def _inferred_shape(model: nn.Module, first: nn.Module | None) -> tuple[tuple[int, ...], str]:
+    path = next((p for p, m in model.named_modules() if m is first), "")
     if isinstance(first, nn.Linear):
-        return first.in_features
-    if isinstance(first, nn.modules.conv._ConvNd):
-        return first.in_channels
-    return None
-
-
-def check_probe_fits(model: nn.Module, probe: Probe) -> None:
-    """Fail early, naming both shapes, when the probe cannot fit the model's first layer."""
-    first = first_layer(model)
-    shape = probe.info.input_shape
-    if isinstance(first, nn.Linear) and (not shape or shape[-1] != first.in_features):
-        raise ProbeError(
-            f"probe samples have shape {shape}, but the first layer expects {first.in_features} features "
-            f"(shape (..., {first.in_features})); pass a matching --probe or --input-shape"
-        )
-    if isinstance(first, nn.modules.conv._ConvNd) and (len(shape) < 1 or shape[0] != first.in_channels):
-        raise ProbeError(
-            f"probe samples have shape {shape}, but the first conv expects {first.in_channels} input channels "
-            f"(shape ({first.in_channels}, ...)); pass a matching --probe or --input-shape"
-        )
-
-
-def _inferred_shape(first: nn.Module | None) -> tuple[int, ...]:
-    if isinstance(first, nn.Linear):
-        return (first.in_features,)
+        return (first.in_features,), f"the first layer {path} (Linear)"
     what = type(first).__name__ if first is not None else "no parameterised layer"
     hint = f" (e.g. {first.in_channels}x32x32)" if isinstance(first, nn.modules.conv._ConvNd) else ""
     raise ProbeError(

@@ -72,6 +72,10 @@ class ScanRequest:
     """Also write every site's counters to this safetensors file, for ``relu-doctor merge``."""
     certify: str | None = None
     """The --domain to certify units on (probe, probe:MARGIN, box:LO,HI, file:PATH); None: no certification."""
+    force: bool = False
+    """--force: outputs may replace an existing file (never an input)."""
+    inputs: tuple[str, ...] = ()
+    """Other files the command read (its config file): no output may replace them."""
 
     def __post_init__(self) -> None:
         from ..engine.bounds.domain import parse_domain
@@ -160,13 +164,12 @@ def _device(request: ScanRequest) -> Any:
 
 def build_probe(request: ScanRequest, model: Any) -> Any:
     """The probe for this request: the file, or a synthetic one shaped for the model."""
-    from .probe import check_probe_fits, file_probe, synthetic_probe
+    from .probe import file_probe, synthetic_probe
 
     if request.probe_path is not None:
+        # Never refused by a guess from the first layer: the forward pass decides (its error carries the hint).
         limit = request.samples if request.limit_samples else None
-        probe = file_probe(request.probe_path, batch_size=request.batch_size, key=request.probe_key, limit=limit)
-        check_probe_fits(model, probe)
-        return probe
+        return file_probe(request.probe_path, batch_size=request.batch_size, key=request.probe_key, limit=limit)
     return synthetic_probe(
         model,
         samples=request.samples,
@@ -224,15 +227,27 @@ def _certified(report: Report, request: ScanRequest, loaded: Any, probe: Any, ba
     return with_certification(report, certification)
 
 
+def scan_inputs(request: ScanRequest) -> tuple[str, ...]:
+    """Every file a scan reads: the checkpoint, the probe, a file --arch, a --domain file, the config file."""
+    arch_file = None
+    if request.arch is not None:
+        target = request.arch.rpartition(":")[0]
+        arch_file = target if target.endswith(".py") or "/" in target else None
+    domain_file = request.certify[5:] if request.certify and request.certify.startswith("file:") else None
+    named = (request.model_path, request.probe_path, arch_file, domain_file, *request.inputs)
+    return tuple(path for path in named if path)
+
+
 def _combiner(request: ScanRequest, sharded: Any, probe: Any, model: Any) -> Any:
     """torchrun's combiner, wrapped by a --save-stats writer when asked for one; None for a plain scan."""
     if request.save_stats is None:
         return sharded
     from .distributed import is_primary
     from .stats_io import StatsWriter
+    from .writer import plan_output
 
     return StatsWriter(
-        request.save_stats,
+        plan_output(request.save_stats, scan_inputs(request), force=request.force, option="--save-stats"),
         inner=sharded,
         probe=probe,
         model=model,

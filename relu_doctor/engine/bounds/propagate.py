@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from ... import activations
 from .. import ops
 from ..observe import ForwardingMode, ModuleCallTracker, SiteKey, SiteKeys, instrumented
 from .rules import Interval, OpCall, RuleTable, is_plain_relu
@@ -115,7 +116,7 @@ class BoundPass:
     # -- dispatch ----------------------------------------------------------------------------------------
     def _dispatch(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         name = ops.op_name(func)
-        site_key = self.keys.next_key()[0] if ops.is_relu_site(name, args, kwargs) else None
+        site_key = self.keys.next_key()[0] if activations.is_relu_site(name, args, kwargs) else None
         leaves = tree_flatten((args, kwargs))[0]
         bounded = {id(t): e for t in leaves if isinstance(t, torch.Tensor) and (e := self._lookup(t)) is not None}
         if site_key is not None:
@@ -165,7 +166,7 @@ class BoundPass:
                 intervals = None
         fallbacks = frozenset().union(*(e.fallbacks for e in bounded.values()))
         if intervals is None:
-            note = f"{ops.display_op(name)} in {self._owner()}"
+            note = f"{activations.display_op(name)} in {self._owner()}"
             self.notes[f"no bound through {note}: its outputs are unbounded"] = None
             fallbacks = fallbacks | {note}
         outputs = _tensor_outputs(output)
@@ -179,7 +180,11 @@ class BoundPass:
             interval = intervals[i] if intervals is not None and i < len(intervals) else None
             complete = interval is not None and tuple(interval.lo.shape) == tuple(out.shape)
             interval = interval.sanitized() if complete and interval is not None else Interval.unbounded(out)
-            tags = fallbacks if complete or intervals is None else fallbacks | {f"{ops.display_op(name)} output {i}"}
+            tags = (
+                fallbacks
+                if complete or intervals is None
+                else fallbacks | {f"{activations.display_op(name)} output {i}"}
+            )
             node = self._graph_node(call, i, interval, affine and complete, bounded) if self.record_graph else None
             self._table[out] = _Entry(interval, self._step, node, tags)
         for index, key in written:

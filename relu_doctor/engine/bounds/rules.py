@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .. import ops
+from ... import activations
 
 
 @dataclass(frozen=True)
@@ -579,6 +579,6 @@ def is_plain_relu(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> boo
     """relu itself, or a form that computes exactly relu: threshold(0, 0), clamp_min(0), clamp(min=0)."""
     if name in RELU_RELAXED:
         return True
-    if name.startswith("threshold") and ops.is_relu_site(name, args, kwargs):
+    if name.startswith("threshold") and activations.is_relu_site(name, args, kwargs):
         return True
-    return ops.is_relu_like_uncounted(name, args, kwargs)
+    return activations.is_relu_like_uncounted(name, args, kwargs)
