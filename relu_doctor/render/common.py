@@ -9,19 +9,6 @@ from typing import Any
 from ..report import Report, Site
 
 
-def site_status(site: Site, report: Report) -> str:
-    """One word per site: FAIL (breaks a threshold), dead (all units), nan, warn (some dead), ok."""
-    if site.name in report.gate.failing_sites:
-        return "FAIL"
-    if site.units and site.dead == site.units:
-        return "dead"
-    if site.nan_units:
-        return "nan"
-    if site.dead:
-        return "warn"
-    return "ok"
-
-
 def percent(value: float) -> str:
     """0.375 -> '37.5%'; NaN -> '-'."""
     return "-" if math.isnan(value) else f"{value:.1%}"

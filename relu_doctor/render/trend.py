@@ -77,7 +77,7 @@ def render_trend_table(trend: TrendReport, *, width: int = 100, color: bool = Fa
         trend_table(trend),
         Text(f"last checkpoint: {summary_line(last)}", style="bold green" if last.gate.passed else "bold red"),
     ]
-    parts += [Text(f"✗ {line}", style="red") for line in last.gate.violations]
+    parts += [Text(f"✗ {v.text}", style="red") for v in last.gate.violations]
     parts += [Text(f"! {warning}", style="yellow") for warning in last.warnings]
     buffer = io.StringIO()
     console = Console(
