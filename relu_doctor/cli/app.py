@@ -17,7 +17,7 @@ from rich.console import Console
 
 from .._version import __version__
 from ..errors import ReluDoctorError, UsageError
-from ..report import GateResult, Report
+from ..report import GateResult, Report, Violation
 from .config import Resolved
 
 EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
@@ -192,7 +192,7 @@ def strict_report(report: Report) -> Report:
     """--strict: every warning (synthetic probe, module never called, ...) becomes a gate violation."""
     if not report.warnings:
         return report
-    violations = report.gate.violations + tuple(f"strict: {warning}" for warning in report.warnings)
+    violations = report.gate.violations + tuple(Violation(f"strict: {warning}") for warning in report.warnings)
     return replace(report, gate=GateResult(False, violations, report.gate.failing_sites))
 
 

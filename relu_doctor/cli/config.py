@@ -4,11 +4,15 @@ Pure and CLI-free: the CLI says which options were given on the command line, an
 them as **command line > environment > config file > defaults**. Keys are the long option names, with ``_``
 or ``-`` (``max_layer_dead_fraction`` = ``max-layer-dead-fraction``); an unknown key is an error naming it.
 Options that run code from a checkpoint (``--trust``, ``--import``, ``--allow-global``) are never read from a
-file or the environment: a shared config must not be able to turn them on.
+file or the environment: a shared config must not be able to turn them on. The settings that name code to run
+(``arch``, ``arch_kwargs``) come from the command line or a config file only, never the environment; in a file,
+``arch`` must name a ``.py`` file inside the config's own repository or a non-standard-library module. The search
+for ``pyproject.toml`` stops at the repository root (a folder holding ``.git``) or the home folder.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +41,10 @@ COMMAND_LINE_ONLY = {
     "allow_global": "--allow-global",
 }
 """Keys that let a checkpoint run code: refused in files and the environment, with the option to use instead."""
+NOT_FROM_ENVIRONMENT = {"arch": "--arch", "arch_kwargs": "--arch-kwargs"}
+"""Keys that name code to run: a config file of the project may set them, a CI variable may not."""
+# Modules an `arch` from a config file may not name: their callables run commands or fetch and run code.
+_REFUSED_ARCH_MODULES = frozenset(sys.stdlib_module_names) | {"builtins", "__main__", "torch", "relu_doctor", "pip"}
 
 
 @dataclass(frozen=True)
@@ -109,12 +117,35 @@ def normalize(name: str) -> str:
 
 
 def find_config(start: Path) -> Path | None:
-    """The nearest ``pyproject.toml`` at or above ``start`` that has a ``[tool.relu-doctor]`` table."""
-    for folder in (start, *start.parents):
+    """The nearest ``pyproject.toml`` with a ``[tool.relu-doctor]`` table at or above ``start``, searching no
+    higher than the repository root (a folder holding ``.git``) or the home folder; unreadable files are skipped."""
+    for folder in search_folders(start):
         candidate = folder / "pyproject.toml"
-        if candidate.is_file() and SECTION in _read_toml(candidate).get("tool", {}):
-            return candidate
+        try:
+            if candidate.is_file() and SECTION in _read_toml(candidate).get("tool", {}):
+                return candidate
+        except ConfigError:
+            if os.access(candidate, os.R_OK):
+                raise  # the project's own file is broken: say so
     return None
+
+
+def search_folders(start: Path) -> list[Path]:
+    """``start`` and its parents up to the first repository root or the home folder, whichever comes first."""
+    home = Path.home().resolve()
+    folders = []
+    for folder in (start, *start.parents):
+        folders.append(folder)
+        if (folder / ".git").exists() or folder.resolve() == home:
+            break
+    return folders
+
+
+def repository_root(folder: Path) -> Path:
+    """The repository root holding ``folder`` (see :func:`search_folders`), or ``folder`` itself outside one."""
+    folders = search_folders(folder.resolve())
+    last = folders[-1]
+    return last if (last / ".git").exists() else folder.resolve()
 
 
 def load_config(path: Path) -> FileConfig:
@@ -140,7 +171,27 @@ def parse_table(table: Mapping[str, Any], origin: str, base_dir: Path) -> dict[s
         if name in values:
             raise ConfigError(f"{origin}: {name!r} is given twice (as - and _ spellings); keep one")
         values[name] = _relative_to(base_dir, KEYS[name], _check(KEYS[name], raw_value, f"{origin}: {raw_name}"))
+        if name == "arch":
+            _check_config_arch(values[name], f"{origin}: {raw_name}", repository_root(base_dir))
     return values
+
+
+def _check_config_arch(spec: str, origin: str, root: Path) -> None:
+    """An ``arch`` read from a file names a .py file inside `root` or a module outside the standard library."""
+    target = spec.rpartition(":")[0]
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        resolved = Path(target).resolve()
+        if root != resolved and root not in resolved.parents:
+            raise ConfigError(
+                f"{origin} = {spec!r} names a file outside the project {str(root)!r}; a config file may only name "
+                "the project's own code, pass --arch on the command line for anything else"
+            )
+        return
+    if target.split(".")[0] in _REFUSED_ARCH_MODULES:
+        raise ConfigError(
+            f"{origin} = {spec!r} names a standard-library or torch callable, which builds no model and can run "
+            "commands; a config file may only name the project's code or an installed model package"
+        )
 
 
 def parse_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -221,6 +272,11 @@ def _known_key(raw: str, origin: str, *, environment: bool = False) -> str:
         raise ConfigError(
             f"{origin}: {raw!r} cannot come from {where}; it lets a checkpoint run code, "
             f"so pass {COMMAND_LINE_ONLY[name]} on the command line each time"
+        )
+    if environment and name in NOT_FROM_ENVIRONMENT:
+        raise ConfigError(
+            f"{origin} cannot come from the environment: it names code to run, so pass {NOT_FROM_ENVIRONMENT[name]} "
+            "on the command line or set it in the project's pyproject.toml"
         )
     if name not in KEYS or (environment and KEYS[name].kind == "sites"):
         if name == "sites":

@@ -215,14 +215,17 @@ def arch_kwargs_value(value: str | Mapping[str, Any] | None) -> dict[str, Any]:
         return {}
     if isinstance(value, Mapping):
         return dict(value)
+    shown = value if len(value) <= 80 else value[:77] + "..."
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as exc:
         raise UsageError(
-            f"--arch-kwargs expects a JSON object, e.g. '{{\"width\": 64}}', got {value!r} ({exc.msg})"
+            f"--arch-kwargs expects a JSON object, e.g. '{{\"width\": 64}}', got {shown!r} ({exc.msg})"
         ) from exc
+    except RecursionError:
+        raise UsageError(f"--arch-kwargs nests too deeply to parse, got {shown!r}; pass plain keyword values") from None
     if not isinstance(parsed, dict):
-        raise UsageError(f"--arch-kwargs expects a JSON object, e.g. '{{\"width\": 64}}', got {value!r}")
+        raise UsageError(f"--arch-kwargs expects a JSON object, e.g. '{{\"width\": 64}}', got {shown!r}")
     return parsed
 
 

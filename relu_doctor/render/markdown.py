@@ -9,7 +9,8 @@ import math
 from collections import Counter
 
 from ..report import Finding, Report, Site
-from .common import dead_range, percent, rate, site_status, summary_line
+from .certificate import certification_lines
+from .common import dead_range, percent, rate, summary_line
 
 CAUSE_PREFIXES = ("RD1", "RD005")
 """Codes shown in the per-site causes column: why units are dead (RD1xx) and constant units (RD005)."""
@@ -79,13 +80,16 @@ def render_markdown(report: Report) -> str:
         lines.append(
             f"| {s.index} | `{_cell(s.name)}` | {s.op} | {s.units} | {s.dead} ({percent(s.dead_fraction)}) | {s.dying} "
             f"| {len(s.dormant_units)} | {percent(s.sparsity)} | {rate(s.firing_rate.min)} / {rate(s.firing_rate.median)} "
-            f"| {_cell(dead_range(s))} | {site_causes(report, s)} | {site_status(s, report)} |"
+            f"| {_cell(dead_range(s))} | {site_causes(report, s)} | {s.status} |"
         )
     lines += ["", f"_{_cell(confidence_line(report))}_"]
-    lines.extend(["", *(f"- ❌ {_cell(v)}" for v in report.gate.violations)])
+    lines.extend(["", *(f"- ❌ {_cell(v.text)}" for v in report.gate.violations)])
     if report.findings:
         lines += ["", "**Causes and fixes**", ""]
         lines += [_finding_item(f) for f in report.findings]
+    certified = certification_lines(report)
+    if certified:
+        lines += ["", "**Certified**", ""] + [f"- {_cell(line.strip())}" for line in certified]
     if report.warnings:
         lines += ["", "**Blind spots and caveats**", ""] + [f"- {_cell(w)}" for w in report.warnings]
     return "\n".join(lines).rstrip() + "\n"

@@ -61,7 +61,7 @@ def run_fix(request: FixRequest) -> FixOutcome:
     writes = request.strategy is not Strategy.leaky or loaded.info.format == PICKLED_MODULE
     if writes:
         check_writable(source, loaded.info.format)
-    probe = build_probe(request.scan, loaded.model)
+    probe = build_probe(request.scan, loaded.model, loaded.example_input)
     dtype, device = getattr(torch, request.scan.dtype), resolve_device(request.scan.device)
     replay = lambda: probe.batches(dtype, device)  # noqa: E731
     limit = (
