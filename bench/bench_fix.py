@@ -97,8 +97,10 @@ def run(steps: list[int], lr: float, seeds: list[int]) -> None:
     x_tr, y_tr, x_te, y_te = load_data()
     checkpoint = load_checkpoint()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; Adam lr {lr}, batch {BATCH_SIZE}")
-    print(f"checkpoint: test acc {accuracy(checkpoint, x_te, y_te):.4f}, dead on test probe (act1, act2) "
-          f"{dead_units(checkpoint, x_te)}, dead on train {dead_units(checkpoint, x_tr)}")  # fmt: skip
+    print(
+        f"checkpoint: test acc {accuracy(checkpoint, x_te, y_te):.4f}, dead on test probe (act1, act2) "
+        f"{dead_units(checkpoint, x_te)}, dead on train {dead_units(checkpoint, x_tr)}"
+    )
     header = f"{'seed':>4} {'steps':>5} | {'no fix: acc':>11} {'dead a1/a2':>10} | {'fix: acc':>8} {'dead a1/a2':>10} | {'gain':>7}"
     print(header + "\n" + "-" * len(header))
     gains: dict[int, list[float]] = {n: [] for n in steps}
@@ -109,11 +111,15 @@ def run(steps: list[int], lr: float, seeds: list[int]) -> None:
             fixed = fine_tune(_copy(fixed_start), x_tr, y_tr, n, lr, seed)
             a_plain, a_fixed = accuracy(plain, x_te, y_te), accuracy(fixed, x_te, y_te)
             gains[n].append(a_fixed - a_plain)
-            print(f"{seed:>4} {n:>5} | {a_plain:>11.4f} {_pair(dead_units(plain, x_te)):>10} | "
-                  f"{a_fixed:>8.4f} {_pair(dead_units(fixed, x_te)):>10} | {a_fixed - a_plain:>+7.4f}")  # fmt: skip
+            print(
+                f"{seed:>4} {n:>5} | {a_plain:>11.4f} {_pair(dead_units(plain, x_te)):>10} | "
+                f"{a_fixed:>8.4f} {_pair(dead_units(fixed, x_te)):>10} | {a_fixed - a_plain:>+7.4f}"
+            )
     for n in steps:
-        print(f"mean gain after {n:>4} steps over {len(seeds)} seeds: {statistics.fmean(gains[n]):+.4f} "
-              f"(min {min(gains[n]):+.4f}, max {max(gains[n]):+.4f})")  # fmt: skip
+        print(
+            f"mean gain after {n:>4} steps over {len(seeds)} seeds: {statistics.fmean(gains[n]):+.4f} "
+            f"(min {min(gains[n]):+.4f}, max {max(gains[n]):+.4f})"
+        )
 
 
 def _copy(model: nn.Module) -> nn.Module:

@@ -93,10 +93,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         layers, st_path, pt_path = write_checkpoints(Path(folder), args.mb)
         size = st_path.stat().st_size / 2**20
-        print(f"{layers} x Linear({WIDTH}, {WIDTH}) float32: {size:.0f} MiB; median of {args.runs} fresh processes each")
+        print(
+            f"{layers} x Linear({WIDTH}, {WIDTH}) float32: {size:.0f} MiB; median of {args.runs} fresh processes each"
+        )
         print(f"{'load':24} {'seconds':>8} {'peak RSS MiB':>13}")
-        ways = [("safetensors load_file", st_path), ("safetensors mmap", st_path),
-                ("torch.load", pt_path), ("torch.load mmap=True", pt_path)]  # fmt: skip
+        ways = [
+            ("safetensors load_file", st_path),
+            ("safetensors mmap", st_path),
+            ("torch.load", pt_path),
+            ("torch.load mmap=True", pt_path),
+        ]
         results = {}
         for how, path in ways:
             runs = [run(how, path, layers) for _ in range(args.runs)]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from relu_doctor import fused
+from relu_doctor.engine import fused
 
 HERE = Path(__file__).resolve().parent
 
@@ -25,7 +25,7 @@ import resource, sys, torch
 sys.path.insert(0, {here!r})
 from models import ResNet18Like, seeded
 from relu_doctor import scan
-from relu_doctor.probe import file_probe, synthetic_probe
+from relu_doctor.workflow.probe import file_probe, synthetic_probe
 torch.set_num_threads(1)
 model = seeded(ResNet18Like)
 if {path!r}:

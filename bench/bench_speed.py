@@ -28,8 +28,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import ReluTransformer, ResNet18Like, mlp, seeded  # noqa: E402
 
-from relu_doctor import fused, scan  # noqa: E402
-from relu_doctor.observe import ReluObserver  # noqa: E402
+from relu_doctor import scan  # noqa: E402
+from relu_doctor.engine import fused
+from relu_doctor.engine.observe import ReluObserver  # noqa: E402
 
 Probe = list[torch.Tensor]
 
@@ -39,12 +40,15 @@ def workloads(batches: int) -> dict[str, tuple[nn.Module, Probe]]:
     gen = torch.Generator().manual_seed(0)
     return {
         "cnn (ResNet-18-like, 32x3x80x80)": (
-            seeded(ResNet18Like), [torch.randn(32, 3, 80, 80, generator=gen) for _ in range(batches)]),
+            seeded(ResNet18Like),
+            [torch.randn(32, 3, 80, 80, generator=gen) for _ in range(batches)],
+        ),
         "transformer (4 blocks, relu FFN, 16x128 tokens)": (
-            seeded(ReluTransformer), [torch.randint(0, 1000, (16, 128), generator=gen) for _ in range(batches)]),
-        "mlp (4x1024, batch 256x512)": (
-            seeded(mlp), [torch.randn(256, 512, generator=gen) for _ in range(batches)]),
-    }  # fmt: skip
+            seeded(ReluTransformer),
+            [torch.randint(0, 1000, (16, 128), generator=gen) for _ in range(batches)],
+        ),
+        "mlp (4x1024, batch 256x512)": (seeded(mlp), [torch.randn(256, 512, generator=gen) for _ in range(batches)]),
+    }
 
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
@@ -119,8 +123,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     reducers = ["torch", "fused"] if fused.available() else ["torch"]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, {args.batches} batches, "
-          f"{args.reps} pairs, reducers: {', '.join(reducers)}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, {args.batches} batches, "
+        f"{args.reps} pairs, reducers: {', '.join(reducers)}"
+    )
     per = " ".join(f"{r + ' scan':>11} {'ratio':>7}" for r in reducers)
     print(f"{'model':48} {'plain/batch':>11} {per} | {'plain':>7} {'scan':>7} {'ratio':>7}")
     for name, (model, probe) in workloads(args.batches).items():
@@ -132,8 +138,10 @@ def main() -> None:
             cells.append(f"{s:10.4f}s {ratio:6.3f}x")
         wp, ws, wratio = whole_scan(model, probe, max(3, args.reps // 2))
         print(f"{name:48} {p:10.4f}s {' '.join(cells)} | {wp:6.3f}s {ws:6.3f}s {wratio:6.3f}x")
-    print("ratio = median over pairs of scan time / plain time (left: one batch, per reducer; right: whole scan "
-          "with report, auto reducer)")
+    print(
+        "ratio = median over pairs of scan time / plain time (left: one batch, per reducer; right: whole scan "
+        "with report, auto reducer)"
+    )
 
 
 if __name__ == "__main__":

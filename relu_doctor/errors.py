@@ -32,6 +32,10 @@ class ObservationError(ReluDoctorError):
     """The forward pass failed or produced nothing to observe."""
 
 
+class CertifyError(ReluDoctorError):
+    """The certification domain could not be read or does not fit the model."""
+
+
 class ConfigError(ReluDoctorError):
     """A configuration file or environment variable is invalid."""
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
+from pathlib import PurePath
+
+from .settings import DEFAULT_DYING_RATE, DEFAULT_TAU
 
 SCHEMA_VERSION = 1
 
@@ -64,6 +67,22 @@ class Producer:
 
 
 @dataclass(frozen=True)
+class RateInterval:
+    """A dying unit's firing rate with a Wilson 95% interval."""
+
+    unit: int
+    """Unit (channel or feature) number within its site."""
+    rate: float
+    """Share of its measured positions where the pre-activation was > 0 (the rate compared with --dying-rate)."""
+    samples_fired: int
+    """Probe samples in which the unit fired at least once."""
+    low: float
+    """Lower end of the 95% Wilson interval of ``rate``, with the site's samples as trials."""
+    high: float
+    """Upper end of the 95% Wilson interval of ``rate``, with the site's samples as trials."""
+
+
+@dataclass(frozen=True)
 class Site:
     """One relu-family call in the forward pass and what its units did on the probe."""
 
@@ -107,6 +126,18 @@ class Site:
     """tau-dormant units (ReDo): mean |activation| / the site's mean of that <= tau."""
     constant_units: tuple[int, ...] = ()
     """Alive units whose output never varied over the probe (e.g. a BatchNorm with gamma ~ 0)."""
+    status: str = "ok"
+    """One word: FAIL (breaks its threshold), dead (all units), nan, warn (some dead), ok."""
+    ignored: bool = False
+    """Left out of the gate and the totals (matches an ``ignore`` glob)."""
+    limit: float | None = None
+    """Its dead-fraction limit: the last matching site override, else max-layer-dead-fraction; None: no limit."""
+    constant_output: bool = False
+    """Every unit is dead or constant: the site's output does not depend on the input."""
+    dead_rate_bound_95: float = math.nan
+    """95% upper bound on the firing rate of a unit that never fired on this site's samples."""
+    dying_intervals: tuple[RateInterval, ...] = ()
+    """A Wilson 95% interval for each dying unit's rate (trials: the site's samples)."""
 
     @property
     def dead(self) -> int:
@@ -161,6 +192,8 @@ class ProbeInfo:
     """Shape of one sample (without the batch axis)."""
     seed: int | None = None
     """Seed of a synthetic probe."""
+    shape_source: str | None = None
+    """Where a synthetic probe's sample shape came from: --input-shape, the exported program, or the first layer."""
 
     @property
     def dead_rate_bound_95(self) -> float:
@@ -172,9 +205,9 @@ class ProbeInfo:
 class Thresholds:
     """Gate settings and the classification parameters used for this report."""
 
-    dying_rate: float = 0.01
+    dying_rate: float = DEFAULT_DYING_RATE
     """A live unit firing on fewer than this share of its positions is dying."""
-    tau: float = 0.025
+    tau: float = DEFAULT_TAU
     """ReDo dormancy threshold."""
     max_dead_fraction: float | None = None
     """Fail when the whole model's dead fraction exceeds this."""
@@ -184,6 +217,8 @@ class Thresholds:
     """(glob, max_layer_dead_fraction) pairs that replace the per-site limit for matching sites."""
     ignore: tuple[str, ...] = ()
     """Globs of site names left out of the gate and the totals."""
+    gate_on: str = "probe"
+    """What the dead-fraction limits count: units dead on the probe, or units certified dead (``certified``)."""
 
 
 @dataclass(frozen=True)
@@ -230,13 +265,26 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Violation:
+    """One exceeded threshold (or, under --strict, one warning)."""
+
+    text: str
+    """The line shown to users, e.g. ``site fc1: 3 of 8 units dead (37.5%) > max-layer-dead-fraction 0.2``."""
+    site: str = ""
+    """The site it concerns; "" for a model-wide one."""
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
 class GateResult:
     """The outcome of checking a report against its thresholds."""
 
     passed: bool
     """True when no threshold is exceeded."""
-    violations: tuple[str, ...] = ()
-    """One line per exceeded threshold."""
+    violations: tuple[Violation, ...] = ()
+    """One record per exceeded threshold."""
     failing_sites: tuple[str, ...] = ()
     """Names of the sites whose dead fraction exceeds their limit."""
 
@@ -272,8 +320,12 @@ class Report:
     """Activations seen that are not relu sites (op, calls), e.g. (gelu, 12)."""
     unit_dim_override: int | None = None
     """--unit-dim, when the user forced the unit axis."""
+    certification: Certification | None = None
+    """Bounds proved over a whole input domain (--certify), or None when not asked for."""
     schema_version: int = SCHEMA_VERSION
     """Version of the JSON schema this report renders to."""
+    samples_needed_for_dying_rate: int | None = None
+    """Probe samples needed to support "a dead unit fires on fewer than --dying-rate" (None: a rate of 0)."""
     extra: dict[str, object] = field(default_factory=dict, compare=False)
     """Room for later issues' sections (e.g. simulation results) without a schema break."""
 
@@ -282,9 +334,142 @@ class Report:
         """The gate's exit code: 0 within thresholds, 1 exceeded."""
         return self.gate.exit_code
 
+    @property
+    def supports_dying_rate(self) -> bool:
+        """True when the probe has :attr:`samples_needed_for_dying_rate` samples (or none are needed)."""
+        needed = self.samples_needed_for_dying_rate
+        return needed is None or self.probe.samples >= needed
+
+    def model_violations(self) -> tuple[Violation, ...]:
+        """Gate violations not tied to one site (the model-wide limit, --strict warnings)."""
+        return tuple(v for v in self.gate.violations if not v.site)
+
+    def site_violations(self, site: str) -> tuple[Violation, ...]:
+        """Gate violations of one site."""
+        return tuple(v for v in self.gate.violations if v.site == site)
+
+
+@dataclass(frozen=True)
+class CertifiedSite:
+    """What bound propagation proved about one site's pre-activation over the whole domain."""
+
+    name: str
+    """The site's name, as in :attr:`Site.name`."""
+    units: int
+    """Number of units."""
+    upper_bound: tuple[float, ...]
+    """Per unit: the largest pre-activation possible on the domain, by the best method (inf: unbounded)."""
+    lower_bound: tuple[float, ...]
+    """Per unit: the smallest pre-activation possible on the domain (-inf: unbounded)."""
+    interval_upper_bound: tuple[float, ...]
+    """Per unit: the upper bound from interval propagation alone."""
+    certified_dead: tuple[int, ...]
+    """Units whose pre-activation is <= 0 on every input of the domain: they can never fire."""
+    dead_method: tuple[str, ...]
+    """For each certified-dead unit (same order), the method that proved it: interval or linear."""
+    certified_active: tuple[int, ...]
+    """Units whose pre-activation is > 0 on every input of the domain: they always fire."""
+    active_method: tuple[str, ...]
+    """For each certified-active unit (same order), the method that proved it."""
+    relaxed: bool
+    """Whether the linear relaxation re-bounded this site (it was asked for and within its size limit)."""
+    notes: tuple[str, ...] = ()
+    """Why bounds here may be loose or absent: ops without a bound upstream, a skipped relaxation, ..."""
+
+
+@dataclass(frozen=True)
+class Certification:
+    """Bounds on every site over one input domain (``--certify``): proofs, unlike the probe's counts."""
+
+    domain: str
+    """The domain as given: probe, probe:MARGIN, box:LO,HI, file:PATH (or "custom" from Python)."""
+    description: str
+    """What the domain is, in words, with its range."""
+    input_shape: tuple[int, ...]
+    """Shape of one input sample the domain bounds."""
+    methods: tuple[str, ...]
+    """Methods run, in order: interval, then linear (the relaxation) when asked for."""
+    sites: tuple[CertifiedSite, ...]
+    """One record per site, in call order; sites the bound pass did not reach are absent."""
+    seconds: tuple[tuple[str, float], ...] = ()
+    """Wall time of one forward pass of the domain's centre, and of each method."""
+    notes: tuple[str, ...] = ()
+    """Ops that had no bound (their outputs unbounded) and anything else that voided claims."""
+
+    def site(self, name: str) -> CertifiedSite | None:
+        """The record of the site with this name, or None."""
+        return next((s for s in self.sites if s.name == name), None)
+
+    @property
+    def certified_dead(self) -> int:
+        """Certified-dead units over all sites."""
+        return sum(len(s.certified_dead) for s in self.sites)
+
+    @property
+    def certified_active(self) -> int:
+        """Certified-active units over all sites."""
+        return sum(len(s.certified_active) for s in self.sites)
+
 
 def rate_summary(rates: tuple[float, ...]) -> RateSummary:
     """Min, median and mean of a tuple of rates (all NaN for an empty site)."""
     if not rates:
         return RateSummary(math.nan, math.nan, math.nan)
     return RateSummary(min(rates), statistics.median(rates), statistics.fmean(rates))
+
+
+@dataclass(frozen=True)
+class SiteTrend:
+    """One site followed over the checkpoints."""
+
+    name: str
+    """Site name, as in each report."""
+    units: int
+    """Number of units (the same in every checkpoint)."""
+    dead: tuple[int | None, ...]
+    """Dead units per checkpoint; None where the site did not run."""
+    dead_fraction: tuple[float | None, ...]
+    """Dead share per checkpoint; None where the site did not run."""
+    died_at: tuple[tuple[int, int], ...]
+    """(unit, checkpoint index) for each unit dead at the last checkpoint: the first index from which it stays dead."""
+    revived: tuple[int, ...]
+    """Units dead at some earlier checkpoint but alive at the last one."""
+
+    def deaths_per_checkpoint(self) -> dict[int, tuple[int, ...]]:
+        """Checkpoint index -> the units that died there, in index order."""
+        grouped: dict[int, list[int]] = {}
+        for unit, index in self.died_at:
+            grouped.setdefault(index, []).append(unit)
+        return {index: tuple(units) for index, units in sorted(grouped.items())}
+
+
+@dataclass(frozen=True)
+class TrendReport:
+    """Reports of several checkpoints of one run, and each site's trend across them."""
+
+    checkpoints: tuple[str, ...]
+    """Checkpoint paths, in natural order."""
+    reports: tuple[Report, ...]
+    """One report per checkpoint, same order."""
+    sites: tuple[SiteTrend, ...]
+    """Every site seen, in the call order of the first checkpoint that has it."""
+
+    @property
+    def last(self) -> Report:
+        """The last checkpoint's report: the one thresholds and exit codes apply to."""
+        return self.reports[-1]
+
+    @property
+    def gate(self) -> GateResult:
+        """The last checkpoint's gate result."""
+        return self.last.gate
+
+    @property
+    def exit_code(self) -> int:
+        """0 when the last checkpoint is within thresholds, 1 when not."""
+        return self.gate.exit_code
+
+    def labels(self) -> tuple[str, ...]:
+        """Short names for the checkpoints: file names when those are unique, else the paths."""
+        names = tuple(PurePath(path).name for path in self.checkpoints)
+        return names if len(set(names)) == len(names) else self.checkpoints

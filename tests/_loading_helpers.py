@@ -130,8 +130,15 @@ def save_every_format(directory: Path, model: MixedReluNet) -> dict[str, Path]:
     torch.save(state, paths["hf-bin"] / "pytorch_model.bin")
     write_sharded(paths["hf-safetensors-sharded"], state, "safetensors")
     write_sharded(paths["hf-bin-sharded"], state, "bin")
-    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 3,
-                "pytorch-lightning_version": "2.4.0", "optimizer_states": [{"state": {}}]}, paths["lightning"])  # fmt: skip
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in state.items()},
+            "epoch": 3,
+            "pytorch-lightning_version": "2.4.0",
+            "optimizer_states": [{"state": {}}],
+        },
+        paths["lightning"],
+    )
     torch.save({f"module.{k}": v for k, v in state.items()}, paths["ddp"])
     torch.save(model, paths["pickled-module"])
     torch.jit.save(torch.jit.trace(model, probe()), paths["torchscript"])

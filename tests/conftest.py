@@ -19,9 +19,11 @@ GOLDEN_DIR = Path(__file__).parent / "golden"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--regen-golden", action="store_true", default=False,
+        "--regen-golden",
+        action="store_true",
+        default=False,
         help="rewrite tests/golden/*.golden from the current renderers instead of comparing with them",
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture

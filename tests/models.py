@@ -234,9 +234,17 @@ class EveryReluForm(nn.Module):
     """Each relu-family form once, in this order: every one of them must be a site."""
 
     FORMS = (
-        "nn.ReLU", "nn.ReLU(inplace=True)", "F.relu", "torch.relu", "Tensor.relu", "Tensor.relu_",
-        "nn.ReLU6", "F.relu6", "nn.Hardtanh(0, 6)", "nn.Threshold(0, 0)",
-    )  # fmt: skip
+        "nn.ReLU",
+        "nn.ReLU(inplace=True)",
+        "F.relu",
+        "torch.relu",
+        "Tensor.relu",
+        "Tensor.relu_",
+        "nn.ReLU6",
+        "F.relu6",
+        "nn.Hardtanh(0, 6)",
+        "nn.Threshold(0, 0)",
+    )
 
     def __init__(self, features: int = 5) -> None:
         super().__init__()
@@ -250,9 +258,17 @@ class EveryReluForm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
         outputs = [
-            self.relu(h), self.relu_inplace(h.clone()), F.relu(h), torch.relu(h), h.relu(), h.clone().relu_(),
-            self.relu6(h), F.relu6(h), self.hardtanh(h), self.threshold(h),
-        ]  # fmt: skip
+            self.relu(h),
+            self.relu_inplace(h.clone()),
+            F.relu(h),
+            torch.relu(h),
+            h.relu(),
+            h.clone().relu_(),
+            self.relu6(h),
+            F.relu6(h),
+            self.hardtanh(h),
+            self.threshold(h),
+        ]
         return torch.stack(outputs).sum(0)
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from relu_doctor import scan
-from relu_doctor.diagnose import BIAS_MARGIN
+from relu_doctor.analysis.diagnose import BIAS_MARGIN
 from relu_doctor.report import Report
 
 KILL = -50.0
@@ -273,11 +273,12 @@ def test_each_planted_dead_unit_gets_its_planted_cause() -> None:
     [(6, 8, 1, 1, 8), (6, 4 * 9, 9, 1, 4), (6, 2 * 9, 9, 3, 6), (4, 12, 1, 1, 3)],
     ids=["linear", "conv", "grouped-conv", "flattened-blocks"],
 )
-def test_fed_by_dead_matches_a_per_unit_set_count(units: int, fan_in: int, kernel: int, groups: int,
-                                                  upstream_units: int) -> None:  # fmt: skip
+def test_fed_by_dead_matches_a_per_unit_set_count(
+    units: int, fan_in: int, kernel: int, groups: int, upstream_units: int
+) -> None:
     from types import SimpleNamespace
 
-    from relu_doctor.causes import _fed_by_dead, _Layer
+    from relu_doctor.analysis.causes import _fed_by_dead, _Layer
 
     gen = _seeded()
     rows = torch.randn(units, fan_in, generator=gen) * (torch.rand(units, fan_in, generator=gen) < 0.3)

@@ -35,9 +35,18 @@ REQUIRED_KEYS = {
     "exit_code",
 }
 REQUIRED_SITE_KEYS = {
-    "name", "module_path", "call_index", "op", "unit_axis", "units", "dead", "dead_units", "dying", "firing_rate",
+    "name",
+    "module_path",
+    "call_index",
+    "op",
+    "unit_axis",
+    "units",
+    "dead",
+    "dead_units",
+    "dying",
+    "firing_rate",
     "nan_count",
-}  # fmt: skip
+}
 
 FORWARD_FAILS = """
 import torch
@@ -107,8 +116,11 @@ def test_gate_exit_codes(option: str, limit: str, code: int) -> None:
 def test_json_stdout_is_json_and_nothing_else() -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "relu_doctor", *SAMPLE_ARGS, "--format", "json", "--max-layer-dead-fraction", "0.5"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert completed.returncode == 1, completed.stderr
     data = json.loads(completed.stdout)  # fails on any stray byte around the document
     assert data["summary"]["dead"] == 78
@@ -133,7 +145,7 @@ def test_json_has_the_documented_schema() -> None:
 def test_default_samples_do_not_truncate_a_probe_file(tmp_path: Path) -> None:
     # --samples sizes the synthetic probe; with --probe it limits only when given. The probe is larger than
     # the default, so a default that leaked into file probes would show.
-    from relu_doctor.pipeline import DEFAULT_SAMPLES
+    from relu_doctor.settings import DEFAULT_SAMPLES
 
     rows = np.load(SAMPLES / "digits_probe.npy")
     big = np.concatenate([rows] * (DEFAULT_SAMPLES // len(rows) + 2))  # 3 x 512 = 1536 rows > 512
@@ -193,7 +205,7 @@ def test_arch_mismatch(tmp_path: Path) -> None:
 def test_probe_shape_mismatch(tmp_path: Path) -> None:
     probe = tmp_path / "small.npy"
     np.save(probe, np.zeros((4, 32), dtype=np.float32))
-    assert_one_line_error(invoke("scan", DYING, "--arch", ARCH, "--probe", str(probe)), "(32,)", "64")
+    assert_one_line_error(invoke("scan", DYING, "--arch", ARCH, "--probe", str(probe)), "(4, 32)", "takes 64 features")
 
 
 def test_forward_failure(tmp_path: Path) -> None:
@@ -224,10 +236,18 @@ def test_forward_failure(tmp_path: Path) -> None:
         (["--dying-rate", "2"], "--dying-rate must be between 0 and 1, got 2"),
     ],
     ids=[
-        "input-shape-text", "input-shape-zero", "arch-kwargs-json", "arch-kwargs-not-object", "unit-dim-too-big",
-        "unit-dim-batch-axis", "batch-size-0", "max-dead-fraction", "max-layer-dead-fraction", "dying-rate",
+        "input-shape-text",
+        "input-shape-zero",
+        "arch-kwargs-json",
+        "arch-kwargs-not-object",
+        "unit-dim-too-big",
+        "unit-dim-batch-axis",
+        "batch-size-0",
+        "max-dead-fraction",
+        "max-layer-dead-fraction",
+        "dying-rate",
     ],
-)  # fmt: skip
+)
 def test_bad_option_values(options: list[str], named: str) -> None:
     assert_one_line_error(invoke("scan", DYING, "--arch", ARCH, *options), named)
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from relu_doctor import scan
-from relu_doctor.confidence import (
+from relu_doctor.analysis.confidence import (
     dead_rate_bound_95,
     dying_intervals,
     probe_size_warning,

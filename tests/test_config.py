@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from relu_doctor import config
-from relu_doctor.cli import app
+from relu_doctor.cli import app, config
 from relu_doctor.errors import ConfigError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -43,25 +42,36 @@ def invoke(*args: str, env: dict[str, str] | None = None):
 def test_precedence_is_command_line_then_environment_then_file_then_defaults() -> None:
     file = config.FileConfig("pyproject.toml", {"tau": 0.5, "dying_rate": 0.2, "batch_size": 16})
     resolved = config.resolve(
-        command_line={"tau": 0.1}, environment={"tau": 0.3, "dying_rate": 0.05}, file=file,
+        command_line={"tau": 0.1},
+        environment={"tau": 0.3, "dying_rate": 0.05},
+        file=file,
         defaults={"tau": 0.025, "dying_rate": 0.01, "batch_size": 64, "seed": 0},
-    )  # fmt: skip
+    )
     assert dict(resolved.values) == {"tau": 0.1, "dying_rate": 0.05, "batch_size": 16, "seed": 0}
-    assert dict(resolved.sources) == {"tau": "command line", "dying_rate": "RELU_DOCTOR_DYING_RATE",
-                                      "batch_size": "pyproject.toml", "seed": "default"}  # fmt: skip
+    assert dict(resolved.sources) == {
+        "tau": "command line",
+        "dying_rate": "RELU_DOCTOR_DYING_RATE",
+        "batch_size": "pyproject.toml",
+        "seed": "default",
+    }
 
 
 def test_nearest_pyproject_with_our_table_is_found_upward(tmp_path: Path) -> None:
     write_pyproject(tmp_path, "tau = 0.1")
     inner = tmp_path / "pkg" / "sub"
     inner.mkdir(parents=True)
-    (tmp_path / "pkg" / "pyproject.toml").write_text('[project]\nname = "inner"\n', encoding="utf-8")  # no table: skipped
+    (tmp_path / "pkg" / "pyproject.toml").write_text(
+        '[project]\nname = "inner"\n', encoding="utf-8"
+    )  # no table: skipped
     assert config.find_config(inner) == tmp_path / "pyproject.toml"
 
 
 def test_file_keys_accept_dashes_and_sites_become_overrides(tmp_path: Path) -> None:
-    path = write_pyproject(tmp_path, 'max-layer-dead-fraction = 0.3\nignore = ["head.*"]\nprobe = "data/p.npy"\n'
-                                     '[tool.relu-doctor.sites]\n"encoder.*" = { max_layer_dead_fraction = 0.5 }')  # fmt: skip
+    path = write_pyproject(
+        tmp_path,
+        'max-layer-dead-fraction = 0.3\nignore = ["head.*"]\nprobe = "data/p.npy"\n'
+        '[tool.relu-doctor.sites]\n"encoder.*" = { max_layer_dead_fraction = 0.5 }',
+    )
     loaded = config.load_config(path)
     thresholds = config.thresholds_from(loaded.values)
     assert thresholds.max_layer_dead_fraction == 0.3
@@ -70,25 +80,39 @@ def test_file_keys_accept_dashes_and_sites_become_overrides(tmp_path: Path) -> N
     assert loaded.values["probe"] == str(tmp_path / "data" / "p.npy")  # relative to the config file, not the cwd
 
 
-@pytest.mark.parametrize(("body", "named"), [
-    ("max_dead_fractoin = 0.2", "'max_dead_fractoin'"),
-    ('[tool.relu-doctor.sites]\n"enc.*" = { max_dead_fraction = 0.5 }', "'max_dead_fraction'"),
-    ('max_dead_fraction = "high"', "'high'"),
-    ("max_dead_fraction = 1.5", "1.5"),
-    ('format = "xml"', "'xml'"),
-    ("ignore = [1]", "[1]"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ("max_dead_fractoin = 0.2", "'max_dead_fractoin'"),
+        ('[tool.relu-doctor.sites]\n"enc.*" = { max_dead_fraction = 0.5 }', "'max_dead_fraction'"),
+        ('max_dead_fraction = "high"', "'high'"),
+        ("max_dead_fraction = 1.5", "1.5"),
+        ('format = "xml"', "'xml'"),
+        ("ignore = [1]", "[1]"),
+    ],
+)
 def test_bad_file_keys_and_values_are_named(tmp_path: Path, body: str, named: str) -> None:
     with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
         config.load_config(write_pyproject(tmp_path, body))
 
 
 def test_environment_values_are_typed_and_unknown_variables_named() -> None:
-    values = config.parse_environment({"RELU_DOCTOR_IGNORE": "head.*, aux.*", "RELU_DOCTOR_STRICT": "yes",
-                                       "RELU_DOCTOR_BATCH_SIZE": "8", "RELU_DOCTOR_TAU": "", "PATH": "/bin"})  # fmt: skip
+    values = config.parse_environment(
+        {
+            "RELU_DOCTOR_IGNORE": "head.*, aux.*",
+            "RELU_DOCTOR_STRICT": "yes",
+            "RELU_DOCTOR_BATCH_SIZE": "8",
+            "RELU_DOCTOR_TAU": "",
+            "PATH": "/bin",
+        }
+    )
     assert values == {"ignore": ["head.*", "aux.*"], "strict": True, "batch_size": 8}  # empty TAU counts as unset
-    with pytest.raises(ConfigError, match="RELU_DOCTOR_MAX_DEAD"):
-        config.parse_environment({"RELU_DOCTOR_MAX_DEAD": "0.1"})
+    # an unknown variable sets nothing and is named in a warning, with the closest key (issue 15: a stray CI
+    # variable must not break every run)
+    assert config.parse_environment({"RELU_DOCTOR_MAX_DEAD": "0.1"}) == {}
+    assert config.unknown_variables({"RELU_DOCTOR_MAX_DEAD": "0.1", "RELU_DOCTOR_TAU": "1"}) == [
+        "ignoring unknown environment variable RELU_DOCTOR_MAX_DEAD; did you mean RELU_DOCTOR_MAX_DEAD_FRACTION?"
+    ]
     with pytest.raises(ConfigError, match="RELU_DOCTOR_SAMPLES must be a number, got 'many'"):
         config.parse_environment({"RELU_DOCTOR_SAMPLES": "many"})
 
@@ -96,14 +120,16 @@ def test_environment_values_are_typed_and_unknown_variables_named() -> None:
 @pytest.mark.parametrize("key", ["trust", "import", "allow-global"])
 def test_code_running_options_are_refused_in_files_and_environment(tmp_path: Path, key: str) -> None:
     with pytest.raises(ConfigError, match="on the command line"):
-        config.load_config(write_pyproject(tmp_path, f'{key} = true'))
+        config.load_config(write_pyproject(tmp_path, f"{key} = true"))
     with pytest.raises(ConfigError, match="on the command line"):
         config.parse_environment({f"RELU_DOCTOR_{config.normalize(key).upper()}": "1"})
 
 
 # -- through the CLI ----------------------------------------------------------------------------------------------
 def test_cli_layers_file_environment_and_command_line(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_pyproject(project, 'arch = "digits_mlp.py:build_mlp"\nprobe = "digits_probe.npy"\nmax_layer_dead_fraction = 0.5')
+    write_pyproject(
+        project, 'arch = "digits_mlp.py:build_mlp"\nprobe = "digits_probe.npy"\nmax_layer_dead_fraction = 0.5'
+    )
     (project / "sub").mkdir()
     monkeypatch.chdir(project / "sub")  # found upward; relative arch/probe read from the config's folder
     assert invoke("-q").exit_code == 1  # file: act2 60.9% > 0.5
@@ -122,7 +148,9 @@ def test_cli_site_overrides_and_ignore_from_the_file(project: Path) -> None:
 
 
 def test_cli_explicit_config_file_of_bare_keys(project: Path) -> None:
-    (project / "ci.toml").write_text('arch = "digits_mlp.py:build_mlp"\nprobe = "digits_probe.npy"\nmax_dead_fraction = 0.2\n')
+    (project / "ci.toml").write_text(
+        'arch = "digits_mlp.py:build_mlp"\nprobe = "digits_probe.npy"\nmax_dead_fraction = 0.2\n'
+    )
     result = invoke("-q", "--config", str(project / "ci.toml"))
     assert result.exit_code == 1  # 78 of 256 = 30.5% > 0.2
 
@@ -132,6 +160,7 @@ def test_cli_unknown_key_exits_2_with_one_line_naming_it(project: Path) -> None:
     result = invoke("--arch", "digits_mlp.py:build_mlp")
     assert result.exit_code == 2
     assert "unknown key 'max_layer_dead'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "did you mean 'max_layer_dead_fraction'?" in result.stderr
     assert result.stdout == ""
 
 

@@ -7,7 +7,7 @@ import torch
 from models import ConvBNReluShifted, NaNUnit, TokenFFN
 
 from relu_doctor import scan
-from relu_doctor.counters import UnitAccumulator, reduce_sample_max
+from relu_doctor.engine.counters import UnitAccumulator, reduce_sample_max
 from relu_doctor.report import UnitCounters
 
 
@@ -101,7 +101,7 @@ def test_reduce_sample_max_never_aliases_its_input() -> None:
 
 
 def test_count_and_sum_reuses_its_scratch_buffer_inside_and_outside_inference_mode() -> None:
-    from relu_doctor.counters import count_and_sum
+    from relu_doctor.engine.counters import count_and_sum
 
     x = torch.relu(_probe((6, 4, 5, 5)))
     expected = ((x > 0).sum(dim=(0, 2, 3)).tolist(), x.sum(dim=(0, 2, 3)))

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from relu_doctor import scan
-from relu_doctor.api import build_report, observe
-from relu_doctor.diagnose import describe_codes
+from relu_doctor.analysis.build import build_report
+from relu_doctor.codes import describe_codes
+from relu_doctor.engine.runner import observe
 from relu_doctor.render.json_format import report_dict
 from relu_doctor.render.markdown import render_markdown
 from relu_doctor.render.table import render_table
@@ -114,15 +115,31 @@ def test_a_relu_writing_the_model_output_is_flagged() -> None:
 def test_without_the_model_dead_units_keep_the_generic_rd001() -> None:
     model = ZeroGammaBatchNorm()
     observer, samples = observe(model, [torch.randn(64, 3)])
-    report = build_report(observer.sites, None, None, Thresholds(), ProbeInfo("file", samples, 64), ModelInfo("", "x", None))
+    report = build_report(
+        observer.sites, None, None, Thresholds(), ProbeInfo("file", samples, 64), ModelInfo("", "x", None)
+    )
     codes = {f.code for f in report.findings}
     assert "RD001" in codes and not any(c.startswith("RD1") for c in codes)
 
 
 def test_every_code_a_report_can_carry_is_described() -> None:
     described = describe_codes()
-    assert {"RD001", "RD002", "RD003", "RD004", "RD005", "RD100", "RD101", "RD102", "RD103", "RD104", "RD105",
-            "RD106", "RD201", "RD301"} == set(described)  # fmt: skip
+    assert {
+        "RD001",
+        "RD002",
+        "RD003",
+        "RD004",
+        "RD005",
+        "RD100",
+        "RD101",
+        "RD102",
+        "RD103",
+        "RD104",
+        "RD105",
+        "RD106",
+        "RD201",
+        "RD301",
+    } == set(described)
     assert all(text and not text.startswith("RD") for text in described.values())
 
 

@@ -16,8 +16,8 @@ import torch
 from models import ConvBNReluShifted
 
 from relu_doctor import scan
-from relu_doctor.distributed import RankInfo, check_enough_batches, is_primary, rank_info, shard
 from relu_doctor.errors import UsageError
+from relu_doctor.workflow.distributed import RankInfo, check_enough_batches, is_primary, rank_info, shard
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, {tests!r})
 from models import ConvBNReluShifted
 from relu_doctor import scan
-from relu_doctor.distributed import ShardedScan, process_group, rank_info, torchrun_scan
+from relu_doctor.workflow.distributed import ShardedScan, process_group, rank_info, torchrun_scan
 
 
 class DataDependent(torch.nn.Module):
@@ -82,9 +82,18 @@ def _launch(command_for_rank: list[list[str]], tmp_path: Path) -> list[subproces
     port, world = _free_port(), len(command_for_rank)
     processes = []
     for rank, command in enumerate(command_for_rank):
-        env = {**os.environ, "WORLD_SIZE": str(world), "RANK": str(rank), "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}  # fmt: skip
-        processes.append(subprocess.Popen(command, env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        env = {
+            **os.environ,
+            "WORLD_SIZE": str(world),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1",
+        }
+        processes.append(
+            subprocess.Popen(command, env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        )
     results = []
     for process in processes:
         stdout, stderr = process.communicate(timeout=120)
@@ -130,16 +139,32 @@ def test_a_failure_on_one_rank_fails_every_rank_with_its_message(two_rank_result
 
 def test_cli_under_two_ranks_writes_once_and_exits_alike(tmp_path: Path) -> None:
     np.save(tmp_path / "probe.npy", np.load(SAMPLES / "digits_probe.npy")[:256])
-    args = ["-m", "relu_doctor", "scan", str(SAMPLES / "dying_mlp.safetensors"), "--arch",
-            f"{SAMPLES / 'digits_mlp.py'}:build_mlp", "--probe", "probe.npy", "--batch-size", "64", "--no-simulate",
-            "-f", "json", "--max-dead-fraction", "0", "--save-stats", "run.stats"]  # fmt: skip
+    args = [
+        "-m",
+        "relu_doctor",
+        "scan",
+        str(SAMPLES / "dying_mlp.safetensors"),
+        "--arch",
+        f"{SAMPLES / 'digits_mlp.py'}:build_mlp",
+        "--probe",
+        "probe.npy",
+        "--batch-size",
+        "64",
+        "--no-simulate",
+        "-f",
+        "json",
+        "--max-dead-fraction",
+        "0",
+        "--save-stats",
+        "run.stats",
+    ]
     ranks = _launch([[sys.executable, *args]] * 2, tmp_path)
     single = subprocess.run([sys.executable, *args[:-2]], cwd=tmp_path, text=True, capture_output=True, timeout=120)
     assert [r.returncode for r in ranks] == [single.returncode] * 2 == [1, 1]  # the dying sample exceeds 0
     assert ranks[1].stdout == ""  # only rank 0 writes the report
     ours, theirs = json.loads(ranks[0].stdout), json.loads(single.stdout)
     assert ours["sites"] == theirs["sites"] and ours["summary"] == theirs["summary"]
-    from relu_doctor.stats_io import load_stats
+    from relu_doctor.workflow.stats_io import load_stats
 
     assert load_stats(tmp_path / "run.stats").probe.samples == 256  # rank 0 saved the combined counters
 

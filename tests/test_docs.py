@@ -11,7 +11,7 @@ from typer.main import get_command
 
 from relu_doctor import scan
 from relu_doctor.cli import app
-from relu_doctor.diagnose import describe_codes
+from relu_doctor.codes import describe_codes
 from relu_doctor.render import Format
 from relu_doctor.render.json_format import report_dict
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from relu_doctor import scan
 from relu_doctor.cli import app
-from relu_doctor.counters import UnitAccumulator
+from relu_doctor.engine.counters import UnitAccumulator
 
 HALF = [torch.bfloat16, torch.float16]
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -30,9 +30,14 @@ def _relu_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=str)
-@pytest.mark.parametrize(("model_type", "shape", "unit_axis"), [(ConvBNReluShifted, (12, 3, 6, 6), 1), (TokenFFN, (12, 5, 8), 2)],
-                         ids=["conv-bn", "tokens"])  # fmt: skip
-def test_half_model_counts_equal_a_brute_force_count(dtype: torch.dtype, model_type: type, shape: tuple[int, ...], unit_axis: int) -> None:
+@pytest.mark.parametrize(
+    ("model_type", "shape", "unit_axis"),
+    [(ConvBNReluShifted, (12, 3, 6, 6), 1), (TokenFFN, (12, 5, 8), 2)],
+    ids=["conv-bn", "tokens"],
+)
+def test_half_model_counts_equal_a_brute_force_count(
+    dtype: torch.dtype, model_type: type, shape: tuple[int, ...], unit_axis: int
+) -> None:
     torch.manual_seed(0)
     model = model_type().to(dtype).eval()
     x = torch.randn(shape, generator=torch.Generator().manual_seed(2)).to(dtype)
@@ -59,8 +64,17 @@ def test_sums_do_not_saturate_in_half_precision(dtype: torch.dtype) -> None:
 
 
 def test_cli_dtype_bfloat16_finds_about_the_float32_dead_units() -> None:
-    args = ["scan", str(SAMPLES / "dying_mlp.safetensors"), "--arch", f"{SAMPLES / 'digits_mlp.py'}:build_mlp",
-            "--probe", str(SAMPLES / "digits_probe.npy"), "--no-simulate", "-f", "json"]  # fmt: skip
+    args = [
+        "scan",
+        str(SAMPLES / "dying_mlp.safetensors"),
+        "--arch",
+        f"{SAMPLES / 'digits_mlp.py'}:build_mlp",
+        "--probe",
+        str(SAMPLES / "digits_probe.npy"),
+        "--no-simulate",
+        "-f",
+        "json",
+    ]
     runner = CliRunner()
     wide = runner.invoke(app, args)
     half = runner.invoke(app, [*args, "--dtype", "bfloat16"])

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from relu_doctor import scan
-from relu_doctor.diagnose import BIAS_MARGIN
+from relu_doctor.analysis.diagnose import BIAS_MARGIN
 from relu_doctor.errors import UsageError
 from relu_doctor.repair.api import repair_model
 from relu_doctor.repair.drift import DriftMeter

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from relu_doctor import diagnose
+from relu_doctor.analysis import diagnose
 from relu_doctor.api import scan
 from relu_doctor.render import RENDERERS, Format, render
 from relu_doctor.render.csv_format import COLUMNS
@@ -66,14 +66,20 @@ class BiasKilledNet(nn.Module):
 
 def scan_bias_killed(thresholds: Thresholds) -> Report:
     probe = torch.linspace(-1, 1, 64).reshape(16, 4)
-    report = scan(BiasKilledNet(), probe.split(8), thresholds=thresholds,
-                  model_info=ModelInfo(MODEL_PATH, "safetensors", "ab" * 32),
-                  probe_info=ProbeInfo("file", 16, 8, "probe.npy", (4,)))  # fmt: skip
+    report = scan(
+        BiasKilledNet(),
+        probe.split(8),
+        thresholds=thresholds,
+        model_info=ModelInfo(MODEL_PATH, "safetensors", "ab" * 32),
+        probe_info=ProbeInfo("file", 16, 8, "probe.npy", (4,)),
+    )
     return replace(report, tool_version="0.0.0-test")  # goldens must not change with each release
 
 
 # act1 (50%) breaks 0.4; head.* is allowed 100%; the model's 5 of 10 (50%) breaks 0.4.
-GATED = Thresholds(dying_rate=0.1, max_dead_fraction=0.4, max_layer_dead_fraction=0.4, site_overrides=(("head.*", 1.0),))
+GATED = Thresholds(
+    dying_rate=0.1, max_dead_fraction=0.4, max_layer_dead_fraction=0.4, site_overrides=(("head.*", 1.0),)
+)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +99,11 @@ def test_every_format_has_a_renderer_that_returns_text(report: Report) -> None:
 
 
 def test_fixture_has_the_planted_sites(report: Report) -> None:
-    assert [(s.name, s.dead_units) for s in report.sites] == [("act1", (2, 3)), ("block:relu", (3,)), ("head.1", (0, 1))]
+    assert [(s.name, s.dead_units) for s in report.sites] == [
+        ("act1", (2, 3)),
+        ("block:relu", (3,)),
+        ("head.1", (0, 1)),
+    ]
     assert report.sites[1].dying_units == (2,)  # fires on 1 of 16 positions: 6.25% < 10%
     assert report.gate.failing_sites == ("act1",)
 
@@ -142,10 +152,17 @@ def parse_command(line: str) -> tuple[str, dict[str, str], str]:
 
 def test_github_one_annotation_per_failing_or_warned_site(report: Report) -> None:
     commands = [parse_command(line) for line in render(report, Format.github).splitlines()]
-    per_site = {props["title"]: level for level, props, _ in commands if props.get("title", "").startswith("relu-doctor: ")}
+    per_site = {
+        props["title"]: level for level, props, _ in commands if props.get("title", "").startswith("relu-doctor: ")
+    }
     # act1 breaks its limit; block:relu has a dead unit; head.1 passes its 100% limit but is wholly dead (RD002 error)
-    assert per_site == {"relu-doctor: act1": "error", "relu-doctor: block:relu": "warning", "relu-doctor: head.1": "error",
-                        "relu-doctor: model": "error", "relu-doctor: blind spot": "warning"}  # fmt: skip
+    assert per_site == {
+        "relu-doctor: act1": "error",
+        "relu-doctor: block:relu": "warning",
+        "relu-doctor: head.1": "error",
+        "relu-doctor: model": "error",
+        "relu-doctor: blind spot": "warning",
+    }
     act1 = next(message for _, props, message in commands if props.get("title") == "relu-doctor: act1")
     assert act1.splitlines()[0] == "act1: 2 of 4 units dead (50.0%), 0 dying"
     model = [message for _, props, message in commands if props.get("title") == "relu-doctor: model"]
@@ -185,7 +202,10 @@ def test_sarif_rules_come_from_every_diagnosis_registry(report: Report) -> None:
 
 def test_sarif_fingerprints_are_stable_when_counts_change_and_distinct_per_site(report: Report) -> None:
     def fingerprints(r: Report) -> dict[tuple[str, str], str]:
-        return {(x["ruleId"], x["properties"]["site"]): x["partialFingerprints"][FINGERPRINT_KEY] for x in sarif_log(r)["runs"][0]["results"]}
+        return {
+            (x["ruleId"], x["properties"]["site"]): x["partialFingerprints"][FINGERPRINT_KEY]
+            for x in sarif_log(r)["runs"][0]["results"]
+        }
 
     other = scan_bias_killed(replace(GATED, dying_rate=0.01))  # different thresholds, same dead units
     first, second = fingerprints(report), fingerprints(other)

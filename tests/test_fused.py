@@ -13,11 +13,12 @@ from models import ConvBNReluShifted, EveryReluForm, NaNUnit, TokenFFN
 from torch import nn
 from typer.testing import CliRunner
 
-from relu_doctor import fused, scan
+from relu_doctor import scan
 from relu_doctor.cli import app
-from relu_doctor.counters import UnitAccumulator
+from relu_doctor.engine import fused
+from relu_doctor.engine.counters import UnitAccumulator
+from relu_doctor.engine.observe import ReluObserver
 from relu_doctor.errors import UsageError
-from relu_doctor.observe import ReluObserver
 
 needs_numba = pytest.mark.skipif(not fused.available(), reason="numba (relu-doctor[fast]) is not installed")
 
@@ -86,7 +87,7 @@ def test_batches_accumulate_like_the_torch_reducer() -> None:
     for seed in range(3):
         x = _data((4, 5, 6, 6), seed)
         assert fused.add_batch(fused_counters, x, 1, 0, math.inf)
-        from relu_doctor.counters import reduce_sample_max
+        from relu_doctor.engine.counters import reduce_sample_max
 
         torch_counters.add_finite(reduce_sample_max(x, 1, 0), torch.relu(x), 1)
     a, b = fused_counters.snapshot(), torch_counters.snapshot()
@@ -221,15 +222,37 @@ def test_cli_reducer_fused_without_numba_is_one_line_exit_2(tmp_path: Path, monk
 @needs_numba
 def test_cli_scans_agree_between_reducers() -> None:
     samples = Path(__file__).resolve().parent.parent / "samples"
-    args = ["scan", str(samples / "dying_mlp.safetensors"), "--arch", f"{samples / 'digits_mlp.py'}:build_mlp",
-            "--probe", str(samples / "digits_probe.npy"), "--format", "json", "--no-simulate"]  # fmt: skip
+    args = [
+        "scan",
+        str(samples / "dying_mlp.safetensors"),
+        "--arch",
+        f"{samples / 'digits_mlp.py'}:build_mlp",
+        "--probe",
+        str(samples / "digits_probe.npy"),
+        "--format",
+        "json",
+        "--no-simulate",
+    ]
     reports = {}
     for reducer in ("torch", "fused"):
         result = CliRunner().invoke(app, [*args, "--reducer", reducer])
         assert result.exit_code in (0, 1), result.stderr
         reports[reducer] = json.loads(result.stdout)
-    fields = ("name", "units", "dead", "dead_units", "dying_units", "dormant_units", "firing_rate", "sparsity",
-              "dead_max_preactivation", "nan_count", "inf_count", "samples", "positions_per_unit")  # fmt: skip
+    fields = (
+        "name",
+        "units",
+        "dead",
+        "dead_units",
+        "dying_units",
+        "dormant_units",
+        "firing_rate",
+        "sparsity",
+        "dead_max_preactivation",
+        "nan_count",
+        "inf_count",
+        "samples",
+        "positions_per_unit",
+    )
     assert len(reports["torch"]["sites"]) == len(reports["fused"]["sites"]) == 2
     for a, b in zip(reports["torch"]["sites"], reports["fused"]["sites"]):
         assert {k: a[k] for k in fields} == {k: b[k] for k in fields}

@@ -9,8 +9,8 @@ import torch
 from models import ConvBNReluShifted, FunctionalReluNet, ReusedReluBlock
 from torch import nn
 
-from relu_doctor import fused
-from relu_doctor.observe import ReluObserver
+from relu_doctor.engine import fused
+from relu_doctor.engine.observe import ReluObserver
 
 
 class Residual(nn.Module):
@@ -45,8 +45,9 @@ class SometimesTwice(nn.Module):
         return h
 
 
-def _observe(model: nn.Module, batches: list[torch.Tensor], hooks: bool, monkeypatch: pytest.MonkeyPatch,
-             reducer: str = "torch") -> list:  # fmt: skip
+def _observe(
+    model: nn.Module, batches: list[torch.Tensor], hooks: bool, monkeypatch: pytest.MonkeyPatch, reducer: str = "torch"
+) -> list:
     with monkeypatch.context() as patch:
         if not hooks:
             patch.setattr(ReluObserver, "_static_module_sites", lambda self: False)
@@ -70,11 +71,13 @@ REDUCERS = ["torch", pytest.param("fused", marks=pytest.mark.skipif(not fused.av
 
 @pytest.mark.parametrize("reducer", REDUCERS)
 @pytest.mark.parametrize(
-    ("make", "shape"), [(Residual, (4, 3, 6, 6)), (ReusedReluBlock, (5, 8)), (ConvBNReluShifted, (4, 3, 5, 5))],
+    ("make", "shape"),
+    [(Residual, (4, 3, 6, 6)), (ReusedReluBlock, (5, 8)), (ConvBNReluShifted, (4, 3, 5, 5))],
     ids=["residual", "reused-relu", "conv-bn"],
 )
-def test_hook_passes_count_what_the_dispatch_mode_counts(make: type, shape: tuple[int, ...], reducer: str,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_hook_passes_count_what_the_dispatch_mode_counts(
+    make: type, shape: tuple[int, ...], reducer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(0)
     model = make()
     gen = torch.Generator().manual_seed(1)

@@ -44,8 +44,14 @@ def _payload_files(directory: Path, marker: Path) -> dict[str, Path]:
     torch.save(evil, paths["legacy"], _use_new_zipfile_serialization=False)
     torch.save({"w": torch.ones(2), "x": evil}, paths["protocol4"], pickle_protocol=4)
     torch.save({**state, "head.extra": evil}, paths["in-state-dict"])
-    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}, "hyper_parameters": evil,
-                "pytorch-lightning_version": "2.4.0"}, paths["lightning"])  # fmt: skip
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in state.items()},
+            "hyper_parameters": evil,
+            "pytorch-lightning_version": "2.4.0",
+        },
+        paths["lightning"],
+    )
     torch.save(evil, paths["disguised"])
     return paths
 
@@ -61,9 +67,12 @@ def payloads(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path],
 @pytest.mark.parametrize("force_unsafe_env", [False, True])
 @pytest.mark.parametrize("trust", [False, True])
 def test_command_running_pickles_never_run(
-    payloads: tuple[dict[str, Path], Path], name: str, force_unsafe_env: bool, trust: bool,
+    payloads: tuple[dict[str, Path], Path],
+    name: str,
+    force_unsafe_env: bool,
+    trust: bool,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     paths, marker = payloads
     if force_unsafe_env:
         # Flips torch.load's default to unsafe, but only where weights_only is not passed.
@@ -167,10 +176,25 @@ def _broken(tmp_path: Path, kind: str) -> Path:
 
 
 BROKEN = [
-    "empty", "truncated-zip", "truncated-safetensors", "random", "bit-flipped", "absurd-header",
-    "offsets-past-end", "not-json-header", "plain-pickle", "text", "other-zip", "empty-dir",
-    "dir-without-weights", "missing", "fifo", "shard-escapes-directory", "shard-missing", "not-a-state-dict",
-]  # fmt: skip
+    "empty",
+    "truncated-zip",
+    "truncated-safetensors",
+    "random",
+    "bit-flipped",
+    "absurd-header",
+    "offsets-past-end",
+    "not-json-header",
+    "plain-pickle",
+    "text",
+    "other-zip",
+    "empty-dir",
+    "dir-without-weights",
+    "missing",
+    "fifo",
+    "shard-escapes-directory",
+    "shard-missing",
+    "not-a-state-dict",
+]
 
 
 @pytest.mark.parametrize("kind", BROKEN)

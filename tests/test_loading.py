@@ -38,9 +38,22 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize(
     "name",
-    ["torch-save", "torch-save-legacy", "safetensors", "hf-safetensors", "hf-bin", "hf-safetensors-sharded",
-     "hf-bin-sharded", "lightning", "ddp", "pickled-module", "torchscript", "torch-export", "torch-export-legacy"],
-)  # fmt: skip
+    [
+        "torch-save",
+        "torch-save-legacy",
+        "safetensors",
+        "hf-safetensors",
+        "hf-bin",
+        "hf-safetensors-sharded",
+        "hf-bin-sharded",
+        "lightning",
+        "ddp",
+        "pickled-module",
+        "torchscript",
+        "torch-export",
+        "torch-export-legacy",
+    ],
+)
 def test_every_format_loads_to_a_model_with_the_original_outputs(saved: dict[str, Path], name: str) -> None:
     loaded = load_model(saved[name], arch=ARCH_MODULE_SPEC, trust=name in CODE_CARRYING)
     x = probe()
@@ -233,10 +246,11 @@ def test_opaque_models_name_each_relu_op_in_execution_order(saved: dict[str, Pat
     assert len(counter.ops) == len(loaded.site_paths)
 
 
-def test_scripted_module_with_control_flow_gives_no_site_paths(tmp_path: Path) -> None:
+def test_scripted_module_with_an_inplace_branch_names_its_sites(tmp_path: Path) -> None:
     torch.jit.save(torch.jit.script(reference_model()), tmp_path / "s.pt")
     loaded = load_model(tmp_path / "s.pt", trust=True)
-    assert loaded.site_paths is None  # F.threshold compiles to an `if inplace:` holding the op
+    # F.threshold compiles to an `if inplace:` holding the op; the inlined graph has resolved it
+    assert loaded.site_paths == ("act", "", "act6", "")
     torch.testing.assert_close(loaded.model(probe()), reference_model()(probe()))
 
 
@@ -279,9 +293,20 @@ def dead_formats(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize(
     "name",
-    ["torch-save", "torch-save-legacy", "safetensors", "hf-safetensors-sharded", "hf-bin-sharded", "lightning",
-     "ddp", "pickled-module", "torchscript", "torch-export", "torch-export-legacy"],
-)  # fmt: skip
+    [
+        "torch-save",
+        "torch-save-legacy",
+        "safetensors",
+        "hf-safetensors-sharded",
+        "hf-bin-sharded",
+        "lightning",
+        "ddp",
+        "pickled-module",
+        "torchscript",
+        "torch-export",
+        "torch-export-legacy",
+    ],
+)
 def test_scan_counts_match_across_formats(dead_formats: dict[str, Path], name: str) -> None:
     from relu_doctor import scan
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from relu_doctor import scan
 from relu_doctor.cli import app
 from relu_doctor.report import ModelInfo, ProbeInfo, Report, Thresholds
-from relu_doctor.stats_io import StatsWriter, load_stats, merge_stats
+from relu_doctor.workflow.stats_io import StatsWriter, load_stats, merge_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -35,10 +35,19 @@ def _assert_same_sites(merged: Report, whole: Report) -> None:
     assert [s.name for s in merged.sites] == [s.name for s in whole.sites]
     for ours, theirs in zip(merged.sites, whole.sites):
         a, b = ours.counters, theirs.counters
-        assert (a.positive, a.positions, a.samples_fired, a.samples) == (b.positive, b.positions, b.samples_fired, b.samples)
+        assert (a.positive, a.positions, a.samples_fired, a.samples) == (
+            b.positive,
+            b.positions,
+            b.samples_fired,
+            b.samples,
+        )
         assert (a.max_preactivation, a.nan, a.inf) == (b.max_preactivation, b.nan, b.inf)
         assert a.activation_sum == pytest.approx(b.activation_sum, rel=1e-12)
-        assert (ours.dead_units, ours.dying_units, ours.dormant_units) == (theirs.dead_units, theirs.dying_units, theirs.dormant_units)
+        assert (ours.dead_units, ours.dying_units, ours.dormant_units) == (
+            theirs.dead_units,
+            theirs.dying_units,
+            theirs.dormant_units,
+        )
     assert merged.summary == whole.summary
     assert merged.gate == whole.gate
 
@@ -91,10 +100,14 @@ def test_cli_save_stats_and_merge_equal_the_scan_of_the_whole_probe(tmp_path: Pa
     whole, first, second = _split_probe(tmp_path)
     scan_args = ["scan", MODEL, "--arch", ARCH, "--batch-size", "64", "--no-simulate", "-f", "json"]
     for probe in (first, second):
-        result = runner.invoke(app, [*scan_args, "--probe", str(probe), "--save-stats", str(probe.with_suffix(".stats"))])
+        result = runner.invoke(
+            app, [*scan_args, "--probe", str(probe), "--save-stats", str(probe.with_suffix(".stats"))]
+        )
         assert result.exit_code in (0, 1), result.output
     expected = runner.invoke(app, [*scan_args, "--probe", str(whole)])
-    merged = runner.invoke(app, ["merge", str(first.with_suffix(".stats")), str(second.with_suffix(".stats")), "-f", "json"])
+    merged = runner.invoke(
+        app, ["merge", str(first.with_suffix(".stats")), str(second.with_suffix(".stats")), "-f", "json"]
+    )
     assert merged.exit_code == expected.exit_code
     ours, theirs = json.loads(merged.stdout), json.loads(expected.stdout)
     assert [(s["name"], s["dead_units"], s["units"]) for s in ours["sites"]] == [
@@ -108,7 +121,9 @@ def test_cli_merge_override_changes_the_gate(tmp_path: Path) -> None:
     runner = CliRunner()
     _, first, _ = _split_probe(tmp_path)
     stats = tmp_path / "first.stats"
-    runner.invoke(app, ["scan", MODEL, "--arch", ARCH, "--probe", str(first), "--no-simulate", "-q", "--save-stats", str(stats)])
+    runner.invoke(
+        app, ["scan", MODEL, "--arch", ARCH, "--probe", str(first), "--no-simulate", "-q", "--save-stats", str(stats)]
+    )
     dead = load_stats(stats).sites
     assert any(int(s.counters.positive.eq(0).sum()) for s in dead)  # the dying sample has dead units
     assert runner.invoke(app, ["merge", str(stats), "-q", "--max-dead-fraction", "0"]).exit_code == 1
@@ -131,4 +146,3 @@ def test_cli_merge_bad_file_is_one_line_and_exit_2(tmp_path: Path, content: str)
 def test_cli_merge_bad_override_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["merge", str(tmp_path / "x.stats"), "--max-dead-fraction", "2"])
     assert result.exit_code == 2 and "--max-dead-fraction must be between 0 and 1, got 2.0" in result.stderr
-

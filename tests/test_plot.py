@@ -11,14 +11,14 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from relu_doctor.analysis.trend import build_trend
 from relu_doctor.api import scan
 from relu_doctor.cli import app
 from relu_doctor.report import Report, Thresholds
-from relu_doctor.trend import build_trend
 
 pytest.importorskip("matplotlib")
 
-from relu_doctor.plot import DEAD_COLOR, report_figure, report_png, trend_figure  # noqa: E402
+from relu_doctor.render.plot import DEAD_COLOR, report_figure, report_png, trend_figure  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -61,8 +61,17 @@ def test_trend_figure_draws_the_dead_share_over_checkpoints() -> None:
 
 def test_cli_plot_writes_a_png_and_nothing_else_changes(tmp_path: Path) -> None:
     target = tmp_path / "hist.png"
-    args = ["scan", str(SAMPLES / "dying_mlp.safetensors"), "--arch", f"{SAMPLES / 'digits_mlp.py'}:build_mlp",
-            "--probe", str(SAMPLES / "digits_probe.npy"), "-q", "--plot", str(target)]  # fmt: skip
+    args = [
+        "scan",
+        str(SAMPLES / "dying_mlp.safetensors"),
+        "--arch",
+        f"{SAMPLES / 'digits_mlp.py'}:build_mlp",
+        "--probe",
+        str(SAMPLES / "digits_probe.npy"),
+        "-q",
+        "--plot",
+        str(target),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0 and result.stdout == ""
     assert target.read_bytes().startswith(PNG_MAGIC)
@@ -70,11 +79,21 @@ def test_cli_plot_writes_a_png_and_nothing_else_changes(tmp_path: Path) -> None:
 
 def test_missing_matplotlib_is_one_line_exit_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
-    args = ["scan", str(SAMPLES / "healthy_mlp.safetensors"), "--arch", f"{SAMPLES / 'digits_mlp.py'}:build_mlp",
-            "--samples", "8", "--plot", str(tmp_path / "p.png")]  # fmt: skip
+    args = [
+        "scan",
+        str(SAMPLES / "healthy_mlp.safetensors"),
+        "--arch",
+        f"{SAMPLES / 'digits_mlp.py'}:build_mlp",
+        "--samples",
+        "8",
+        "--plot",
+        str(tmp_path / "p.png"),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and result.stdout == ""  # checked before scanning: no report, then an error
-    assert result.stderr.strip().splitlines() == ['relu-doctor: error: --plot needs matplotlib: pip install "relu-doctor[plot]" (or drop --plot)']
+    assert result.stderr.strip().splitlines() == [
+        'relu-doctor: error: --plot needs matplotlib: pip install "relu-doctor[plot]" (or drop --plot)'
+    ]
     assert not (tmp_path / "p.png").exists()
 
 

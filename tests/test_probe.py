@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from relu_doctor.errors import ProbeError
-from relu_doctor.probe import check_probe_fits, file_probe, npy_rows, parse_shape, synthetic_probe
+from relu_doctor.engine.runner import observe
+from relu_doctor.errors import ObservationError, ProbeError
+from relu_doctor.workflow.probe import file_probe, npy_rows, parse_shape, synthetic_probe
 
 ROWS = np.arange(7 * 2 * 3, dtype=np.float32).reshape(7, 2, 3)
 
@@ -32,11 +33,14 @@ def _every_form(tmp_path: Path) -> dict[str, tuple[Path, str | None]]:
     for i, (lo, hi) in enumerate([(0, 2), (2, 3), (3, 7)]):  # uneven shards, read across their borders
         np.save(shards / f"part{i}.npy", ROWS[lo:hi])
     return {
-        "npy": (tmp_path / "rows.npy", None), "fortran npy": (tmp_path / "fortran.npy", None),
-        "npz": (tmp_path / "rows.npz", None), "safetensors": (tmp_path / "rows.safetensors", "x"),
-        "pt dict": (tmp_path / "dict.pt", "inputs"), "pt tuple": (tmp_path / "tuple.pt", "0"),
+        "npy": (tmp_path / "rows.npy", None),
+        "fortran npy": (tmp_path / "fortran.npy", None),
+        "npz": (tmp_path / "rows.npz", None),
+        "safetensors": (tmp_path / "rows.safetensors", "x"),
+        "pt dict": (tmp_path / "dict.pt", "inputs"),
+        "pt tuple": (tmp_path / "tuple.pt", "0"),
         "npy shards": (shards, None),
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("form", ["npy", "fortran npy", "npz", "safetensors", "pt dict", "pt tuple", "npy shards"])
@@ -72,9 +76,10 @@ def test_a_file_with_several_tensors_needs_probe_key(tmp_path: Path) -> None:
 def test_a_probe_that_does_not_fit_names_both_shapes(tmp_path: Path) -> None:
     np.save(tmp_path / "rows.npy", ROWS)  # samples of shape (2, 3): 3 features
     model = nn.Sequential(nn.Linear(5, 4), nn.ReLU())
-    with pytest.raises(ProbeError) as error:
-        check_probe_fits(model, file_probe(tmp_path / "rows.npy", batch_size=2))
-    assert "(2, 3)" in str(error.value) and "5 features" in str(error.value)
+    # Never refused by a guess from the first layer: the forward pass fails, and its error carries the hint.
+    with pytest.raises(ObservationError) as error:
+        observe(model, file_probe(tmp_path / "rows.npy", batch_size=2).batches())
+    assert "(2, 2, 3)" in str(error.value) and "0 (Linear), takes 5 features" in str(error.value)
 
 
 def test_a_non_numeric_probe_is_refused(tmp_path: Path) -> None:

@@ -34,10 +34,11 @@ def report() -> Report:
     model = GoldenReportNet()
     probe = GoldenReportNet.probe()
     report = scan(
-        model, list(probe.split(50)),
+        model,
+        list(probe.split(50)),
         model_info=ModelInfo("golden.safetensors", "safetensors", "0" * 64, arch="tests/models.py:GoldenReportNet"),
         probe_info=ProbeInfo("file", 200, 50, "golden_probe.npy", (4,)),
-    )  # fmt: skip
+    )
     return replace(report, tool_version="0.0.0+golden")
 
 

@@ -78,7 +78,7 @@ def test_healthy_sample_matches_brute_force() -> None:
 
 def test_loader_and_pipeline_give_the_same_answer(dying_report: Report) -> None:
     pytest.importorskip("relu_doctor.loading", reason="the checkpoint loader is not importable yet")
-    from relu_doctor.pipeline import ScanRequest, run_scan
+    from relu_doctor.workflow.scan import ScanRequest, run_scan
 
     request = ScanRequest(
         str(SAMPLES / "dying_mlp.safetensors"), arch=f"{SAMPLES / 'digits_mlp.py'}:build_mlp", probe_path=str(PROBE)

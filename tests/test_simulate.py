@@ -14,8 +14,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from relu_doctor import scan
+from relu_doctor.analysis.diagnose import BIAS_MARGIN
 from relu_doctor.cli import app
-from relu_doctor.diagnose import BIAS_MARGIN
 from relu_doctor.repair.api import repair_model
 from relu_doctor.report import Finding, Report
 
@@ -80,7 +80,9 @@ def test_the_planted_units_are_dead_and_bias_caused(report: Report) -> None:
     assert _cause(report, "act1").code == _cause(report, ":relu").code == "RD101"
 
 
-def test_leaky_swap_of_an_inplace_module_site_equals_a_rerun_of_a_swapped_copy(report: Report, probe: list[torch.Tensor]) -> None:
+def test_leaky_swap_of_an_inplace_module_site_equals_a_rerun_of_a_swapped_copy(
+    report: Report, probe: list[torch.Tensor]
+) -> None:
     model = BiasKilledClassifier()
     swapped = copy.deepcopy(model)
     swapped.act1 = nn.LeakyReLU(SLOPE, inplace=True)
@@ -91,7 +93,9 @@ def test_leaky_swap_of_an_inplace_module_site_equals_a_rerun_of_a_swapped_copy(r
     assert math.isclose(predicted["leaky_argmax_changed"], argmax, abs_tol=1e-12)
 
 
-def test_leaky_swap_of_a_functional_site_equals_a_rerun_of_a_swapped_copy(report: Report, probe: list[torch.Tensor]) -> None:
+def test_leaky_swap_of_a_functional_site_equals_a_rerun_of_a_swapped_copy(
+    report: Report, probe: list[torch.Tensor]
+) -> None:
     model = BiasKilledClassifier()
     swapped = copy.deepcopy(model)
     swapped.act2 = functools.partial(F.leaky_relu, negative_slope=SLOPE)
@@ -115,10 +119,13 @@ def test_leaky_everywhere_counts_every_unit_as_carrying_gradient(report: Report,
 def test_bias_shift_equals_a_rerun_of_a_copy_with_raised_biases(report: Report, probe: list[torch.Tensor]) -> None:
     model = BiasKilledClassifier()
     shifted = copy.deepcopy(model)
-    with torch.no_grad():
+    with torch.no_grad():  # fix shifts every site at once, each sized on the unshifted model (issue 15)
         first = torch.cat([model.preactivations(x)[0] for x in probe])
+        second = torch.cat([model.preactivations(x)[1] for x in probe])
         for unit in BiasKilledClassifier.FC1_DEAD:
             shifted.fc1.bias[unit] += BIAS_MARGIN - first[:, unit].max()
+        for unit in BiasKilledClassifier.FC2_DEAD:
+            shifted.fc2.bias[unit] += BIAS_MARGIN - second[:, unit].max()
         revived = int((torch.cat([shifted.preactivations(x)[0] for x in probe])[:, [0, 1]] > 0).any(0).sum())
     drift, argmax = _rerun_drift(model, shifted, probe)
     predicted = dict(_cause(report, "act1").predicted)
@@ -177,8 +184,15 @@ def test_a_model_that_cannot_be_rerun_keeps_its_scan_and_says_why() -> None:
     assert any(w.startswith("simulation skipped: RuntimeError: stream already consumed") for w in report.warnings)
 
 
-SAMPLE = ["samples/dying_mlp.safetensors", "--arch", "samples/digits_mlp.py:build_mlp",
-          "--probe", "samples/digits_probe.npy", "--format", "json"]  # fmt: skip
+SAMPLE = [
+    "samples/dying_mlp.safetensors",
+    "--arch",
+    "samples/digits_mlp.py:build_mlp",
+    "--probe",
+    "samples/digits_probe.npy",
+    "--format",
+    "json",
+]
 
 
 def test_cli_simulates_by_default_and_no_simulate_skips_it() -> None:
@@ -189,4 +203,6 @@ def test_cli_simulates_by_default_and_no_simulate_skips_it() -> None:
     # 78 of act2's 128 units are dead; a bias shift to +0.1 wakes every one of them
     assert cause["units"] and cause["predicted"]["bias_shift_revived"] == len(cause["units"]) == 78
     assert all(f["predicted"] == {} for f in skipped["findings"])
-    assert [f["code"] for f in skipped["findings"]] == [f["code"] for f in simulated["findings"] if f["code"] != "RD301"]
+    assert [f["code"] for f in skipped["findings"]] == [
+        f["code"] for f in simulated["findings"] if f["code"] != "RD301"
+    ]

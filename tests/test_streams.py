@@ -14,8 +14,15 @@ from relu_doctor.cli import app
 from relu_doctor.cli.app import output_style
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
-SCAN = ["scan", str(SAMPLES / "dying_mlp.safetensors"), "--arch", str(SAMPLES / "digits_mlp.py") + ":build_mlp",
-        "--probe", str(SAMPLES / "digits_probe.npy"), "--no-simulate"]  # fmt: skip  (simulated fixes are not what this tests)
+SCAN = [
+    "scan",
+    str(SAMPLES / "dying_mlp.safetensors"),
+    "--arch",
+    str(SAMPLES / "digits_mlp.py") + ":build_mlp",
+    "--probe",
+    str(SAMPLES / "digits_probe.npy"),
+    "--no-simulate",
+]  # (simulated fixes are not what this tests)
 FAILING = ["--max-layer-dead-fraction", "0.5"]  # act2 has 78 of 128 dead (60.9%)
 ANSI = "\x1b["
 
@@ -33,23 +40,36 @@ def run(*args: str, env: dict[str, str] | None = None):
 
 
 # -- the pure decision --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("environ", "flag", "tty", "to_file", "color"), [
-    ({}, False, True, False, True),                                # a terminal gets colour
-    ({}, False, False, False, False),                              # a pipe does not
-    ({"FORCE_COLOR": "1"}, False, False, False, True),             # unless forced
-    ({"NO_COLOR": "1", "FORCE_COLOR": "1"}, False, True, False, False),  # NO_COLOR wins
-    ({"NO_COLOR": ""}, False, True, False, True),                  # an empty NO_COLOR is unset (no-color.org)
-    ({}, True, True, False, False),                                # --no-color
-    ({"FORCE_COLOR": "1"}, False, True, True, False),              # never into a file
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("environ", "flag", "tty", "to_file", "color"),
+    [
+        ({}, False, True, False, True),  # a terminal gets colour
+        ({}, False, False, False, False),  # a pipe does not
+        ({"FORCE_COLOR": "1"}, False, False, False, True),  # unless forced
+        ({"NO_COLOR": "1", "FORCE_COLOR": "1"}, False, True, False, False),  # NO_COLOR wins
+        ({"NO_COLOR": ""}, False, True, False, True),  # an empty NO_COLOR is unset (no-color.org)
+        ({}, True, True, False, False),  # --no-color
+        ({"FORCE_COLOR": "1"}, False, True, True, False),  # never into a file
+    ],
+)
 def test_colour_decision(environ: dict[str, str], flag: bool, tty: bool, to_file: bool, color: bool) -> None:
-    style = output_style(quiet=False, verbose=False, no_color=flag, to_file=to_file, environ=environ, stdout_tty=tty, stderr_tty=tty)
+    style = output_style(
+        quiet=False, verbose=False, no_color=flag, to_file=to_file, environ=environ, stdout_tty=tty, stderr_tty=tty
+    )
     assert style.color is color
 
 
 def test_width_and_progress_decision() -> None:
     def style(environ: dict[str, str], stderr_tty: bool = False, quiet: bool = False):
-        return output_style(quiet=quiet, verbose=False, no_color=False, to_file=False, environ=environ, stdout_tty=False, stderr_tty=stderr_tty)
+        return output_style(
+            quiet=quiet,
+            verbose=False,
+            no_color=False,
+            to_file=False,
+            environ=environ,
+            stdout_tty=False,
+            stderr_tty=stderr_tty,
+        )
 
     assert style({"COLUMNS": "72"}).width == 72
     assert style({"COLUMNS": "wide"}).width == 100  # unreadable COLUMNS falls back, never crashes
@@ -86,11 +106,13 @@ def test_quiet_prints_nothing_and_keeps_the_exit_code() -> None:
 def test_output_writes_the_file_atomically_and_leaves_stdout_empty(tmp_path: Path) -> None:
     target = tmp_path / "report.json"
     target.write_text("old")
-    result = run("-f", "json", "-o", str(target))
+    assert run("-f", "json", "-o", str(target)).exit_code == 2  # an existing file is replaced only with --force
+    assert target.read_text() == "old"
+    result = run("-f", "json", "-o", str(target), "--force")
     assert result.exit_code == 0 and result.stdout == ""
     assert json.loads(target.read_text())["summary"]["dead"] == 78
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temporary file left behind
-    assert run("-f", "json", "-q", "-o", str(target), *FAILING).exit_code == 1  # quiet still writes the file
+    assert run("-f", "json", "-q", "-o", str(target), "--force", *FAILING).exit_code == 1  # quiet still writes
     assert json.loads(target.read_text())["passed"] is False
 
 
@@ -112,8 +134,17 @@ def test_exit_zero_does_not_hide_errors() -> None:
 
 
 def test_strict_turns_warnings_into_failures() -> None:
-    synthetic = ["scan", str(SAMPLES / "healthy_mlp.safetensors"), "--arch", str(SAMPLES / "digits_mlp.py") + ":build_mlp",
-                 "--samples", "64", "-f", "json", "--no-simulate"]  # fmt: skip
+    synthetic = [
+        "scan",
+        str(SAMPLES / "healthy_mlp.safetensors"),
+        "--arch",
+        str(SAMPLES / "digits_mlp.py") + ":build_mlp",
+        "--samples",
+        "64",
+        "-f",
+        "json",
+        "--no-simulate",
+    ]
     relaxed = CliRunner().invoke(app, synthetic)
     assert relaxed.exit_code == 0 and any("synthetic probe" in w for w in json.loads(relaxed.stdout)["warnings"])
     strict = CliRunner().invoke(app, [*synthetic, "--strict"])

@@ -183,8 +183,17 @@ def test_every_relu_family_form_is_a_site() -> None:
     report = scan(EveryReluForm(), [torch.randn(8, 3, generator=_gen())])
     assert len(report.sites) == len(EveryReluForm.FORMS) == 10
     assert [s.op for s in report.sites] == [
-        "relu", "relu_", "relu", "relu", "relu", "relu_", "relu6", "relu6", "relu6", "threshold",
-    ]  # fmt: skip
+        "relu",
+        "relu_",
+        "relu",
+        "relu",
+        "relu",
+        "relu_",
+        "relu6",
+        "relu6",
+        "relu6",
+        "threshold",
+    ]
     assert [s.kind for s in report.sites] == ["module"] * 2 + ["functional"] * 4 + ["module", "functional"] + [
         "module"
     ] * 2

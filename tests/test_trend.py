@@ -12,24 +12,24 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from relu_doctor.analysis.trend import died_at, natural_key, sort_naturally
 from relu_doctor.cli import app
 from relu_doctor.render.trend import sparkline
-from relu_doctor.trend import died_at, natural_key, sort_naturally
 
-ARCH_SOURCE = '''
+ARCH_SOURCE = """
 from torch import nn
 
 def build(width: int = 8):
     return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 2))
-'''
+"""
 EPOCHS = range(1, 11)
 # unit -> epochs at which it is dead (bias -1000); every other unit has bias 0.5 and fires on the probe
 DEAD_AT = {
-    1: set(range(3, 11)),                # dies at epoch 3 and stays dead             -> died at epoch_3
-    4: {10},                             # dies at the last epoch only                -> died at epoch_10
-    6: {2, 3, 4, 8, 9, 10},              # dies, revives at 5, dies again at 8        -> died at epoch_8
-    5: {4, 5},                           # dies, then revives for good                -> revived
-}  # fmt: skip
+    1: set(range(3, 11)),  # dies at epoch 3 and stays dead             -> died at epoch_3
+    4: {10},  # dies at the last epoch only                -> died at epoch_10
+    6: {2, 3, 4, 8, 9, 10},  # dies, revives at 5, dies again at 8        -> died at epoch_8
+    5: {4, 5},  # dies, then revives for good                -> revived
+}
 
 
 def state_at(epoch: int, width: int = 8) -> dict[str, torch.Tensor]:
@@ -54,8 +54,11 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trend(run_dir: Path, epochs: range | list[int], *args: str):
     # Given in shell-glob (lexicographic) order: epoch_1, epoch_10, epoch_2, ...
     paths = sorted(str(run_dir / f"epoch_{e}.safetensors") for e in epochs)
-    return CliRunner().invoke(app, ["trend", *paths, "--arch", f"{run_dir / 'tiny_arch.py'}:build",
-                                    "--probe", str(run_dir / "probe.npy"), *args], env={"COLUMNS": "200"})  # fmt: skip
+    return CliRunner().invoke(
+        app,
+        ["trend", *paths, "--arch", f"{run_dir / 'tiny_arch.py'}:build", "--probe", str(run_dir / "probe.npy"), *args],
+        env={"COLUMNS": "200"},
+    )
 
 
 # -- pure parts ----------------------------------------------------------------------------------------------------
@@ -108,6 +111,17 @@ def test_thresholds_and_exit_code_apply_to_the_last_checkpoint(run_dir: Path) ->
 def test_checkpoints_of_different_architectures_exit_2(run_dir: Path, tmp_path: Path) -> None:
     save_file(state_at(1, width=6), str(tmp_path / "epoch_11.safetensors"))
     paths = [str(run_dir / "epoch_1.safetensors"), str(tmp_path / "epoch_11.safetensors")]
-    result = CliRunner().invoke(app, ["trend", *paths, "--arch", f"{run_dir / 'tiny_arch.py'}:build",
-                                      "--arch-kwargs", '{"width": 8}', "--probe", str(run_dir / "probe.npy")])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "trend",
+            *paths,
+            "--arch",
+            f"{run_dir / 'tiny_arch.py'}:build",
+            "--arch-kwargs",
+            '{"width": 8}',
+            "--probe",
+            str(run_dir / "probe.npy"),
+        ],
+    )
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1

@@ -9,19 +9,39 @@ import typer
 
 from ..render import Format
 from . import options as opt
-from .app import app, error_boundary, exit_code, style_from_options
+from .app import app, error_boundary, exit_code, plan_outputs, style_from_options
 
 
 @app.command()
 def merge(
-    files: Annotated[list[Path], typer.Argument(help="Stats files written by `scan --save-stats` (one per shard).", show_default=False)],
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)] = Format.table,
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="Stats files written by `scan --save-stats` (one per shard).", show_default=False),
+    ],
+    fmt: Annotated[
+        Format, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)
+    ] = Format.table,
     output: opt.Output = None,
-    dying_rate: Annotated[float | None, typer.Option(help="Override the saved dying rate.", rich_help_panel=opt.GATE)] = None,
-    tau: Annotated[float | None, typer.Option(help="Override the saved ReDo dormancy threshold.", rich_help_panel=opt.GATE)] = None,
-    max_dead_fraction: Annotated[float | None, typer.Option(help="Exit 1 when the model's dead fraction exceeds this (default: as saved).", rich_help_panel=opt.GATE)] = None,
-    max_layer_dead_fraction: Annotated[float | None, typer.Option(help="Exit 1 when any site's dead fraction exceeds this (default: as saved).", rich_help_panel=opt.GATE)] = None,
+    dying_rate: Annotated[
+        float | None, typer.Option(help="Override the saved dying rate.", rich_help_panel=opt.GATE)
+    ] = None,
+    tau: Annotated[
+        float | None, typer.Option(help="Override the saved ReDo dormancy threshold.", rich_help_panel=opt.GATE)
+    ] = None,
+    max_dead_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Exit 1 when the model's dead fraction exceeds this (default: as saved).", rich_help_panel=opt.GATE
+        ),
+    ] = None,
+    max_layer_dead_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Exit 1 when any site's dead fraction exceeds this (default: as saved).", rich_help_panel=opt.GATE
+        ),
+    ] = None,
     exit_zero: opt.ExitZero = False,
+    force: opt.Force = False,
     quiet: opt.Quiet = False,
     no_color: opt.NoColor = False,
     debug: opt.Debug = False,
@@ -29,13 +49,18 @@ def merge(
     """Merge the counters of several scans of one model into one report, equal to a scan of their union."""
     style = style_from_options(quiet, False, no_color, output)
     with error_boundary(debug):
-        from ..stats_io import merge_stats
+        from ..workflow.stats_io import merge_stats
         from .scan import emit_report
 
-        overrides = {"dying_rate": dying_rate, "tau": tau, "max_dead_fraction": max_dead_fraction,
-                     "max_layer_dead_fraction": max_layer_dead_fraction}  # fmt: skip
+        overrides = {
+            "dying_rate": dying_rate,
+            "tau": tau,
+            "max_dead_fraction": max_dead_fraction,
+            "max_layer_dead_fraction": max_layer_dead_fraction,
+        }
+        targets = plan_outputs(files, force, output=output)
         report = merge_stats(files, _checked(overrides))
-        emit_report(report, fmt, output, style)
+        emit_report(report, fmt, targets["output"], style)
     raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
 
 

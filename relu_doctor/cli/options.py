@@ -15,39 +15,198 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import UsageError
+from ..settings import DEFAULT_REDUCER
 
 LOAD, PROBE, GATE, OUTPUT = "Loading", "Probe", "Gate", "Output"
 
-Arch = Annotated[str | None, typer.Option(help="Architecture for a state dict: package.module:callable or path/to/file.py:callable.", rich_help_panel=LOAD)]
-ArchKwargs = Annotated[str | None, typer.Option(help="JSON object of keyword arguments for the --arch callable.", rich_help_panel=LOAD)]
-Key = Annotated[str | None, typer.Option(help="Nested state dict to use in a training checkpoint.", rich_help_panel=LOAD)]
-Trust = Annotated[bool, typer.Option("--trust", help="Allow formats that run code from the file (pickled module, TorchScript, torch.export). Command line only.", rich_help_panel=LOAD)]
-Imports = Annotated[list[str] | None, typer.Option("--import", help="Module to import before unpickling a trusted module (repeatable).", rich_help_panel=LOAD)]
-AllowGlobal = Annotated[list[str] | None, typer.Option(help="Allow one pickled global (module.Name) in a weights-only load (repeatable).", rich_help_panel=LOAD)]
+Arch = Annotated[
+    str | None,
+    typer.Option(
+        help="Architecture for a state dict: package.module:callable or path/to/file.py:callable.", rich_help_panel=LOAD
+    ),
+]
+ArchKwargs = Annotated[
+    str | None, typer.Option(help="JSON object of keyword arguments for the --arch callable.", rich_help_panel=LOAD)
+]
+Key = Annotated[
+    str | None, typer.Option(help="Nested state dict to use in a training checkpoint.", rich_help_panel=LOAD)
+]
+Trust = Annotated[
+    bool,
+    typer.Option(
+        "--trust",
+        help="Allow formats that run code from the file (pickled module, TorchScript, torch.export). Command line only.",
+        rich_help_panel=LOAD,
+    ),
+]
+Imports = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--import", help="Module to import before unpickling a trusted module (repeatable).", rich_help_panel=LOAD
+    ),
+]
+AllowGlobal = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Allow one pickled global (module.Name) in a weights-only load (repeatable).", rich_help_panel=LOAD
+    ),
+]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.", rich_help_panel=LOAD)]
-Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16 (counters stay float32 or wider).", rich_help_panel=LOAD)]
-Reducer = Annotated[str, typer.Option(help="auto, torch or fused (one pass, numba: relu-doctor\\[fast]). auto: fused when installed and the probe is big enough to pay for loading it, else torch.", rich_help_panel=LOAD)]
-Probe = Annotated[Path | None, typer.Option(help="Probe tensor: .npy, .npz, .safetensors, .pt, or a directory of .npy shards.", rich_help_panel=PROBE)]
-ProbeKey = Annotated[str | None, typer.Option(help="Tensor to use from a probe file holding several.", rich_help_panel=PROBE)]
-Samples = Annotated[int, typer.Option(help="Synthetic probe size; with --probe, read at most this many samples (default: all).", show_default=False, rich_help_panel=PROBE)]
+Dtype = Annotated[
+    str, typer.Option(help="float32, bfloat16 or float16 (counters stay float32 or wider).", rich_help_panel=LOAD)
+]
+Reducer = Annotated[
+    str,
+    typer.Option(
+        help="auto, torch or fused (one pass, numba: relu-doctor\\[fast]). auto: fused when installed and the probe is big enough to pay for loading it, else torch.",
+        rich_help_panel=LOAD,
+    ),
+]
+Probe = Annotated[
+    Path | None,
+    typer.Option(
+        help="Probe tensor: .npy, .npz, .safetensors, .pt, or a directory of .npy shards.", rich_help_panel=PROBE
+    ),
+]
+ProbeKey = Annotated[
+    str | None, typer.Option(help="Tensor to use from a probe file holding several.", rich_help_panel=PROBE)
+]
+Samples = Annotated[
+    int,
+    typer.Option(
+        help="Synthetic probe size; with --probe, read at most this many samples (default: all).",
+        show_default=False,
+        rich_help_panel=PROBE,
+    ),
+]
 Seed = Annotated[int, typer.Option(help="Seed of the synthetic probe.", rich_help_panel=PROBE)]
 BatchSize = Annotated[int, typer.Option(help="Samples per forward pass.", rich_help_panel=PROBE)]
-InputShape = Annotated[str | None, typer.Option(help="Shape of one synthetic sample, e.g. 3x32x32.", rich_help_panel=PROBE)]
-UnitDim = Annotated[int | None, typer.Option(help="Force the unit axis of every site (default: channels for conv-style, last axis for linear-style).", rich_help_panel=PROBE)]
-DyingRate = Annotated[float, typer.Option(help="A live unit firing on fewer than this share of its positions is dying.", rich_help_panel=GATE)]
+InputShape = Annotated[
+    str | None, typer.Option(help="Shape of one synthetic sample, e.g. 3x32x32.", rich_help_panel=PROBE)
+]
+UnitDim = Annotated[
+    int | None,
+    typer.Option(
+        help="Force the unit axis of every site (default: channels for conv-style, last axis for linear-style).",
+        rich_help_panel=PROBE,
+    ),
+]
+DyingRate = Annotated[
+    float,
+    typer.Option(help="A live unit firing on fewer than this share of its positions is dying.", rich_help_panel=GATE),
+]
 Tau = Annotated[float, typer.Option(help="ReDo dormancy threshold.", rich_help_panel=GATE)]
-MaxDeadFraction = Annotated[float | None, typer.Option(help="Exit 1 when the model's dead fraction exceeds this.", rich_help_panel=GATE)]
-MaxLayerDeadFraction = Annotated[float | None, typer.Option(help="Exit 1 when any site's dead fraction exceeds this (\\[tool.relu-doctor.sites] sets it per glob).", rich_help_panel=GATE)]
-Ignore = Annotated[list[str] | None, typer.Option(help="Leave sites matching this glob out of the gate and the totals (repeatable), e.g. 'head.*'.", rich_help_panel=GATE)]
-Strict = Annotated[bool, typer.Option("--strict", help="Warnings (synthetic probe, module never called, ...) also fail the gate (exit 1).", rich_help_panel=GATE)]
-ExitZero = Annotated[bool, typer.Option("--exit-zero", help="Report, but exit 0 even when a threshold is exceeded (errors still exit 2).", rich_help_panel=GATE)]
-Config = Annotated[Path | None, typer.Option("--config", help="TOML config file (default: \\[tool.relu-doctor] of the nearest pyproject.toml).", rich_help_panel=GATE)]
-Output = Annotated[Path | None, typer.Option("--output", "-o", help="Write the report to this file (atomically) instead of stdout.", rich_help_panel=OUTPUT)]
-Plot = Annotated[Path | None, typer.Option("--plot", help="Also save a PNG picture here (needs relu-doctor\\[plot]).", rich_help_panel=OUTPUT)]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; the exit code says it all (--output and --plot still write).", rich_help_panel=OUTPUT)]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say on stderr where each setting came from.", rich_help_panel=OUTPUT)]
-NoColor = Annotated[bool, typer.Option("--no-color", help="No ANSI colour (also: NO_COLOR=1; FORCE_COLOR=1 forces it).", rich_help_panel=OUTPUT)]
+MaxDeadFraction = Annotated[
+    float | None, typer.Option(help="Exit 1 when the model's dead fraction exceeds this.", rich_help_panel=GATE)
+]
+MaxLayerDeadFraction = Annotated[
+    float | None,
+    typer.Option(
+        help="Exit 1 when any site's dead fraction exceeds this (\\[tool.relu-doctor.sites] sets it per glob).",
+        rich_help_panel=GATE,
+    ),
+]
+Ignore = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Leave sites matching this glob out of the gate and the totals (repeatable), e.g. 'head.*'.",
+        rich_help_panel=GATE,
+    ),
+]
+Strict = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Warnings (synthetic probe, module never called, ...) also fail the gate (exit 1).",
+        rich_help_panel=GATE,
+    ),
+]
+ExitZero = Annotated[
+    bool,
+    typer.Option(
+        "--exit-zero",
+        help="Report, but exit 0 even when a threshold is exceeded (errors still exit 2).",
+        rich_help_panel=GATE,
+    ),
+]
+Config = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="TOML config file (default: \\[tool.relu-doctor] of the nearest pyproject.toml).",
+        rich_help_panel=GATE,
+    ),
+]
+Isolated = Annotated[
+    bool,
+    typer.Option(
+        "--isolated",
+        help="Ignore every config file and RELU_DOCTOR_* variable: only the command line and the defaults count.",
+        rich_help_panel=GATE,
+    ),
+]
+Output = Annotated[
+    Path | None,
+    typer.Option(
+        "--output", "-o", help="Write the report to this file (atomically) instead of stdout.", rich_help_panel=OUTPUT
+    ),
+]
+Plot = Annotated[
+    Path | None,
+    typer.Option("--plot", help="Also save a PNG picture here (needs relu-doctor\\[plot]).", rich_help_panel=OUTPUT),
+]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Replace an existing output file (--output, --plot, --save-stats); an input is never replaced.",
+        rich_help_panel=OUTPUT,
+    ),
+]
+Quiet = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="Print nothing; the exit code says it all (--output and --plot still write).",
+        rich_help_panel=OUTPUT,
+    ),
+]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Say on stderr where each setting came from.", rich_help_panel=OUTPUT)
+]
+NoColor = Annotated[
+    bool,
+    typer.Option(
+        "--no-color", help="No ANSI colour (also: NO_COLOR=1; FORCE_COLOR=1 forces it).", rich_help_panel=OUTPUT
+    ),
+]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.", rich_help_panel=OUTPUT)]
+
+Certify = Annotated[
+    bool,
+    typer.Option(
+        "--certify",
+        help="Also prove, by bound propagation, which units can never fire (and which always fire) on a whole input domain (--domain).",
+        rich_help_panel=GATE,
+    ),
+]
+Domain = Annotated[
+    str | None,
+    typer.Option(
+        "--domain",
+        help="Input domain for --certify: probe[:MARGIN] (the probe's per-feature min/max box; the default with --probe), box:LO,HI, or file:PATH (.npy of shape (2, *sample), or .npz with lo and hi).",
+        rich_help_panel=GATE,
+    ),
+]
+GateOn = Annotated[
+    str,
+    typer.Option(
+        "--gate-on",
+        help="What the dead-fraction limits count: probe (units dead on the probe) or certified (units proved dead; turns on --certify).",
+        rich_help_panel=GATE,
+    ),
+]
 
 
 def arch_kwargs_value(value: str | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -56,29 +215,54 @@ def arch_kwargs_value(value: str | Mapping[str, Any] | None) -> dict[str, Any]:
         return {}
     if isinstance(value, Mapping):
         return dict(value)
+    shown = value if len(value) <= 80 else value[:77] + "..."
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"--arch-kwargs expects a JSON object, e.g. '{{\"width\": 64}}', got {value!r} ({exc.msg})") from exc
+        raise UsageError(
+            f"--arch-kwargs expects a JSON object, e.g. '{{\"width\": 64}}', got {shown!r} ({exc.msg})"
+        ) from exc
+    except RecursionError:
+        raise UsageError(f"--arch-kwargs nests too deeply to parse, got {shown!r}; pass plain keyword values") from None
     if not isinstance(parsed, dict):
-        raise UsageError(f"--arch-kwargs expects a JSON object, e.g. '{{\"width\": 64}}', got {value!r}")
+        raise UsageError(f"--arch-kwargs expects a JSON object, e.g. '{{\"width\": 64}}', got {shown!r}")
     return parsed
 
 
-def scan_request(model: Path, values: Mapping[str, Any], *, key: str | None, trust: bool, imports: list[str] | None,
-                 allow_global: list[str] | None, limit_samples: bool) -> Any:  # fmt: skip
+def scan_request(
+    model: Path,
+    values: Mapping[str, Any],
+    *,
+    key: str | None,
+    trust: bool,
+    imports: list[str] | None,
+    allow_global: list[str] | None,
+    limit_samples: bool,
+) -> Any:
     """A validated ScanRequest from resolved settings plus the command-line-only options."""
-    from ..config import thresholds_from
-    from ..pipeline import ScanRequest
-    from ..probe import parse_shape
+    from ..workflow.probe import parse_shape
+    from ..workflow.scan import ScanRequest
+    from .config import thresholds_from
 
     probe, shape = values.get("probe"), values.get("input_shape")
     return ScanRequest(
-        model_path=str(model), arch=values.get("arch"), arch_kwargs=arch_kwargs_value(values.get("arch_kwargs")),
-        key=key, trust=trust, imports=tuple(imports or ()), allow_globals=tuple(allow_global or ()),
-        probe_path=None if probe is None else str(probe), probe_key=values.get("probe_key"),
-        samples=values["samples"], limit_samples=probe is not None and limit_samples, seed=values["seed"],
-        batch_size=values["batch_size"], input_shape=None if shape is None else parse_shape(shape),
-        unit_dim=values.get("unit_dim"), device=values["device"], dtype=values["dtype"],
-        reducer=values.get("reducer", "auto"), thresholds=thresholds_from(values),
-    )  # fmt: skip
+        model_path=str(model),
+        arch=values.get("arch"),
+        arch_kwargs=arch_kwargs_value(values.get("arch_kwargs")),
+        key=key,
+        trust=trust,
+        imports=tuple(imports or ()),
+        allow_globals=tuple(allow_global or ()),
+        probe_path=None if probe is None else str(probe),
+        probe_key=values.get("probe_key"),
+        samples=values["samples"],
+        limit_samples=probe is not None and limit_samples,
+        seed=values["seed"],
+        batch_size=values["batch_size"],
+        input_shape=None if shape is None else parse_shape(shape),
+        unit_dim=values.get("unit_dim"),
+        device=values["device"],
+        dtype=values["dtype"],
+        reducer=values.get("reducer", DEFAULT_REDUCER),
+        thresholds=thresholds_from(values),
+    )

@@ -15,12 +15,22 @@ from typing import Annotated, Any
 
 import typer
 
-from ..distributed import is_primary
 from ..errors import UntrustedCodeError
-from ..pipeline import DEFAULT_SAMPLES
 from ..render import Format
 from ..render.common import summary_line
 from ..report import Report
+from ..settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_DYING_RATE,
+    DEFAULT_REDUCER,
+    DEFAULT_SAMPLES,
+    DEFAULT_SEED,
+    DEFAULT_TAU,
+)
+from ..workflow.distributed import is_primary
+from ..workflow.scan import certify_domain
 from . import options as opt
 from .app import (
     OutputStyle,
@@ -30,11 +40,13 @@ from .app import (
     error_boundary,
     exit_code,
     note,
+    plan_outputs,
     progress_bar,
     strict_report,
     style_from_options,
+    warn,
     write_output,
-)  # fmt: skip
+)
 
 
 @app.command()
@@ -48,32 +60,53 @@ def scan(
     trust: opt.Trust = False,
     imports: opt.Imports = None,
     allow_global: opt.AllowGlobal = None,
-    device: opt.Device = "cpu",
-    dtype: opt.Dtype = "float32",
-    reducer: opt.Reducer = "auto",
+    device: opt.Device = DEFAULT_DEVICE,
+    dtype: opt.Dtype = DEFAULT_DTYPE,
+    reducer: opt.Reducer = DEFAULT_REDUCER,
     # Probe
     probe: opt.Probe = None,
     probe_key: opt.ProbeKey = None,
     samples: opt.Samples = DEFAULT_SAMPLES,
-    seed: opt.Seed = 0,
-    batch_size: opt.BatchSize = 64,
+    seed: opt.Seed = DEFAULT_SEED,
+    batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
     input_shape: opt.InputShape = None,
     unit_dim: opt.UnitDim = None,
     # Gate
-    dying_rate: opt.DyingRate = 0.01,
-    tau: opt.Tau = 0.025,
+    dying_rate: opt.DyingRate = DEFAULT_DYING_RATE,
+    tau: opt.Tau = DEFAULT_TAU,
     max_dead_fraction: opt.MaxDeadFraction = None,
     max_layer_dead_fraction: opt.MaxLayerDeadFraction = None,
     ignore: opt.Ignore = None,
     strict: opt.Strict = False,
     exit_zero: opt.ExitZero = False,
     config: opt.Config = None,
+    isolated: opt.Isolated = False,
+    certify: opt.Certify = False,
+    domain: opt.Domain = None,
+    gate_on: opt.GateOn = "probe",
     # Output
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)] = Format.table,
+    fmt: Annotated[
+        Format, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)
+    ] = Format.table,
     output: opt.Output = None,
     plot: opt.Plot = None,
-    save_stats: Annotated[Path | None, typer.Option("--save-stats", help="Also write every site's counters to this safetensors file; combine files with `relu-doctor merge`.", rich_help_panel=opt.OUTPUT)] = None,
-    no_simulate: Annotated[bool, typer.Option("--no-simulate", help="Skip the extra forward passes that measure what each suggested fix would do.", rich_help_panel=opt.OUTPUT)] = False,
+    save_stats: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-stats",
+            help="Also write every site's counters to this safetensors file; combine files with `relu-doctor merge`.",
+            rich_help_panel=opt.OUTPUT,
+        ),
+    ] = None,
+    no_simulate: Annotated[
+        bool,
+        typer.Option(
+            "--no-simulate",
+            help="Skip the extra forward passes that measure what each suggested fix would do.",
+            rich_help_panel=opt.OUTPUT,
+        ),
+    ] = False,
+    force: opt.Force = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
     no_color: opt.NoColor = False,
@@ -82,16 +115,36 @@ def scan(
     """Scan MODEL with a probe and report dead and dying ReLU units per site."""
     style = style_from_options(quiet, verbose, no_color, output)
     with error_boundary(debug):
-        settings = configure(ctx, config)
+        settings = configure(ctx, config, isolated=isolated)
+        for line in settings.warnings:
+            warn(style, line)
         for line in describe_settings(settings):
             note(style, line, verbose_only=True)
         if plot is not None:
-            from ..plot import require_matplotlib
+            from ..render.plot import require_matplotlib
 
             require_matplotlib()
-        request = opt.scan_request(model, settings.values, key=key, trust=trust, imports=imports,
-                                   allow_global=allow_global, limit_samples=settings.sources["samples"] != "default")  # fmt: skip
-        request = replace(request, simulate=not no_simulate, save_stats=None if save_stats is None else str(save_stats))
+        request = opt.scan_request(
+            model,
+            settings.values,
+            key=key,
+            trust=trust,
+            imports=imports,
+            allow_global=allow_global,
+            limit_samples=settings.sources["samples"] != "default",
+        )
+        request = replace(
+            request,
+            simulate=not no_simulate,
+            save_stats=None if save_stats is None else str(save_stats),
+            certify=certify_domain(certify, domain, gate_on, request.probe_path is not None),
+            thresholds=replace(request.thresholds, gate_on=gate_on),
+            force=force,
+            inputs=tuple(p for p in (settings.config_path,) if p),
+        )
+        from ..workflow.scan import scan_inputs
+
+        targets = plan_outputs(scan_inputs(request), force, output=output, plot=plot, save_stats=save_stats)
         started = time.perf_counter()
         report = _run_with_trust_prompt(request, style)
         note(style, f"scanned {len(report.sites)} sites in {time.perf_counter() - started:.2f} s", verbose_only=True)
@@ -99,15 +152,15 @@ def scan(
             report = strict_report(report)
         if not is_primary():  # under torchrun every rank has the same report; rank 0 writes it
             raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
-        emit_report(report, Format(settings.values["format"]), output, style)
+        emit_report(report, Format(settings.values["format"]), targets["output"], style)
         if plot is not None:
-            from ..plot import report_png
+            from ..render.plot import report_png
 
-            write_output(report_png(report), plot)
+            write_output(report_png(report), targets["plot"])
     raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
 
 
-def emit_report(report: Report, fmt: Format, output: Path | None, style: OutputStyle) -> None:
+def emit_report(report: Report, fmt: Format, output: Any, style: OutputStyle) -> None:
     """The report on stdout (or --output), the one-line verdict on stderr unless the table already shows it."""
     from ..render import render
 
@@ -138,7 +191,7 @@ def _run_with_trust_prompt(request: Any, style: OutputStyle) -> Report:
 
 
 def _run(request: Any, style: OutputStyle) -> Report:
-    from ..pipeline import run_scan
+    from ..workflow.scan import run_scan
 
     state: dict[str, Any] = {}
 

@@ -6,11 +6,20 @@ from __future__ import annotations
 import enum
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..pipeline import DEFAULT_SAMPLES
+from ..settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_DYING_RATE,
+    DEFAULT_REDUCER,
+    DEFAULT_SAMPLES,
+    DEFAULT_SEED,
+    DEFAULT_TAU,
+)
 from . import options as opt
 from .app import (
     OutputStyle,
@@ -20,13 +29,15 @@ from .app import (
     error_boundary,
     exit_code,
     note,
+    plan_outputs,
     strict_report,
     style_from_options,
+    warn,
     write_output,
 )
 
 if TYPE_CHECKING:
-    from ..trend import TrendReport
+    from ..report import TrendReport
 
 
 class TrendFormat(str, enum.Enum):
@@ -39,7 +50,12 @@ class TrendFormat(str, enum.Enum):
 @app.command()
 def trend(
     ctx: typer.Context,
-    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints of one run (any order: sorted naturally, epoch_10 after epoch_9).", show_default=False)],
+    checkpoints: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Checkpoints of one run (any order: sorted naturally, epoch_10 after epoch_9).", show_default=False
+        ),
+    ],
     # Loading
     arch: opt.Arch = None,
     arch_kwargs: opt.ArchKwargs = None,
@@ -47,30 +63,34 @@ def trend(
     trust: opt.Trust = False,
     imports: opt.Imports = None,
     allow_global: opt.AllowGlobal = None,
-    device: opt.Device = "cpu",
-    dtype: opt.Dtype = "float32",
-    reducer: opt.Reducer = "auto",
+    device: opt.Device = DEFAULT_DEVICE,
+    dtype: opt.Dtype = DEFAULT_DTYPE,
+    reducer: opt.Reducer = DEFAULT_REDUCER,
     # Probe
     probe: opt.Probe = None,
     probe_key: opt.ProbeKey = None,
     samples: opt.Samples = DEFAULT_SAMPLES,
-    seed: opt.Seed = 0,
-    batch_size: opt.BatchSize = 64,
+    seed: opt.Seed = DEFAULT_SEED,
+    batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
     input_shape: opt.InputShape = None,
     unit_dim: opt.UnitDim = None,
     # Gate (applied to the last checkpoint)
-    dying_rate: opt.DyingRate = 0.01,
-    tau: opt.Tau = 0.025,
+    dying_rate: opt.DyingRate = DEFAULT_DYING_RATE,
+    tau: opt.Tau = DEFAULT_TAU,
     max_dead_fraction: opt.MaxDeadFraction = None,
     max_layer_dead_fraction: opt.MaxLayerDeadFraction = None,
     ignore: opt.Ignore = None,
     strict: opt.Strict = False,
     exit_zero: opt.ExitZero = False,
     config: opt.Config = None,
+    isolated: opt.Isolated = False,
     # Output
-    fmt: Annotated[TrendFormat, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)] = TrendFormat.table,
+    fmt: Annotated[
+        TrendFormat, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)
+    ] = TrendFormat.table,
     output: opt.Output = None,
     plot: opt.Plot = None,
+    force: opt.Force = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
     no_color: opt.NoColor = False,
@@ -79,36 +99,57 @@ def trend(
     """Follow dead units across CHECKPOINTS of one training run; gate on the last one."""
     style = style_from_options(quiet, verbose, no_color, output)
     with error_boundary(debug):
-        from ..trend import scan_checkpoints
+        from ..workflow.trend import scan_checkpoints
 
-        settings = configure(ctx, config, exclude={"format"})  # a config's format is scan's; trend has two
+        # a config's format is scan's; trend has its own choices
+        settings = configure(ctx, config, exclude={"format"}, isolated=isolated)
+        for line in settings.warnings:
+            warn(style, line)
         for line in describe_settings(settings):
             note(style, line, verbose_only=True)
         if plot is not None:
-            from ..plot import require_matplotlib
+            from ..render.plot import require_matplotlib
 
             require_matplotlib()
-        request = opt.scan_request(Path(), settings.values, key=key, trust=trust, imports=imports, allow_global=allow_global,
-                                   limit_samples=settings.sources["samples"] != "default")  # fmt: skip
-        result = scan_checkpoints([str(c) for c in checkpoints], request,
-                                  on_checkpoint=lambda i, path: note(style, f"[{i + 1}/{len(checkpoints)}] {path}", verbose_only=True))  # fmt: skip
+        request = opt.scan_request(
+            Path(),
+            settings.values,
+            key=key,
+            trust=trust,
+            imports=imports,
+            allow_global=allow_global,
+            limit_samples=settings.sources["samples"] != "default",
+        )
+        from ..workflow.scan import scan_inputs
+
+        inputs = [*checkpoints, *scan_inputs(replace(request, model_path="")), settings.config_path]
+        targets = plan_outputs(inputs, force, output=output, plot=plot)
+        result = scan_checkpoints(
+            [str(c) for c in checkpoints],
+            request,
+            on_checkpoint=lambda i, path: note(style, f"[{i + 1}/{len(checkpoints)}] {path}", verbose_only=True),
+        )
         if settings.values.get("strict"):
             result = replace(result, reports=(*result.reports[:-1], strict_report(result.last)))
-        emit_trend(result, fmt, output, plot, style)
+        emit_trend(result, fmt, targets["output"], targets["plot"], style)
     raise typer.Exit(exit_code(result.gate, exit_zero=exit_zero))
 
 
-def emit_trend(result: TrendReport, fmt: TrendFormat, output: Path | None, plot: Path | None, style: OutputStyle) -> None:
+def emit_trend(result: TrendReport, fmt: TrendFormat, output: Any, plot: Any, style: OutputStyle) -> None:
     """The trend on stdout (or --output), the last checkpoint's verdict on stderr, and the picture if asked for."""
     from ..render.common import summary_line
     from ..render.trend import render_trend_json, render_trend_table
 
-    text = render_trend_json(result) if fmt is TrendFormat.json else render_trend_table(result, width=style.width, color=style.color)
+    text = (
+        render_trend_json(result)
+        if fmt is TrendFormat.json
+        else render_trend_table(result, width=style.width, color=style.color)
+    )
     if output is not None or not style.quiet:
         write_output(text, output)
     if fmt is TrendFormat.json or output is not None:
         note(style, f"last checkpoint: {summary_line(result.last)}")
     if plot is not None:
-        from ..plot import trend_png
+        from ..render.plot import trend_png
 
         write_output(trend_png(result), plot)

@@ -18,17 +18,17 @@ import torch
 
 from ..errors import CheckpointError, ReluDoctorError, UntrustedCodeError, UsageError
 from ..report import ModelInfo
-from .arch import arch_directories, build_arch, on_sys_path
+from .arch import arch_directories, build_arch, no_bytecode, on_sys_path
 from .build import build_with_weights
 from .hashing import file_sha256, files_sha256
 from .messages import describe_exception
 from .sniff import CODE_FORMATS, DIRECTORY_FORMATS, PICKLED_MODULE, SAFETENSORS, sniff
 from .state_dict import select
 from .torch_save import TrustPolicy, read_torch_save
-from .trusted import load_code_format, refusal
+from .trusted import ExampleInput, load_code_format, refusal
 from .weights import read_directory, read_safetensors
 
-__all__ = ["LoadedModel", "build_arch", "load_model", "sniff"]
+__all__ = ["ExampleInput", "LoadedModel", "build_arch", "load_model", "sniff"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class LoadedModel:
     site_paths: tuple[str, ...] | None
     """For opaque models (TorchScript, torch.export): the module path of the k-th relu-family aten op
     in one forward pass, in execution order; None for eager modules or when the order is uncertain."""
+    example_input: ExampleInput | None = None
+    """A torch.export program's own input shape (and fixed batch size, if any); None for other formats."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class _Raw:
     notes: tuple[str, ...] = ()
     site_paths: tuple[str, ...] | None = None
     used_arch: bool = False
+    example_input: ExampleInput | None = None
 
 
 def load_model(
@@ -89,7 +92,7 @@ def load_model(
     target_device = _parse_device(device)
     policy = TrustPolicy(trust=trust, allow_globals=tuple(allow_globals), imports=tuple(imports))
     request = _Request(Path(path), arch, arch_kwargs, key, policy)
-    with on_sys_path(arch_directories(arch)):
+    with on_sys_path(arch_directories(arch)), no_bytecode():
         raw = _guarded(request)
     model = _place(raw.model, target_device, dtype, request.path)
     info = ModelInfo(
@@ -99,7 +102,7 @@ def load_model(
         arch=arch if raw.used_arch else None,
         notes=raw.notes,
     )
-    return LoadedModel(model=model, info=info, site_paths=raw.site_paths)
+    return LoadedModel(model=model, info=info, site_paths=raw.site_paths, example_input=raw.example_input)
 
 
 def _guarded(request: _Request) -> _Raw:
@@ -120,8 +123,8 @@ def _load(request: _Request) -> _Raw:
     if format_name in CODE_FORMATS:
         if not request.policy.trust:
             raise UntrustedCodeError(refusal(request.path, format_name), format_name=format_name)
-        model, site_paths = load_code_format(request.path, format_name)
-        return _Raw(model, format_name, (request.path,), site_paths=site_paths)
+        model, site_paths, example = load_code_format(request.path, format_name)
+        return _Raw(model, format_name, (request.path,), site_paths=site_paths, example_input=example)
     if format_name in DIRECTORY_FORMATS.values():
         checkpoint, files = read_directory(request.path, format_name, request.policy)
         return _from_checkpoint(request, checkpoint, format_name, tuple(files))

@@ -84,7 +84,8 @@ def on_sys_path(directories: Sequence[Path]) -> Iterator[None]:
 
 def _import(spec: str, name: str) -> ModuleType:
     try:
-        return importlib.import_module(name)
+        with no_bytecode():
+            return importlib.import_module(name)
     except ImportError as error:
         raise ArchitectureError(
             f"--arch {spec!r}: cannot import {name!r} ({describe_exception(error)}); "
@@ -107,11 +108,23 @@ def _load_file(spec: str, path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module  # registered first so dataclasses and pickles inside it resolve
     try:
-        module_spec.loader.exec_module(module)
+        with no_bytecode():
+            module_spec.loader.exec_module(module)
     except Exception as error:
         del sys.modules[name]
         raise ArchitectureError(f"--arch {spec!r}: running {str(path)!r} raised {describe_exception(error)}") from None
     return module
+
+
+@contextlib.contextmanager
+def no_bytecode() -> Iterator[None]:
+    """Import without writing __pycache__ next to the user's files (restored afterwards)."""
+    previous = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = previous
 
 
 def _module_name(resolved: Path) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from .messages import describe_exception, first_few
-from .pickle_scan import module_classes, pickle_globals
+from .pickle_scan import PickleFacts, PickleLimitError, check_torch_file, module_classes
 
 SAFETENSORS = "safetensors"
 TORCH_SAVE = "torch-save"
@@ -41,7 +41,6 @@ DIRECTORY_FORMATS = {
 _LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 _ZIP_MAGIC = b"PK\x03\x04"
 _HEAD_BYTES = 512
-_MAX_PICKLE_SCAN = 256 << 20
 
 
 def sniff(path: Path) -> str:
@@ -124,7 +123,7 @@ def _classify_zip(path: Path, archive: zipfile.ZipFile, names: list[str]) -> str
     if "constants.pkl" in records:
         return TORCHSCRIPT
     if "data.pkl" in records:
-        return _pickle_format(archive, records["data.pkl"], TORCH_SAVE)
+        return _pickle_format(path)
     raise CheckpointError(
         f"{path} is a zip archive, not a PyTorch checkpoint (it holds {first_few(names, 3)}); "
         "give a torch.save, safetensors, TorchScript or torch.export file"
@@ -136,18 +135,22 @@ def _is_pt2(archive: zipfile.ZipFile, records: dict[str, str]) -> bool:
     return name is not None and archive.getinfo(name).file_size < 64 and archive.read(name).strip() == b"pt2"
 
 
-def _pickle_format(archive: zipfile.ZipFile, record: str, plain: str) -> str:
-    if archive.getinfo(record).file_size > _MAX_PICKLE_SCAN:
-        return plain
-    with archive.open(record) as stream:
-        return PICKLED_MODULE if module_classes(pickle_globals(stream)) else plain
+def _pickle_format(path: Path) -> str:
+    return PICKLED_MODULE if module_classes(torch_file_facts(path).globals) else TORCH_SAVE
 
 
 def _sniff_legacy(path: Path) -> str:
-    with path.open("rb") as stream:
-        # Four pickles: magic number, protocol version, system info, then the saved object.
-        found = set().union(*(pickle_globals(stream) for _ in range(4)))
-    return PICKLED_MODULE if module_classes(found) else TORCH_SAVE_LEGACY
+    return PICKLED_MODULE if module_classes(torch_file_facts(path).globals) else TORCH_SAVE_LEGACY
+
+
+def torch_file_facts(path: Path) -> PickleFacts:
+    """The bounded pre-scan of a torch.save file, before anything unpickles it; CheckpointError when it fails."""
+    try:
+        return check_torch_file(path)
+    except PickleLimitError as error:
+        raise CheckpointError(
+            f"refusing {path}: its pickle {error}; re-save the weights with torch.save or as .safetensors"
+        ) from None
 
 
 def sniff_directory(path: Path) -> str:

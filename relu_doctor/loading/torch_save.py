@@ -11,6 +11,7 @@ import importlib
 import os
 import pickle
 import re
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,15 +21,23 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, UntrustedCodeError
+from .arch import on_sys_path
+from .dense import check_dense
 from .messages import describe_exception
 from .pickle_scan import (
     dangerous_globals,
     describe_globals,
     module_classes,
-    pickle_globals,
+    scan_torch_file,
     weights_only_allowed,
 )
 from .sniff import PICKLED_MODULE, TORCH_SAVE, TORCH_SAVE_LEGACY
+
+# Classes that turn data into calls (gadgets): never admitted by --allow-global even though they are classes.
+_NEVER_ALLOWED = ("functools.", "operator.", "builtins.", "pkgutil.", "pydoc.", "codecs.", "_codecs.", "copyreg.")
+# The one function --allow-global takes: numpy's scalar reconstructor (numpy refuses object dtype in it), which
+# torch's documentation names for numpy scalars such as a saved "best metric".
+_SAFE_FUNCTIONS = frozenset({"numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"})
 
 
 @dataclass(frozen=True)
@@ -44,7 +53,17 @@ class TrustPolicy:
 
 
 def read_torch_save(path: Path, format_name: str, policy: TrustPolicy) -> Any:
-    """The object inside a torch.save file: weights-only, or a full unpickle only under --trust."""
+    """The object inside a torch.save file: weights-only, or a full unpickle only under --trust.
+
+    `format_name` comes from :func:`~relu_doctor.loading.sniff.sniff`, which has pre-scanned the pickle within
+    bounds; every tensor of the result is checked to be dense before it is returned.
+    """
+    loaded = _read(path, format_name, policy)
+    check_dense(loaded, path)
+    return loaded
+
+
+def _read(path: Path, format_name: str, policy: TrustPolicy) -> Any:
     if format_name == PICKLED_MODULE:
         _refuse_or_continue(path, format_name, _unsafe_globals(path), policy)
         return _load_trusted(path, format_name, policy)
@@ -81,8 +100,14 @@ def _load_trusted(path: Path, format_name: str, policy: TrustPolicy) -> Any:
             ) from None
 
 
+TRUSTED_CODE_GLOBALS = frozenset({"builtins.getattr", "__builtin__.getattr"})
+"""Globals refused without --trust but loaded with it: ``getattr`` is how pickle protocols < 4 (torch.save's
+default is 2) encode a nested name, e.g. a staticmethod held by a model. It runs code, which --trust accepts;
+what stays refused even then are globals that run commands (os, subprocess, eval, ...)."""
+
+
 def _refuse_or_continue(path: Path, format_name: str, unsafe: set[str], policy: TrustPolicy) -> None:
-    dangerous = dangerous_globals(unsafe)
+    dangerous = dangerous_globals(unsafe) - (TRUSTED_CODE_GLOBALS if policy.trust else frozenset())
     if dangerous:
         raise CheckpointError(
             f"refusing {path}: its pickle would call {describe_globals(dangerous)} when loaded, which runs "
@@ -102,12 +127,27 @@ def _untrusted(path: Path, format_name: str, unsafe: set[str]) -> UntrustedCodeE
             "from the file, so pass --trust if you trust its source, or re-save model.state_dict() and use --arch",
             format_name=PICKLED_MODULE,
         )
-    first = sorted(unsafe)[0]
+    allowable = [name for name in sorted(unsafe) if _is_known_class(name)]
+    advice = (
+        f"allow just these classes with --allow-global {allowable[0]} (repeatable), or pass --trust if you trust the file"
+        if allowable and len(allowable) == len(unsafe)
+        else "pass --trust if you trust the file, or re-save model.state_dict() as .safetensors"
+    )
     return UntrustedCodeError(
-        f"{path} holds Python objects besides tensors ({describe_globals(unsafe)}); unpickling them may run "
-        f"code, so allow just these with --allow-global {first} (repeatable), or pass --trust if you trust the file",
+        f"{path} holds Python objects besides tensors ({describe_globals(unsafe)}); unpickling them may run code, "
+        f"so {advice}",
         format_name=format_name,
     )
+
+
+def _is_known_class(name: str) -> bool:
+    """True for `module.Class` of an already imported module (looked up, never imported) that --allow-global takes."""
+    module_name, _, attribute = name.rpartition(".")
+    module = sys.modules.get(module_name)
+    value = getattr(module, attribute, None) if module is not None else None
+    if name in _SAFE_FUNCTIONS:
+        return True
+    return isinstance(value, type) and not dangerous_globals([name]) and not name.startswith(_NEVER_ALLOWED)
 
 
 def _damaged(path: Path, format_name: str, error: BaseException) -> CheckpointError:
@@ -130,15 +170,7 @@ def _named_in_error(error: BaseException) -> set[str]:
 
 
 def _all_globals(path: Path) -> set[str]:
-    import zipfile
-
-    if _is_zip(path):
-        with zipfile.ZipFile(path) as archive:
-            record = next(name for name in archive.namelist() if name.endswith("data.pkl"))
-            with archive.open(record) as stream:
-                return pickle_globals(stream)
-    with path.open("rb") as stream:
-        return set().union(*(pickle_globals(stream) for _ in range(4)))
+    return set(scan_torch_file(path).globals)
 
 
 def _is_zip(path: Path) -> bool:
@@ -152,17 +184,35 @@ def _allowed_objects(names: Sequence[str]) -> list[Any]:
 
 def _import_global(name: str) -> Any:
     module_name, _, attribute = name.rpartition(".")
+    if name in dangerous_globals([name]) or name.startswith(_NEVER_ALLOWED):
+        raise CheckpointError(
+            f"--allow-global {name!r} is refused: unpickling can call it with arguments from the file, which runs "
+            "code; no checkpoint needs it"
+        )
     try:
-        return getattr(importlib.import_module(module_name), attribute)
+        value = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError, ValueError) as error:
         raise CheckpointError(
             f"--allow-global {name!r} cannot be imported ({describe_exception(error)}); "
             "give it as module.Name exactly as the error listed it, e.g. argparse.Namespace"
         ) from None
+    if not isinstance(value, type) and name not in _SAFE_FUNCTIONS:
+        raise CheckpointError(
+            f"--allow-global {name!r} is a {type(value).__name__}, not a class; --allow-global admits classes only "
+            "(the file could call a function with any arguments), so use --trust if you trust the file"
+        )
+    return value
 
 
 def import_modules(names: Sequence[str]) -> None:
-    """Import the user's --import modules so the classes a trusted pickle names can be found."""
+    """Import the user's --import modules so the classes a trusted pickle names can be found.
+
+    The current folder is searched too, as ``python -m`` would (the console script does not put it on sys.path)."""
+    with on_sys_path([Path.cwd()]):
+        _import_each(names)
+
+
+def _import_each(names: Sequence[str]) -> None:
     for name in names:
         try:
             importlib.import_module(name)

@@ -6,15 +6,31 @@ import csv
 import io
 import math
 
-from ..gate import is_ignored, site_limit
 from ..report import Report, Site
-from .common import site_status
 
 COLUMNS = (
-    "index", "site", "module_path", "call_index", "op", "kind", "units", "dead", "dead_fraction", "dying",
-    "dormant", "nan_units", "firing_rate_min", "firing_rate_median", "firing_rate_mean", "sparsity",
-    "dead_max_preactivation_low", "dead_max_preactivation_high", "limit", "ignored", "status",
-)  # fmt: skip
+    "index",
+    "site",
+    "module_path",
+    "call_index",
+    "op",
+    "kind",
+    "units",
+    "dead",
+    "dead_fraction",
+    "dying",
+    "dormant",
+    "nan_units",
+    "firing_rate_min",
+    "firing_rate_median",
+    "firing_rate_mean",
+    "sparsity",
+    "dead_max_preactivation_low",
+    "dead_max_preactivation_high",
+    "limit",
+    "ignored",
+    "status",
+)
 """The header row, in column order."""
 
 
@@ -27,12 +43,28 @@ def site_row(site: Site, report: Report) -> tuple[object, ...]:
     """One site's values, in :data:`COLUMNS` order (empty cells for undefined numbers)."""
     low, high = site.dead_max_preactivation or (None, None)
     return (
-        site.index, site.name, site.module_path, site.call_index, site.op, site.kind, site.units, site.dead,
-        _number(site.dead_fraction), site.dying, len(site.dormant_units), len(site.nan_units),
-        _number(site.firing_rate.min), _number(site.firing_rate.median), _number(site.firing_rate.mean),
-        _number(site.sparsity), _number(low), _number(high), _number(site_limit(site.name, report.thresholds)),
-        str(is_ignored(site.name, report.thresholds)).lower(), site_status(site, report),
-    )  # fmt: skip
+        site.index,
+        site.name,
+        site.module_path,
+        site.call_index,
+        site.op,
+        site.kind,
+        site.units,
+        site.dead,
+        _number(site.dead_fraction),
+        site.dying,
+        len(site.dormant_units),
+        len(site.nan_units),
+        _number(site.firing_rate.min),
+        _number(site.firing_rate.median),
+        _number(site.firing_rate.mean),
+        _number(site.sparsity),
+        _number(low),
+        _number(high),
+        _number(site.limit),
+        str(site.ignored).lower(),
+        site.status,
+    )
 
 
 def render_csv(report: Report) -> str:

@@ -1,7 +1,7 @@
 """SARIF 2.1.0 for code-scanning dashboards (GitHub ``upload-sarif``, Azure DevOps, VS Code's SARIF viewer).
 
-Rule ids are the finding codes: every code registered in :mod:`relu_doctor.diagnose` (``RULES``, ``CAUSES``,
-``ADVICE``, ...) is described in ``tool.driver.rules`` (its docstring is the description), and a finding whose
+Rule ids are the finding codes: every code of the registry (:mod:`relu_doctor.codes`) is described in
+``tool.driver.rules`` (its title is the description), and a finding whose
 code is registered nowhere still gets a rule entry of its own. The model file is the one artifact; each result names its site as a
 logical location. ``partialFingerprints`` hash code, site and model path, so an alert keeps its identity from
 run to run while its numbers change. Findings on ignored sites are left out. Give a repository-relative
@@ -13,37 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import PurePath, PurePosixPath
 from typing import Any
 
-from .. import diagnose
-from ..gate import is_ignored
+from ..codes import describe_codes
 from ..report import Finding, Report
-from .github import model_violations
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 FINGERPRINT_KEY = "reluDoctorFinding/v1"
 _LEVELS = {"error": "error", "warning": "warning", "note": "note"}
 
 
-def _is_registry(value: object) -> bool:
-    return isinstance(value, tuple) and bool(value) and all(
-        isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
-        and re.fullmatch(r"RD\d{3}", entry[0]) is not None and callable(entry[1])
-        for entry in value
-    )  # fmt: skip
-
-
 def registered_rules() -> dict[str, str]:
-    """Finding code -> one-line description (the docstring's first line), from every code registry of
-    :mod:`relu_doctor.diagnose` (``RULES``, ``CAUSES``, ``ADVICE``, and any later one of the same shape)."""
-    rules: dict[str, str] = {}
-    for value in vars(diagnose).values():
-        for code, function in value if _is_registry(value) else ():
-            doc = (function.__doc__ or code).strip().splitlines()[0]
-            rules[code] = doc.split(":", 1)[1].strip() if doc.startswith(f"{code}:") else doc
-    return dict(sorted(rules.items()))
+    """Finding code -> one-line description, from the code registry (:mod:`relu_doctor.codes`)."""
+    return describe_codes()
 
 
 def artifact_uri(path: str) -> str:
@@ -61,10 +44,11 @@ def fingerprint(finding: Finding, uri: str) -> str:
 
 def _rule(code: str, description: str) -> dict[str, Any]:
     return {
-        "id": code, "name": code,
+        "id": code,
+        "name": code,
         "shortDescription": {"text": description},
         "help": {"text": f"relu-doctor finding {code}: look the code up in relu-doctor's README."},
-    }  # fmt: skip
+    }
 
 
 def _rules(report: Report) -> list[dict[str, Any]]:
@@ -82,17 +66,18 @@ def _result(finding: Finding, report: Report, rule_index: dict[str, int], uri: s
     if finding.site:
         location["logicalLocations"] = [{"name": finding.site, "fullyQualifiedName": finding.site, "kind": "module"}]
     return {
-        "ruleId": finding.code, "ruleIndex": rule_index[finding.code],
+        "ruleId": finding.code,
+        "ruleIndex": rule_index[finding.code],
         "level": "error" if failing else _LEVELS.get(finding.severity, "warning"),
         "message": {"text": f"{finding.site or 'model'}: {finding.cause}; {finding.suggestion}"},
         "locations": [location],
         "partialFingerprints": {FINGERPRINT_KEY: fingerprint(finding, uri)},
         "properties": {"site": finding.site, "units": list(finding.units), "gateFailing": failing},
-    }  # fmt: skip
+    }
 
 
 def _invocation(report: Report) -> dict[str, Any]:
-    notes = [{"level": "error", "message": {"text": v}} for v in model_violations(report)]
+    notes = [{"level": "error", "message": {"text": v.text}} for v in report.model_violations()]
     notes += [{"level": "warning", "message": {"text": w}} for w in report.warnings]
     return {"executionSuccessful": True, "exitCode": report.exit_code, "toolExecutionNotifications": notes}
 
@@ -105,14 +90,28 @@ def sarif_log(report: Report) -> dict[str, Any]:
     artifact: dict[str, Any] = {"location": {"uri": uri}}
     if report.model.sha256:
         artifact["hashes"] = {"sha-256": report.model.sha256}
-    driver = {"name": "relu-doctor", "version": report.tool_version, "semanticVersion": report.tool_version,
-              "informationUri": "https://pypi.org/project/relu-doctor/", "rules": rules}  # fmt: skip
+    driver = {
+        "name": "relu-doctor",
+        "version": report.tool_version,
+        "semanticVersion": report.tool_version,
+        "informationUri": "https://pypi.org/project/relu-doctor/",
+        "rules": rules,
+    }
+    ignored = {site.name for site in report.sites if site.ignored}
     run = {
-        "tool": {"driver": driver}, "artifacts": [artifact], "invocations": [_invocation(report)],
-        "results": [_result(f, report, rule_index, uri) for f in report.findings if not is_ignored(f.site, report.thresholds)],
-        "properties": {"summary": {"sites": report.summary.sites, "units": report.summary.units,
-                                   "dead": report.summary.dead, "passed": report.gate.passed}},
-    }  # fmt: skip
+        "tool": {"driver": driver},
+        "artifacts": [artifact],
+        "invocations": [_invocation(report)],
+        "results": [_result(f, report, rule_index, uri) for f in report.findings if f.site not in ignored],
+        "properties": {
+            "summary": {
+                "sites": report.summary.sites,
+                "units": report.summary.units,
+                "dead": report.summary.dead,
+                "passed": report.gate.passed,
+            }
+        },
+    }
     return {"$schema": SCHEMA, "version": "2.1.0", "runs": [run]}
 
 

@@ -9,7 +9,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..report import Finding, Report
-from .common import percent, site_status, summary_line
+from .certificate import certification_lines
+from .common import percent, summary_line
 from .markdown import confidence_line, predicted_text, site_causes, units_text
 
 _STATUS_STYLE = {"FAIL": "bold red", "dead": "red", "nan": "magenta", "warn": "yellow", "ok": "green"}
@@ -33,12 +34,19 @@ def sites_table(report: Report) -> Table:
     table.add_column("causes", overflow="fold", min_width=8)
     table.add_column("status", no_wrap=True)
     for site in report.sites:
-        status = site_status(site, report)
+        status = site.status
         table.add_row(
-            str(site.index), site.name, site.op, str(site.units),
-            f"{site.dead} ({percent(site.dead_fraction)})", str(site.dying), str(len(site.dormant_units)),
-            percent(site.sparsity), site_causes(report, site), Text(status, style=_STATUS_STYLE[status]),
-        )  # fmt: skip
+            str(site.index),
+            site.name,
+            site.op,
+            str(site.units),
+            f"{site.dead} ({percent(site.dead_fraction)})",
+            str(site.dying),
+            str(len(site.dormant_units)),
+            percent(site.sparsity),
+            site_causes(report, site),
+            Text(status, style=_STATUS_STYLE[status]),
+        )
     return table
 
 
@@ -58,11 +66,14 @@ def finding_renderable(finding: Finding) -> RenderableType:
 
 def report_renderable(report: Report) -> RenderableType:
     """The whole terminal report as one rich renderable."""
-    parts: list[RenderableType] = [Text(f"relu-doctor {report.tool_version}: {report.model.path or 'model'}", style="bold")]
+    parts: list[RenderableType] = [
+        Text(f"relu-doctor {report.tool_version}: {report.model.path or 'model'}", style="bold")
+    ]
     parts.append(sites_table(report) if report.sites else Text("no relu sites found", style="yellow"))
     parts.append(Text(summary_line(report), style="bold green" if report.gate.passed else "bold red"))
     parts.append(Text(confidence_line(report), style="dim"))
-    parts.extend(Text(f"✗ {line}", style="red") for line in report.gate.violations)
+    parts.extend(Text(f"✗ {v.text}", style="red") for v in report.gate.violations)
+    parts.extend(Text(line, style="cyan") for line in certification_lines(report))
     if report.findings:
         parts.append(Text("causes and fixes", style="bold"))
         parts.extend(finding_renderable(f) for f in report.findings)
@@ -78,8 +89,13 @@ def render_table(report: Report, *, width: int = 100, color: bool = False) -> st
     """The terminal report as text, at a fixed width, with or without ANSI colour."""
     buffer = io.StringIO()
     console = Console(
-        file=buffer, width=width, force_terminal=color, no_color=not color, color_system="standard" if color else None,
-        highlight=False, soft_wrap=False,
-    )  # fmt: skip
+        file=buffer,
+        width=width,
+        force_terminal=color,
+        no_color=not color,
+        color_system="standard" if color else None,
+        highlight=False,
+        soft_wrap=False,
+    )
     console.print(report_renderable(report))
     return buffer.getvalue()

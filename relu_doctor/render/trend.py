@@ -10,8 +10,8 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ..trend import SiteTrend, TrendReport
-from .common import percent, summary_line
+from ..report import SiteTrend, TrendReport
+from .common import defuse_workflow_commands, percent, printable_report, summary_line
 from .json_format import report_dict
 
 BLOCKS = "▁▂▃▄▅▆▇█"
@@ -45,46 +45,88 @@ def _share(value: float | None) -> str:
 def trend_table(trend: TrendReport) -> Table:
     """One row per site: units, first and last dead share, sparkline, when the dead units died."""
     labels = trend.labels()
-    table = Table(title=f"dead share per site over {len(labels)} checkpoints ({labels[0]} … {labels[-1]})",
-                  title_justify="left")  # fmt: skip
-    for name, justify in (("site", "left"), ("units", "right"), ("first", "right"), ("last", "right"),
-                          ("trend", "left"), ("died at (units dead at the end)", "left")):  # fmt: skip
+    table = Table(
+        title=f"dead share per site over {len(labels)} checkpoints ({labels[0]} … {labels[-1]})", title_justify="left"
+    )
+    for name, justify in (
+        ("site", "left"),
+        ("units", "right"),
+        ("first", "right"),
+        ("last", "right"),
+        ("trend", "left"),
+        ("died at (units dead at the end)", "left"),
+    ):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for site in trend.sites:
-        table.add_row(site.name, str(site.units), _share(site.dead_fraction[0]), _share(site.dead_fraction[-1]),
-                      sparkline(site.dead_fraction), deaths_text(site, labels))  # fmt: skip
+        table.add_row(
+            site.name,
+            str(site.units),
+            _share(site.dead_fraction[0]),
+            _share(site.dead_fraction[-1]),
+            sparkline(site.dead_fraction),
+            deaths_text(site, labels),
+        )
     return table
 
 
 def render_trend_table(trend: TrendReport, *, width: int = 100, color: bool = False) -> str:
     """The trend as terminal text, at a fixed width, with or without ANSI colour."""
+    trend = printable_report(trend)  # names from files: control characters escaped
     last = trend.last
-    parts: list[RenderableType] = [trend_table(trend), Text(f"last checkpoint: {summary_line(last)}",
-                                   style="bold green" if last.gate.passed else "bold red")]  # fmt: skip
-    parts += [Text(f"✗ {line}", style="red") for line in last.gate.violations]
+    parts: list[RenderableType] = [
+        trend_table(trend),
+        Text(f"last checkpoint: {summary_line(last)}", style="bold green" if last.gate.passed else "bold red"),
+    ]
+    parts += [Text(f"✗ {v.text}", style="red") for v in last.gate.violations]
     parts += [Text(f"! {warning}", style="yellow") for warning in last.warnings]
     buffer = io.StringIO()
-    console = Console(file=buffer, width=width, force_terminal=color, no_color=not color,
-                      color_system="standard" if color else None, highlight=False, soft_wrap=False)  # fmt: skip
+    console = Console(
+        file=buffer,
+        width=width,
+        force_terminal=color,
+        no_color=not color,
+        color_system="standard" if color else None,
+        highlight=False,
+        soft_wrap=False,
+    )
     console.print(Group(*parts))
-    return buffer.getvalue()
+    return defuse_workflow_commands(buffer.getvalue())
 
 
 def trend_dict(trend: TrendReport) -> dict[str, Any]:
     """The trend as JSON-ready data; ``last_report`` is the last checkpoint's full report (the scan schema)."""
     checkpoints = [
-        {"index": i, "path": path, "sha256": r.model.sha256, "units": r.summary.units, "dead": r.summary.dead,
-         "dead_fraction": r.summary.dead_fraction, "passed": r.gate.passed}
+        {
+            "index": i,
+            "path": path,
+            "sha256": r.model.sha256,
+            "units": r.summary.units,
+            "dead": r.summary.dead,
+            "dead_fraction": r.summary.dead_fraction,
+            "passed": r.gate.passed,
+        }
         for i, (path, r) in enumerate(zip(trend.checkpoints, trend.reports))
-    ]  # fmt: skip
+    ]
     sites = [
-        {"name": s.name, "units": s.units, "dead": list(s.dead), "dead_fraction": list(s.dead_fraction),
-         "died_at": [{"unit": u, "checkpoint": i, "path": trend.checkpoints[i]} for u, i in s.died_at],
-         "revived": list(s.revived)}
+        {
+            "name": s.name,
+            "units": s.units,
+            "dead": list(s.dead),
+            "dead_fraction": list(s.dead_fraction),
+            "died_at": [{"unit": u, "checkpoint": i, "path": trend.checkpoints[i]} for u, i in s.died_at],
+            "revived": list(s.revived),
+        }
         for s in trend.sites
-    ]  # fmt: skip
-    return {"schema_version": 1, "tool_version": trend.last.tool_version, "checkpoints": checkpoints, "sites": sites,
-            "passed": trend.gate.passed, "exit_code": trend.exit_code, "last_report": report_dict(trend.last)}  # fmt: skip
+    ]
+    return {
+        "schema_version": 1,
+        "tool_version": trend.last.tool_version,
+        "checkpoints": checkpoints,
+        "sites": sites,
+        "passed": trend.gate.passed,
+        "exit_code": trend.exit_code,
+        "last_report": report_dict(trend.last),
+    }
 
 
 def render_trend_json(trend: TrendReport) -> str:

@@ -9,5 +9,12 @@ from __future__ import annotations
 from .records import Drift, FixOutcome, RepairResult, SiteCheck, SiteRepair, SkippedSite, Strategy, Verification
 
 __all__ = [
-    "Drift", "FixOutcome", "RepairResult", "SiteCheck", "SiteRepair", "SkippedSite", "Strategy", "Verification",
-]  # fmt: skip
+    "Drift",
+    "FixOutcome",
+    "RepairResult",
+    "SiteCheck",
+    "SiteRepair",
+    "SkippedSite",
+    "Strategy",
+    "Verification",
+]

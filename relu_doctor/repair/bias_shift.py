@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from ..diagnose import BIAS_MARGIN
+from ..analysis.diagnose import BIAS_MARGIN
 from .edits import Edits, StateEdits, apply_edits
 from .plan import SitePlan
 

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..activations import LEAKY_SLOPE, SWAP_MODULES
 from ..report import Site
 from .records import SiteRepair, SkippedSite
 
-NEGATIVE_SLOPE = 0.01
-"""Slope of the LeakyReLU that replaces nn.ReLU (PyTorch's default)."""
+NEGATIVE_SLOPE = LEAKY_SLOPE
+"""Slope of the LeakyReLU that replaces nn.ReLU (PyTorch's default; :mod:`relu_doctor.activations`)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def plan_leaky(model: nn.Module, sites: Sequence[Site]) -> LeakyPlan:
         if not site.dead_units:
             continue
         module = modules.get(site.module_path)
-        if site.kind == "module" and type(module) is nn.ReLU and site.module_path:
+        if site.kind == "module" and type(module) in SWAP_MODULES and site.module_path:
             paths[site.module_path] = None
             repaired.append(SiteRepair(site.name, site.dead_units, (), (site.module_path,)))
         else:
@@ -52,8 +53,10 @@ def plan_leaky(model: nn.Module, sites: Sequence[Site]) -> LeakyPlan:
 def _why_not(site: Site, module: nn.Module | None) -> str:
     owner = site.module_path or "<root>"
     if site.kind != "module":
-        return (f"a functional {site.op} call in the forward of {owner} ({type(module).__name__}): not changeable "
-                f"from the checkpoint; edit the code to call F.leaky_relu(x, {NEGATIVE_SLOPE})")  # fmt: skip
+        return (
+            f"a functional {site.op} call in the forward of {owner} ({type(module).__name__}): not changeable "
+            f"from the checkpoint; edit the code to call F.leaky_relu(x, {NEGATIVE_SLOPE})"
+        )
     return f"{owner} is an {type(module).__name__}, not nn.ReLU: LeakyReLU would drop its upper clip"
 
 

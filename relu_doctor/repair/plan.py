@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..observe import ObservedSite
+from ..engine.observe import ObservedSite
 from ..report import Site
 from .records import SkippedSite
 
@@ -75,8 +75,14 @@ def plan_recycle(
         if reason:
             skipped.append(SkippedSite(site.name, units, reason))
             continue
-        plan = SitePlan(site, units, tuple(u for u in units if u in site.dying_units), seen.producer.module_path,  # type: ignore[union-attr]
-                        seen.producer.norm_path, consumers)  # type: ignore[union-attr]  # fmt: skip
+        plan = SitePlan(
+            site,
+            units,
+            tuple(u for u in units if u in site.dying_units),
+            seen.producer.module_path,  # type: ignore[union-attr]  # a site without a producer was refused above
+            seen.producer.norm_path,  # type: ignore[union-attr]
+            consumers,
+        )
         plans.append(_without_unfoldable(plan, modules, skipped))
     return [p for p in plans if p.units], skipped
 
@@ -209,8 +215,11 @@ def _without_unfoldable(plan: SitePlan, modules: dict[str, nn.Module], skipped: 
     biasless = [c.module_path for c in plan.consumers if getattr(modules[c.module_path], "bias", None) is None]
     if not biasless:
         return plan
-    skipped.append(SkippedSite(plan.site.name, plan.dying,
-                               f"{biasless[0]} has no bias to fold the dying units' mean activation into"))  # fmt: skip
+    skipped.append(
+        SkippedSite(
+            plan.site.name, plan.dying, f"{biasless[0]} has no bias to fold the dying units' mean activation into"
+        )
+    )
     units = tuple(u for u in plan.units if u not in plan.dying)
     return SitePlan(plan.site, units, (), plan.producer, plan.norm, plan.consumers)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from ..observe import ObservedSite
+from ..engine.observe import ObservedSite
 from ..repair.edits import StateEdits, apply_edits
 from ..repair.plan import SitePlan, plan_recycle
 from ..repair.records import SiteRepair, SkippedSite

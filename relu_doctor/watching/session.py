@@ -14,7 +14,7 @@ update as they would without the watch), autograd records nothing of the countin
 steps that are not observed no hook is installed, so they cost nothing.
 
 Under ``torch.distributed`` every rank observes its own batches and the counters are all-reduced when a window
-closes (:class:`relu_doctor.distributed.ShardedScan`), so every rank holds the same, global report; every rank must
+closes (:func:`relu_doctor.engine.distributed.combine_counters`), so every rank holds the same, global report; every rank must
 build its watch at the same point and step alike.
 """
 
@@ -29,11 +29,11 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from ..api import build_report
-from ..counters import UnitAccumulator
-from ..distributed import RankInfo, ShardedScan
+from ..analysis.build import build_report
+from ..engine.counters import UnitAccumulator
+from ..engine.distributed import combine_counters
+from ..engine.observe import ReluObserver
 from ..errors import UsageError
-from ..observe import ReluObserver
 from ..report import ModelInfo, ProbeInfo, Report, Thresholds
 from .records import RecycleEvent, WindowRecord, window_record
 from .recycling import RECYCLE_CHOICES, recycle_live
@@ -224,9 +224,7 @@ class Watch:
         devices = [site.counters.positive.device for site in self._observer.sites]
         samples = window.samples
         if self._group is not None:
-            samples = ShardedScan(RankInfo(self._group.rank, self._group.size), group=self._group.group).combine(
-                self._observer, samples
-            )
+            samples = combine_counters(self._observer, samples, group=self._group.group)
         report = self._build_report(window, samples)
         self._history.append(window_record(len(self._history), window.first, window.last, window.steps, report))
         self._report = report

@@ -1,0 +1,431 @@
+"""What each fix would do, measured: re-run the probe through modified versions of the model.
+
+A variant swaps chosen relu sites to LeakyReLU(0.01) and/or edits some parameters (a bias shift, recycled
+units); nothing is asserted, everything is measured against the unmodified model on the same batches:
+
+- drift: relative L2 of the change of every floating output, ‖y' − y‖ / ‖y‖ over the whole probe (the
+  :class:`~relu_doctor.repair.drift.DriftMeter` that ``fix`` reports with);
+- argmax_changed: for a classifier output (N, C ≥ 2), the share of probe samples whose argmax changes;
+- units_with_gradient: units of all relu sites that fired at least once, plus every unit of a swapped site
+  (a LeakyReLU passes gradient everywhere);
+- revived: how many of the units a fix targets fired at least once.
+
+Bias shifts and recycles are built by the repair package (its plans and edits), so a site ``fix`` would refuse
+gets no prediction; the recycle is ``fix --strategy recycle`` itself (every site, same seed, same re-draws).
+Sites are swapped at the dispatch level (:class:`_SwapMode` replaces the aten relu of chosen sites by
+``leaky_relu``), so functional relus can be swapped as well as modules, and each simulated forward is an exact
+re-run of the modified model. Edits are applied in place for one pass of the probe and put back bit for bit
+(cheaper than a copy of the model per variant); the model is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+from . import activations
+from .activations import LEAKY_SLOPE, SWAPPABLE_OPS
+from .analysis.diagnose import leaky_everywhere
+from .api import Combiner, scan_observed
+from .codes import BIAS_SHIFT, LEAKY, RECYCLE, fixable_by
+from .engine import ops
+from .engine.observe import (
+    ForwardingMode,
+    ModuleCallTracker,
+    ObservedSite,
+    SiteKey,
+    SiteKeys,
+    instrumented,
+)
+from .engine.runner import Progress
+from .repair.bias_shift import bias_shift_edits
+from .repair.drift import DriftMeter, flat_floats
+from .repair.edits import Edits, edited
+from .repair.plan import SitePlan, plan_bias_shift, plan_recycle
+from .repair.recycle import DEFAULT_SEED, recycle_until_alive
+from .report import ModelInfo, ProbeInfo, Report, Site, Thresholds
+from .settings import DEFAULT_REDUCER
+
+MAX_SIMULATED_SITES = 8
+"""Sites with the most dead units that get per-site simulations; each costs a few forward passes of the probe."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One modified model to re-run on the probe."""
+
+    name: str
+    """What the variant is, for messages."""
+    leaky_sites: frozenset[SiteKey] = frozenset()
+    """Sites whose relu becomes LeakyReLU(0.01)."""
+    edits: tuple[tuple[str, torch.Tensor], ...] = ()
+    """(state-dict name, replacement tensor) for every changed parameter or buffer."""
+    watch: tuple[tuple[SiteKey, tuple[int, ...]], ...] = ()
+    """Sites and the units a fix targets there, counted as revived when they fire."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a variant did, measured on the probe."""
+
+    drift: float
+    """Relative L2 change of the model's output."""
+    argmax_changed: float | None
+    """Share of samples whose argmax changed; None when the output is not a (N, C >= 2) classifier output."""
+    units_with_gradient: int
+    """Units of all relu sites that fired at least once, plus every unit of a swapped site."""
+    revived_units: Mapping[SiteKey, frozenset[int]] = field(default_factory=dict)
+    """Per site of ``Variant.watch``: its watched units that fired at least once."""
+    newly_dead: int = 0
+    """Units of unswapped relu sites that fired on the unmodified model and never fire with the variant."""
+
+    def revived(self, key: SiteKey, units: Iterable[int]) -> int:
+        """How many of ``units`` of site ``key`` fired (0 for a site the variant did not watch)."""
+        return len(self.revived_units.get(key, frozenset()) & set(units))
+
+
+@dataclass
+class _Meter:
+    """Accumulates one variant's drift, argmax changes and fired units over the batches."""
+
+    drift: DriftMeter = field(default_factory=DriftMeter)
+    changed: int = 0
+    rows: int = 0
+    classifier: bool = True
+    fired: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
+
+    def add(self, before: Any, after: Any, fired: dict[SiteKey, torch.Tensor]) -> None:
+        self.drift.add(flat_floats(before), flat_floats(after))
+        old, new = _float_leaves(before), _float_leaves(after)
+        self.classifier = self.classifier and bool(old) and old[0].dim() == 2 and old[0].shape[1] >= 2
+        if self.classifier:
+            self.changed += int((old[0].argmax(dim=1) != new[0].argmax(dim=1)).sum())
+            self.rows += old[0].shape[0]
+        for key, units in fired.items():
+            self.fired[key] = self.fired[key] | units if key in self.fired else units
+
+    def outcome(self, variant: Variant, units: dict[SiteKey, int]) -> Outcome:
+        with_gradient = sum(units[k] if k in variant.leaky_sites else int(f.sum()) for k, f in self.fired.items())
+        with_gradient += sum(units[k] for k in variant.leaky_sites if k not in self.fired)
+        revived = {
+            key: frozenset(u for u in watched if key in self.fired and bool(self.fired[key][u]))
+            for key, watched in variant.watch
+        }
+        argmax = self.changed / self.rows if self.classifier and self.rows else None
+        return Outcome(self.drift.result().relative_l2, argmax, with_gradient, revived)
+
+
+class Rerun:
+    """Context manager that runs the model with chosen relu sites swapped, and records which units fired.
+
+    Sites are keyed by the observer's own :class:`~relu_doctor.observe.SiteKeys`, so a site of the scan is the
+    same site here.
+    """
+
+    def __init__(
+        self, model: nn.Module, observed: Sequence[ObservedSite], site_paths: tuple[str, ...] | None = None
+    ) -> None:
+        self.model = model
+        self.axes = {site_key(s): s.unit_axis for s in observed}
+        self.tracker = ModuleCallTracker(model)
+        self.keys = SiteKeys(model, self.tracker, site_paths)
+        self.leaky: frozenset[SiteKey] = frozenset()
+        self.fired: dict[SiteKey, torch.Tensor] = {}
+        self._names: dict[Any, str] = {}
+        self._exit_stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Rerun:
+        self._exit_stack.enter_context(instrumented(self.model, self.tracker, {}))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._exit_stack.close()
+
+    def forward(self, batch: Any, leaky: frozenset[SiteKey] = frozenset()) -> Any:
+        """One forward pass with ``leaky`` sites swapped; ``fired`` then holds this pass's fired units per site."""
+        args = batch if isinstance(batch, tuple) else (batch,)
+        self.leaky, self.fired = leaky, {}
+        self.tracker.start_pass()
+        self.keys.start_pass()
+        with torch.inference_mode(), ForwardingMode(self):
+            return self.model(*args)
+
+    def _dispatch(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        name = self._names.get(func) or self._names.setdefault(func, ops.op_name(func))
+        if not activations.is_relu_site(name, args, kwargs):
+            return func(*args, **kwargs)
+        (key, _), pre = self.keys.next_key(), args[0]
+        if key in self.leaky and name in SWAPPABLE_OPS:
+            swapped = torch.nn.functional.leaky_relu(pre, LEAKY_SLOPE)
+            return pre.copy_(swapped) if name.endswith("_") else swapped
+        self._count(key, pre)
+        return func(*args, **kwargs)
+
+    def _count(self, key: SiteKey, pre: torch.Tensor) -> None:
+        view = pre.reshape(1, -1) if pre.dim() < 2 else pre
+        axis = self.axes.get(key, 1 if view.dim() >= 4 else view.dim() - 1)
+        other = [d for d in range(view.dim()) if d != axis]
+        fired = (view > 0).any(dim=tuple(other)) if other else view > 0
+        self.fired[key] = self.fired[key] | fired if key in self.fired else fired
+
+
+def site_key(site: ObservedSite) -> SiteKey:
+    """The key the observer gave ``site``."""
+    return (site.module_path, site.call_index, site.ordinal)
+
+
+def run_variants(
+    model: nn.Module,
+    observed: Sequence[ObservedSite],
+    batches: Iterable[Any],
+    variants: Sequence[Variant],
+    site_paths: tuple[str, ...] | None = None,
+) -> tuple[Outcome, list[Outcome]]:
+    """The unmodified model's outcome and each variant's, over one pass of ``batches`` (1 + V forwards a batch)."""
+    baseline, meters = _Meter(), [_Meter() for _ in variants]
+    with Rerun(model, observed, site_paths) as rerun:
+        for batch in batches:
+            reference = rerun.forward(batch)
+            baseline.add(reference, reference, rerun.fired)
+            for variant, meter in zip(variants, meters):
+                with edited(model, dict(variant.edits)):
+                    meter.add(reference, rerun.forward(batch, variant.leaky_sites), rerun.fired)
+    units = {site_key(s): s.counters.units for s in observed}
+    outcomes = [
+        replace(m.outcome(v, units), newly_dead=_newly_dead(baseline.fired, m.fired, v.leaky_sites))
+        for v, m in zip(variants, meters)
+    ]
+    return baseline.outcome(Variant("unchanged"), units), outcomes
+
+
+def _newly_dead(
+    before: Mapping[SiteKey, torch.Tensor], after: Mapping[SiteKey, torch.Tensor], swapped: frozenset[SiteKey]
+) -> int:
+    """Units that fired before and never after, over the sites that are still relu sites."""
+    return sum(
+        int((fired & ~after[key]).sum()) if key in after else int(fired.sum())
+        for key, fired in before.items()
+        if key not in swapped
+    )
+
+
+def simulate_recycle(
+    model: nn.Module,
+    observed: Sequence[ObservedSite],
+    sites: Sequence[Site],
+    batches: Iterable[Any],
+    site_paths: tuple[str, ...] | None = None,
+) -> Outcome | None:
+    """What ``fix --strategy recycle`` does to the dead units: its plans, seed and re-draws, measured on the probe.
+
+    None when fix would recycle no site. ``batches`` is replayed once per round of re-draws.
+    """
+    plans, _ = plan_recycle(model, observed, sites, include_dying=False)
+    if not plans:
+        return None
+    by_index = {s.index: s for s in observed}
+    keys = [site_key(by_index[plan.site.index]) for plan in plans]
+    watch = tuple(zip(keys, (plan.units for plan in plans)))
+    measured: list[Outcome] = []
+
+    def silent(edits: Edits) -> list[tuple[SitePlan, list[int]]]:
+        variant = Variant("recycle", edits=tuple(edits.items()), watch=watch)
+        measured.append(run_variants(model, observed, batches, [variant], site_paths)[1][0])
+        fired = measured[-1].revived_units
+        unfired = [(plan, [u for u in plan.units if u not in fired[key]]) for plan, key in zip(plans, keys)]
+        return [(plan, units) for plan, units in unfired if units]
+
+    recycle_until_alive(model, plans, torch.Generator().manual_seed(DEFAULT_SEED), silent)
+    return measured[-1]  # silent() last ran on the final edits
+
+
+def _float_leaves(output: Any) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+# -- from a report to predictions ---------------------------------------------------------------------------
+_RECYCLABLE = fixable_by(RECYCLE)
+"""Causes new incoming weights can address (:mod:`relu_doctor.codes`)."""
+_LEAKY_FIXABLE = fixable_by(LEAKY) - {"RD301"}
+"""Causes a LeakyReLU swap of their site addresses (RD301 is the model-wide swap itself)."""
+SIMULATED_FIXES = frozenset({LEAKY, BIAS_SHIFT, RECYCLE})
+"""The fixes this module simulates; every fix a registered code names must be one (tests/test_codes.py)."""
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A variant and the findings whose ``predicted`` it fills (-1: the model-wide RD301)."""
+
+    variant: Variant
+    prefix: str
+    findings: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SimulationPlan:
+    """What a report calls for: variants to re-run, and the findings a recycle could revive."""
+
+    variants: tuple[_Planned, ...]
+    """LeakyReLU swaps and bias shifts, each with the findings it answers."""
+    recycle: tuple[int, ...]
+    """Indices of the findings (on simulated sites, with a cause new weights can address) given recycle numbers."""
+    caveat: str
+    """Names the sites left out (MAX_SIMULATED_SITES); empty when none was."""
+
+
+def simulate_findings(
+    report: Report,
+    model: nn.Module,
+    observed: Sequence[ObservedSite],
+    batches: Iterable[Any],
+    *,
+    site_paths: tuple[str, ...] | None = None,
+) -> Report:
+    """``report`` with measured predictions on its cause findings, plus RD301 (LeakyReLU everywhere).
+
+    ``batches`` must be iterable again (the probe is replayed). A simulation that cannot run leaves the report
+    as it was, with a warning saying why: predictions are advice, never a reason to fail a scan.
+    """
+    chosen = plan(report, model, observed)
+    if not chosen.variants and not chosen.recycle:
+        return report
+    try:
+        baseline, outcomes = run_variants(model, observed, batches, [p.variant for p in chosen.variants], site_paths)
+        recycled = simulate_recycle(model, observed, report.sites, batches, site_paths) if chosen.recycle else None
+    except Exception as exc:  # advisory: a model that cannot be re-run still gets its scan
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        return replace(report, warnings=(*report.warnings, f"simulation skipped: {type(exc).__name__}: {first}"))
+    findings = list(report.findings)
+    if any(-1 in p.findings for p in chosen.variants):
+        findings.append(leaky_everywhere(report.sites, report.summary.dead, report.summary.units))
+    keys = _keys_by_name(report, observed)
+    predicted: dict[int, dict[str, float]] = {}
+    answers = [(item.prefix, outcome, i) for item, outcome in zip(chosen.variants, outcomes) for i in item.findings]
+    answers += [
+        ("recycle", recycled, i)
+        for i in chosen.recycle
+        if recycled and keys[findings[i].site] in recycled.revived_units
+    ]
+    for prefix, outcome, index in answers:
+        finding = findings[index]
+        revived = outcome.revived(keys.get(finding.site, ("", 0, 0)), finding.units)
+        predicted.setdefault(index % len(findings), {}).update(_numbers(prefix, outcome, baseline, revived))
+    findings = [
+        replace(f, predicted=tuple(predicted.get(i, {}).items())) if i in predicted else f
+        for i, f in enumerate(findings)
+    ]
+    warnings = report.warnings + ((chosen.caveat,) if chosen.caveat else ())
+    return replace(report, findings=tuple(findings), warnings=warnings)
+
+
+def plan(report: Report, model: nn.Module, observed: Sequence[ObservedSite]) -> SimulationPlan:
+    """The variants a report calls for on its MAX_SIMULATED_SITES sites with the most dead units."""
+    dead_sites = sorted((s for s in report.sites if s.dead), key=lambda s: -s.dead)
+    chosen, left_out = dead_sites[:MAX_SIMULATED_SITES], dead_sites[MAX_SIMULATED_SITES:]
+    by_index = {s.index: s for s in observed}
+    shifts = plan_bias_shift(model, observed, report.sites)[0]  # fix's own plans and refusals
+    shifted = {p.site.name for p in shifts}
+    planned: list[_Planned] = []
+    recycle: list[int] = []
+    shift_answers: list[int] = []
+    for site in sorted(chosen, key=lambda s: s.index):
+        causes = [i for i, f in enumerate(report.findings) if f.site == site.name and f.code in _LEAKY_FIXABLE]
+        planned += _site_variants(report, by_index[site.index], site.name, causes)
+        recycle += [i for i in causes if report.findings[i].code in _RECYCLABLE]
+        if site.name in shifted:  # fix shifts every dead unit of the site, whatever its cause
+            shift_answers += causes
+    if shift_answers:
+        planned.append(_Planned(bias_shift_variant(model, observed, shifts), "bias_shift", tuple(shift_answers)))
+    swappable = [site_key(s) for s in observed if s.op in SWAPPABLE_OPS]
+    if dead_sites and swappable:
+        planned.append(_Planned(Variant("LeakyReLU everywhere", frozenset(swappable)), "leaky", (-1,)))
+    caveat = ""
+    if left_out:
+        caveat = (
+            f"simulated the {len(chosen)} sites with the most dead units; not simulated: "
+            + ", ".join(s.name for s in left_out[:8])
+            + (" …" if len(left_out) > 8 else "")
+        )
+    return SimulationPlan(tuple(planned), tuple(recycle), caveat)
+
+
+def bias_shift_variant(model: nn.Module, observed: Sequence[ObservedSite], plans: Sequence[SitePlan]) -> Variant:
+    """``fix --strategy bias-shift`` as one variant: every site's shift at once, as fix applies them.
+
+    Shifts interact across layers (a shifted unit feeds the next site, whose shift was sized without it), so the
+    prediction is the whole fix measured on the probe, never one site's shift on its own.
+    """
+    by_index = {s.index: s for s in observed}
+    watch = tuple((site_key(by_index[p.site.index]), tuple(p.units)) for p in plans)
+    return Variant("bias shift", edits=tuple(bias_shift_edits(model, plans).items()), watch=watch)
+
+
+def _site_variants(report: Report, seen: ObservedSite, name: str, causes: Sequence[int]) -> list[_Planned]:
+    """A LeakyReLU swap of the site for all its causes."""
+    if not causes or seen.op not in SWAPPABLE_OPS:
+        return []
+    return [_Planned(Variant(f"LeakyReLU at {name}", frozenset([site_key(seen)])), "leaky", tuple(causes))]
+
+
+def _keys_by_name(report: Report, observed: Sequence[ObservedSite]) -> dict[str, SiteKey]:
+    by_index = {s.index: s for s in observed}
+    return {site.name: site_key(by_index[site.index]) for site in report.sites}
+
+
+def _numbers(prefix: str, outcome: Outcome, baseline: Outcome, revived: int) -> dict[str, float]:
+    numbers = {f"{prefix}_drift": outcome.drift, f"{prefix}_newly_dead": float(outcome.newly_dead)}
+    if outcome.argmax_changed is not None:
+        numbers[f"{prefix}_argmax_changed"] = outcome.argmax_changed
+    if prefix == "leaky":
+        numbers["units_with_gradient_before"] = float(baseline.units_with_gradient)
+        numbers["leaky_units_with_gradient"] = float(outcome.units_with_gradient)
+    else:
+        numbers[f"{prefix}_revived"] = float(revived)
+    return numbers
+
+
+# -- the public scan: the scan stage, then (asked for) this one ----------------------------------------------
+def scan(
+    model: nn.Module,
+    batches: Iterable[Any],
+    *,
+    thresholds: Thresholds | None = None,
+    unit_dim: int | None = None,
+    site_paths: tuple[str, ...] | None = None,
+    model_info: ModelInfo | None = None,
+    probe_info: ProbeInfo | None = None,
+    progress: Progress | None = None,
+    simulate: bool = False,
+    combiner: Combiner | None = None,
+    reducer: str = DEFAULT_REDUCER,
+) -> Report:
+    """:func:`relu_doctor.api.scan`, then with ``simulate=True`` the fix simulations (:func:`simulate_findings`).
+
+    ``simulate=True`` re-runs the probe through modified versions of the model (LeakyReLU swaps, bias shifts,
+    recycled units) and fills each finding's ``predicted``; it costs extra forward passes, so it is off by
+    default here (the CLI turns it on). An iterator of batches is then kept in memory to be replayed.
+    Every other argument is :func:`relu_doctor.api.scan`'s.
+    """
+    if simulate and isinstance(batches, Iterator):
+        batches = list(batches)
+    report, observed = scan_observed(
+        model,
+        batches,
+        thresholds=thresholds,
+        unit_dim=unit_dim,
+        site_paths=site_paths,
+        model_info=model_info,
+        probe_info=probe_info,
+        progress=progress,
+        combiner=combiner,
+        reducer=reducer,
+    )
+    if not simulate:
+        return report
+    return simulate_findings(report, model, observed, batches, site_paths=site_paths)

@@ -1,0 +1,292 @@
+"""From a path on disk to a Report: load the checkpoint, build the probe, scan. Used by the CLI and by Python.
+
+:class:`ScanRequest` holds every option of ``relu-doctor scan``, validated once in ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+# Imports inside functions keep this module free of torch at import time (the CLI's --help and --version stay
+# fast); they do not hide a cycle: .importlinter checks every one of them.
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ProbeError, UsageError
+from ..report import Report, Thresholds
+from ..settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_REDUCER,
+    DEFAULT_SAMPLES,
+    DEFAULT_SEED,
+    check_scan_settings,
+)
+
+
+@dataclass(frozen=True)
+class ScanRequest:
+    """Everything needed to scan a checkpoint file; field names follow the CLI options."""
+
+    model_path: str
+    """The checkpoint file or directory."""
+    arch: str | None = None
+    """``package.module:callable`` or ``path/to/file.py:callable`` building the architecture."""
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the --arch callable."""
+    key: str | None = None
+    """Which nested state dict of a training checkpoint to use."""
+    trust: bool = False
+    """Allow formats that run code from the file (pickled modules, TorchScript, torch.export)."""
+    imports: tuple[str, ...] = ()
+    """Modules to import before unpickling a trusted module."""
+    allow_globals: tuple[str, ...] = ()
+    """``module.Name`` globals allowed in a weights-only load."""
+    probe_path: str | None = None
+    """Probe file; None for a synthetic probe."""
+    probe_key: str | None = None
+    """Which tensor of a probe file holding several."""
+    samples: int = DEFAULT_SAMPLES
+    """Synthetic probe size (or the most samples read from a probe file when ``limit_samples``)."""
+    limit_samples: bool = False
+    """Read at most ``samples`` samples from the probe file."""
+    seed: int = DEFAULT_SEED
+    """Seed of the synthetic probe."""
+    batch_size: int = DEFAULT_BATCH_SIZE
+    """Samples per forward pass."""
+    input_shape: tuple[int, ...] | None = None
+    """Shape of one synthetic sample, when the model does not tell."""
+    unit_dim: int | None = None
+    """Force the unit axis of every site."""
+    device: str = DEFAULT_DEVICE
+    """auto, cpu, cuda or mps."""
+    dtype: str = DEFAULT_DTYPE
+    """Model and probe dtype; counters accumulate in float32 or wider regardless."""
+    reducer: str = DEFAULT_REDUCER
+    """auto, torch or fused: how activations are reduced to counters (see :func:`relu_doctor.scan`)."""
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    """Classification and gate settings."""
+    simulate: bool = False
+    """Re-run the probe through each suggested fix to measure its effect (``scan`` turns it on; --no-simulate)."""
+    save_stats: str | None = None
+    """Also write every site's counters to this safetensors file, for ``relu-doctor merge``."""
+    certify: str | None = None
+    """The --domain to certify units on (probe, probe:MARGIN, box:LO,HI, file:PATH); None: no certification."""
+    force: bool = False
+    """--force: outputs may replace an existing file (never an input)."""
+    inputs: tuple[str, ...] = ()
+    """Other files the command read (its config file): no output may replace them."""
+
+    def __post_init__(self) -> None:
+        from ..engine.bounds.domain import parse_domain
+
+        if self.certify is not None:
+            parse_domain(self.certify)
+        if self.thresholds.gate_on not in GATE_ON:
+            raise UsageError(f"--gate-on must be one of {', '.join(GATE_ON)}, got {self.thresholds.gate_on!r}")
+        if self.thresholds.gate_on == "certified" and self.certify is None:
+            raise UsageError("--gate-on certified needs --certify (and a --domain without --probe)")
+        t = self.thresholds
+        check_scan_settings(
+            device=self.device,
+            dtype=self.dtype,
+            reducer=self.reducer,
+            batch_size=self.batch_size,
+            samples=self.samples,
+            dying_rate=t.dying_rate,
+            tau=t.tau,
+            max_dead_fraction=t.max_dead_fraction,
+            max_layer_dead_fraction=t.max_layer_dead_fraction,
+        )
+
+
+GATE_ON = ("probe", "certified")
+"""What the dead-fraction limits count (--gate-on)."""
+
+
+def certify_domain(certify: bool, domain: str | None, gate_on: str, has_probe_file: bool) -> str | None:
+    """The domain to certify on from --certify / --domain / --gate-on, or None when certification is off.
+
+    ``--gate-on certified`` turns certification on; without a probe file the domain must be named, since the
+    synthetic probe's box says nothing about the model's real inputs."""
+    if not (certify or gate_on == "certified" or domain is not None):
+        return None
+    if domain is not None:
+        return domain
+    if not has_probe_file:
+        raise UsageError(
+            "--certify without --probe needs --domain, e.g. box:0,1 (or --domain probe for the synthetic probe's box)"
+        )
+    return "probe"
+
+
+def resolve_device(name: str) -> Any:
+    """``auto`` -> cuda when available, else mps, else cpu; an unavailable device is a usage error."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: no MPS device is available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def load_for_scan(request: ScanRequest) -> Any:
+    """The loaded model (a :class:`relu_doctor.loading.LoadedModel`) on the requested device and dtype."""
+    import torch
+
+    from ..loading import load_model
+
+    return load_model(
+        request.model_path,
+        arch=request.arch,
+        arch_kwargs=request.arch_kwargs,
+        key=request.key,
+        trust=request.trust,
+        imports=request.imports,
+        allow_globals=request.allow_globals,
+        device=str(_device(request)),
+        dtype=getattr(torch, request.dtype),
+    )
+
+
+def _device(request: ScanRequest) -> Any:
+    """The requested device; under torchrun, ``cuda`` is this rank's GPU (``cuda:LOCAL_RANK``)."""
+    from .distributed import rank_device, rank_info
+
+    return rank_device(resolve_device(request.device), rank_info())
+
+
+def build_probe(request: ScanRequest, model: Any, example: Any = None) -> Any:
+    """The probe for this request: the file, or a synthetic one shaped for the model.
+
+    ``example`` (a :class:`relu_doctor.loading.ExampleInput`) is a torch.export program's own input: it gives a
+    synthetic probe its sample shape and, when the program fixes it, its batch size.
+    """
+    from .probe import file_probe, synthetic_probe
+
+    static_batch = example.static_batch if example is not None else None
+    if request.probe_path is not None:
+        # Never refused by a guess from the first layer: the forward pass decides (its error carries the hint).
+        limit = request.samples if request.limit_samples else None
+        probe = file_probe(request.probe_path, batch_size=request.batch_size, key=request.probe_key, limit=limit)
+        _check_static_batch(probe.info.samples, probe.info.batch_size, static_batch, request.model_path)
+        return probe
+    samples, batch_size = request.samples, request.batch_size
+    if static_batch is not None:  # a synthetic probe can follow the program: whole batches of its size
+        samples, batch_size = -(-samples // static_batch) * static_batch, static_batch
+    return synthetic_probe(
+        model,
+        samples=samples,
+        seed=request.seed,
+        batch_size=batch_size,
+        input_shape=request.input_shape,
+        example_shape=example.sample_shape if example is not None else None,
+    )
+
+
+def _check_static_batch(samples: int, batch_size: int, static_batch: int | None, model_path: str) -> None:
+    """A program exported with a fixed batch size accepts only whole batches of that size: say so before running."""
+    if static_batch is None or (batch_size == static_batch and samples % static_batch == 0):
+        return
+    raise ProbeError(
+        f"{model_path} was exported with a fixed batch of {static_batch} samples, but the probe runs batches of "
+        f"{min(batch_size, samples)} ({samples} samples); pass --batch-size {static_batch} and a probe whose sample "
+        f"count is a multiple of {static_batch} (--samples), or re-export with a dynamic batch dimension"
+    )
+
+
+def run_scan(
+    request: ScanRequest,
+    *,
+    progress: Callable[[int], None] | None = None,
+    on_probe: Callable[[int], None] | None = None,
+) -> Report:
+    """Load, probe and scan; ``on_probe(total_samples)`` is called once the probe size is known."""
+    import torch
+
+    from ..whatif import scan
+    from .distributed import check_enough_batches, rank_info, torchrun_scan
+
+    info = rank_info()
+    loaded = load_for_scan(request)
+    probe = build_probe(request, loaded.model, loaded.example_input)
+    check_enough_batches(-(-probe.info.samples // probe.info.batch_size), info)
+    if on_probe is not None:
+        on_probe(probe.info.samples)
+    batches = _Replayable(probe, getattr(torch, request.dtype), _device(request))
+    with torchrun_scan(info) as sharded:
+        report = scan(
+            loaded.model,
+            batches,
+            thresholds=request.thresholds,
+            unit_dim=request.unit_dim,
+            site_paths=loaded.site_paths,
+            model_info=loaded.info,
+            probe_info=probe.info,
+            progress=progress,
+            simulate=request.simulate,
+            combiner=_combiner(request, sharded, probe.info, loaded.info),
+            reducer=request.reducer,
+        )
+    if request.certify is None:
+        return report
+    return _certified(report, request, loaded, probe.info, batches)
+
+
+def _certified(report: Report, request: ScanRequest, loaded: Any, probe: Any, batches: Any) -> Report:
+    """The report with bounds proved on the requested domain (the probe's own box for ``probe``)."""
+    from ..certification import box_from_spec, certify, with_certification
+
+    assert request.certify is not None
+    box = box_from_spec(request.certify, input_shape=probe.input_shape or None, samples=batches)
+    certification = certify(loaded.model, box, unit_dim=request.unit_dim, site_paths=loaded.site_paths)
+    return with_certification(report, certification)
+
+
+def scan_inputs(request: ScanRequest) -> tuple[str, ...]:
+    """Every file a scan reads: the checkpoint, the probe, a file --arch, a --domain file, the config file."""
+    arch_file = None
+    if request.arch is not None:
+        target = request.arch.rpartition(":")[0]
+        arch_file = target if target.endswith(".py") or "/" in target else None
+    domain_file = request.certify[5:] if request.certify and request.certify.startswith("file:") else None
+    named = (request.model_path, request.probe_path, arch_file, domain_file, *request.inputs)
+    return tuple(path for path in named if path)
+
+
+def _combiner(request: ScanRequest, sharded: Any, probe: Any, model: Any) -> Any:
+    """torchrun's combiner, wrapped by a --save-stats writer when asked for one; None for a plain scan."""
+    if request.save_stats is None:
+        return sharded
+    from .distributed import is_primary
+    from .stats_io import StatsWriter
+    from .writer import plan_output
+
+    return StatsWriter(
+        plan_output(request.save_stats, scan_inputs(request), force=request.force, option="--save-stats"),
+        inner=sharded,
+        probe=probe,
+        model=model,
+        thresholds=request.thresholds,
+        unit_dim=request.unit_dim,
+        primary=is_primary(),
+    )
+
+
+class _Replayable:
+    """The probe's batches, read again from the file (or regenerated) each time they are iterated."""
+
+    def __init__(self, probe: Any, dtype: Any, device: Any) -> None:
+        self.probe, self.dtype, self.device = probe, dtype, device
+
+    def __iter__(self) -> Any:
+        return self.probe.batches(self.dtype, self.device)
+
+    def __len__(self) -> int:
+        return -(-self.probe.info.samples // self.probe.info.batch_size)

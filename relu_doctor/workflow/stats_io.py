@@ -1,0 +1,300 @@
+"""``--save-stats`` files and ``relu-doctor merge``: per-site counters of separate jobs, combined exactly.
+
+A stats file is a safetensors file: the tensors are every site's counters (``site<k>.<counter>``, from
+:meth:`UnitAccumulator.tensors`), and the header's metadata holds one JSON document (key ``relu_doctor``) with
+each site's identity, the probe, the model and the scan settings. Merging adds counters site by site
+(:meth:`UnitAccumulator.merge`: sums for counts and sums, max for maxima) and rebuilds the report with
+:func:`relu_doctor.api.build_report`, so merging the files of disjoint probe shards equals one scan of their
+union. What needs the model's weights (the per-unit causes) is left out of a merged report.
+"""
+
+from __future__ import annotations
+
+# Imports inside functions keep this module free of torch at import time (the CLI's --help and --version stay
+# fast); they do not hide a cycle: .importlinter checks every one of them.
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..errors import UsageError
+from ..report import ModelInfo, ProbeInfo, Producer, Report, Thresholds
+from .writer import OutputTarget, plan_output, write_with
+
+FORMAT = "relu-doctor-stats"
+"""The ``format`` field of every stats file."""
+VERSION = 1
+"""Layout version of the JSON metadata; a newer file is refused with a clear message."""
+METADATA_KEY = "relu_doctor"
+"""safetensors metadata key holding the JSON document."""
+_SITE_FIELDS = (
+    "index",
+    "module_path",
+    "call_index",
+    "ordinal",
+    "op",
+    "kind",
+    "unit_axis",
+    "layout",
+    "activation_shape",
+    "feeds_sum",
+    "feeds_concat",
+    "reaches_output",
+)
+
+
+@dataclass(frozen=True)
+class SavedStats:
+    """One stats file, read back."""
+
+    path: str
+    """Where it was read from."""
+    sites: tuple[Any, ...]
+    """The observed sites (:class:`relu_doctor.observe.ObservedSite`) with their counters, in call order."""
+    probe: ProbeInfo
+    """The probe that was scanned."""
+    model: ModelInfo
+    """The model that was scanned."""
+    thresholds: Thresholds
+    """The classification and gate settings of that scan."""
+    unit_dim: int | None
+    """--unit-dim of that scan."""
+    warnings: tuple[str, ...]
+    """The observer's blind-spot warnings."""
+    other_activations: tuple[tuple[str, int], ...]
+    """Non-relu activations seen (op, calls)."""
+
+
+class StatsWriter:
+    """A scan combiner (:class:`relu_doctor.api.Combiner`) that writes ``--save-stats`` after the last batch.
+
+    It wraps the torchrun combiner when there is one, so the file holds the counters of every rank, and only
+    the primary process writes it.
+    """
+
+    def __init__(
+        self,
+        path: OutputTarget | str | Path,
+        *,
+        inner: Any,
+        probe: ProbeInfo,
+        model: ModelInfo,
+        thresholds: Thresholds,
+        unit_dim: int | None,
+        primary: bool = True,
+    ) -> None:
+        self.path, self.inner, self.primary = path, inner, primary
+        self.probe, self.model, self.thresholds, self.unit_dim = probe, model, thresholds, unit_dim
+
+    def batches(self, batches: Any) -> Any:
+        """The inner combiner's batches (this rank's shard), or all of them."""
+        return batches if self.inner is None else self.inner.batches(batches)
+
+    def combine(self, observer: Any, samples: int, meter: Any = None) -> int:
+        """Combine through the inner combiner, then write the file; returns the total sample count."""
+        if self.inner is not None:
+            samples = self.inner.combine(observer, samples, meter)
+        if self.primary:
+            probe = dataclasses.replace(self.probe, samples=samples)
+            save_stats(
+                self.path, observer, probe=probe, model=self.model, thresholds=self.thresholds, unit_dim=self.unit_dim
+            )
+        return samples
+
+
+def save_stats(
+    path: OutputTarget | str | Path,
+    observer: Any,
+    *,
+    probe: ProbeInfo,
+    model: ModelInfo,
+    thresholds: Thresholds,
+    unit_dim: int | None = None,
+) -> None:
+    """Write every site's counters and identity to ``path`` through the one atomic writer.
+
+    A plain path may replace an existing file (never an input: callers with inputs plan an :class:`OutputTarget`).
+    """
+    from safetensors.torch import save_file
+
+    tensors = {
+        f"site{k}.{name}": tensor.detach().cpu().contiguous()
+        for k, site in enumerate(observer.sites)
+        for name, tensor in site.counters.tensors().items()
+    }
+    document = {
+        "format": FORMAT,
+        "version": VERSION,
+        "tool_version": __version__,
+        "sites": [_site_record(site) for site in observer.sites],
+        "probe": dataclasses.asdict(probe),
+        "model": dataclasses.asdict(model),
+        "thresholds": dataclasses.asdict(thresholds),
+        "unit_dim": unit_dim,
+        "warnings": list(observer.warnings),
+        "other_activations": dict(observer.other_activations),
+    }
+    target = path if isinstance(path, OutputTarget) else plan_output(path, (), force=True, option="--save-stats")
+    write_with(target, lambda temporary: save_file(tensors, temporary, metadata={METADATA_KEY: json.dumps(document)}))
+
+
+def load_stats(path: str | Path) -> SavedStats:
+    """Read a stats file written by ``--save-stats``; a file that is not one is a UsageError naming it."""
+    source = Path(path)
+    document, tensors = _read(source)
+    try:
+        sites = tuple(_site_from(record, tensors, k) for k, record in enumerate(document["sites"]))
+        return SavedStats(
+            path=str(source),
+            sites=sites,
+            probe=_record(ProbeInfo, document["probe"]),
+            model=_record(ModelInfo, document["model"]),
+            thresholds=_record(Thresholds, document["thresholds"]),
+            unit_dim=document.get("unit_dim"),
+            warnings=tuple(document.get("warnings", ())),
+            other_activations=tuple(sorted(document.get("other_activations", {}).items())),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(
+            f"stats file {str(source)!r} is incomplete ({type(exc).__name__}: {exc}); write it again with --save-stats"
+        ) from None
+
+
+def merge_stats(paths: Sequence[str | Path], overrides: Mapping[str, Any] | None = None) -> Report:
+    """One report from several stats files of the same model: counters merged site by site.
+
+    The thresholds are those saved in the first file, with ``overrides`` (Thresholds field -> value) applied.
+    Raises UsageError when the files come from different models or saw different sites.
+    """
+    from ..analysis.build import build_report
+
+    if not paths:
+        raise UsageError("merge needs at least one stats file; pass the files written by scan --save-stats")
+    saved = [load_stats(p) for p in paths]
+    _check_compatible(saved)
+    sites = _merged_sites(saved)
+    thresholds = dataclasses.replace(saved[0].thresholds, **(overrides or {}))
+    report = build_report(sites, None, None, thresholds, _merged_probe(saved), saved[0].model, saved[0].unit_dim)
+    return dataclasses.replace(
+        report,
+        warnings=tuple(dict.fromkeys(w for s in saved for w in s.warnings)) + report.warnings,
+        other_activations=_summed_activations(saved),
+    )
+
+
+def _site_record(site: Any) -> dict[str, Any]:
+    record = {name: getattr(site, name) for name in _SITE_FIELDS}
+    record["producer"] = None if site.producer is None else dataclasses.asdict(site.producer)
+    record["consumers"] = sorted([list(c[:2]) + [list(c[2])] for c in site.consumers])
+    record["unknown_uses"] = sorted(site.unknown_uses)
+    return record
+
+
+def _site_from(record: dict[str, Any], tensors: dict[str, Any], k: int) -> Any:
+    from ..engine.counters import UnitAccumulator
+    from ..engine.observe import ObservedSite
+
+    prefix = f"site{k}."
+    counters = UnitAccumulator.from_tensors({n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)})
+    fields = {name: _tupled(record[name]) for name in _SITE_FIELDS}
+    producer = None if record.get("producer") is None else _record(Producer, record["producer"])
+    site = ObservedSite(counters=counters, producer=producer, **fields)
+    site.consumers.update((a, b, tuple(shape)) for a, b, shape in record.get("consumers", ()))
+    site.unknown_uses.update(record.get("unknown_uses", ()))
+    return site
+
+
+def _record(cls: Any, values: dict[str, Any]) -> Any:
+    """A frozen record from its asdict() form; lists become tuples, unknown keys (newer files) are ignored."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{name: _tupled(value) for name, value in values.items() if name in known})
+
+
+def _tupled(value: Any) -> Any:
+    return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
+
+
+def _read(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    from safetensors import safe_open
+
+    if not source.is_file():
+        raise UsageError(f"stats file {str(source)!r} does not exist; pass files written by scan --save-stats")
+    try:
+        with safe_open(str(source), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+        document = json.loads(metadata[METADATA_KEY])
+    except Exception as exc:  # a library error on a foreign or broken file becomes one clear line
+        raise UsageError(
+            f"{str(source)!r} is not a relu-doctor stats file ({type(exc).__name__}); pass files written by scan --save-stats"
+        ) from None
+    _check_version(source, document)
+    return document, tensors
+
+
+def _check_version(source: Path, document: Any) -> None:
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise UsageError(f"{str(source)!r} is not a relu-doctor stats file; pass files written by scan --save-stats")
+    if document.get("version") != VERSION:
+        raise UsageError(
+            f"stats file {str(source)!r} has layout version {document.get('version')!r}, this relu-doctor reads "
+            f"{VERSION}; merge with the relu-doctor version that wrote it ({document.get('tool_version')})"
+        )
+
+
+def _check_compatible(saved: list[SavedStats]) -> None:
+    from ..engine.distributed import site_key
+
+    first = saved[0]
+    for other in saved[1:]:
+        if first.model.sha256 and other.model.sha256 and first.model.sha256 != other.model.sha256:
+            raise UsageError(
+                f"{other.path!r} scanned a different model (sha256 {other.model.sha256[:12]}) than {first.path!r} "
+                f"({first.model.sha256[:12]}); merge only the shards of one model"
+            )
+        ours, theirs = [site_key(s) for s in first.sites], [site_key(s) for s in other.sites]
+        if ours != theirs:
+            raise UsageError(
+                f"{other.path!r} saw {len(theirs)} sites, {first.path!r} saw {len(ours)} (or they differ in order, "
+                "op or units); merge only files from one model scanned with the same --unit-dim"
+            )
+
+
+def _merged_sites(saved: list[SavedStats]) -> list[Any]:
+    sites = list(saved[0].sites)
+    for other in saved[1:]:
+        for site, more in zip(sites, other.sites):
+            site.counters.merge(more.counters)
+            site.consumers.update(more.consumers)
+            site.unknown_uses.update(more.unknown_uses)
+    return sites
+
+
+def _merged_probe(saved: list[SavedStats]) -> ProbeInfo:
+    """The union's probe: samples added; path, seed and shape kept only where every file agrees."""
+    probes = [s.probe for s in saved]
+    first = probes[0]
+
+    def agreed(name: str) -> Any:
+        values = {getattr(p, name) for p in probes}
+        return getattr(first, name) if len(values) == 1 else None
+
+    return dataclasses.replace(
+        first,
+        samples=sum(p.samples for p in probes),
+        path=agreed("path"),
+        seed=agreed("seed"),
+        source=agreed("source") or "merged",
+        input_shape=agreed("input_shape") or (),
+    )
+
+
+def _summed_activations(saved: list[SavedStats]) -> tuple[tuple[str, int], ...]:
+    totals: dict[str, int] = {}
+    for stats in saved:
+        for op, calls in stats.other_activations:
+            totals[op] = totals.get(op, 0) + int(calls)
+    return tuple(sorted(totals.items()))

@@ -1,0 +1,63 @@
+"""The layers of docs/ARCHITECTURE.md hold: import-linter's contracts (.importlinter) pass on the package, and
+they fail when a module imports a layer above its own (so a back-edge fails CI, not a review)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("importlinter", reason="import-linter is in the dev extra")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / ".importlinter"
+_RUN = (
+    "import sys; from importlinter.cli import lint_imports; "
+    "sys.exit(lint_imports(config_filename=sys.argv[1], no_cache=True, no_logo=True))"
+)
+
+
+def lint(root: Path) -> subprocess.CompletedProcess[str]:
+    """import-linter on the package under ``root`` (a fresh process, so it sees that copy of relu_doctor)."""
+    return subprocess.run(
+        [sys.executable, "-c", _RUN, str(root / ".importlinter")],
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "", "NO_COLOR": "1", "COLUMNS": "400"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def copy_package(tmp_path: Path) -> Path:
+    shutil.copytree(ROOT / "relu_doctor", tmp_path / "relu_doctor", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(CONFIG, tmp_path / ".importlinter")
+    return tmp_path
+
+
+def test_the_package_keeps_every_contract() -> None:
+    result = lint(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "back_edge", "contract"),
+    [
+        ("engine/counters.py", "from .. import api", "Layers"),  # the engine reaching up to the scan stage
+        ("analysis/gate.py", "from .. import whatif", "Layers"),  # analysis calling the simulations
+        ("render/table.py", "import torch", "Renderers never import torch"),
+        ("workflow/scan.py", "import typer", "Only the CLI imports typer"),
+    ],
+)
+def test_a_back_edge_breaks_a_contract(tmp_path: Path, module: str, back_edge: str, contract: str) -> None:
+    root = copy_package(tmp_path)
+    target = root / "relu_doctor" / module
+    target.write_text(target.read_text() + f"\n{back_edge}  # noqa\n")
+    result = lint(root)
+    assert result.returncode == 1, result.stdout + result.stderr
+    broken = [line for line in result.stdout.splitlines() if " BROKEN" in line]
+    assert any(line.startswith(contract) for line in broken), result.stdout
