@@ -119,7 +119,14 @@ class UncountedRule:
     unbounded: tuple[Param, ...] = ()
     """Arguments that must be absent (None) for the call to be relu-like, e.g. clamp's max."""
     label: str = ""
-    """How the warning names it, e.g. ``clamp(min=0)``."""
+    """How the warning names it, e.g. ``clamp(min=0)``; ``{key}`` shows the value of a :attr:`shown` argument."""
+    shown: tuple[Param, ...] = ()
+    """Arguments whose values the label shows (e.g. clamp's max)."""
+
+    def describe(self, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
+        """The label with this call's values, e.g. ``clamp(min=0, max=6)``."""
+        values = {p.key: _arg(args, kwargs, p.index, p.key, p.default) for p in self.shown}
+        return self.label.format(**{k: f"{v:g}" if isinstance(v, float) else v for k, v in values.items()})
 
     def matches(self, name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
         """True when this call of ``name`` computes a relu-like function this rule describes."""
@@ -137,6 +144,19 @@ UNCOUNTED_RELU_LIKE: tuple[UncountedRule, ...] = (
         (Param(1, "min", None, 0.0),),
         unbounded=(Param(2, "max", None, 0.0),),
         label="clamp(min=0)",
+    ),
+    UncountedRule(
+        frozenset({"clamp", "clamp_"}),
+        (Param(1, "min", None, 0.0),),
+        label="clamp(min=0, max={max})",
+        shown=(Param(2, "max", None, 0.0),),
+    ),
+    # hardtanh(0, 6) is a member (nn.ReLU6) and is matched first; any other upper bound is a clipped relu.
+    UncountedRule(
+        frozenset({"hardtanh", "hardtanh_"}),
+        (Param(1, "min_val", -1.0, 0.0),),
+        label="hardtanh(0, {max_val})",
+        shown=(Param(2, "max_val", 1.0, 0.0),),
     ),
 )
 """Relu-like calls reported as "computes a relu but is not counted" (the observer's warnings)."""
@@ -230,7 +250,8 @@ def uncounted_relu_like(name: str, args: Sequence[Any], kwargs: dict[str, Any]) 
 
 
 def is_relu_like_uncounted(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
-    """clamp(min=0) with no upper bound computes a relu but is not a relu site: a blind spot to report."""
+    """clamp(min=0) (with or without max) and hardtanh(0, max != 6) compute a (clipped) relu but are not relu
+    sites: blind spots to report."""
     return uncounted_relu_like(name, args, kwargs) is not None
 
 

@@ -67,6 +67,22 @@ class Producer:
 
 
 @dataclass(frozen=True)
+class RateInterval:
+    """A dying unit's firing rate with a Wilson 95% interval."""
+
+    unit: int
+    """Unit (channel or feature) number within its site."""
+    rate: float
+    """Share of its measured positions where the pre-activation was > 0 (the rate compared with --dying-rate)."""
+    samples_fired: int
+    """Probe samples in which the unit fired at least once."""
+    low: float
+    """Lower end of the 95% Wilson interval of ``rate``, with the site's samples as trials."""
+    high: float
+    """Upper end of the 95% Wilson interval of ``rate``, with the site's samples as trials."""
+
+
+@dataclass(frozen=True)
 class Site:
     """One relu-family call in the forward pass and what its units did on the probe."""
 
@@ -110,6 +126,18 @@ class Site:
     """tau-dormant units (ReDo): mean |activation| / the site's mean of that <= tau."""
     constant_units: tuple[int, ...] = ()
     """Alive units whose output never varied over the probe (e.g. a BatchNorm with gamma ~ 0)."""
+    status: str = "ok"
+    """One word: FAIL (breaks its threshold), dead (all units), nan, warn (some dead), ok."""
+    ignored: bool = False
+    """Left out of the gate and the totals (matches an ``ignore`` glob)."""
+    limit: float | None = None
+    """Its dead-fraction limit: the last matching site override, else max-layer-dead-fraction; None: no limit."""
+    constant_output: bool = False
+    """Every unit is dead or constant: the site's output does not depend on the input."""
+    dead_rate_bound_95: float = math.nan
+    """95% upper bound on the firing rate of a unit that never fired on this site's samples."""
+    dying_intervals: tuple[RateInterval, ...] = ()
+    """A Wilson 95% interval for each dying unit's rate (trials: the site's samples)."""
 
     @property
     def dead(self) -> int:
@@ -164,6 +192,8 @@ class ProbeInfo:
     """Shape of one sample (without the batch axis)."""
     seed: int | None = None
     """Seed of a synthetic probe."""
+    shape_source: str | None = None
+    """Where a synthetic probe's sample shape came from: --input-shape, the exported program, or the first layer."""
 
     @property
     def dead_rate_bound_95(self) -> float:
@@ -235,13 +265,26 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Violation:
+    """One exceeded threshold (or, under --strict, one warning)."""
+
+    text: str
+    """The line shown to users, e.g. ``site fc1: 3 of 8 units dead (37.5%) > max-layer-dead-fraction 0.2``."""
+    site: str = ""
+    """The site it concerns; "" for a model-wide one."""
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
 class GateResult:
     """The outcome of checking a report against its thresholds."""
 
     passed: bool
     """True when no threshold is exceeded."""
-    violations: tuple[str, ...] = ()
-    """One line per exceeded threshold."""
+    violations: tuple[Violation, ...] = ()
+    """One record per exceeded threshold."""
     failing_sites: tuple[str, ...] = ()
     """Names of the sites whose dead fraction exceeds their limit."""
 
@@ -281,6 +324,8 @@ class Report:
     """Bounds proved over a whole input domain (--certify), or None when not asked for."""
     schema_version: int = SCHEMA_VERSION
     """Version of the JSON schema this report renders to."""
+    samples_needed_for_dying_rate: int | None = None
+    """Probe samples needed to support "a dead unit fires on fewer than --dying-rate" (None: a rate of 0)."""
     extra: dict[str, object] = field(default_factory=dict, compare=False)
     """Room for later issues' sections (e.g. simulation results) without a schema break."""
 
@@ -288,6 +333,20 @@ class Report:
     def exit_code(self) -> int:
         """The gate's exit code: 0 within thresholds, 1 exceeded."""
         return self.gate.exit_code
+
+    @property
+    def supports_dying_rate(self) -> bool:
+        """True when the probe has :attr:`samples_needed_for_dying_rate` samples (or none are needed)."""
+        needed = self.samples_needed_for_dying_rate
+        return needed is None or self.probe.samples >= needed
+
+    def model_violations(self) -> tuple[Violation, ...]:
+        """Gate violations not tied to one site (the model-wide limit, --strict warnings)."""
+        return tuple(v for v in self.gate.violations if not v.site)
+
+    def site_violations(self, site: str) -> tuple[Violation, ...]:
+        """Gate violations of one site."""
+        return tuple(v for v in self.gate.violations if v.site == site)
 
 
 @dataclass(frozen=True)

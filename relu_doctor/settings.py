@@ -35,6 +35,12 @@ layout allows, torch never, auto when it pays off (:func:`relu_doctor.engine.fus
 DEFAULT_REDUCER = "auto"
 
 
+MAX_SAMPLES = 100_000_000
+"""The most probe samples a scan takes: 10**8 tiny samples already take hours; more could never finish."""
+MAX_SEED = 2**32 - 1
+"""Seeds are 0 .. 2**32 - 1 (a larger one overflowed the generator's 64-bit seed)."""
+
+
 def check_scan_settings(
     *,
     device: str = DEFAULT_DEVICE,
@@ -55,14 +61,14 @@ def check_scan_settings(
     check_reducer_name(reducer)
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    if samples < 1:
-        raise UsageError(f"--samples must be at least 1, got {samples}")
+    if not 1 <= samples <= MAX_SAMPLES:
+        raise UsageError(f"--samples must be between 1 and {MAX_SAMPLES:,}, got {samples}")
     if simulate_samples < 1:
         raise UsageError(f"--simulate-samples must be at least 1, got {simulate_samples}")
     if not 0 <= dying_rate <= 1:
         raise UsageError(f"--dying-rate must be between 0 and 1, got {dying_rate}")
-    if tau < 0:
-        raise UsageError(f"--tau must be >= 0, got {tau}")
+    if not 0 <= tau < float("inf"):  # also refuses NaN
+        raise UsageError(f"--tau must be a finite number >= 0, got {tau}")
     for name, fraction in (
         ("--max-dead-fraction", max_dead_fraction),
         ("--max-layer-dead-fraction", max_layer_dead_fraction),

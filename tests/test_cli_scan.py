@@ -205,7 +205,7 @@ def test_arch_mismatch(tmp_path: Path) -> None:
 def test_probe_shape_mismatch(tmp_path: Path) -> None:
     probe = tmp_path / "small.npy"
     np.save(probe, np.zeros((4, 32), dtype=np.float32))
-    assert_one_line_error(invoke("scan", DYING, "--arch", ARCH, "--probe", str(probe)), "(32,)", "64")
+    assert_one_line_error(invoke("scan", DYING, "--arch", ARCH, "--probe", str(probe)), "(4, 32)", "takes 64 features")
 
 
 def test_forward_failure(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from relu_doctor.errors import ProbeError
-from relu_doctor.workflow.probe import check_probe_fits, file_probe, npy_rows, parse_shape, synthetic_probe
+from relu_doctor.engine.runner import observe
+from relu_doctor.errors import ObservationError, ProbeError
+from relu_doctor.workflow.probe import file_probe, npy_rows, parse_shape, synthetic_probe
 
 ROWS = np.arange(7 * 2 * 3, dtype=np.float32).reshape(7, 2, 3)
 
@@ -75,9 +76,10 @@ def test_a_file_with_several_tensors_needs_probe_key(tmp_path: Path) -> None:
 def test_a_probe_that_does_not_fit_names_both_shapes(tmp_path: Path) -> None:
     np.save(tmp_path / "rows.npy", ROWS)  # samples of shape (2, 3): 3 features
     model = nn.Sequential(nn.Linear(5, 4), nn.ReLU())
-    with pytest.raises(ProbeError) as error:
-        check_probe_fits(model, file_probe(tmp_path / "rows.npy", batch_size=2))
-    assert "(2, 3)" in str(error.value) and "5 features" in str(error.value)
+    # Never refused by a guess from the first layer: the forward pass fails, and its error carries the hint.
+    with pytest.raises(ObservationError) as error:
+        observe(model, file_probe(tmp_path / "rows.npy", batch_size=2).batches())
+    assert "(2, 2, 3)" in str(error.value) and "0 (Linear), takes 5 features" in str(error.value)
 
 
 def test_a_non_numeric_probe_is_refused(tmp_path: Path) -> None:

@@ -106,11 +106,13 @@ def test_quiet_prints_nothing_and_keeps_the_exit_code() -> None:
 def test_output_writes_the_file_atomically_and_leaves_stdout_empty(tmp_path: Path) -> None:
     target = tmp_path / "report.json"
     target.write_text("old")
-    result = run("-f", "json", "-o", str(target))
+    assert run("-f", "json", "-o", str(target)).exit_code == 2  # an existing file is replaced only with --force
+    assert target.read_text() == "old"
+    result = run("-f", "json", "-o", str(target), "--force")
     assert result.exit_code == 0 and result.stdout == ""
     assert json.loads(target.read_text())["summary"]["dead"] == 78
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temporary file left behind
-    assert run("-f", "json", "-q", "-o", str(target), *FAILING).exit_code == 1  # quiet still writes the file
+    assert run("-f", "json", "-q", "-o", str(target), "--force", *FAILING).exit_code == 1  # quiet still writes
     assert json.loads(target.read_text())["passed"] is False
 
 

@@ -10,11 +10,11 @@ from torch import nn
 from .._version import __version__
 from ..activations import ACTIVATION_MODULES
 from ..engine.observe import ObservedSite, ReluObserver
-from ..report import ModelInfo, ProbeInfo, Report, Site, Thresholds
+from ..report import GateResult, ModelInfo, ProbeInfo, Report, Site, Thresholds
 from .causes import InputScale, explain
-from .confidence import probe_size_warning
-from .diagnose import Evidence, constant_units, diagnose
-from .gate import evaluate, summarize
+from .confidence import dead_rate_bound_95, dying_intervals, probe_size_warning, samples_needed
+from .diagnose import Evidence, constant_units, diagnose, is_constant_output
+from .gate import evaluate, is_ignored, site_limit, site_status, summarize
 from .sites import build_site, site_names
 
 
@@ -36,6 +36,8 @@ def build_report(
     names = site_names(observed)
     sites = tuple(_with_constant_units(build_site(site, name, thresholds)) for site, name in zip(observed, names))
     summary = summarize(sites, thresholds)
+    gate = evaluate(sites, summary, thresholds)
+    sites = tuple(_with_verdicts(site, thresholds, gate) for site in sites)
     warnings = _warnings(observer, model, probe, len(sites))
     warnings += tuple(w for w in [probe_size_warning(probe.samples, thresholds.dying_rate)] if w)
     evidence = (
@@ -48,11 +50,25 @@ def build_report(
         sites=sites,
         summary=summary,
         thresholds=thresholds,
-        gate=evaluate(sites, summary, thresholds),
+        gate=gate,
         findings=diagnose(sites, probe, evidence),
         warnings=warnings,
         other_activations=tuple(sorted(observer.other_activations.items())) if observer else (),
         unit_dim_override=unit_dim,
+        samples_needed_for_dying_rate=samples_needed(thresholds.dying_rate) if thresholds.dying_rate > 0 else None,
+    )
+
+
+def _with_verdicts(site: Site, thresholds: Thresholds, gate: GateResult) -> Site:
+    """The site with every verdict renderers show, computed here once (renderers never compute)."""
+    return replace(
+        site,
+        status=site_status(site, gate),
+        ignored=is_ignored(site.name, thresholds),
+        limit=site_limit(site.name, thresholds),
+        constant_output=is_constant_output(site),
+        dead_rate_bound_95=dead_rate_bound_95(site.counters.samples),
+        dying_intervals=dying_intervals(site),
     )
 
 
@@ -67,7 +83,7 @@ def _warnings(
     found: list[str] = []
     if probe.source == "synthetic":
         found.append(
-            f"synthetic probe ({probe.samples} standard-normal samples, seed {probe.seed}): "
+            f"synthetic probe ({probe.samples} standard-normal samples{_shape_note(probe)}, seed {probe.seed}): "
             "real data gives truer answers; pass --probe"
         )
     if observer is not None:
@@ -96,3 +112,19 @@ def _never_called(observer: ReluObserver, model: nn.Module) -> list[str]:
         return []
     shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
     return [f"{len(missing)} modules were never called by the forward pass: {shown}"]
+
+
+def _shape_note(probe: ProbeInfo) -> str:
+    """of shape 3x32x32, inferred from the first layer conv1 (Conv2d)": which sample shape a synthetic probe used."""
+    if not probe.input_shape:
+        return ""
+    text = "x".join(map(str, probe.input_shape))
+    if probe.shape_source is None or probe.shape_source == "--input-shape":
+        return f" of shape {text}"
+    return f" of shape {text}, inferred from {probe.shape_source}"
+
+
+def with_gate(report: Report, gate: GateResult) -> Report:
+    """``report`` judged by another gate result (e.g. on certified-dead units): the gate and every site's status."""
+    sites = tuple(replace(site, status=site_status(site, gate)) for site in report.sites)
+    return replace(report, gate=gate, sites=sites)

@@ -8,28 +8,11 @@ Pure and torch-free.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-from ..report import Site
+from ..report import RateInterval, Site
 
 Z_95 = 1.959963984540054
 """Two-sided 95% standard-normal quantile."""
-
-
-@dataclass(frozen=True)
-class RateInterval:
-    """A dying unit's firing rate with a Wilson 95% interval."""
-
-    unit: int
-    """Unit (channel or feature) number within its site."""
-    rate: float
-    """Share of its measured positions where the pre-activation was > 0 (the rate compared with --dying-rate)."""
-    samples_fired: int
-    """Probe samples in which the unit fired at least once."""
-    low: float
-    """Lower end of the 95% Wilson interval of ``rate``, with the site's samples as trials."""
-    high: float
-    """Upper end of the 95% Wilson interval of ``rate``, with the site's samples as trials."""
 
 
 def dead_rate_bound_95(samples: int) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
-from ..report import Certification, GateResult, Site, Summary, Thresholds
+from ..report import Certification, GateResult, Site, Summary, Thresholds, Violation
 
 
 def is_ignored(name: str, thresholds: Thresholds) -> bool:
@@ -43,13 +43,19 @@ def evaluate(sites: Sequence[Site], summary: Summary, thresholds: Thresholds,
             continue
         failing.append(site.name)
         violations.append(
-            f"site {site.name}: {dead} of {site.units} units {word} ({fraction:.1%}) > max-layer-dead-fraction {limit:g}"
+            Violation(
+                f"site {site.name}: {dead} of {site.units} units {word} ({fraction:.1%}) "
+                f"> max-layer-dead-fraction {limit:g}",
+                site.name,
+            )
         )
     limit = thresholds.max_dead_fraction
     fraction = total_dead / summary.units if summary.units else 0.0
     if limit is not None and fraction > limit:
         violations.append(
-            f"model: {total_dead} of {summary.units} units {word} ({fraction:.1%}) > max-dead-fraction {limit:g}"
+            Violation(
+                f"model: {total_dead} of {summary.units} units {word} ({fraction:.1%}) > max-dead-fraction {limit:g}"
+            )
         )
     return GateResult(passed=not violations, violations=tuple(violations), failing_sites=tuple(failing))
 
@@ -57,6 +63,19 @@ def evaluate(sites: Sequence[Site], summary: Summary, thresholds: Thresholds,
 def _certified_dead(name: str, certification: Certification | None) -> int:
     found = certification.site(name) if certification is not None else None
     return len(found.certified_dead) if found is not None else 0
+
+
+def site_status(site: Site, gate: GateResult) -> str:
+    """One word per site: FAIL (breaks a threshold), dead (all units), nan, warn (some dead), ok."""
+    if site.name in gate.failing_sites:
+        return "FAIL"
+    if site.units and site.dead == site.units:
+        return "dead"
+    if site.nan_units:
+        return "nan"
+    if site.dead:
+        return "warn"
+    return "ok"
 
 
 def summarize(sites: Sequence[Site], thresholds: Thresholds) -> Summary:

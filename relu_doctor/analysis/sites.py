@@ -61,7 +61,7 @@ def build_site(observed: ObservedSite, name: str, thresholds: Thresholds) -> Sit
         dying_units=dying,
         nan_units=nan_units,
         firing_rate=rate_summary(tuple(r for u, r in enumerate(rates) if u not in bad)),
-        sparsity=1.0 - sum(counters.positive) / total_positions if total_positions else 0.0,
+        sparsity=_zeros(counters) / total_positions if total_positions else 0.0,
         dead_max_preactivation=_dead_range(counters, dead),
         producer=observed.producer,
         dormant_units=dormant_units(counters, thresholds.tau, bad),
@@ -95,3 +95,9 @@ def _deduplicated(names: list[str]) -> list[str]:
         seen[name] += 1
         unique.append(name if seen[name] == 1 else f"{name}~{seen[name]}")
     return unique
+
+
+def _zeros(counters: UnitCounters) -> int:
+    """Positions whose activation is 0: neither positive nor NaN/Inf (a NaN is not a zero)."""
+    total = counters.positions * len(counters.positive)
+    return total - sum(counters.positive) - sum(counters.nan) - sum(counters.inf)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import traceback
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -18,10 +17,11 @@ from rich.console import Console
 
 from .._version import __version__
 from ..errors import ReluDoctorError, UsageError
-from ..report import GateResult, Report
+from ..report import GateResult, Report, Violation
 from .config import Resolved
 
 EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 app = typer.Typer(
     name="relu-doctor",
@@ -134,10 +134,13 @@ def given_on_command_line(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def configure(ctx: typer.Context, config_file: Path | None, *, exclude: Collection[str] = ()) -> Resolved:
+def configure(
+    ctx: typer.Context, config_file: Path | None, *, exclude: Collection[str] = (), isolated: bool = False
+) -> Resolved:
     """Layer the command's options over RELU_DOCTOR_* variables, the config file and the option defaults.
 
     Keys are the long option names; ``exclude`` keys are taken from the command line or default only.
+    ``isolated`` (--isolated, as in ruff) reads no config file and no variable: the command line and defaults only.
     """
     from . import config
 
@@ -150,12 +153,22 @@ def configure(ctx: typer.Context, config_file: Path | None, *, exclude: Collecti
     known = {key: name for key, name in keyed.items() if key in config.KEYS}
     given = {key: ctx.params[name] for key, name in known.items() if given_on_command_line(ctx, name)}
     defaults = {key: ctx.params[name] for key, name in known.items() if key not in given}
+    if isolated:
+        if config_file is not None:
+            raise UsageError("--isolated reads no config file; drop --config or --isolated")
+        return config.resolve(given, {}, None, defaults)
     path = config_file or config.find_config(Path.cwd())
     file = config.load_config(path) if path is not None else None
     if file is not None and exclude:
         file = replace(file, values={k: v for k, v in file.values.items() if k not in exclude})
     environment = {k: v for k, v in config.parse_environment(os.environ).items() if k not in exclude}
-    return config.resolve(given, environment, file, defaults)
+    resolved = config.resolve(given, environment, file, defaults)
+    return replace(resolved, warnings=tuple(config.unknown_variables(os.environ)))
+
+
+def warn(style: OutputStyle, message: str) -> None:
+    """``relu-doctor: warning: ...`` on stderr, unless quiet."""
+    note(style, f"relu-doctor: warning: {message}")
 
 
 def describe_settings(resolved: Resolved) -> list[str]:
@@ -179,7 +192,7 @@ def strict_report(report: Report) -> Report:
     """--strict: every warning (synthetic probe, module never called, ...) becomes a gate violation."""
     if not report.warnings:
         return report
-    violations = report.gate.violations + tuple(f"strict: {warning}" for warning in report.warnings)
+    violations = report.gate.violations + tuple(Violation(f"strict: {warning}") for warning in report.warnings)
     return replace(report, gate=GateResult(False, violations, report.gate.failing_sites))
 
 
@@ -197,43 +210,61 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 @contextmanager
 def error_boundary(debug: bool) -> Iterator[None]:
     """Turn every failure into one line on stderr and exit 2; ``--debug`` shows the traceback."""
+    from ..workflow.writer import Terminated
+
     try:
         yield
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+    except (typer.Exit, typer.Abort):
         raise
+    except KeyboardInterrupt:
+        fail("interrupted; a file being written was removed, inputs are untouched", EXIT_INTERRUPTED)
+    except Terminated:
+        fail("terminated (SIGTERM); a file being written was removed, inputs are untouched", EXIT_TERMINATED)
     except ReluDoctorError as exc:
         if debug:
             traceback.print_exc()
-        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
+        fail(one_line(str(exc)) if str(exc) else type(exc).__name__, exc.exit_code)
     except Exception as exc:  # an internal error must never look like a gate failure (exit 1)
         if debug:
             traceback.print_exc()
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        fail(f"internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)")
+        fail(f"internal error: {type(exc).__name__}: {one_line(str(exc))} (rerun with --debug for the traceback)")
 
 
-def write_output(content: str | bytes, path: Path | None) -> None:
-    """Write to stdout, or atomically to ``path`` (a temporary file in the same folder, then rename)."""
-    if path is None:
+def one_line(text: str) -> str:
+    """`text` on one line: newlines and other control characters (from a path, say) escaped, not cut."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text.strip())
+
+
+def plan_outputs(inputs: Collection[str | Path | None], force: bool, **outputs: Path | None) -> dict[str, Any]:
+    """Each output option (name -> path or None) resolved once and checked against every input and each other."""
+    from ..workflow.writer import plan_output
+
+    planned: dict[str, Any] = {}
+    for option, path in outputs.items():
+        if path is None:
+            planned[option] = None
+            continue
+        flag = "--" + option.replace("_", "-")
+        target = plan_output(path, inputs, force=force, option=flag)
+        for other in planned.values():
+            if other is not None and other.path == target.path:
+                raise UsageError(f"{flag} {str(path)!r} is also {other.option}; give each output its own file")
+        planned[option] = target
+    return planned
+
+
+def write_output(content: str | bytes, target: Any = None) -> None:
+    """Write to stdout, or through the one atomic writer to a planned target (see :func:`plan_outputs`)."""
+    if target is None:
         if isinstance(content, bytes):
             sys.stdout.buffer.write(content)
         else:
             sys.stdout.write(content)
         sys.stdout.flush()
         return
-    target = path.resolve()
-    if not target.parent.is_dir():
-        raise UsageError(f"cannot write {str(path)!r}: folder {str(target.parent)!r} does not exist; create it first")
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        # mkstemp makes the file private (0600); a report keeps the mode of the file it replaces, else 0644.
-        os.chmod(temporary, target.stat().st_mode & 0o777 if target.exists() else 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content if isinstance(content, bytes) else content.encode("utf-8"))
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    from ..workflow.writer import write_bytes
+
+    write_bytes(target, content)
 
 
 class StageDisplay:

@@ -4,11 +4,15 @@ Pure and CLI-free: the CLI says which options were given on the command line, an
 them as **command line > environment > config file > defaults**. Keys are the long option names, with ``_``
 or ``-`` (``max_layer_dead_fraction`` = ``max-layer-dead-fraction``); an unknown key is an error naming it.
 Options that run code from a checkpoint (``--trust``, ``--import``, ``--allow-global``) are never read from a
-file or the environment: a shared config must not be able to turn them on.
+file or the environment: a shared config must not be able to turn them on. The settings that name code to run
+(``arch``, ``arch_kwargs``) come from the command line or a config file only, never the environment; in a file,
+``arch`` must name a ``.py`` file inside the config's own repository or a non-standard-library module. The search
+for ``pyproject.toml`` stops at the repository root (a folder holding ``.git``) or the home folder.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +41,10 @@ COMMAND_LINE_ONLY = {
     "allow_global": "--allow-global",
 }
 """Keys that let a checkpoint run code: refused in files and the environment, with the option to use instead."""
+NOT_FROM_ENVIRONMENT = {"arch": "--arch", "arch_kwargs": "--arch-kwargs"}
+"""Keys that name code to run: a config file of the project may set them, a CI variable may not."""
+# Modules an `arch` from a config file may not name: their callables run commands or fetch and run code.
+_REFUSED_ARCH_MODULES = frozenset(sys.stdlib_module_names) | {"builtins", "__main__", "torch", "relu_doctor", "pip"}
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,8 @@ class Resolved:
     """Key -> "command line", "RELU_DOCTOR_X", the config file's path, or "default"."""
     config_path: str | None = None
     """The config file that was read, if any."""
+    warnings: tuple[str, ...] = ()
+    """Things the user should know that do not stop the run (an unknown RELU_DOCTOR_* variable)."""
 
 
 @dataclass(frozen=True)
@@ -107,12 +117,35 @@ def normalize(name: str) -> str:
 
 
 def find_config(start: Path) -> Path | None:
-    """The nearest ``pyproject.toml`` at or above ``start`` that has a ``[tool.relu-doctor]`` table."""
-    for folder in (start, *start.parents):
+    """The nearest ``pyproject.toml`` with a ``[tool.relu-doctor]`` table at or above ``start``, searching no
+    higher than the repository root (a folder holding ``.git``) or the home folder; unreadable files are skipped."""
+    for folder in search_folders(start):
         candidate = folder / "pyproject.toml"
-        if candidate.is_file() and SECTION in _read_toml(candidate).get("tool", {}):
-            return candidate
+        try:
+            if candidate.is_file() and SECTION in _read_toml(candidate).get("tool", {}):
+                return candidate
+        except ConfigError:
+            if os.access(candidate, os.R_OK):
+                raise  # the project's own file is broken: say so
     return None
+
+
+def search_folders(start: Path) -> list[Path]:
+    """``start`` and its parents up to the first repository root or the home folder, whichever comes first."""
+    home = Path.home().resolve()
+    folders = []
+    for folder in (start, *start.parents):
+        folders.append(folder)
+        if (folder / ".git").exists() or folder.resolve() == home:
+            break
+    return folders
+
+
+def repository_root(folder: Path) -> Path:
+    """The repository root holding ``folder`` (see :func:`search_folders`), or ``folder`` itself outside one."""
+    folders = search_folders(folder.resolve())
+    last = folders[-1]
+    return last if (last / ".git").exists() else folder.resolve()
 
 
 def load_config(path: Path) -> FileConfig:
@@ -138,18 +171,64 @@ def parse_table(table: Mapping[str, Any], origin: str, base_dir: Path) -> dict[s
         if name in values:
             raise ConfigError(f"{origin}: {name!r} is given twice (as - and _ spellings); keep one")
         values[name] = _relative_to(base_dir, KEYS[name], _check(KEYS[name], raw_value, f"{origin}: {raw_name}"))
+        if name == "arch":
+            _check_config_arch(values[name], f"{origin}: {raw_name}", repository_root(base_dir))
     return values
 
 
+def _check_config_arch(spec: str, origin: str, root: Path) -> None:
+    """An ``arch`` read from a file names a .py file inside `root` or a module outside the standard library."""
+    target = spec.rpartition(":")[0]
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        resolved = Path(target).resolve()
+        if root != resolved and root not in resolved.parents:
+            raise ConfigError(
+                f"{origin} = {spec!r} names a file outside the project {str(root)!r}; a config file may only name "
+                "the project's own code, pass --arch on the command line for anything else"
+            )
+        return
+    if target.split(".")[0] in _REFUSED_ARCH_MODULES:
+        raise ConfigError(
+            f"{origin} = {spec!r} names a standard-library or torch callable, which builds no model and can run "
+            "commands; a config file may only name the project's code or an installed model package"
+        )
+
+
 def parse_environment(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The RELU_DOCTOR_* variables as typed values; an empty variable counts as unset."""
+    """The RELU_DOCTOR_* variables as typed values; an empty variable counts as unset, and an unknown one is left
+    out (:func:`unknown_variables` names it for a warning: a stray CI variable must not break every run)."""
     values: dict[str, Any] = {}
     for variable, text in sorted(environ.items()):
-        if not variable.startswith(ENV_PREFIX) or not text:
+        if not variable.startswith(ENV_PREFIX) or not text or _is_unknown(variable):
             continue
         name = _known_key(variable[len(ENV_PREFIX) :], variable, environment=True)
         values[name] = _check(KEYS[name], _from_text(KEYS[name], text, variable), variable)
     return values
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One warning per RELU_DOCTOR_* variable that sets nothing, with the closest known name."""
+    return [
+        f"ignoring unknown environment variable {variable}{_did_you_mean(normalize(variable[len(ENV_PREFIX) :]))}"
+        for variable in sorted(environ)
+        if variable.startswith(ENV_PREFIX) and _is_unknown(variable)
+    ]
+
+
+def _is_unknown(variable: str) -> bool:
+    name = normalize(variable[len(ENV_PREFIX) :])
+    return name not in KEYS and name not in COMMAND_LINE_ONLY
+
+
+def _did_you_mean(name: str, *, environment: bool = True) -> str:
+    """``; did you mean RELU_DOCTOR_DYING_RATE?`` (or ``'dying_rate'`` for a file) for a near miss, else ''."""
+    import difflib
+
+    candidates = [key for key, spec in KEYS.items() if not (environment and spec.kind == "sites")]
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f"; did you mean {ENV_PREFIX + close[0].upper() if environment else repr(close[0])}?"
 
 
 def resolve(
@@ -194,13 +273,18 @@ def _known_key(raw: str, origin: str, *, environment: bool = False) -> str:
             f"{origin}: {raw!r} cannot come from {where}; it lets a checkpoint run code, "
             f"so pass {COMMAND_LINE_ONLY[name]} on the command line each time"
         )
-    if name not in KEYS or (environment and KEYS[name].kind == "sites"):
-        hint = (
-            "per-site limits go in the config file's [tool.relu-doctor.sites] table"
-            if name == "sites"
-            else (f"known keys: {', '.join(KEYS)}")
+    if environment and name in NOT_FROM_ENVIRONMENT:
+        raise ConfigError(
+            f"{origin} cannot come from the environment: it names code to run, so pass {NOT_FROM_ENVIRONMENT[name]} "
+            "on the command line or set it in the project's pyproject.toml"
         )
-        raise ConfigError(f"{origin}: unknown key {raw!r}; {hint}")
+    if name not in KEYS or (environment and KEYS[name].kind == "sites"):
+        if name == "sites":
+            raise ConfigError(
+                f"{origin}: unknown key {raw!r}; per-site limits go in the config file's [tool.relu-doctor.sites] table"
+            )
+        guess = _did_you_mean(name, environment=False)
+        raise ConfigError(f"{origin}: unknown key {raw!r}{guess or '; known keys: ' + ', '.join(KEYS)}")
     return name
 
 

@@ -9,7 +9,7 @@ import typer
 
 from ..render import Format
 from . import options as opt
-from .app import app, error_boundary, exit_code, style_from_options
+from .app import app, error_boundary, exit_code, plan_outputs, style_from_options
 
 
 @app.command()
@@ -41,6 +41,7 @@ def merge(
         ),
     ] = None,
     exit_zero: opt.ExitZero = False,
+    force: opt.Force = False,
     quiet: opt.Quiet = False,
     no_color: opt.NoColor = False,
     debug: opt.Debug = False,
@@ -57,8 +58,9 @@ def merge(
             "max_dead_fraction": max_dead_fraction,
             "max_layer_dead_fraction": max_layer_dead_fraction,
         }
+        targets = plan_outputs(files, force, output=output)
         report = merge_stats(files, _checked(overrides))
-        emit_report(report, fmt, output, style)
+        emit_report(report, fmt, targets["output"], style)
     raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
 
 

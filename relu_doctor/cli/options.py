@@ -137,6 +137,14 @@ Config = Annotated[
         rich_help_panel=GATE,
     ),
 ]
+Isolated = Annotated[
+    bool,
+    typer.Option(
+        "--isolated",
+        help="Ignore every config file and RELU_DOCTOR_* variable: only the command line and the defaults count.",
+        rich_help_panel=GATE,
+    ),
+]
 Output = Annotated[
     Path | None,
     typer.Option(
@@ -146,6 +154,14 @@ Output = Annotated[
 Plot = Annotated[
     Path | None,
     typer.Option("--plot", help="Also save a PNG picture here (needs relu-doctor\\[plot]).", rich_help_panel=OUTPUT),
+]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Replace an existing output file (--output, --plot, --save-stats); an input is never replaced.",
+        rich_help_panel=OUTPUT,
+    ),
 ]
 Quiet = Annotated[
     bool,
@@ -199,14 +215,17 @@ def arch_kwargs_value(value: str | Mapping[str, Any] | None) -> dict[str, Any]:
         return {}
     if isinstance(value, Mapping):
         return dict(value)
+    shown = value if len(value) <= 80 else value[:77] + "..."
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as exc:
         raise UsageError(
-            f"--arch-kwargs expects a JSON object, e.g. '{{\"width\": 64}}', got {value!r} ({exc.msg})"
+            f"--arch-kwargs expects a JSON object, e.g. '{{\"width\": 64}}', got {shown!r} ({exc.msg})"
         ) from exc
+    except RecursionError:
+        raise UsageError(f"--arch-kwargs nests too deeply to parse, got {shown!r}; pass plain keyword values") from None
     if not isinstance(parsed, dict):
-        raise UsageError(f"--arch-kwargs expects a JSON object, e.g. '{{\"width\": 64}}', got {value!r}")
+        raise UsageError(f"--arch-kwargs expects a JSON object, e.g. '{{\"width\": 64}}', got {shown!r}")
     return parsed
 
 

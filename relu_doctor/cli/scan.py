@@ -42,8 +42,10 @@ from .app import (
     error_boundary,
     exit_code,
     note,
+    plan_outputs,
     strict_report,
     style_from_options,
+    warn,
     write_output,
 )
 
@@ -79,6 +81,7 @@ def scan(
     strict: opt.Strict = False,
     exit_zero: opt.ExitZero = False,
     config: opt.Config = None,
+    isolated: opt.Isolated = False,
     certify: opt.Certify = False,
     domain: opt.Domain = None,
     gate_on: opt.GateOn = "probe",
@@ -112,6 +115,7 @@ def scan(
             rich_help_panel=opt.OUTPUT,
         ),
     ] = DEFAULT_SIMULATE_SAMPLES,
+    force: opt.Force = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
     no_color: opt.NoColor = False,
@@ -120,7 +124,9 @@ def scan(
     """Scan MODEL with a probe and report dead and dying ReLU units per site."""
     style = style_from_options(quiet, verbose, no_color, output)
     with error_boundary(debug):
-        settings = configure(ctx, config)
+        settings = configure(ctx, config, isolated=isolated)
+        for line in settings.warnings:
+            warn(style, line)
         for line in describe_settings(settings):
             note(style, line, verbose_only=True)
         if plot is not None:
@@ -143,7 +149,12 @@ def scan(
             save_stats=None if save_stats is None else str(save_stats),
             certify=certify_domain(certify, domain, gate_on, request.probe_path is not None),
             thresholds=replace(request.thresholds, gate_on=gate_on),
+            force=force,
+            inputs=tuple(p for p in (settings.config_path,) if p),
         )
+        from ..workflow.scan import scan_inputs
+
+        targets = plan_outputs(scan_inputs(request), force, output=output, plot=plot, save_stats=save_stats)
         started = time.perf_counter()
         display = StageDisplay(enabled=style.progress)
         try:
@@ -157,17 +168,17 @@ def scan(
                 report = strict_report(report)
             if not is_primary():  # under torchrun every rank has the same report; rank 0 writes it
                 raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
-            emit_report(report, Format(settings.values["format"]), output, style)
+            emit_report(report, Format(settings.values["format"]), targets["output"], style)
             if plot is not None:
                 from ..render.plot import report_png
 
-                write_output(report_png(report), plot)
+                write_output(report_png(report), targets["plot"])
         finally:
             display.stop()
     raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
 
 
-def emit_report(report: Report, fmt: Format, output: Path | None, style: OutputStyle) -> None:
+def emit_report(report: Report, fmt: Format, output: Any, style: OutputStyle) -> None:
     """The report on stdout (or --output), the one-line verdict on stderr unless the table already shows it."""
     from ..render import render
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -29,8 +29,10 @@ from .app import (
     error_boundary,
     exit_code,
     note,
+    plan_outputs,
     strict_report,
     style_from_options,
+    warn,
     write_output,
 )
 
@@ -81,12 +83,14 @@ def trend(
     strict: opt.Strict = False,
     exit_zero: opt.ExitZero = False,
     config: opt.Config = None,
+    isolated: opt.Isolated = False,
     # Output
     fmt: Annotated[
         TrendFormat, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)
     ] = TrendFormat.table,
     output: opt.Output = None,
     plot: opt.Plot = None,
+    force: opt.Force = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
     no_color: opt.NoColor = False,
@@ -97,7 +101,10 @@ def trend(
     with error_boundary(debug):
         from ..workflow.trend import scan_checkpoints
 
-        settings = configure(ctx, config, exclude={"format"})  # a config's format is scan's; trend has two
+        # a config's format is scan's; trend has its own choices
+        settings = configure(ctx, config, exclude={"format"}, isolated=isolated)
+        for line in settings.warnings:
+            warn(style, line)
         for line in describe_settings(settings):
             note(style, line, verbose_only=True)
         if plot is not None:
@@ -113,6 +120,10 @@ def trend(
             allow_global=allow_global,
             limit_samples=settings.sources["samples"] != "default",
         )
+        from ..workflow.scan import scan_inputs
+
+        inputs = [*checkpoints, *scan_inputs(replace(request, model_path="")), settings.config_path]
+        targets = plan_outputs(inputs, force, output=output, plot=plot)
         result = scan_checkpoints(
             [str(c) for c in checkpoints],
             request,
@@ -120,13 +131,11 @@ def trend(
         )
         if settings.values.get("strict"):
             result = replace(result, reports=(*result.reports[:-1], strict_report(result.last)))
-        emit_trend(result, fmt, output, plot, style)
+        emit_trend(result, fmt, targets["output"], targets["plot"], style)
     raise typer.Exit(exit_code(result.gate, exit_zero=exit_zero))
 
 
-def emit_trend(
-    result: TrendReport, fmt: TrendFormat, output: Path | None, plot: Path | None, style: OutputStyle
-) -> None:
+def emit_trend(result: TrendReport, fmt: TrendFormat, output: Any, plot: Any, style: OutputStyle) -> None:
     """The trend on stdout (or --output), the last checkpoint's verdict on stderr, and the picture if asked for."""
     from ..render.common import summary_line
     from ..render.trend import render_trend_json, render_trend_table

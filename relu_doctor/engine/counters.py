@@ -34,6 +34,12 @@ class UnitAccumulator:
         self.positions = 0
         self.samples = 0
 
+    def copy(self) -> UnitAccumulator:
+        """An independent copy (to undo a pass)."""
+        twin = UnitAccumulator.__new__(UnitAccumulator)
+        twin.__dict__ = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self.__dict__.items()}
+        return twin
+
     def add_finite(self, sample_max: torch.Tensor, output: torch.Tensor, unit_axis: int) -> None:
         """Count one batch whose pre-activations are all finite (activations have >= 2 axes).
 

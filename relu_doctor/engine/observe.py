@@ -20,12 +20,14 @@ plain activation-module calls, later passes hook just those modules, so no other
 from __future__ import annotations
 
 import contextlib
+import enum
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakTensorKeyDictionary
@@ -75,6 +77,9 @@ class ObservedSite:
     reaches_output: bool = False
     unknown_uses: set[str] = field(default_factory=set)
     """Ops that read the output whose effect on units is not followed (transpose, attention, ...)."""
+    undecided: list[tuple[torch.Tensor, torch.Tensor, float]] | None = None
+    """While the unit axis waits for a consumer (provenance unknown, first pass only): (pre-activation, output,
+    cap) copies of the calls seen so far, counted once the axis is known."""
 
 
 class ModuleCallTracker:
@@ -124,8 +129,10 @@ class ModuleCallTracker:
 class SiteKeys:
     """Keys each relu op of a forward pass by (owner path, call of the owner, relu op of that call), with its kind.
 
-    An opaque model (TorchScript, torch.export) runs every op in the root module, so there the k-th relu op of the
-    pass is named from ``site_paths`` (its graph), and each op inside an activation module is one call of it.
+    An opaque model (TorchScript, torch.export) runs every op in the root module, so there relu ops are named from
+    ``site_paths`` (its graph) in order, and each op inside an activation module is one call of it. An entry
+    ``path*`` stands for the relus of a fused kernel that runs them as separate ops (nn.RNN under no_grad, one per
+    step): it names every relu whose input that module's weights computed, however many steps there are.
     """
 
     def __init__(self, model: nn.Module, tracker: ModuleCallTracker, site_paths: tuple[str, ...] | None) -> None:
@@ -134,22 +141,27 @@ class SiteKeys:
         self.site_paths = site_paths
         self.relu_calls = 0
         """Relu ops keyed so far in this pass."""
+        self.unnamed = 0
+        """Relu ops of this pass that ``site_paths`` had no entry left for."""
+        self._cursor = 0
         self._ordinals: Counter[tuple[str, int]] = Counter()
         self._path_calls: Counter[str] = Counter()
         self._modules_by_path: dict[str, nn.Module] | None = None
 
     def start_pass(self) -> None:
         self.relu_calls = 0
+        self.unnamed = 0
+        self._cursor = 0
         self._ordinals.clear()
         self._path_calls.clear()
 
-    def next_key(self) -> tuple[SiteKey, str]:
-        """The key of the relu op now being dispatched, and its kind (module or functional)."""
+    def next_key(self, producer: str | None = None) -> tuple[SiteKey, str]:
+        """The key of the relu op now being dispatched, and its kind (module or functional); ``producer`` is the
+        module whose weights computed its input, when known."""
         path, call, module = self.tracker.current()
         kind = "module" if isinstance(module, ACTIVATION_MODULES) else "functional"
         if self.site_paths is not None and module is self.model and not isinstance(module, ACTIVATION_MODULES):
-            k = self.relu_calls
-            path = self.site_paths[k] if k < len(self.site_paths) else path
+            path = self._graph_path(producer, path)
             kind = self._opaque_kind(path)
             if kind == "module":
                 self._path_calls[path] += 1
@@ -157,6 +169,20 @@ class SiteKeys:
         self.relu_calls += 1
         self._ordinals[(path, call)] += 1
         return (path, call, self._ordinals[(path, call)]), kind
+
+    def _graph_path(self, producer: str | None, fallback: str) -> str:
+        paths = self.site_paths or ()
+        while self._cursor < len(paths):
+            entry = paths[self._cursor]
+            if not entry.endswith("*"):
+                self._cursor += 1
+                return entry
+            base = entry[:-1]
+            if producer is not None and (producer == base or producer.startswith(f"{base}.")):
+                return base
+            self._cursor += 1  # the fused kernel's relus are over (or it ran none)
+        self.unnamed += 1
+        return fallback
 
     def _opaque_kind(self, path: str) -> str:
         """module when ``path`` is an activation module of an opaque model, else functional.
@@ -222,10 +248,19 @@ class ReluObserver:
         """Elements the first pass reduced that the fused kernels could have read."""
         self._hooked = False
         """True while passes run without the dispatch mode, on hooks of the sites' activation modules only."""
+        self._inside_hooked = 0
+        """How many hooked activation modules are running now (a relu function inside one is that module's)."""
         self._site_modules: list[tuple[str, str, nn.Module]] = []
         self._hook_calls: Counter[str] = Counter()
         self._pending: dict[int, tuple[ObservedSite, torch.Size, int | None, Any]] = {}
         self._dynamic = False
+        self._grad = _Grad.INFERENCE
+        """Autograd state of dispatched passes: raised when a fused kernel hid relus that another state shows."""
+        self._raise_grad: _Grad | None = None
+        self._param_owners = _parameter_owners(model)
+        """data_ptr of every parameter -> (module path, numel): producers and calls are read from the weights an op
+        uses, which opaque graphs (TorchScript, torch.export) keep while their module calls are gone."""
+        self._opaque = isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)) or site_paths is not None
         self.tracker = ModuleCallTracker(model)
         self.keys = SiteKeys(model, self.tracker, site_paths)
         self.sites: list[ObservedSite] = []
@@ -256,13 +291,30 @@ class ReluObserver:
         if self._hooked:
             self._run_hooked(args)
         else:
-            self._run_dispatched(args)
+            self._run_dispatched_once(args)
         self._passes += 1
         if self._passes == 1:
             if self.reducer == "auto" and not self._fused and self.expected_passes is not None:
                 self._fused = fused.worth_loading(self._suited_elements * (self.expected_passes - 1))
             if self._static_module_sites():
                 self._hook_sites()
+
+    def _run_dispatched_once(self, args: tuple[Any, ...]) -> None:
+        """A dispatched pass; when the first one met a fused kernel hiding relus that a stronger autograd state
+        shows (nn.RNN's relu under no_grad, a scripted transformer layer's fast path under grad mode), its results
+        are dropped and it runs again in that state, for this and every later pass."""
+        warnings_before = list(self.warnings)
+        self._run_dispatched(args)
+        while self._raise_grad is not None and self._passes == 0:
+            self._grad, self._raise_grad = self._raise_grad, None
+            self.sites.clear()
+            self._by_key.clear()
+            self.other_activations.clear()
+            self._suited_elements = 0
+            for warning in [w for w in self.warnings if w not in warnings_before]:
+                del self.warnings[warning]
+            self._run_dispatched(args)
+        self._raise_grad = None
 
     def _run_dispatched(self, args: tuple[Any, ...]) -> None:
         """A pass under the dispatch mode: every op seen, provenance followed, sites found."""
@@ -271,12 +323,13 @@ class ReluObserver:
         self._origins = WeakTensorKeyDictionary()
         self.tracker.install()
         try:
-            with torch.inference_mode(), ForwardingMode(self):
+            with _autograd_state(self._grad, self.model), ForwardingMode(self):
                 output = self.model(*args)
         finally:
             self.tracker.remove()
         self._mark_outputs(output)
-        if self.site_paths is not None and self.keys.relu_calls != len(self.site_paths):
+        self._decide_undecided_axes()
+        if self.site_paths is not None and self.keys.unnamed:
             self.warnings[
                 f"the graph names {len(self.site_paths)} relu sites but {self.keys.relu_calls} ran; "
                 "site names past the first difference may be misattributed"
@@ -310,21 +363,44 @@ class ReluObserver:
         self._hooked = True
 
     def _run_hooked(self, args: tuple[Any, ...]) -> None:
+        """A pass on the activation modules' hooks. A relu-family function called outside them (data-dependent
+        control flow reaching an ``F.relu``) stops the pass: its counts are undone and the batch runs again under
+        the dispatch mode, as do the passes after it, so no count depends on how the probe was batched."""
+        saved = [(site, site.counters.copy()) for site in self.sites]
+        known, warnings_before = len(self.sites), list(self.warnings)
+        if self._hooked_pass(args):
+            return
+        for site, counters in saved:
+            site.counters = counters
+        for site in self.sites[known:]:
+            del self._by_key[(site.module_path, site.call_index, site.ordinal)]
+        del self.sites[known:]
+        for warning in [w for w in self.warnings if w not in warnings_before]:
+            del self.warnings[warning]
+        self._hooked = False
+        self._run_dispatched(args)
+
+    def _hooked_pass(self, args: tuple[Any, ...]) -> bool:
+        """False when a relu ran outside the hooked modules (the pass was cut short)."""
         self._hook_calls.clear()
+        self._inside_hooked = 0
         handles = []
         try:
             for path, op, module in self._site_modules:
                 # Last among pre-hooks and first among hooks: the input and output the op itself saw.
                 handles.append(module.register_forward_pre_hook(self._before_hook(path, op), with_kwargs=True))
                 handles.append(module.register_forward_hook(self._after_hook, with_kwargs=True, prepend=True))
-            with torch.inference_mode():
+            with torch.inference_mode(), _UnhookedReluWatch(self):
                 self.model(*args)
+        except _UnhookedRelu:
+            return False
         finally:
             for handle in handles:
                 handle.remove()
             self._pending.clear()
         if self._dynamic:
             self._hooked = False
+        return True
 
     def _before_hook(self, path: str, op: str) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -342,10 +418,12 @@ class ReluObserver:
             view, sample_axis = self._prepare(site, op, pre)
             token = self._before_op(site, view, sample_axis, module_cap(module))
             self._pending[id(module)] = (site, view.shape, sample_axis, token)
+            self._inside_hooked += 1
 
         return hook
 
     def _after_hook(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        self._inside_hooked -= 1
         site, shape, sample_axis, token = self._pending.pop(id(module))
         self._after_op(site, shape, sample_axis, token, output)
 
@@ -360,11 +438,13 @@ class ReluObserver:
             return self._observe_site(func, name, args, kwargs)
         if role is Role.OTHER_ACTIVATION:
             self.other_activations[activations.display_op(name)] += 1
-        elif activations.is_relu_like_uncounted(name, args, kwargs):
+        elif (relu_like := activations.uncounted_relu_like(name, args, kwargs)) is not None:
             owner = self.tracker.current()[0] or "<root>"
-            self.warnings[f"{name}(min=0) in {owner} computes a relu but is not counted as a site"] = None
+            where = f"{relu_like.describe(args, kwargs)} in {owner}"
+            self.warnings[f"{where} computes a relu but is not counted as a site"] = None
         elif (hidden := activations.fused_relu_blind_spot(name, args, kwargs)) is not None:
             owner = self.tracker.current()[0] or "<root>"
+            self._raise_grad = _stronger(self._raise_grad, _GRAD_SHOWING.get(name), self._grad)
             self.warnings[f"{hidden} in {owner}: its relu units are not counted"] = None
         elif name.endswith("dropout") and _arg(args, kwargs, 2, "train", False):
             owner = self.tracker.current()[0] or "<root>"
@@ -378,12 +458,43 @@ class ReluObserver:
     def _observe_site(self, func: Any, name: str, args: Any, kwargs: dict[str, Any]) -> Any:
         pre = args[0]
         site = self._site_for(name, pre)
-        view, sample_axis = self._prepare(site, name, pre)
-        token = self._before_op(site, view, sample_axis, activations.relu_cap(name, args, kwargs))
-        output = func(*args, **kwargs)
-        self._after_op(site, view.shape, sample_axis, token, output)
+        cap = activations.relu_cap(name, args, kwargs)
+        if site.undecided is not None:  # counted once a consumer tells the unit axis (or the pass ends)
+            copy = pre.detach().clone()
+            output = func(*args, **kwargs)
+            site.undecided.append((copy, output.detach().clone(), cap))
+        else:
+            with torch.no_grad():  # grad mode may be on (see _Grad): the counters never join autograd's graph
+                view, sample_axis = self._prepare(site, name, pre.detach())
+                token = self._before_op(site, view, sample_axis, cap)
+            output = func(*args, **kwargs)
+            with torch.no_grad():
+                self._after_op(site, view.shape, sample_axis, token, output.detach())
         self._origins[output] = Origin(self._layout_of(pre), site.producer, site.index)
         return output
+
+    def _decide_axis(self, site: ObservedSite, axis: int, layout: str) -> None:
+        """Fix an undecided site's unit axis and count the calls it saw meanwhile."""
+        captured, site.undecided = site.undecided or [], None
+        site.unit_axis, site.layout = axis, layout
+        shape = captured[0][0].shape if captured else site.activation_shape
+        site.counters = UnitAccumulator(int(shape[axis]), site.counters.positive.device)
+        with torch.no_grad():
+            for pre, output, cap in captured:
+                sample_axis = self._sample_axis(pre, axis)
+                token = self._before_op(site, pre, sample_axis, cap)
+                self._after_op(site, pre.shape, sample_axis, token, output)
+
+    def _decide_undecided_axes(self) -> None:
+        """At the end of a pass, sites that no conv, norm or linear read keep the axis their rank suggests."""
+        for site in self.sites:
+            if site.undecided is not None:
+                self._decide_axis(site, site.unit_axis, "rank")
+                self.warnings[
+                    f"{site_label(site)}: neither where its {list(site.activation_shape)} input came from nor what "
+                    f"reads its output tells the unit axis; axis {site.unit_axis} was guessed from its rank "
+                    "(pass --unit-dim to choose)"
+                ] = None
 
     def _prepare(self, site: ObservedSite, name: str, pre: torch.Tensor) -> tuple[torch.Tensor, int | None]:
         """The pre-activation as a tensor of at least 2 axes, checked against the site, and its sample axis."""
@@ -427,7 +538,8 @@ class ReluObserver:
             site.counters.add_finite(token, activation, site.unit_axis)
 
     def _site_for(self, name: str, pre: torch.Tensor) -> ObservedSite:
-        key, kind = self.keys.next_key()
+        origin = self._origins.get(pre)
+        key, kind = self.keys.next_key(origin.producer.module_path if origin and origin.producer else None)
         site = self._by_key.get(key)
         if site is None:
             site = self._new_site(key, name, kind, pre)
@@ -436,6 +548,7 @@ class ReluObserver:
     def _new_site(self, key: SiteKey, name: str, kind: str, pre: torch.Tensor) -> ObservedSite:
         view_shape = (1, *pre.shape) if pre.dim() < 2 else tuple(pre.shape)
         axis, layout = self._unit_axis(pre, len(view_shape))
+        undecided: list[Any] | None = [] if layout == "rank" and len(view_shape) >= 3 and not self._hooked else None
         origin = self._origins.get(pre)
         site = ObservedSite(
             index=len(self.sites),
@@ -449,6 +562,7 @@ class ReluObserver:
             activation_shape=tuple(int(s) for s in pre.shape),
             counters=UnitAccumulator(int(view_shape[axis]), pre.device),
             producer=origin.producer if origin else None,
+            undecided=undecided,
         )
         self.sites.append(site)
         self._by_key[key] = site
@@ -488,23 +602,44 @@ class ReluObserver:
         out = output[0] if isinstance(output, (tuple, list)) and output else output
         if not isinstance(out, torch.Tensor):
             return
-        inputs = [(a, self._origins.get(a)) for a in _tensor_args(args)]
-        self._record_uses(name, role, inputs, out)
-        origin = _derive_origin(name, role, inputs, out, self.tracker.current()[0])
+        tensors = _tensor_args(args)
+        inputs = [(a, self._origins.get(a)) for a in tensors]
+        owner = self._weights_owner(tensors)
+        self._record_uses(name, role, inputs, out, owner)
+        origin = _derive_origin(name, role, inputs, out, owner if owner is not None else self.tracker.current()[0])
         if origin is not None:
             self._origins[out] = origin
 
-    def _record_uses(self, name: str, role: Role, inputs: list[tuple[torch.Tensor, Origin | None]], out: Any) -> None:
+    def _weights_owner(self, tensors: list[torch.Tensor]) -> str | None:
+        """The module whose parameters an op reads (the layer it computes), or None.
+
+        In an opaque graph no module call is seen, so the parameter also marks its module as called."""
+        for tensor in tensors:
+            entry = self._param_owners.get(tensor.data_ptr()) if tensor.device.type != "meta" else None
+            if entry is not None and entry[1] == tensor.numel():
+                if self._opaque:
+                    self.tracker.ever_called.add(entry[0])
+                return entry[0]
+        return None
+
+    def _record_uses(
+        self, name: str, role: Role, inputs: list[tuple[torch.Tensor, Origin | None]], out: Any, owner: str | None
+    ) -> None:
         from_sites = [o.site for _, o in inputs if o is not None and o.site is not None]
         if not from_sites:
             return
-        owner = self.tracker.current()[0]
+        owner = owner if owner is not None else self.tracker.current()[0]
         network_operands = sum(1 for t, o in inputs if o is not None or t.shape == out.shape)
         for index in from_sites:
             site = self.sites[index]
             if role in (Role.PRODUCER_CHANNEL, Role.PRODUCER_FEATURE, Role.NORM_CHANNEL, Role.NORM_FEATURE):
                 shape = next(tuple(t.shape) for t, o in inputs if o is not None and o.site == index)
                 site.consumers.add((owner, name, shape))
+                if site.undecided is not None and len(shape) == len(site.activation_shape):
+                    # What reads the output tells the unit axis: a conv or norm reads dim 1, a linear the last.
+                    channels = role in (Role.PRODUCER_CHANNEL, Role.NORM_CHANNEL)
+                    axis = 1 if channels else len(shape) - 1
+                    self._decide_axis(site, axis, Layout.CHANNEL_FIRST.value if channels else Layout.FEATURE_LAST.value)
             elif ops.is_sum(name) and network_operands >= 2:
                 site.feeds_sum = True
             elif ops.is_concat(name):
@@ -572,6 +707,8 @@ def _input_sites(inputs: list[tuple[torch.Tensor, Origin | None]]) -> tuple[int,
 
 def _keeps_units(origin: Origin, before: torch.Tensor, after: torch.Tensor) -> bool:
     """True when the unit axis of ``before`` is still the same axis, same size, in ``after``."""
+    if origin.layout is None:  # axis unknown (yet): only a same-shape op surely keeps it
+        return origin.site is not None and after.shape == before.shape
     if origin.layout is Layout.CHANNEL_FIRST:
         return after.dim() >= 2 and before.dim() >= 2 and after.shape[:2] == before.shape[:2]
     if origin.layout is Layout.FEATURE_LAST:
@@ -636,6 +773,84 @@ def transformer_fastpath_disabled() -> Any:
         yield
     finally:
         mha.set_fastpath_enabled(previous)
+
+
+class _Grad(enum.IntEnum):
+    """Autograd state of dispatched passes, weakest first. inference_mode is the cheapest; nn.RNN's relu shows
+    only outside it (no_grad); a TorchScript transformer layer takes its fused fast path unless grad mode is on
+    and a tensor it reads requires grad (the condition in TransformerEncoderLayer.forward), which no switch turns
+    off in a scripted layer."""
+
+    INFERENCE = 0
+    NO_GRAD = 1
+    GRAD = 2
+
+
+_GRAD_SHOWING = {
+    "rnn_relu": _Grad.NO_GRAD,
+    "rnn_relu_cell": _Grad.NO_GRAD,
+    "_transformer_encoder_layer_fwd": _Grad.GRAD,
+}
+"""Fused kernels that hide relus, and the weakest autograd state in which their relus run as separate ops."""
+
+
+def _stronger(pending: _Grad | None, needed: _Grad | None, current: _Grad) -> _Grad | None:
+    if needed is None or needed <= current:
+        return pending
+    return needed if pending is None else max(pending, needed)
+
+
+@contextlib.contextmanager
+def _autograd_state(state: _Grad, model: nn.Module) -> Any:
+    """inference_mode, no_grad, or grad mode with every floating parameter requiring grad (restored after)."""
+    if state is _Grad.INFERENCE:
+        with torch.inference_mode():
+            yield
+        return
+    if state is _Grad.NO_GRAD:
+        with torch.no_grad():
+            yield
+        return
+    frozen = [p for p in model.parameters() if p.is_floating_point() and not p.requires_grad]
+    for parameter in frozen:
+        parameter.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(False)
+
+
+class _UnhookedRelu(Exception):
+    """A relu-family function ran outside the hooked activation modules during a hooked pass."""
+
+
+_RELU_FUNCTIONS = frozenset(
+    {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "threshold", "threshold_", "_threshold"}
+)
+
+
+class _UnhookedReluWatch(TorchFunctionMode):
+    """Sees each torch function call of a hooked pass by name only, and stops the pass at a relu-family call that
+    no hooked module is running: far cheaper than the dispatch mode, which follows every op's provenance."""
+
+    def __init__(self, observer: ReluObserver) -> None:
+        super().__init__()
+        self.observer = observer
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if not self.observer._inside_hooked and getattr(func, "__name__", "") in _RELU_FUNCTIONS:
+            raise _UnhookedRelu(func)
+        return func(*args, **(kwargs or {}))
+
+
+def _parameter_owners(model: nn.Module) -> dict[int, tuple[str, int]]:
+    owners: dict[int, tuple[str, int]] = {}
+    for name, parameter in model.named_parameters():
+        if parameter.device.type != "meta":
+            owners.setdefault(parameter.data_ptr(), (name.rpartition(".")[0], parameter.numel()))
+    return owners
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import ObservationError, ReluDoctorError
 from ..settings import DEFAULT_REDUCER
+from .layers import first_layer_hint
 from .observe import ReluObserver
 
 Progress = Callable[[int], None]
@@ -55,9 +56,10 @@ def _forward(observer: ReluObserver, batch: Any) -> None:
     except Exception as exc:
         shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
         message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        hint = first_layer_hint(observer.model)
         raise ObservationError(
             f"the forward pass failed on a probe batch of shape {shape}: {type(exc).__name__}: {message}; "
-            "check --probe / --input-shape against what the model expects"
+            f"check --probe / --input-shape against what the model expects{f' ({hint})' if hint else ''}"
         ) from exc
 
 

@@ -6,9 +6,7 @@ import csv
 import io
 import math
 
-from ..analysis.gate import is_ignored, site_limit
 from ..report import Report, Site
-from .common import site_status
 
 COLUMNS = (
     "index",
@@ -63,9 +61,9 @@ def site_row(site: Site, report: Report) -> tuple[object, ...]:
         _number(site.sparsity),
         _number(low),
         _number(high),
-        _number(site_limit(site.name, report.thresholds)),
-        str(is_ignored(site.name, report.thresholds)).lower(),
-        site_status(site, report),
+        _number(site.limit),
+        str(site.ignored).lower(),
+        site.status,
     )
 
 

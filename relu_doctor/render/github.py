@@ -8,7 +8,6 @@ Model-wide threshold violations and blind spots follow, and a closing ``::notice
 
 from __future__ import annotations
 
-from ..analysis.gate import is_ignored
 from ..report import Finding, Report, Site
 from .common import percent, summary_line
 
@@ -34,7 +33,7 @@ def workflow_command(level: str, message: str, **properties: str) -> str:
 
 def site_level(site: Site, report: Report, findings: list[Finding]) -> str:
     """error, warning, notice, or "" (nothing to say) for one site."""
-    if site.name in report.gate.failing_sites:
+    if site.status == "FAIL":
         return "error"
     levels = [_LEVEL_OF_SEVERITY.get(f.severity, "warning") for f in findings]
     if site.dead or site.nan_units:
@@ -47,7 +46,7 @@ def render_github(report: Report) -> str:
     file = report.model.path
     lines = []
     for site in report.sites:
-        if is_ignored(site.name, report.thresholds):
+        if site.ignored:
             continue
         findings = [f for f in report.findings if f.site == site.name]
         level = site_level(site, report, findings)
@@ -57,7 +56,9 @@ def render_github(report: Report) -> str:
                     level, _site_message(site, report, findings), title=f"relu-doctor: {site.name}", file=file
                 )
             )
-    lines += [workflow_command("error", v, title="relu-doctor: model", file=file) for v in model_violations(report)]
+    lines += [
+        workflow_command("error", v.text, title="relu-doctor: model", file=file) for v in report.model_violations()
+    ]
     lines += [
         workflow_command(
             "error" if f.severity == "error" else "warning",
@@ -73,13 +74,8 @@ def render_github(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def model_violations(report: Report) -> list[str]:
-    """Gate violations not tied to one site (the model-wide limit, --strict warnings)."""
-    return [v for v in report.gate.violations if not v.startswith("site ")]
-
-
 def _site_message(site: Site, report: Report, findings: list[Finding]) -> str:
     head = f"{site.name}: {site.dead} of {site.units} units dead ({percent(site.dead_fraction)}), {site.dying} dying"
-    violations = [v for v in report.gate.violations if v.startswith(f"site {site.name}:")]
+    violations = [v.text for v in report.site_violations(site.name)]
     body = [f"[{f.code}] {f.cause}; {f.suggestion}" for f in findings]
     return "\n".join([head, *violations, *body])

@@ -6,8 +6,6 @@ import json
 import math
 from typing import Any
 
-from ..analysis.confidence import dead_rate_bound_95, dying_intervals, samples_needed
-from ..analysis.diagnose import is_constant_output
 from ..report import Finding, Report, Site
 from .certificate import certification_dict, site_certification_dict
 
@@ -56,7 +54,7 @@ def report_dict(report: Report) -> dict[str, Any]:
         "findings": [finding_dict(f) for f in report.findings],
         "warnings": list(report.warnings),
         "other_activations": {op: calls for op, calls in report.other_activations},
-        "violations": list(report.gate.violations),
+        "violations": [v.text for v in report.gate.violations],
         "passed": report.gate.passed,
         "exit_code": report.exit_code,
         **({} if report.certification is None else {"certification": certification_dict(report)}),
@@ -90,7 +88,7 @@ def site_dict(site: Site) -> dict[str, Any]:
         "dormant": len(site.dormant_units),
         "dormant_units": list(site.dormant_units),
         "constant_units": list(site.constant_units),
-        "constant_output": is_constant_output(site),
+        "constant_output": site.constant_output,
         "nan_count": sum(site.counters.nan),
         "inf_count": sum(site.counters.inf),
         "nan_units": list(site.nan_units),
@@ -103,7 +101,7 @@ def site_dict(site: Site) -> dict[str, Any]:
         "dead_max_preactivation": [_number(v) for v in dead_range] if dead_range else None,
         "samples": site.counters.samples,
         "positions_per_unit": site.counters.positions,
-        "dead_rate_bound_95": _number(dead_rate_bound_95(site.counters.samples)),
+        "dead_rate_bound_95": _number(site.dead_rate_bound_95),
         "dying_rate_ci95": _dying_ci(site),
         "producer": None
         if site.producer is None
@@ -119,11 +117,9 @@ def site_dict(site: Site) -> dict[str, Any]:
 
 def _probe_support(report: Report) -> dict[str, Any]:
     """Whether the probe is big enough for the --dying-rate claim about units that never fired."""
-    rate = report.thresholds.dying_rate
-    needed = samples_needed(rate) if rate > 0 else None
     return {
-        "samples_needed_for_dying_rate": needed,
-        "supports_dying_rate": needed is None or report.probe.samples >= needed,
+        "samples_needed_for_dying_rate": report.samples_needed_for_dying_rate,
+        "supports_dying_rate": report.supports_dying_rate,
     }
 
 
@@ -140,7 +136,7 @@ def _dying_ci(site: Site) -> dict[str, Any]:
                 "low": _number(i.low),
                 "high": _number(i.high),
             }
-            for i in dying_intervals(site)
+            for i in site.dying_intervals
         ],
     }
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from ..analysis.gate import is_ignored
 from ..report import Report, Site
 from .common import percent
-from .github import model_violations
 
 
 def _site_case(site: Site, report: Report, classname: str) -> ET.Element:
     case = ET.Element("testcase", classname=classname, name=site.name, time="0")
-    violations = [v for v in report.gate.violations if v.startswith(f"site {site.name}:")]
-    if is_ignored(site.name, report.thresholds):
+    violations = [v.text for v in report.site_violations(site.name)]
+    if site.ignored:
         ET.SubElement(case, "skipped", message="ignored by configuration")
     elif violations:
         failure = ET.SubElement(case, "failure", message=violations[0], type="DeadUnits")
@@ -31,7 +29,7 @@ def _site_case(site: Site, report: Report, classname: str) -> ET.Element:
 
 def _model_case(report: Report, classname: str) -> ET.Element:
     case = ET.Element("testcase", classname=classname, name="model", time="0")
-    violations = model_violations(report)
+    violations = [v.text for v in report.model_violations()]
     if violations:
         failure = ET.SubElement(case, "failure", message=violations[0], type="DeadUnits")
         failure.text = "\n".join(violations)

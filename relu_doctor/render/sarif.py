@@ -16,10 +16,8 @@ import json
 from pathlib import PurePath, PurePosixPath
 from typing import Any
 
-from ..analysis.gate import is_ignored
 from ..codes import describe_codes
 from ..report import Finding, Report
-from .github import model_violations
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 FINGERPRINT_KEY = "reluDoctorFinding/v1"
@@ -79,7 +77,7 @@ def _result(finding: Finding, report: Report, rule_index: dict[str, int], uri: s
 
 
 def _invocation(report: Report) -> dict[str, Any]:
-    notes = [{"level": "error", "message": {"text": v}} for v in model_violations(report)]
+    notes = [{"level": "error", "message": {"text": v.text}} for v in report.model_violations()]
     notes += [{"level": "warning", "message": {"text": w}} for w in report.warnings]
     return {"executionSuccessful": True, "exitCode": report.exit_code, "toolExecutionNotifications": notes}
 
@@ -99,13 +97,12 @@ def sarif_log(report: Report) -> dict[str, Any]:
         "informationUri": "https://pypi.org/project/relu-doctor/",
         "rules": rules,
     }
+    ignored = {site.name for site in report.sites if site.ignored}
     run = {
         "tool": {"driver": driver},
         "artifacts": [artifact],
         "invocations": [_invocation(report)],
-        "results": [
-            _result(f, report, rule_index, uri) for f in report.findings if not is_ignored(f.site, report.thresholds)
-        ],
+        "results": [_result(f, report, rule_index, uri) for f in report.findings if f.site not in ignored],
         "properties": {
             "summary": {
                 "sites": report.summary.sites,

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from ..report import Finding, Report
 from .certificate import certification_lines
-from .common import percent, site_status, summary_line
+from .common import percent, summary_line
 from .markdown import confidence_line, predicted_text, site_causes, units_text
 
 _STATUS_STYLE = {"FAIL": "bold red", "dead": "red", "nan": "magenta", "warn": "yellow", "ok": "green"}
@@ -34,7 +34,7 @@ def sites_table(report: Report) -> Table:
     table.add_column("causes", overflow="fold", min_width=8)
     table.add_column("status", no_wrap=True)
     for site in report.sites:
-        status = site_status(site, report)
+        status = site.status
         table.add_row(
             str(site.index),
             site.name,
@@ -72,7 +72,7 @@ def report_renderable(report: Report) -> RenderableType:
     parts.append(sites_table(report) if report.sites else Text("no relu sites found", style="yellow"))
     parts.append(Text(summary_line(report), style="bold green" if report.gate.passed else "bold red"))
     parts.append(Text(confidence_line(report), style="dim"))
-    parts.extend(Text(f"✗ {line}", style="red") for line in report.gate.violations)
+    parts.extend(Text(f"✗ {v.text}", style="red") for v in report.gate.violations)
     parts.extend(Text(line, style="cyan") for line in certification_lines(report))
     if report.findings:
         parts.append(Text("causes and fixes", style="bold"))

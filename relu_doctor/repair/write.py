@@ -8,8 +8,6 @@ changed entries, as ReDo resets the moments of recycled weights.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,24 +34,6 @@ class Change:
     """True where the value changed."""
     value: torch.Tensor
     """The repaired tensor (CPU)."""
-
-
-def check_output_path(model_path: Path, output: Path, force: bool) -> None:
-    """RepairError when OUT is the input, exists without --force, or has no folder to go in."""
-    if output.exists() and model_path.exists() and os.path.samefile(output, model_path):  # links included
-        raise RepairError(
-            f"-o {str(output)!r} is the input checkpoint; fix never overwrites its input, choose another path"
-        )
-    if output.is_dir():
-        raise RepairError(
-            f"-o {str(output)!r} is a directory; give a file path such as {str(output / 'repaired.pt')!r}"
-        )
-    if output.exists() and not force:
-        raise RepairError(f"-o {str(output)!r} already exists; pass --force to replace it, or choose another path")
-    if not output.resolve().parent.is_dir():
-        raise RepairError(
-            f"-o {str(output)!r}: folder {str(output.resolve().parent)!r} does not exist; create it first"
-        )
 
 
 def check_writable(model_path: Path, format_name: str) -> None:
@@ -83,9 +63,13 @@ def changed_entries(original: nn.Module, repaired: nn.Module) -> dict[str, Chang
     return changes
 
 
+Saver = Callable[[Callable[[str], None]], None]
+"""Puts a file in place: called with a function that writes a temporary path (the workflow's one atomic writer)."""
+
+
 def write_repaired(
     source: Path,
-    output: Path,
+    write: Saver,
     *,
     key: str | None,
     policy: TrustPolicy,
@@ -93,12 +77,12 @@ def write_repaired(
     repaired: nn.Module,
     swapped: tuple[str, ...] = (),
 ) -> tuple[str, ...]:
-    """Write ``repaired`` to ``output`` in the format of ``source``; returns notes on what else was done."""
+    """Write ``repaired`` through ``write`` in the format of ``source``; returns notes on what else was done."""
     changes = changed_entries(original, repaired)
     model_keys = list(original.state_dict())
     format_name = sniff(source)
     if format_name == SAFETENSORS:
-        return _write_safetensors(source, output, changes, model_keys)
+        return _write_safetensors(source, write, changes, model_keys)
     checkpoint = read_torch_save(source, format_name, policy)
     where, found = select(checkpoint, key, str(source))
     notes: list[str] = []
@@ -109,12 +93,12 @@ def write_repaired(
     if where and isinstance(checkpoint, MutableMapping):
         notes += reset_optimizer_state(checkpoint, changes, dict(original.named_parameters()))
     legacy = format_name == TORCH_SAVE_LEGACY
-    _atomic(output, lambda temporary: torch.save(checkpoint, temporary, _use_new_zipfile_serialization=not legacy))
+    write(lambda temporary: torch.save(checkpoint, temporary, _use_new_zipfile_serialization=not legacy))
     return tuple(notes)
 
 
 def _write_safetensors(
-    source: Path, output: Path, changes: dict[str, Change], model_keys: list[str]
+    source: Path, write: Saver, changes: dict[str, Change], model_keys: list[str]
 ) -> tuple[str, ...]:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
@@ -123,8 +107,7 @@ def _write_safetensors(
     with safe_open(str(source), framework="pt") as handle:
         metadata = handle.metadata()
     _update_state_dict(tensors, changes, model_keys, str(source))
-    _atomic(
-        output,
+    write(
         lambda temporary: save_file({k: v.contiguous() for k, v in tensors.items()}, temporary, metadata=metadata),
     )
     return ()
@@ -211,21 +194,3 @@ def _zero_changed(state: MutableMapping[Any, Any], name_of: dict[Any, str], chan
                 entry[field] = value.masked_fill(change.mask.to(value.device), 0)
                 reset += int(change.mask.sum())
     return reset
-
-
-def _atomic(output: Path, save: Callable[[str], None]) -> None:
-    """Save to a temporary file in OUT's folder, then rename it over OUT (readers never see half a file)."""
-    target = output.resolve()
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        save(temporary)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, target)
-    except BaseException as error:
-        Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, (OSError, RuntimeError)):
-            raise RepairError(
-                f"cannot write {str(output)!r} ({type(error).__name__}: {error}); check the folder and free space"
-            ) from None
-        raise

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..repair.records import FixOutcome, Strategy
-from .scan import ScanRequest
+from .scan import ScanRequest, scan_inputs
 
 
 @dataclass(frozen=True)
@@ -51,16 +51,17 @@ def run_fix(request: FixRequest) -> FixOutcome:
 
     from ..loading.sniff import PICKLED_MODULE
     from ..repair.api import default_max_drift, repair_model
-    from ..repair.write import check_output_path, check_writable
+    from ..repair.write import check_writable
     from .scan import build_probe, load_for_scan, resolve_device
+    from .writer import plan_output
 
-    source, output = Path(request.scan.model_path), Path(request.output)
-    check_output_path(source, output, request.force)
+    source = Path(request.scan.model_path)
+    target = plan_output(request.output, scan_inputs(request.scan), force=request.force)
     loaded = load_for_scan(request.scan)
     writes = request.strategy is not Strategy.leaky or loaded.info.format == PICKLED_MODULE
     if writes:
         check_writable(source, loaded.info.format)
-    probe = build_probe(request.scan, loaded.model)
+    probe = build_probe(request.scan, loaded.model, loaded.example_input)
     dtype, device = getattr(torch, request.scan.dtype), resolve_device(request.scan.device)
     replay = lambda: probe.batches(dtype, device)  # noqa: E731
     limit = (
@@ -81,12 +82,17 @@ def run_fix(request: FixRequest) -> FixOutcome:
         probe_info=probe.info,
         reducer=request.scan.reducer,
     )
-    if not writes:
-        return FixOutcome(str(source), None, loaded.info.format, repaired.result, None)
-    notes = _write(request, loaded, repaired)
+    if not writes:  # the change is in the user's code: check the repaired model in memory, write nothing
+        from ..repair.verify import verification
+
+        in_memory = verification(
+            repaired.before, repaired.after, repaired.result.repaired, repaired.result.drift, limit, applied=False
+        )
+        return FixOutcome(str(source), None, loaded.info.format, repaired.result, in_memory)
+    notes = _write(request, target, loaded, repaired)
     return FixOutcome(
         str(source),
-        str(output),
+        str(target.path),
         loaded.info.format,
         repaired.result,
         _verify(request, loaded, repaired, replay, limit),
@@ -94,15 +100,16 @@ def run_fix(request: FixRequest) -> FixOutcome:
     )
 
 
-def _write(request: FixRequest, loaded: Any, repaired: Any) -> tuple[str, ...]:
+def _write(request: FixRequest, target: Any, loaded: Any, repaired: Any) -> tuple[str, ...]:
     from ..loading.torch_save import TrustPolicy
     from ..repair.write import write_repaired
+    from .writer import write_with
 
     scan = request.scan
     policy = TrustPolicy(trust=scan.trust, allow_globals=scan.allow_globals, imports=scan.imports)
     return write_repaired(
         Path(scan.model_path),
-        Path(request.output),
+        lambda save: write_with(target, save),
         key=scan.key,
         policy=policy,
         original=loaded.model,

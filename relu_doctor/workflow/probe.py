@@ -7,6 +7,8 @@ a ``torch.save`` file (``weights_only=True``, ``mmap=True``), or a directory of 
 from __future__ import annotations
 
 import math
+import stat
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,8 +22,13 @@ from torch import nn
 from ..engine.layers import first_layer
 from ..errors import ProbeError
 from ..report import ProbeInfo
+from ..settings import MAX_SEED
 
 SYNTHETIC_CHUNK = 256
+SYNTHETIC_CHUNK_BYTES = 256 << 20
+"""A chunk of big samples (e.g. 3x1024x1024) shrinks so one draw stays under this many bytes."""
+MAX_NPZ_BYTES = 1 << 30
+"""The largest array a .npz probe may inflate to (it is read whole); save bigger probes as .npy (read by rows)."""
 """Synthetic samples are drawn in seeded chunks of this size, so the probe does not depend on --batch-size."""
 
 
@@ -55,12 +62,29 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def synthetic_probe(
-    model: nn.Module, *, samples: int, seed: int, batch_size: int, input_shape: tuple[int, ...] | None
+    model: nn.Module,
+    *,
+    samples: int,
+    seed: int,
+    batch_size: int,
+    input_shape: tuple[int, ...] | None,
+    example_shape: tuple[int, ...] | None = None,
 ) -> Probe:
-    """A seeded standard-normal probe (random token ids for an Embedding first layer), made batch by batch."""
+    """A seeded standard-normal probe (random token ids for an Embedding first layer), made batch by batch.
+
+    The sample shape is ``input_shape`` (--input-shape), else ``example_shape`` (a torch.export program's own
+    example input), else a guess from the first layer, which a trial forward pass must confirm.
+    """
     _check_counts(samples, batch_size)
+    if not 0 <= seed <= MAX_SEED:
+        raise ProbeError(f"--seed must be between 0 and {MAX_SEED:,}, got {seed}")
     first = first_layer(model)
-    shape = input_shape or _inferred_shape(first)
+    if input_shape is not None:
+        shape, source = input_shape, "--input-shape"
+    elif example_shape is not None:
+        shape, source = example_shape, "the exported program's example input"
+    else:
+        shape, source = _inferred_shape(model, first)
     if isinstance(first, nn.Embedding):
         vocabulary = first.num_embeddings
 
@@ -71,17 +95,41 @@ def synthetic_probe(
         def draw(gen: torch.Generator, n: int) -> torch.Tensor:
             return torch.randn((n, *shape), generator=gen)
 
+    # Samples of the default size keep chunks of 256 (the probe does not depend on --batch-size); huge samples
+    # get smaller chunks so one draw never holds gigabytes.
+    size = SYNTHETIC_CHUNK if math.prod(shape) * 4 * SYNTHETIC_CHUNK <= SYNTHETIC_CHUNK_BYTES else (
+        max(1, SYNTHETIC_CHUNK_BYTES // max(1, math.prod(shape) * 4)))  # fmt: skip
+
     def read(start: int, stop: int) -> torch.Tensor:
         parts = []
-        for chunk in range(start // SYNTHETIC_CHUNK, math.ceil(stop / SYNTHETIC_CHUNK)):
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + chunk)
-            block = draw(gen, SYNTHETIC_CHUNK)
-            lo = max(start - chunk * SYNTHETIC_CHUNK, 0)
-            parts.append(block[lo : min(stop - chunk * SYNTHETIC_CHUNK, SYNTHETIC_CHUNK)])
+        for chunk in range(start // size, math.ceil(stop / size)):
+            gen = torch.Generator().manual_seed((seed * 1_000_003 + chunk) % 2**63)
+            block = draw(gen, size)
+            lo = max(start - chunk * size, 0)
+            parts.append(block[lo : min(stop - chunk * size, size)])
         return torch.cat(parts)
 
-    info = ProbeInfo("synthetic", samples, batch_size, None, tuple(shape), seed)
+    if source.startswith("the first layer"):
+        _confirm_shape(model, read(0, min(2, samples)), shape, source)
+    info = ProbeInfo("synthetic", samples, batch_size, None, tuple(shape), seed, shape_source=source)
     return Probe(info, read)
+
+
+def _confirm_shape(model: nn.Module, trial: torch.Tensor, shape: tuple[int, ...], source: str) -> None:
+    """A guessed shape is used only when the model accepts it: one small forward pass, or a ProbeError."""
+    parameter = next(model.parameters(), None)
+    if parameter is not None:
+        trial = trial.to(parameter.device, parameter.dtype if trial.is_floating_point() else trial.dtype)
+    try:
+        with torch.no_grad():
+            model(trial)
+    except Exception as exc:
+        text = "x".join(map(str, shape))
+        raise ProbeError(
+            f"the synthetic probe's sample shape {text} was inferred from {source}, but the model refuses it "
+            f"({type(exc).__name__}: {_first_line(exc)}); pass --input-shape with the shape one sample has, "
+            "or a real probe with --probe"
+        ) from None
 
 
 def file_probe(path: str | Path, *, batch_size: int, key: str | None = None, limit: int | None = None) -> Probe:
@@ -90,6 +138,10 @@ def file_probe(path: str | Path, *, batch_size: int, key: str | None = None, lim
     _check_counts(limit or 1, batch_size)
     if not source.exists():
         raise ProbeError(f"probe file {str(source)!r} does not exist; pass an existing file to --probe")
+    if not (source.is_dir() or stat.S_ISREG(source.stat().st_mode)):
+        raise ProbeError(
+            f"probe {str(source)!r} is not a regular file (a pipe, device or socket); save the probe to a file"
+        )
     try:
         array = _open_array(source, key)
     except ProbeError:
@@ -105,35 +157,10 @@ def file_probe(path: str | Path, *, batch_size: int, key: str | None = None, lim
     return Probe(info, lambda start, stop: _as_tensor(array[start:stop]))
 
 
-def expected_features(model: nn.Module) -> int | None:
-    """in_features of a Linear first layer (or in_channels of a conv), to check a probe against."""
-    first = first_layer(model)
+def _inferred_shape(model: nn.Module, first: nn.Module | None) -> tuple[tuple[int, ...], str]:
+    path = next((p for p, m in model.named_modules() if m is first), "")
     if isinstance(first, nn.Linear):
-        return first.in_features
-    if isinstance(first, nn.modules.conv._ConvNd):
-        return first.in_channels
-    return None
-
-
-def check_probe_fits(model: nn.Module, probe: Probe) -> None:
-    """Fail early, naming both shapes, when the probe cannot fit the model's first layer."""
-    first = first_layer(model)
-    shape = probe.info.input_shape
-    if isinstance(first, nn.Linear) and (not shape or shape[-1] != first.in_features):
-        raise ProbeError(
-            f"probe samples have shape {shape}, but the first layer expects {first.in_features} features "
-            f"(shape (..., {first.in_features})); pass a matching --probe or --input-shape"
-        )
-    if isinstance(first, nn.modules.conv._ConvNd) and (len(shape) < 1 or shape[0] != first.in_channels):
-        raise ProbeError(
-            f"probe samples have shape {shape}, but the first conv expects {first.in_channels} input channels "
-            f"(shape ({first.in_channels}, ...)); pass a matching --probe or --input-shape"
-        )
-
-
-def _inferred_shape(first: nn.Module | None) -> tuple[int, ...]:
-    if isinstance(first, nn.Linear):
-        return (first.in_features,)
+        return (first.in_features,), f"the first layer {path} (Linear)"
     what = type(first).__name__ if first is not None else "no parameterised layer"
     hint = f" (e.g. {first.in_channels}x32x32)" if isinstance(first, nn.modules.conv._ConvNd) else ""
     raise ProbeError(
@@ -144,7 +171,11 @@ def _inferred_shape(first: nn.Module | None) -> tuple[int, ...]:
 
 def _open_array(source: Path, key: str | None) -> Any:
     if source.is_dir():
-        return _ShardedNpy(sorted(source.glob("*.npy")), source)
+        shards = sorted(source.glob("*.npy"))
+        odd = [shard for shard in shards if not shard.is_file()]
+        if odd:
+            raise ProbeError(f"probe shard {str(odd[0])!r} is not a regular file; the folder must hold .npy files only")
+        return _ShardedNpy(shards, source)
     with source.open("rb") as handle:
         head = handle.read(16)
     if head.startswith(b"\x93NUMPY"):
@@ -154,14 +185,35 @@ def _open_array(source: Path, key: str | None) -> Any:
     if zipfile.is_zipfile(source):
         names = zipfile.ZipFile(source).namelist()
         if any(n.endswith(".npy") for n in names) and not any(n.endswith("data.pkl") for n in names):
-            return _pick(dict(np.load(source, allow_pickle=False)), key, source)
+            return _npz_array(source, key)
     return _torch_probe(source, key)
+
+
+def _npz_array(source: Path, key: str | None) -> Any:
+    """One array of a .npz, after checking what it inflates to (header and member size) against MAX_NPZ_BYTES."""
+    archive = np.load(source, allow_pickle=False)
+    _pick(dict.fromkeys(archive.files, np.zeros(0)), key, source)  # the same choice rules and messages
+    chosen = next(k for k in archive.files if key is None or k == key)
+    with zipfile.ZipFile(source) as members, members.open(f"{chosen}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = reader(member)
+        stored = members.getinfo(f"{chosen}.npy").file_size
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > MAX_NPZ_BYTES or claimed > stored:
+        raise ProbeError(
+            f"probe {str(source)!r}: array {chosen!r} inflates to {claimed:,} bytes (limit {MAX_NPZ_BYTES:,}, "
+            f"stored {stored:,}); save the probe as .npy, which is read batch by batch"
+        )
+    return archive[chosen]
 
 
 def _torch_probe(source: Path, key: str | None) -> Any:
     _prescan(source)
     try:
-        loaded = torch.load(source, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(source))
+        with warnings.catch_warnings():  # e.g. TypedStorage deprecation on old files: not the user's concern
+            warnings.simplefilter("ignore")
+            loaded = torch.load(source, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(source))
     except Exception as exc:
         raise ProbeError(
             f"probe {str(source)!r} is not .npy, .npz, safetensors or a weights-only torch.save file "
@@ -303,6 +355,8 @@ def _as_tensor(rows: Any) -> torch.Tensor:
     array = np.asarray(rows)
     if array.dtype.kind not in "fiub":
         raise ProbeError(f"probe has dtype {array.dtype}; it needs a numeric (float or integer) array")
+    if not array.dtype.isnative:  # big-endian .npy: torch reads native byte order only
+        array = array.astype(array.dtype.newbyteorder("="))
     return torch.from_numpy(np.array(array, copy=True))
 
 

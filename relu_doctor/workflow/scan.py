@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import ProbeError, UsageError
 from ..report import Report, Thresholds
 from ..settings import (
     DEFAULT_BATCH_SIZE,
@@ -75,6 +75,10 @@ class ScanRequest:
     """Also write every site's counters to this safetensors file, for ``relu-doctor merge``."""
     certify: str | None = None
     """The --domain to certify units on (probe, probe:MARGIN, box:LO,HI, file:PATH); None: no certification."""
+    force: bool = False
+    """--force: outputs may replace an existing file (never an input)."""
+    inputs: tuple[str, ...] = ()
+    """Other files the command read (its config file): no output may replace them."""
 
     def __post_init__(self) -> None:
         from ..engine.bounds.domain import parse_domain
@@ -162,21 +166,42 @@ def _device(request: ScanRequest) -> Any:
     return rank_device(resolve_device(request.device), rank_info())
 
 
-def build_probe(request: ScanRequest, model: Any) -> Any:
-    """The probe for this request: the file, or a synthetic one shaped for the model."""
-    from .probe import check_probe_fits, file_probe, synthetic_probe
+def build_probe(request: ScanRequest, model: Any, example: Any = None) -> Any:
+    """The probe for this request: the file, or a synthetic one shaped for the model.
 
+    ``example`` (a :class:`relu_doctor.loading.ExampleInput`) is a torch.export program's own input: it gives a
+    synthetic probe its sample shape and, when the program fixes it, its batch size.
+    """
+    from .probe import file_probe, synthetic_probe
+
+    static_batch = example.static_batch if example is not None else None
     if request.probe_path is not None:
+        # Never refused by a guess from the first layer: the forward pass decides (its error carries the hint).
         limit = request.samples if request.limit_samples else None
         probe = file_probe(request.probe_path, batch_size=request.batch_size, key=request.probe_key, limit=limit)
-        check_probe_fits(model, probe)
+        _check_static_batch(probe.info.samples, probe.info.batch_size, static_batch, request.model_path)
         return probe
+    samples, batch_size = request.samples, request.batch_size
+    if static_batch is not None:  # a synthetic probe can follow the program: whole batches of its size
+        samples, batch_size = -(-samples // static_batch) * static_batch, static_batch
     return synthetic_probe(
         model,
-        samples=request.samples,
+        samples=samples,
         seed=request.seed,
-        batch_size=request.batch_size,
+        batch_size=batch_size,
         input_shape=request.input_shape,
+        example_shape=example.sample_shape if example is not None else None,
+    )
+
+
+def _check_static_batch(samples: int, batch_size: int, static_batch: int | None, model_path: str) -> None:
+    """A program exported with a fixed batch size accepts only whole batches of that size: say so before running."""
+    if static_batch is None or (batch_size == static_batch and samples % static_batch == 0):
+        return
+    raise ProbeError(
+        f"{model_path} was exported with a fixed batch of {static_batch} samples, but the probe runs batches of "
+        f"{min(batch_size, samples)} ({samples} samples); pass --batch-size {static_batch} and a probe whose sample "
+        f"count is a multiple of {static_batch} (--samples), or re-export with a dynamic batch dimension"
     )
 
 
@@ -206,7 +231,7 @@ def run_scan(
     info = rank_info()
     stage("loading", None)
     loaded = load_for_scan(request)
-    probe = build_probe(request, loaded.model)
+    probe = build_probe(request, loaded.model, loaded.example_input)
     check_enough_batches(-(-probe.info.samples // probe.info.batch_size), info)
     if on_probe is not None:
         on_probe(probe.info.samples)
@@ -253,15 +278,27 @@ def _certified(report: Report, request: ScanRequest, loaded: Any, probe: Any, ba
     return with_certification(report, certification)
 
 
+def scan_inputs(request: ScanRequest) -> tuple[str, ...]:
+    """Every file a scan reads: the checkpoint, the probe, a file --arch, a --domain file, the config file."""
+    arch_file = None
+    if request.arch is not None:
+        target = request.arch.rpartition(":")[0]
+        arch_file = target if target.endswith(".py") or "/" in target else None
+    domain_file = request.certify[5:] if request.certify and request.certify.startswith("file:") else None
+    named = (request.model_path, request.probe_path, arch_file, domain_file, *request.inputs)
+    return tuple(path for path in named if path)
+
+
 def _combiner(request: ScanRequest, sharded: Any, probe: Any, model: Any) -> Any:
     """torchrun's combiner, wrapped by a --save-stats writer when asked for one; None for a plain scan."""
     if request.save_stats is None:
         return sharded
     from .distributed import is_primary
     from .stats_io import StatsWriter
+    from .writer import plan_output
 
     return StatsWriter(
-        request.save_stats,
+        plan_output(request.save_stats, scan_inputs(request), force=request.force, option="--save-stats"),
         inner=sharded,
         probe=probe,
         model=model,

@@ -14,8 +14,6 @@ from __future__ import annotations
 # fast); they do not hide a cycle: .importlinter checks every one of them.
 import dataclasses
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 from .._version import __version__
 from ..errors import UsageError
 from ..report import ModelInfo, ProbeInfo, Producer, Report, Thresholds
+from .writer import OutputTarget, plan_output, write_with
 
 FORMAT = "relu-doctor-stats"
 """The ``format`` field of every stats file."""
@@ -78,7 +77,7 @@ class StatsWriter:
 
     def __init__(
         self,
-        path: str | Path,
+        path: OutputTarget | str | Path,
         *,
         inner: Any,
         probe: ProbeInfo,
@@ -87,7 +86,7 @@ class StatsWriter:
         unit_dim: int | None,
         primary: bool = True,
     ) -> None:
-        self.path, self.inner, self.primary = Path(path), inner, primary
+        self.path, self.inner, self.primary = path, inner, primary
         self.probe, self.model, self.thresholds, self.unit_dim = probe, model, thresholds, unit_dim
 
     def batches(self, batches: Any) -> Any:
@@ -107,7 +106,7 @@ class StatsWriter:
 
 
 def save_stats(
-    path: str | Path,
+    path: OutputTarget | str | Path,
     observer: Any,
     *,
     probe: ProbeInfo,
@@ -115,7 +114,10 @@ def save_stats(
     thresholds: Thresholds,
     unit_dim: int | None = None,
 ) -> None:
-    """Write every site's counters and identity to ``path`` (atomically: a temporary file, then rename)."""
+    """Write every site's counters and identity to ``path`` through the one atomic writer.
+
+    A plain path may replace an existing file (never an input: callers with inputs plan an :class:`OutputTarget`).
+    """
     from safetensors.torch import save_file
 
     tensors = {
@@ -135,7 +137,8 @@ def save_stats(
         "warnings": list(observer.warnings),
         "other_activations": dict(observer.other_activations),
     }
-    _atomic(Path(path), lambda temporary: save_file(tensors, temporary, metadata={METADATA_KEY: json.dumps(document)}))
+    target = path if isinstance(path, OutputTarget) else plan_output(path, (), force=True, option="--save-stats")
+    write_with(target, lambda temporary: save_file(tensors, temporary, metadata={METADATA_KEY: json.dumps(document)}))
 
 
 def load_stats(path: str | Path) -> SavedStats:
@@ -295,17 +298,3 @@ def _summed_activations(saved: list[SavedStats]) -> tuple[tuple[str, int], ...]:
         for op, calls in stats.other_activations:
             totals[op] = totals.get(op, 0) + int(calls)
     return tuple(sorted(totals.items()))
-
-
-def _atomic(target: Path, write: Any) -> None:
-    target = target.resolve()
-    if not target.parent.is_dir():
-        raise UsageError(f"--save-stats {str(target)!r}: folder {str(target.parent)!r} does not exist; create it first")
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
