@@ -44,15 +44,21 @@ def predicted_text(finding: Finding) -> str:
         parts.append(
             f"LeakyReLU {where}: drift {_share(numbers['leaky_drift'])}{_argmax(numbers, 'leaky')}, units with "
             f"gradient {_count(numbers.get('units_with_gradient_before'))} → {_count(numbers.get('leaky_units_with_gradient'))}"
+            + _newly_dead(numbers, "leaky")
         )
     for prefix, label in (("bias_shift", "bias shift"), ("recycle", "recycle")):
         if f"{prefix}_drift" in numbers:
             revived = _count(numbers.get(f"{prefix}_revived"))
             parts.append(
                 f"{label}: drift {_share(numbers[f'{prefix}_drift'])}{_argmax(numbers, prefix)}, "
-                f"revived {revived}/{len(finding.units)}"
+                f"revived {revived}/{len(finding.units)}" + _newly_dead(numbers, prefix)
             )
     return " · ".join(parts)
+
+
+def _newly_dead(numbers: dict[str, float], prefix: str) -> str:
+    killed = int(numbers.get(f"{prefix}_newly_dead", 0))
+    return f", {killed:,} other unit{'' if killed == 1 else 's'} newly dead" if killed else ""
 
 
 def finding_line(finding: Finding) -> str:
