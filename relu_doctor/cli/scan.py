@@ -24,6 +24,7 @@ from ..settings import (
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
     DEFAULT_DYING_RATE,
+    DEFAULT_MAX_LENGTH,
     DEFAULT_REDUCER,
     DEFAULT_SAMPLES,
     DEFAULT_SEED,
@@ -66,6 +67,9 @@ def scan(
     # Probe
     probe: opt.Probe = None,
     probe_key: opt.ProbeKey = None,
+    tokenizer: opt.Tokenizer = None,
+    max_length: opt.MaxLength = DEFAULT_MAX_LENGTH,
+    probe_mask: opt.ProbeMask = None,
     samples: opt.Samples = DEFAULT_SAMPLES,
     seed: opt.Seed = DEFAULT_SEED,
     batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
@@ -136,6 +140,9 @@ def scan(
         request = replace(
             request,
             simulate=not no_simulate,
+            tokenizer=None if tokenizer is None else str(tokenizer),
+            max_length=max_length,
+            probe_mask=None if probe_mask is None else str(probe_mask),
             save_stats=None if save_stats is None else str(save_stats),
             certify=certify_domain(certify, domain, gate_on, request.probe_path is not None),
             thresholds=replace(request.thresholds, gate_on=gate_on),
