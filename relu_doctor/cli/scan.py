@@ -109,11 +109,12 @@ def scan(
     force: opt.Force = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
+    color: opt.Color = opt.ColorMode.auto,
     no_color: opt.NoColor = False,
     debug: opt.Debug = False,
 ) -> None:
     """Scan MODEL with a probe and report dead and dying ReLU units per site."""
-    style = style_from_options(quiet, verbose, no_color, output)
+    style = style_from_options(quiet, verbose, no_color, output, color)
     with error_boundary(debug):
         settings = configure(ctx, config, isolated=isolated)
         for line in settings.warnings:
@@ -196,7 +197,7 @@ def _run(request: Any, style: OutputStyle) -> Report:
     state: dict[str, Any] = {}
 
     def on_probe(total: int) -> None:
-        state["bar"] = progress_bar(total, enabled=style.progress and total > request.batch_size)
+        state["bar"] = progress_bar(total, enabled=style.progress and total > request.batch_size, style=style)
         if state["bar"] is not None:
             state["bar"][0].start()
 
