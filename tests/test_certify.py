@@ -91,12 +91,12 @@ def test_gradient_search_never_beats_a_certificate(seed):
 
 
 def test_the_property_test_has_teeth():
-    # Over the seeds above, many units are certified, and the search does find firing inputs for others.
+    # Over the seeds above, many units are certified (by intervals alone), and the search finds firing inputs.
     certified = found_firing = 0
     for seed in range(8):
         model = RandomResidualNet(seed).eval()
         lo, hi = -torch.ones(2, 4, 4), torch.ones(2, 4, 4)
-        cert = certify(model, Box(lo.double(), hi.double()))
+        cert = certify(model, Box(lo.double(), hi.double()), methods=("interval",))
         highest = gradient_search(model, lo, hi, maximise=True, seed=seed, restarts=4, steps=5)
         certified += cert.certified_dead
         found_firing += sum(int((h > 0).sum()) for h in highest)
