@@ -30,7 +30,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 from ... import activations
 from .. import ops
 from ..observe import ForwardingMode, ModuleCallTracker, SiteKey, SiteKeys, instrumented
-from .rules import Interval, OpCall, RuleTable, is_plain_relu
+from .rules import Interval, OpCall, RuleTable, Scratch, is_plain_relu
 
 DATA_DEPENDENT = frozenset({
     "_local_scalar_dense", "item", "is_nonzero", "equal", "allclose", "nonzero", "nonzero_static", "argwhere",
@@ -101,6 +101,7 @@ class BoundPass:
         self._taint: dict[int, int] = {}
         self._step = 0
         self._schema_cache: dict[Any, tuple[tuple[tuple[int, str], ...], bool]] = {}
+        self._scratch = Scratch()
 
     def run(self, centre: torch.Tensor, box: Interval) -> None:
         """One forward pass of ``centre`` (with the batch axis) whose input ranges over ``box`` (same shape)."""
@@ -110,8 +111,11 @@ class BoundPass:
         with instrumented(self.model, self.tracker, self.warnings):
             self.tracker.start_pass()
             self.keys.start_pass()
-            with torch.inference_mode(), ForwardingMode(self):
-                self.model(x)
+            try:
+                with torch.inference_mode(), ForwardingMode(self):
+                    self.model(x)
+            finally:
+                self._scratch.release()
 
     # -- dispatch ----------------------------------------------------------------------------------------
     def _dispatch(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
@@ -156,7 +160,10 @@ class BoundPass:
     def _bound(
         self, func: Any, name: str, args: Any, kwargs: dict[str, Any], output: Any, bounded: dict[int, _Entry]
     ) -> None:
-        call = OpCall(func, name, args, kwargs, lambda t: e.interval if (e := bounded.get(id(t))) is not None else None)
+        call = OpCall(
+            func, name, args, kwargs, lambda t: e.interval if (e := bounded.get(id(t))) is not None else None,
+            self._scratch,
+        )  # fmt: skip
         rule = self.rules.get(name)
         intervals = None
         if rule is not None:
