@@ -7,6 +7,7 @@ RELU_DOCTOR_* variable (see :func:`relu_doctor.cli.app.configure`); the code-run
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,7 +66,26 @@ Reducer = Annotated[
 Probe = Annotated[
     Path | None,
     typer.Option(
-        help="Probe tensor: .npy, .npz, .safetensors, .pt, or a directory of .npy shards.", rich_help_panel=PROBE
+        help="Probe tensor: .npy, .npz, .safetensors, .pt, or a directory of .npy shards; or texts (.txt one per "
+        "line, .jsonl with a text field) for a Hugging Face model.",
+        rich_help_panel=PROBE,
+    ),
+]
+Tokenizer = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder with the tokenizer for a text probe (.txt/.jsonl); default: the model folder. Needs relu-doctor\\[hf].",
+        rich_help_panel=PROBE,
+    ),
+]
+MaxLength = Annotated[
+    int, typer.Option(help="Tokens kept per text of a text probe (longer texts are truncated).", rich_help_panel=PROBE)
+]
+ProbeMask = Annotated[
+    Path | None,
+    typer.Option(
+        help="Attention mask (.npy of 0/1, same shape) for a token-id --probe: padded positions are not counted.",
+        rich_help_panel=PROBE,
     ),
 ]
 ProbeKey = Annotated[
@@ -175,11 +195,27 @@ Quiet = Annotated[
 Verbose = Annotated[
     bool, typer.Option("--verbose", "-v", help="Say on stderr where each setting came from.", rich_help_panel=OUTPUT)
 ]
+
+
+class ColorMode(str, enum.Enum):
+    """--color: auto (a terminal gets colour; NO_COLOR and FORCE_COLOR are honoured), always, never."""
+
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+
+Color = Annotated[
+    ColorMode,
+    typer.Option(
+        "--color",
+        help="ANSI colour on stdout and stderr (progress included): auto follows the terminal, NO_COLOR and FORCE_COLOR.",
+        rich_help_panel=OUTPUT,
+    ),
+]
 NoColor = Annotated[
     bool,
-    typer.Option(
-        "--no-color", help="No ANSI colour (also: NO_COLOR=1; FORCE_COLOR=1 forces it).", rich_help_panel=OUTPUT
-    ),
+    typer.Option("--no-color", help="Same as --color never.", rich_help_panel=OUTPUT),
 ]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.", rich_help_panel=OUTPUT)]
 

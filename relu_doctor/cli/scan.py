@@ -24,6 +24,7 @@ from ..settings import (
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
     DEFAULT_DYING_RATE,
+    DEFAULT_MAX_LENGTH,
     DEFAULT_REDUCER,
     DEFAULT_SAMPLES,
     DEFAULT_SEED,
@@ -67,6 +68,9 @@ def scan(
     # Probe
     probe: opt.Probe = None,
     probe_key: opt.ProbeKey = None,
+    tokenizer: opt.Tokenizer = None,
+    max_length: opt.MaxLength = DEFAULT_MAX_LENGTH,
+    probe_mask: opt.ProbeMask = None,
     samples: opt.Samples = DEFAULT_SAMPLES,
     seed: opt.Seed = DEFAULT_SEED,
     batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
@@ -118,11 +122,12 @@ def scan(
     force: opt.Force = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
+    color: opt.Color = opt.ColorMode.auto,
     no_color: opt.NoColor = False,
     debug: opt.Debug = False,
 ) -> None:
     """Scan MODEL with a probe and report dead and dying ReLU units per site."""
-    style = style_from_options(quiet, verbose, no_color, output)
+    style = style_from_options(quiet, verbose, no_color, output, color)
     with error_boundary(debug):
         settings = configure(ctx, config, isolated=isolated)
         for line in settings.warnings:
@@ -146,6 +151,9 @@ def scan(
             request,
             simulate=not no_simulate,
             simulate_samples=simulate_samples,
+            tokenizer=None if tokenizer is None else str(tokenizer),
+            max_length=max_length,
+            probe_mask=None if probe_mask is None else str(probe_mask),
             save_stats=None if save_stats is None else str(save_stats),
             certify=certify_domain(certify, domain, gate_on, request.probe_path is not None),
             thresholds=replace(request.thresholds, gate_on=gate_on),
@@ -156,7 +164,7 @@ def scan(
 
         targets = plan_outputs(scan_inputs(request), force, output=output, plot=plot, save_stats=save_stats)
         started = time.perf_counter()
-        display = StageDisplay(enabled=style.progress)
+        display = StageDisplay(enabled=style.progress, style=style)
         try:
             report = _run_with_trust_prompt(request, style, display)
             display.stop()
