@@ -35,15 +35,12 @@ from .analysis.diagnose import leaky_everywhere
 from .api import Combiner, scan_observed
 from .codes import BIAS_SHIFT, LEAKY, RECYCLE, fixable_by
 from .engine import ops
-from .engine.observe import (
-    ForwardingMode,
-    ModuleCallTracker,
-    ObservedSite,
-    SiteKey,
-    SiteKeys,
-    instrumented,
-)
+from .engine.model_state import instrumented
+from .engine.observe import ForwardingMode, ObservedSite
 from .engine.runner import Progress
+from .engine.site_keys import SiteKey, SiteKeys
+from .engine.tracking import ModuleCallTracker
+from .errors import first_line
 from .repair.bias_shift import bias_shift_edits
 from .repair.drift import DriftMeter, flat_floats
 from .repair.edits import Edits, edited
@@ -284,7 +281,7 @@ def simulate_findings(
         baseline, outcomes = run_variants(model, observed, batches, [p.variant for p in chosen.variants], site_paths)
         recycled = simulate_recycle(model, observed, report.sites, batches, site_paths) if chosen.recycle else None
     except Exception as exc:  # advisory: a model that cannot be re-run still gets its scan
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        first = first_line(exc)
         return replace(report, warnings=(*report.warnings, f"simulation skipped: {type(exc).__name__}: {first}"))
     findings = list(report.findings)
     if any(-1 in p.findings for p in chosen.variants):
