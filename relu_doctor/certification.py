@@ -2,7 +2,7 @@
 
 A unit is **certified dead** when its pre-activation is <= 0 at every position for every input in the domain
 (then it can never fire there), **certified active** when it is > 0 everywhere. Bounds are computed in float64
-and a claim needs a margin of :data:`TOLERANCE` x (1 + |bound|) beyond 0, so float32 rounding in the model's
+and a claim needs a margin of :data:`TOLERANCE` x (1 + |bounds|) beyond 0, so float32 rounding in the model's
 own forward pass cannot turn a claim false near the threshold. Nothing here prints.
 """
 
@@ -35,7 +35,8 @@ METHODS = ("interval", "linear")
 """Interval bound propagation, then the linear relaxation (back-substitution)."""
 
 TOLERANCE = 1e-5
-"""Relative margin a bound must clear 0 by before a unit is certified (see the module docstring)."""
+"""Relative margin a bound must clear 0 by before a unit is certified (see the module docstring); a half-precision
+model gets 10x its dtype's epsilon instead (1e-2 for float16, 8e-2 for bfloat16)."""
 
 
 @dataclass(frozen=True)
@@ -174,8 +175,9 @@ def certify(
         started = time.perf_counter()
         refined = _relax(bound_pass, observed, work_limit)
         seconds.append(("linear", time.perf_counter() - started))
+    margin = max(TOLERANCE, 10 * torch.finfo(centre.dtype).eps)
     sites = tuple(
-        _certified_site(name, site, bound_pass.sites[key], refined.get(key))
+        _certified_site(name, site, bound_pass.sites[key], refined.get(key), margin)
         for site, name in zip(observed, names)
         if (key := (site.module_path, site.call_index, site.ordinal)) in bound_pass.sites
     )  # fmt: skip
@@ -241,7 +243,9 @@ def _relax(bound_pass: BoundPass, observed: list[ObservedSite], work_limit: int)
     return refined
 
 
-def _certified_site(name: str, site: ObservedSite, found: SitePass, refined: Refined | None) -> CertifiedSite:
+def _certified_site(
+    name: str, site: ObservedSite, found: SitePass, refined: Refined | None, margin: float
+) -> CertifiedSite:
     if found.pre is None:
         unbounded = (math.inf,) * site.counters.units
         return CertifiedSite(name, site.counters.units, unbounded, tuple(-v for v in unbounded), unbounded,
@@ -253,12 +257,12 @@ def _certified_site(name: str, site: ObservedSite, found: SitePass, refined: Ref
         lo, hi = _per_unit(refined.interval, site.unit_axis)
         if refined.skipped:
             notes.append(f"linear relaxation skipped: {refined.skipped}")
-    dead = [u for u in range(len(hi)) if _below_zero(hi[u], lo[u])]
-    active = [u for u in range(len(lo)) if _below_zero(-lo[u], -hi[u])]
+    dead = [u for u in range(len(hi)) if _below_zero(hi[u], lo[u], margin)]
+    active = [u for u in range(len(lo)) if _below_zero(-lo[u], -hi[u], margin)]
     return CertifiedSite(
         name=name, units=len(hi), upper_bound=tuple(hi), lower_bound=tuple(lo), interval_upper_bound=tuple(interval_hi),
-        certified_dead=tuple(dead), dead_method=tuple("interval" if _below_zero(interval_hi[u], interval_lo[u]) else "linear" for u in dead),
-        certified_active=tuple(active), active_method=tuple("interval" if _below_zero(-interval_lo[u], -interval_hi[u]) else "linear" for u in active),
+        certified_dead=tuple(dead), dead_method=tuple("interval" if _below_zero(interval_hi[u], interval_lo[u], margin) else "linear" for u in dead),
+        certified_active=tuple(active), active_method=tuple("interval" if _below_zero(-interval_lo[u], -interval_hi[u], margin) else "linear" for u in active),
         relaxed=refined is not None and refined.skipped is None, notes=tuple(notes),
     )  # fmt: skip
 
@@ -272,9 +276,9 @@ def _per_unit(interval: Interval, unit_axis: int) -> tuple[list[float], list[flo
     return lo.amin(dim=other).tolist(), hi.amax(dim=other).tolist()
 
 
-def _below_zero(bound: float, other: float) -> bool:
-    """bound <= 0 with the float margin: a claim needs bound < -TOLERANCE * (1 + |bound| + |other|)."""
+def _below_zero(bound: float, other: float, margin: float) -> bool:
+    """bound <= 0 with the float margin: a claim needs bound < -margin * (1 + |bound| + |other|)."""
     if not math.isfinite(bound):
         return False
     scale = 1.0 + abs(bound) + (abs(other) if math.isfinite(other) else 0.0)
-    return bound < -TOLERANCE * scale
+    return bound < -margin * scale

@@ -79,6 +79,8 @@ class Outcome:
     """Units of all relu sites that fired at least once, plus every unit of a swapped site."""
     revived_units: Mapping[SiteKey, frozenset[int]] = field(default_factory=dict)
     """Per site of ``Variant.watch``: its watched units that fired at least once."""
+    newly_dead: int = 0
+    """Units of unswapped relu sites that fired on the unmodified model and never fire with the variant."""
 
     def revived(self, key: SiteKey, units: Iterable[int]) -> int:
         """How many of ``units`` of site ``key`` fired (0 for a site the variant did not watch)."""
@@ -192,7 +194,22 @@ def run_variants(
                 with edited(model, dict(variant.edits)):
                     meter.add(reference, rerun.forward(batch, variant.leaky_sites), rerun.fired)
     units = {site_key(s): s.counters.units for s in observed}
-    return baseline.outcome(Variant("unchanged"), units), [m.outcome(v, units) for v, m in zip(variants, meters)]
+    outcomes = [
+        replace(m.outcome(v, units), newly_dead=_newly_dead(baseline.fired, m.fired, v.leaky_sites))
+        for v, m in zip(variants, meters)
+    ]
+    return baseline.outcome(Variant("unchanged"), units), outcomes
+
+
+def _newly_dead(
+    before: Mapping[SiteKey, torch.Tensor], after: Mapping[SiteKey, torch.Tensor], swapped: frozenset[SiteKey]
+) -> int:
+    """Units that fired before and never after, over the sites that are still relu sites."""
+    return sum(
+        int((fired & ~after[key]).sum()) if key in after else int(fired.sum())
+        for key, fired in before.items()
+        if key not in swapped
+    )
 
 
 def simulate_recycle(
@@ -230,8 +247,6 @@ def _float_leaves(output: Any) -> list[torch.Tensor]:
 
 
 # -- from a report to predictions ---------------------------------------------------------------------------
-_BIAS_FIXABLE = fixable_by(BIAS_SHIFT)
-"""Causes a bias (or beta) shift addresses (:mod:`relu_doctor.codes`)."""
 _RECYCLABLE = fixable_by(RECYCLE)
 """Causes new incoming weights can address (:mod:`relu_doctor.codes`)."""
 _LEAKY_FIXABLE = fixable_by(LEAKY) - {"RD301"}
@@ -311,13 +326,19 @@ def plan(report: Report, model: nn.Module, observed: Sequence[ObservedSite]) -> 
     dead_sites = sorted((s for s in report.sites if s.dead), key=lambda s: -s.dead)
     chosen, left_out = dead_sites[:MAX_SIMULATED_SITES], dead_sites[MAX_SIMULATED_SITES:]
     by_index = {s.index: s for s in observed}
-    shifts = {p.site.name: p for p in plan_bias_shift(model, observed, report.sites)[0]}  # fix's own refusals
+    shifts = plan_bias_shift(model, observed, report.sites)[0]  # fix's own plans and refusals
+    shifted = {p.site.name for p in shifts}
     planned: list[_Planned] = []
     recycle: list[int] = []
+    shift_answers: list[int] = []
     for site in sorted(chosen, key=lambda s: s.index):
         causes = [i for i, f in enumerate(report.findings) if f.site == site.name and f.code in _LEAKY_FIXABLE]
-        planned += _site_variants(report, model, by_index[site.index], site.name, causes, shifts.get(site.name))
+        planned += _site_variants(report, by_index[site.index], site.name, causes)
         recycle += [i for i in causes if report.findings[i].code in _RECYCLABLE]
+        if site.name in shifted:  # fix shifts every dead unit of the site, whatever its cause
+            shift_answers += causes
+    if shift_answers:
+        planned.append(_Planned(bias_shift_variant(model, observed, shifts), "bias_shift", tuple(shift_answers)))
     swappable = [site_key(s) for s in observed if s.op in SWAPPABLE_OPS]
     if dead_sites and swappable:
         planned.append(_Planned(Variant("LeakyReLU everywhere", frozenset(swappable)), "leaky", (-1,)))
@@ -331,24 +352,22 @@ def plan(report: Report, model: nn.Module, observed: Sequence[ObservedSite]) -> 
     return SimulationPlan(tuple(planned), tuple(recycle), caveat)
 
 
-def _site_variants(
-    report: Report, model: nn.Module, seen: ObservedSite, name: str, causes: Sequence[int], shift: SitePlan | None
-) -> list[_Planned]:
-    """A LeakyReLU swap of the site for all its causes, and a bias shift of each cause's units fix would shift."""
-    if not causes:
+def bias_shift_variant(model: nn.Module, observed: Sequence[ObservedSite], plans: Sequence[SitePlan]) -> Variant:
+    """``fix --strategy bias-shift`` as one variant: every site's shift at once, as fix applies them.
+
+    Shifts interact across layers (a shifted unit feeds the next site, whose shift was sized without it), so the
+    prediction is the whole fix measured on the probe, never one site's shift on its own.
+    """
+    by_index = {s.index: s for s in observed}
+    watch = tuple((site_key(by_index[p.site.index]), tuple(p.units)) for p in plans)
+    return Variant("bias shift", edits=tuple(bias_shift_edits(model, plans).items()), watch=watch)
+
+
+def _site_variants(report: Report, seen: ObservedSite, name: str, causes: Sequence[int]) -> list[_Planned]:
+    """A LeakyReLU swap of the site for all its causes."""
+    if not causes or seen.op not in SWAPPABLE_OPS:
         return []
-    key = site_key(seen)
-    planned = []
-    if seen.op in SWAPPABLE_OPS:
-        planned.append(_Planned(Variant(f"LeakyReLU at {name}", frozenset([key])), "leaky", tuple(causes)))
-    for index in causes:
-        finding = report.findings[index]
-        if shift is None or finding.code not in _BIAS_FIXABLE:
-            continue
-        edits = bias_shift_edits(model, [replace(shift, units=tuple(finding.units))])
-        variant = Variant(f"bias shift {name}", edits=tuple(edits.items()), watch=((key, tuple(finding.units)),))
-        planned.append(_Planned(variant, "bias_shift", (index,)))
-    return planned
+    return [_Planned(Variant(f"LeakyReLU at {name}", frozenset([site_key(seen)])), "leaky", tuple(causes))]
 
 
 def _keys_by_name(report: Report, observed: Sequence[ObservedSite]) -> dict[str, SiteKey]:
@@ -357,7 +376,7 @@ def _keys_by_name(report: Report, observed: Sequence[ObservedSite]) -> dict[str,
 
 
 def _numbers(prefix: str, outcome: Outcome, baseline: Outcome, revived: int) -> dict[str, float]:
-    numbers = {f"{prefix}_drift": outcome.drift}
+    numbers = {f"{prefix}_drift": outcome.drift, f"{prefix}_newly_dead": float(outcome.newly_dead)}
     if outcome.argmax_changed is not None:
         numbers[f"{prefix}_argmax_changed"] = outcome.argmax_changed
     if prefix == "leaky":

@@ -88,3 +88,9 @@ def test_bad_certify_options_are_one_line_and_exit_2(args, message):
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_markdown_has_a_certified_section():
+    result = invoke(*PROBE, "--certify", "-f", "markdown")
+    assert result.exit_code == 0, result.stderr
+    assert "**Certified**" in result.stdout and "certified on probe" in result.stdout

@@ -107,8 +107,12 @@ def test_environment_values_are_typed_and_unknown_variables_named() -> None:
         }
     )
     assert values == {"ignore": ["head.*", "aux.*"], "strict": True, "batch_size": 8}  # empty TAU counts as unset
-    with pytest.raises(ConfigError, match="RELU_DOCTOR_MAX_DEAD"):
-        config.parse_environment({"RELU_DOCTOR_MAX_DEAD": "0.1"})
+    # an unknown variable sets nothing and is named in a warning, with the closest key (issue 15: a stray CI
+    # variable must not break every run)
+    assert config.parse_environment({"RELU_DOCTOR_MAX_DEAD": "0.1"}) == {}
+    assert config.unknown_variables({"RELU_DOCTOR_MAX_DEAD": "0.1", "RELU_DOCTOR_TAU": "1"}) == [
+        "ignoring unknown environment variable RELU_DOCTOR_MAX_DEAD; did you mean RELU_DOCTOR_MAX_DEAD_FRACTION?"
+    ]
     with pytest.raises(ConfigError, match="RELU_DOCTOR_SAMPLES must be a number, got 'many'"):
         config.parse_environment({"RELU_DOCTOR_SAMPLES": "many"})
 
@@ -156,6 +160,7 @@ def test_cli_unknown_key_exits_2_with_one_line_naming_it(project: Path) -> None:
     result = invoke("--arch", "digits_mlp.py:build_mlp")
     assert result.exit_code == 2
     assert "unknown key 'max_layer_dead'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "did you mean 'max_layer_dead_fraction'?" in result.stderr
     assert result.stdout == ""
 
 

@@ -25,19 +25,10 @@ from relu_doctor.cli import app
 BATCH = 32
 SITE_KEYS = ("name", "units", "dead", "dead_units")
 
-# Combinations that fail on the code this corpus was written against, and the issue-11 item each reproduces.
-KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("rnn", "torchscript"): "3, 5",
-    ("rnn", "torch-export"): "3, 5",
-}
-CROSS_FORMAT_FAILURES = {
-    "crepe": "5",
-    "resnet": "5",
-    "speaker": "5",
-    "silero_vad": "5",
-    "transformer": "5",
-    "rnn": "3, 5",
-}
+# Every combination failed on the code this corpus was written against (issue 11 items 1-5); all pass now. A
+# combination that regresses on purpose is listed here with the item it reproduces, and the test turns xfail.
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
+CROSS_FORMAT_FAILURES: dict[str, str] = {}
 
 
 def scan_json(*args: str) -> dict[str, Any]:
@@ -145,7 +136,6 @@ def test_counts_do_not_depend_on_the_batch_size(saved: dict[str, Saved]) -> None
         assert _sites(report) == want, size
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 6")
 def test_an_exported_program_gives_its_own_input_shape(tmp_path: Path) -> None:
     spec = CORPUS["resnet"]
     program = torch.export.export(spec.planted(), (spec.probe()[:8],))  # static batch of 8
@@ -161,7 +151,6 @@ def test_an_exported_program_gives_its_own_input_shape(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--batch-size" in result.stderr and "8" in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 7")
 def test_a_trusted_pickle_reaching_getattr_loads(tmp_path: Path) -> None:
     from real_models.small import StaticActivationNet
 
@@ -196,7 +185,6 @@ def test_nan_positions_are_not_zeros_in_sparsity() -> None:
     assert site.sparsity == pytest.approx(0.5)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 10")
 def test_import_finds_a_module_in_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
     import sys

@@ -119,10 +119,13 @@ def test_leaky_everywhere_counts_every_unit_as_carrying_gradient(report: Report,
 def test_bias_shift_equals_a_rerun_of_a_copy_with_raised_biases(report: Report, probe: list[torch.Tensor]) -> None:
     model = BiasKilledClassifier()
     shifted = copy.deepcopy(model)
-    with torch.no_grad():
+    with torch.no_grad():  # fix shifts every site at once, each sized on the unshifted model (issue 15)
         first = torch.cat([model.preactivations(x)[0] for x in probe])
+        second = torch.cat([model.preactivations(x)[1] for x in probe])
         for unit in BiasKilledClassifier.FC1_DEAD:
             shifted.fc1.bias[unit] += BIAS_MARGIN - first[:, unit].max()
+        for unit in BiasKilledClassifier.FC2_DEAD:
+            shifted.fc2.bias[unit] += BIAS_MARGIN - second[:, unit].max()
         revived = int((torch.cat([shifted.preactivations(x)[0] for x in probe])[:, [0, 1]] > 0).any(0).sum())
     drift, argmax = _rerun_drift(model, shifted, probe)
     predicted = dict(_cause(report, "act1").predicted)

@@ -23,7 +23,7 @@ import functools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -310,7 +310,7 @@ def _layer(model: nn.Module, site: Site) -> tuple[_Layer | None, str]:
     if module is None or site.producer is None:
         return None, why_not
     path = site.producer.module_path
-    weight = module.weight.detach().float()
+    weight = cast(torch.Tensor, module.weight).detach().float()
     rows, kernel, groups = (
         weight.reshape(site.units, -1),
         math.prod(weight.shape[2:]),
@@ -320,28 +320,51 @@ def _layer(model: nn.Module, site: Site) -> tuple[_Layer | None, str]:
     gamma, beta = _norm_affine(_submodule(model, norm_path), site.units)
     if beta is not None:
         return _Layer(path, rows, beta, f"{norm_path}.bias", gamma, groups, kernel), ""
-    if module.bias is None:
+    bias = getattr(module, "bias", None)
+    if not isinstance(bias, torch.Tensor):
         return _Layer(path, rows, torch.zeros(site.units), "(no bias)", None, groups, kernel), ""
-    return _Layer(path, rows, module.bias.detach().float(), f"{path}.bias", None, groups, kernel), ""
+    return _Layer(path, rows, bias.detach().float(), f"{path}.bias", None, groups, kernel), ""
 
 
-def _producer_module(model: nn.Module, site: Site) -> tuple[nn.Linear | nn.modules.conv._ConvNd | None, str]:
+_LAYER_OPS = frozenset(
+    {"linear", "addmm", "mm", "matmul", "conv1d", "conv2d", "conv3d", "convolution", "_convolution",
+     "mkldnn_convolution", "cudnn_convolution"}
+)  # fmt: skip
+"""Ops that compute a Linear/Conv layer: in an opaque graph (TorchScript, torch.export) they identify the layer the
+op's weights belong to, which is no nn.Linear/nn.Conv instance there."""
+_OPAQUE_LAYER_NAMES = frozenset({"Linear", "Conv1d", "Conv2d", "Conv3d"})
+
+
+def _producer_module(model: nn.Module, site: Site) -> tuple[nn.Module | None, str]:
     """The Linear/Conv computing the site's input, or None and why it is not analysed."""
     producer = site.producer
     if producer is None:
         return None, "the layer computing its input is not visible in the forward pass"
     module = _submodule(model, producer.module_path)
-    if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or isinstance(
-        module, nn.modules.conv._ConvTransposeNd
-    ):
+    if not _is_layer(module, producer.op):
         kind = type(module).__name__ if module is not None else "opaque"
         return (
             None,
             f"its input comes from {producer.module_path or '<root>'} ({kind}, {producer.op}), which is not analysed",
         )
-    if module.weight.shape[0] != site.units:
-        return None, f"{producer.module_path}.weight has {module.weight.shape[0]} rows for {site.units} units"
+    weight = cast(torch.Tensor, getattr(module, "weight", None))
+    if weight.shape[0] != site.units:
+        return None, f"{producer.module_path}.weight has {weight.shape[0]} rows for {site.units} units"
     return module, ""
+
+
+def _is_layer(module: nn.Module | None, op: str) -> bool:
+    """An nn.Linear/nn.Conv (not transposed), or its counterpart in an opaque graph: a scripted Linear/Conv, or the
+    plain parameter holder torch.export leaves, whose weights a linear/conv op read."""
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return False
+    if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+        return True
+    if module is None or not isinstance(getattr(module, "weight", None), torch.Tensor) or op not in _LAYER_OPS:
+        return False
+    if isinstance(module, torch.jit.ScriptModule):
+        return getattr(module, "original_name", "") in _OPAQUE_LAYER_NAMES
+    return type(module) is nn.Module
 
 
 def _norm_affine(norm: nn.Module | None, units: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -362,4 +385,4 @@ def _submodule(model: nn.Module, path: str | None) -> nn.Module | None:
     try:
         return model.get_submodule(path)
     except (AttributeError, RuntimeError):  # RuntimeError: a ScriptModule has no get_submodule
-        return None
+        return dict(model.named_modules()).get(path)

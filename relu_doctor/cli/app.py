@@ -134,10 +134,13 @@ def given_on_command_line(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def configure(ctx: typer.Context, config_file: Path | None, *, exclude: Collection[str] = ()) -> Resolved:
+def configure(
+    ctx: typer.Context, config_file: Path | None, *, exclude: Collection[str] = (), isolated: bool = False
+) -> Resolved:
     """Layer the command's options over RELU_DOCTOR_* variables, the config file and the option defaults.
 
     Keys are the long option names; ``exclude`` keys are taken from the command line or default only.
+    ``isolated`` (--isolated, as in ruff) reads no config file and no variable: the command line and defaults only.
     """
     from . import config
 
@@ -150,12 +153,22 @@ def configure(ctx: typer.Context, config_file: Path | None, *, exclude: Collecti
     known = {key: name for key, name in keyed.items() if key in config.KEYS}
     given = {key: ctx.params[name] for key, name in known.items() if given_on_command_line(ctx, name)}
     defaults = {key: ctx.params[name] for key, name in known.items() if key not in given}
+    if isolated:
+        if config_file is not None:
+            raise UsageError("--isolated reads no config file; drop --config or --isolated")
+        return config.resolve(given, {}, None, defaults)
     path = config_file or config.find_config(Path.cwd())
     file = config.load_config(path) if path is not None else None
     if file is not None and exclude:
         file = replace(file, values={k: v for k, v in file.values.items() if k not in exclude})
     environment = {k: v for k, v in config.parse_environment(os.environ).items() if k not in exclude}
-    return config.resolve(given, environment, file, defaults)
+    resolved = config.resolve(given, environment, file, defaults)
+    return replace(resolved, warnings=tuple(config.unknown_variables(os.environ)))
+
+
+def warn(style: OutputStyle, message: str) -> None:
+    """``relu-doctor: warning: ...`` on stderr, unless quiet."""
+    note(style, f"relu-doctor: warning: {message}")
 
 
 def describe_settings(resolved: Resolved) -> list[str]:

@@ -97,6 +97,8 @@ class Resolved:
     """Key -> "command line", "RELU_DOCTOR_X", the config file's path, or "default"."""
     config_path: str | None = None
     """The config file that was read, if any."""
+    warnings: tuple[str, ...] = ()
+    """Things the user should know that do not stop the run (an unknown RELU_DOCTOR_* variable)."""
 
 
 @dataclass(frozen=True)
@@ -193,14 +195,40 @@ def _check_config_arch(spec: str, origin: str, root: Path) -> None:
 
 
 def parse_environment(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The RELU_DOCTOR_* variables as typed values; an empty variable counts as unset."""
+    """The RELU_DOCTOR_* variables as typed values; an empty variable counts as unset, and an unknown one is left
+    out (:func:`unknown_variables` names it for a warning: a stray CI variable must not break every run)."""
     values: dict[str, Any] = {}
     for variable, text in sorted(environ.items()):
-        if not variable.startswith(ENV_PREFIX) or not text:
+        if not variable.startswith(ENV_PREFIX) or not text or _is_unknown(variable):
             continue
         name = _known_key(variable[len(ENV_PREFIX) :], variable, environment=True)
         values[name] = _check(KEYS[name], _from_text(KEYS[name], text, variable), variable)
     return values
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One warning per RELU_DOCTOR_* variable that sets nothing, with the closest known name."""
+    return [
+        f"ignoring unknown environment variable {variable}{_did_you_mean(normalize(variable[len(ENV_PREFIX) :]))}"
+        for variable in sorted(environ)
+        if variable.startswith(ENV_PREFIX) and _is_unknown(variable)
+    ]
+
+
+def _is_unknown(variable: str) -> bool:
+    name = normalize(variable[len(ENV_PREFIX) :])
+    return name not in KEYS and name not in COMMAND_LINE_ONLY
+
+
+def _did_you_mean(name: str, *, environment: bool = True) -> str:
+    """``; did you mean RELU_DOCTOR_DYING_RATE?`` (or ``'dying_rate'`` for a file) for a near miss, else ''."""
+    import difflib
+
+    candidates = [key for key, spec in KEYS.items() if not (environment and spec.kind == "sites")]
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f"; did you mean {ENV_PREFIX + close[0].upper() if environment else repr(close[0])}?"
 
 
 def resolve(
@@ -251,12 +279,12 @@ def _known_key(raw: str, origin: str, *, environment: bool = False) -> str:
             "on the command line or set it in the project's pyproject.toml"
         )
     if name not in KEYS or (environment and KEYS[name].kind == "sites"):
-        hint = (
-            "per-site limits go in the config file's [tool.relu-doctor.sites] table"
-            if name == "sites"
-            else (f"known keys: {', '.join(KEYS)}")
-        )
-        raise ConfigError(f"{origin}: unknown key {raw!r}; {hint}")
+        if name == "sites":
+            raise ConfigError(
+                f"{origin}: unknown key {raw!r}; per-site limits go in the config file's [tool.relu-doctor.sites] table"
+            )
+        guess = _did_you_mean(name, environment=False)
+        raise ConfigError(f"{origin}: unknown key {raw!r}{guess or '; known keys: ' + ', '.join(KEYS)}")
     return name
 
 

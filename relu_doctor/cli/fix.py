@@ -21,9 +21,10 @@ from ..settings import (
     DEFAULT_DYING_RATE,
     DEFAULT_REDUCER,
     DEFAULT_SAMPLES,
+    DEFAULT_SEED,
 )
 from . import options as opt
-from .app import app, error_boundary, note, style_from_options, write_output
+from .app import app, configure, describe_settings, error_boundary, note, style_from_options, warn, write_output
 
 REPAIR = "Repair"
 
@@ -37,6 +38,7 @@ class FixFormat(str, enum.Enum):
 
 @app.command()
 def fix(
+    ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="Checkpoint file to repair (never modified).", show_default=False)],
     strategy: Annotated[
         Strategy,
@@ -60,7 +62,7 @@ def fix(
     ],
     seed: Annotated[
         int, typer.Option(help="Seed of the re-drawn weights (and of a synthetic probe).", rich_help_panel=REPAIR)
-    ] = 0,
+    ] = DEFAULT_SEED,
     include_dying: Annotated[
         bool,
         typer.Option(
@@ -96,18 +98,13 @@ def fix(
     # Probe
     probe: opt.Probe = None,
     probe_key: opt.ProbeKey = None,
-    samples: Annotated[
-        int | None,
-        typer.Option(
-            help="Synthetic probe size (default 512); with --probe, read at most this many samples (default: all).",
-            show_default=False,
-            rich_help_panel=opt.PROBE,
-        ),
-    ] = None,
+    samples: opt.Samples = DEFAULT_SAMPLES,
     batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
     input_shape: opt.InputShape = None,
     unit_dim: opt.UnitDim = None,
     dying_rate: opt.DyingRate = DEFAULT_DYING_RATE,
+    config: opt.Config = None,
+    isolated: opt.Isolated = False,
     # Output
     fmt: Annotated[
         FixFormat,
@@ -118,38 +115,34 @@ def fix(
             rich_help_panel=opt.OUTPUT,
         ),
     ] = FixFormat.table,
+    verbose: opt.Verbose = False,
     no_color: opt.NoColor = False,
     debug: opt.Debug = False,
 ) -> None:
-    """Repair the dead units of MODEL into OUT, keeping its format, and verify OUT on the same probe."""
-    style = style_from_options(False, False, no_color, None)
+    """Repair the dead units of MODEL into OUT, keeping its format, and verify OUT on the same probe.
+
+    Loading, probe and --dying-rate settings come from the same layers as scan's: command line > RELU_DOCTOR_* >
+    config file > defaults (the repair's own options are command line only).
+    """
+    style = style_from_options(False, verbose, no_color, None)
     with error_boundary(debug):
         from ..render.fix import render_fix_json, render_fix_text, verdict
-        from ..report import Thresholds
         from ..workflow.fix import FixRequest, run_fix
-        from ..workflow.probe import parse_shape
-        from ..workflow.scan import ScanRequest
 
-        scan = ScanRequest(
-            model_path=str(model),
-            arch=arch,
-            arch_kwargs=opt.arch_kwargs_value(arch_kwargs),
+        # seed is the re-draw seed here; format has other choices: neither comes from scan's config keys
+        settings = configure(ctx, config, exclude={"format", "seed"}, isolated=isolated)
+        for line in settings.warnings:
+            warn(style, line)
+        for line in describe_settings(settings):
+            note(style, line, verbose_only=True)
+        scan = opt.scan_request(
+            model,
+            {**settings.values, "seed": seed},
             key=key,
             trust=trust,
-            imports=tuple(imports or ()),
-            allow_globals=tuple(allow_global or ()),
-            probe_path=None if probe is None else str(probe),
-            probe_key=probe_key,
-            samples=samples or DEFAULT_SAMPLES,
-            limit_samples=probe is not None and samples is not None,
-            seed=seed,
-            batch_size=batch_size,
-            input_shape=None if input_shape is None else parse_shape(input_shape),
-            unit_dim=unit_dim,
-            device=device,
-            dtype=dtype,
-            reducer=reducer,
-            thresholds=Thresholds(dying_rate=dying_rate),
+            imports=imports,
+            allow_global=allow_global,
+            limit_samples=settings.sources["samples"] != "default",
         )
         request = FixRequest(scan, str(output), strategy, seed, include_dying, force, max_drift)
         outcome = run_fix(request)

@@ -137,6 +137,14 @@ Config = Annotated[
         rich_help_panel=GATE,
     ),
 ]
+Isolated = Annotated[
+    bool,
+    typer.Option(
+        "--isolated",
+        help="Ignore every config file and RELU_DOCTOR_* variable: only the command line and the defaults count.",
+        rich_help_panel=GATE,
+    ),
+]
 Output = Annotated[
     Path | None,
     typer.Option(

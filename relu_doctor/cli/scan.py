@@ -44,6 +44,7 @@ from .app import (
     progress_bar,
     strict_report,
     style_from_options,
+    warn,
     write_output,
 )
 
@@ -79,6 +80,7 @@ def scan(
     strict: opt.Strict = False,
     exit_zero: opt.ExitZero = False,
     config: opt.Config = None,
+    isolated: opt.Isolated = False,
     certify: opt.Certify = False,
     domain: opt.Domain = None,
     gate_on: opt.GateOn = "probe",
@@ -113,7 +115,9 @@ def scan(
     """Scan MODEL with a probe and report dead and dying ReLU units per site."""
     style = style_from_options(quiet, verbose, no_color, output)
     with error_boundary(debug):
-        settings = configure(ctx, config)
+        settings = configure(ctx, config, isolated=isolated)
+        for line in settings.warnings:
+            warn(style, line)
         for line in describe_settings(settings):
             note(style, line, verbose_only=True)
         if plot is not None:

@@ -32,6 +32,7 @@ from .app import (
     plan_outputs,
     strict_report,
     style_from_options,
+    warn,
     write_output,
 )
 
@@ -82,6 +83,7 @@ def trend(
     strict: opt.Strict = False,
     exit_zero: opt.ExitZero = False,
     config: opt.Config = None,
+    isolated: opt.Isolated = False,
     # Output
     fmt: Annotated[
         TrendFormat, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)
@@ -99,7 +101,10 @@ def trend(
     with error_boundary(debug):
         from ..workflow.trend import scan_checkpoints
 
-        settings = configure(ctx, config, exclude={"format"})  # a config's format is scan's; trend has two
+        # a config's format is scan's; trend has its own choices
+        settings = configure(ctx, config, exclude={"format"}, isolated=isolated)
+        for line in settings.warnings:
+            warn(style, line)
         for line in describe_settings(settings):
             note(style, line, verbose_only=True)
         if plot is not None:

@@ -201,7 +201,7 @@ class ReluObserver:
             self.tracker.remove()
         self._mark_outputs(output)
         self._decide_undecided_axes()
-        if self.site_paths is not None and self.keys.relu_calls > len(self.site_paths):
+        if self.site_paths is not None and self.keys.unnamed:
             self.warnings[
                 f"the graph names {len(self.site_paths)} relu sites but {self.keys.relu_calls} ran; "
                 "site names past the first difference may be misattributed"
@@ -410,7 +410,8 @@ class ReluObserver:
             site.counters.add_finite(token, activation, site.unit_axis)
 
     def _site_for(self, name: str, pre: torch.Tensor) -> ObservedSite:
-        key, kind = self.keys.next_key()
+        origin = self._origins.get(pre)
+        key, kind = self.keys.next_key(origin.producer.module_path if origin and origin.producer else None)
         site = self._by_key.get(key)
         if site is None:
             site = self._new_site(key, name, kind, pre)

@@ -25,10 +25,10 @@ from .messages import describe_exception
 from .sniff import CODE_FORMATS, DIRECTORY_FORMATS, PICKLED_MODULE, SAFETENSORS, sniff
 from .state_dict import select
 from .torch_save import TrustPolicy, read_torch_save
-from .trusted import load_code_format, refusal
+from .trusted import ExampleInput, load_code_format, refusal
 from .weights import read_directory, read_safetensors
 
-__all__ = ["LoadedModel", "build_arch", "load_model", "sniff"]
+__all__ = ["ExampleInput", "LoadedModel", "build_arch", "load_model", "sniff"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class LoadedModel:
     site_paths: tuple[str, ...] | None
     """For opaque models (TorchScript, torch.export): the module path of the k-th relu-family aten op
     in one forward pass, in execution order; None for eager modules or when the order is uncertain."""
+    example_input: ExampleInput | None = None
+    """A torch.export program's own input shape (and fixed batch size, if any); None for other formats."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class _Raw:
     notes: tuple[str, ...] = ()
     site_paths: tuple[str, ...] | None = None
     used_arch: bool = False
+    example_input: ExampleInput | None = None
 
 
 def load_model(
@@ -99,7 +102,7 @@ def load_model(
         arch=arch if raw.used_arch else None,
         notes=raw.notes,
     )
-    return LoadedModel(model=model, info=info, site_paths=raw.site_paths)
+    return LoadedModel(model=model, info=info, site_paths=raw.site_paths, example_input=raw.example_input)
 
 
 def _guarded(request: _Request) -> _Raw:
@@ -120,8 +123,8 @@ def _load(request: _Request) -> _Raw:
     if format_name in CODE_FORMATS:
         if not request.policy.trust:
             raise UntrustedCodeError(refusal(request.path, format_name), format_name=format_name)
-        model, site_paths = load_code_format(request.path, format_name)
-        return _Raw(model, format_name, (request.path,), site_paths=site_paths)
+        model, site_paths, example = load_code_format(request.path, format_name)
+        return _Raw(model, format_name, (request.path,), site_paths=site_paths, example_input=example)
     if format_name in DIRECTORY_FORMATS.values():
         checkpoint, files = read_directory(request.path, format_name, request.policy)
         return _from_checkpoint(request, checkpoint, format_name, tuple(files))

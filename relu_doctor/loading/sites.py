@@ -26,6 +26,10 @@ def export_site_paths(program: Any) -> tuple[str, ...] | None:
             continue
         if isinstance(node.target, torch._ops.HigherOrderOperator):
             return None  # cond/while_loop/map: subgraphs run a data-dependent number of times
+        if f"aten::{_export_op_name(node.target)}" in _FUSED_RELU_RUNS:
+            stack = node.meta.get("nn_module_stack") or {}
+            paths.append(f"{list(stack.values())[-1][0] if stack else ''}*")
+            continue
         verdict = is_relu_family(_export_op_name(node.target), _export_scalars(node))
         if verdict is None:
             return None
@@ -66,6 +70,8 @@ def torchscript_site_paths(module: Any) -> tuple[str, ...] | None:
 
 
 _FUSED_TRANSFORMER = "aten::_transformer_encoder_layer_fwd"
+_FUSED_RELU_RUNS = frozenset({"aten::rnn_relu", "aten::rnn_relu_cell"})
+"""Kernels whose relus run as separate ops (one per step) outside inference_mode: named ``path*`` (see SiteKeys)."""
 
 
 class _TorchScriptWalk:
@@ -87,6 +93,8 @@ class _TorchScriptWalk:
                     raise _Unsure(kind)
             elif kind == "prim::CallFunction" or kind == "prim::CallMethod":
                 raise _Unsure(kind)  # not inlined: its ops are not visible here
+            elif kind in _FUSED_RELU_RUNS:
+                found.append(f"{self.path(node)}*")
             elif kind.startswith("aten::"):
                 args = [_constant(node, i) for i in (1, 2)] if node.inputsSize() > 2 else []
                 verdict = is_relu_family(kind[6:], args)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, UntrustedCodeError
+from .arch import on_sys_path
 from .dense import check_dense
 from .messages import describe_exception
 from .pickle_scan import (
@@ -99,8 +100,14 @@ def _load_trusted(path: Path, format_name: str, policy: TrustPolicy) -> Any:
             ) from None
 
 
+TRUSTED_CODE_GLOBALS = frozenset({"builtins.getattr", "__builtin__.getattr"})
+"""Globals refused without --trust but loaded with it: ``getattr`` is how pickle protocols < 4 (torch.save's
+default is 2) encode a nested name, e.g. a staticmethod held by a model. It runs code, which --trust accepts;
+what stays refused even then are globals that run commands (os, subprocess, eval, ...)."""
+
+
 def _refuse_or_continue(path: Path, format_name: str, unsafe: set[str], policy: TrustPolicy) -> None:
-    dangerous = dangerous_globals(unsafe)
+    dangerous = dangerous_globals(unsafe) - (TRUSTED_CODE_GLOBALS if policy.trust else frozenset())
     if dangerous:
         raise CheckpointError(
             f"refusing {path}: its pickle would call {describe_globals(dangerous)} when loaded, which runs "
@@ -198,7 +205,14 @@ def _import_global(name: str) -> Any:
 
 
 def import_modules(names: Sequence[str]) -> None:
-    """Import the user's --import modules so the classes a trusted pickle names can be found."""
+    """Import the user's --import modules so the classes a trusted pickle names can be found.
+
+    The current folder is searched too, as ``python -m`` would (the console script does not put it on sys.path)."""
+    with on_sys_path([Path.cwd()]):
+        _import_each(names)
+
+
+def _import_each(names: Sequence[str]) -> None:
     for name in names:
         try:
             importlib.import_module(name)

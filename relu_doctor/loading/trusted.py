@@ -6,6 +6,7 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,21 @@ def refusal(path: Path, format_name: str) -> str:
     )
 
 
-def load_code_format(path: Path, format_name: str) -> tuple[torch.nn.Module, tuple[str, ...] | None]:
-    """(module, site paths) of a TorchScript or torch.export file. The caller has checked trust."""
+@dataclass(frozen=True)
+class ExampleInput:
+    """What a torch.export program says about its input: the shape it was exported with."""
+
+    sample_shape: tuple[int, ...]
+    """Shape of one sample of the first input (without the batch axis)."""
+    static_batch: int | None
+    """The batch size the program is fixed to, or None when its batch axis is dynamic."""
+
+
+Loaded = tuple[torch.nn.Module, tuple[str, ...] | None, ExampleInput | None]
+
+
+def load_code_format(path: Path, format_name: str) -> Loaded:
+    """(module, site paths, example input) of a TorchScript or torch.export file. The caller has checked trust."""
     try:
         with warnings.catch_warnings(), _quiet_logger("torch.export"):
             warnings.simplefilter("ignore")
@@ -60,11 +74,23 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(previous)
 
 
-def _load_torchscript(path: Path) -> tuple[torch.nn.Module, tuple[str, ...] | None]:
+def _load_torchscript(path: Path) -> Loaded:
     module = torch.jit.load(str(path), map_location="cpu")
-    return module, torchscript_site_paths(module)
+    return module, torchscript_site_paths(module), None
 
 
-def _load_export(path: Path) -> tuple[torch.nn.Module, tuple[str, ...] | None]:
+def _load_export(path: Path) -> Loaded:
     program: Any = torch.export.load(str(path))
-    return program.module(), export_site_paths(program)
+    return program.module(), export_site_paths(program), _example_input(program)
+
+
+def _example_input(program: Any) -> ExampleInput | None:
+    """The first user input's shape from the program's graph: static sizes are ints, dynamic ones symbols."""
+    names = list(program.graph_signature.user_inputs)
+    node = next((n for n in program.graph.nodes if n.op == "placeholder" and names and n.name == names[0]), None)
+    value = node.meta.get("val") if node is not None else None
+    shape = getattr(value, "shape", None)
+    if shape is None or len(shape) < 1 or not all(isinstance(s, int) for s in shape[1:]):
+        return None
+    batch = shape[0]
+    return ExampleInput(tuple(int(s) for s in shape[1:]), int(batch) if isinstance(batch, int) else None)

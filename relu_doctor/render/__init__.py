@@ -10,6 +10,7 @@ import enum
 from collections.abc import Callable
 
 from ..report import Report
+from .common import defuse_workflow_commands, printable_report
 from .csv_format import render_csv
 from .github import render_github
 from .json_format import render_json
@@ -44,8 +45,16 @@ RENDERERS: dict[Format, Renderer] = {
 }
 
 
+TEXT_FORMATS = frozenset({Format.table, Format.markdown, Format.csv, Format.github, Format.junit})
+"""Formats whose text carries names raw: control characters in them are written as escapes first."""
+
+
 def render(report: Report, fmt: Format, *, width: int = 100, color: bool = False) -> str:
-    """The report in ``fmt``; ``width`` and ``color`` matter to the table only."""
-    if fmt is Format.table:
-        return render_table(report, width=width, color=color)
-    return RENDERERS[fmt](report)
+    """The report in ``fmt``; ``width`` and ``color`` matter to the table only.
+
+    Names from files (paths, module names, stats files) cannot inject: control characters are escaped in the
+    text formats (JSON and SARIF escape them themselves), and outside ``github`` no line starts with ``::``.
+    """
+    shown = printable_report(report) if fmt in TEXT_FORMATS else report
+    text = render_table(shown, width=width, color=color) if fmt is Format.table else RENDERERS[fmt](shown)
+    return text if fmt is Format.github else defuse_workflow_commands(text)

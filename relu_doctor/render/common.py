@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 from ..report import Report, Site
 
@@ -35,3 +37,47 @@ def summary_line(report: Report) -> str:
         f"{s.dead} of {s.units} units dead ({percent(s.dead_fraction)}) across {s.sites} sites, "
         f"{s.dying} dying, {s.nan_units} NaN/Inf; {report.probe.samples} {report.probe.source} probe samples; gate {verdict}"
     )
+
+
+_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))} | {
+    0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\x85",
+}  # fmt: skip
+WORKFLOW_COMMAND_GUARD = "\u200b"
+"""Put in front of a data line that would start with ``::`` (GitHub Actions reads those as workflow commands)."""
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (newlines, escapes, NUL, C1, line separators) written as escapes."""
+    return text.translate(_CONTROL)
+
+
+def printable_report(value: Any) -> Any:
+    """A copy of a report (any frozen record) with :func:`printable` applied to every string in it."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, tuple):
+        return tuple(printable_report(item) for item in value)
+    if isinstance(value, list):
+        return [printable_report(item) for item in value]
+    if isinstance(value, dict):
+        return {printable_report(key): printable_report(item) for key, item in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changed = {
+            field.name: printable_report(getattr(value, field.name))
+            for field in dataclasses.fields(value)
+            if field.init and _holds_text(getattr(value, field.name))
+        }
+        return dataclasses.replace(value, **changed) if changed else value
+    return value
+
+
+def _holds_text(value: Any) -> bool:
+    return isinstance(value, (str, tuple, list, dict)) or (
+        dataclasses.is_dataclass(value) and not isinstance(value, type)
+    )
+
+
+def defuse_workflow_commands(text: str) -> str:
+    """No line of `text` starts with ``::`` (even after spaces): such a line gets an invisible guard in front."""
+    lines = text.split("\n")
+    return "\n".join(WORKFLOW_COMMAND_GUARD + line if line.lstrip().startswith("::") else line for line in lines)

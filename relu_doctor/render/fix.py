@@ -12,34 +12,48 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ..repair.records import Drift, FixOutcome, SiteCheck, Verification
+from ..repair.records import Drift, FixOutcome, SiteCheck, SiteRepair, Verification
 
 FIX_SCHEMA_VERSION = 1
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 unit``, ``3 units``."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def verdict(outcome: FixOutcome) -> str:
-    """One line: what was repaired and whether the written file verified."""
+    """One line: what was repaired (or would be), whether a file was written, and whether it verified."""
     result, check = outcome.result, outcome.verification
-    sites = len(result.repaired)
-    done = (
-        f"{result.units_repaired} units repaired at {sites} site{'' if sites == 1 else 's'} ({result.strategy.value})"
-    )
     skipped = sum(len(s.units) for s in result.skipped)
-    done += f", {skipped} skipped" if skipped else ""
+    if not result.repaired:
+        left = f"; {plural(skipped, 'unit')} skipped (reasons above)" if skipped else ""
+        return f"nothing repaired ({result.strategy.value}){left}; " + (
+            f"{outcome.output_path} written unchanged" if outcome.output_path else "no file written"
+        )
+    planned = (
+        f"{plural(result.units_repaired, 'unit')} at {plural(len(result.repaired), 'site')} ({result.strategy.value})"
+    )
+    planned += f", {skipped} skipped" if skipped else ""
     if outcome.output_path is None:
-        return f"{done}; no file written: the change is in your model code"
+        head = f"not applied: no file written, the change is in your model code ({planned})"
+        if check is not None and not check.passed:
+            return f"{head}; in memory it did NOT verify: {'; '.join(failures(check))}"
+        return head
     if check is None or check.passed:
-        return f"{done}; {outcome.output_path} written and verified"
-    return f"{done}; {outcome.output_path} written but did NOT verify: {'; '.join(failures(check))}"
+        return f"{planned} repaired; {outcome.output_path} written and verified"
+    return f"{planned} changed; {outcome.output_path} written but did NOT verify: {'; '.join(failures(check))}"
 
 
 def failures(check: Verification) -> list[str]:
-    """Why a verification failed, one phrase per reason."""
+    """Why a verification failed, one phrase per reason, naming every unit concerned."""
     found = []
     if check.max_drift is not None and check.drift.relative_l2 > check.max_drift:
         found.append(f"output drift {check.drift.relative_l2:.3g} relative L2 exceeds {check.max_drift:g}")
     for site, units in check.still_dead:
-        found.append(f"{site}: {len(units)} repaired units still dead ({_units(units)})")
+        found.append(f"{site}: {plural(len(units), 'repaired unit')} still dead ({_all_units(units)})")
+    for site, units in check.newly_dead:
+        found.append(f"{site}: {plural(len(units), 'unit')} newly dead ({_all_units(units)})")
     return found
 
 
@@ -75,7 +89,7 @@ def checks_table(checks: tuple[SiteCheck, ...], samples: str = "") -> Table:
 
 def outcome_renderable(outcome: FixOutcome) -> RenderableType:
     """The whole terminal summary of a fix as one rich renderable."""
-    result = outcome.result
+    result, check = outcome.result, outcome.verification
     target = outcome.output_path or "(no file written)"
     parts: list[RenderableType] = [
         Text(
@@ -83,26 +97,33 @@ def outcome_renderable(outcome: FixOutcome) -> RenderableType:
             style="bold",
         )
     ]
+    parts += [_repair_line(r, outcome) for r in result.repaired]
     parts += [
-        Text(
-            f"✓ {r.site}: {len(r.units)} units ({_units(r.units)}) via {', '.join(r.layers)}"
-            + (f"; {r.redraws} re-draws" if r.redraws else "")
-        )
-        for r in result.repaired
+        Text(f"– {s.site or 'model'}: {plural(len(s.units), 'unit')} skipped: {s.reason}", style="yellow")
+        for s in result.skipped
     ]
-    parts += [
-        Text(f"– {s.site or 'model'}: {len(s.units)} units skipped: {s.reason}", style="yellow") for s in result.skipped
-    ]
-    check = outcome.verification
     if check is not None:
-        parts.append(checks_table(check.sites))
+        where = "" if check.applied else " (in memory: nothing was written)"
+        parts.append(checks_table(check.sites, where))
         parts.append(Text(drift_text(check.drift, check.max_drift)))
     else:
         parts.append(Text(drift_text(result.drift)))
     parts += [Text(f"! {note}", style="dim") for note in (*result.notes, *outcome.written)]
     passed = check is None or check.passed
-    parts.append(Text(verdict(outcome), style="bold green" if passed else "bold red"))
+    style = "bold green" if passed and outcome.applied else ("bold yellow" if passed else "bold red")
+    parts.append(Text(verdict(outcome), style=style))
     return Group(*parts)
+
+
+def _repair_line(repair: SiteRepair, outcome: FixOutcome) -> Text:
+    """✓ a site whose units all fire in the written file; ✗ one where some do not; • a change not applied."""
+    check = outcome.verification
+    failed = check is not None and any(site == repair.site for site, _ in check.still_dead)
+    mark = "•" if not outcome.applied else ("✗" if failed else "✓")
+    verb = "would change" if not outcome.applied else "changed"
+    text = f"{mark} {repair.site}: {plural(len(repair.units), 'unit')} ({_units(repair.units)}) {verb} via {', '.join(repair.layers)}"
+    text += f"; {plural(repair.redraws, 're-draw')}" if repair.redraws else ""
+    return Text(text, style="red" if failed else "")
 
 
 def render_fix_text(outcome: FixOutcome, *, width: int = 100, color: bool = False) -> str:
@@ -132,6 +153,7 @@ def fix_dict(outcome: FixOutcome) -> dict[str, Any]:
         "strategy": result.strategy.value,
         "seed": result.seed,
         "include_dying": result.include_dying,
+        "applied": outcome.applied,
         "units_repaired": result.units_repaired,
         "repaired": [dataclasses.asdict(r) for r in result.repaired],
         "skipped": [dataclasses.asdict(s) for s in result.skipped],
@@ -155,7 +177,9 @@ def _verification_dict(check: Verification) -> dict[str, Any]:
         "drift": dataclasses.asdict(check.drift),
         "max_drift": check.max_drift,
         "sites": [dataclasses.asdict(c) for c in check.sites],
+        "applied": check.applied,
         "still_dead": [{"site": site, "units": list(units)} for site, units in check.still_dead],
+        "newly_dead": [{"site": site, "units": list(units)} for site, units in check.newly_dead],
         "failures": failures(check),
     }
 
@@ -172,6 +196,10 @@ def _finite(value: Any) -> Any:
 
 def _after(value: int | None) -> str:
     return "–" if value is None else str(value)
+
+
+def _all_units(units: tuple[int, ...]) -> str:
+    return ", ".join(map(str, units))
 
 
 def _units(units: tuple[int, ...], shown: int = 8) -> str:

@@ -9,6 +9,7 @@ import math
 from collections import Counter
 
 from ..report import Finding, Report, Site
+from .certificate import certification_lines
 from .common import dead_range, percent, rate, summary_line
 
 CAUSE_PREFIXES = ("RD1", "RD005")
@@ -43,15 +44,21 @@ def predicted_text(finding: Finding) -> str:
         parts.append(
             f"LeakyReLU {where}: drift {_share(numbers['leaky_drift'])}{_argmax(numbers, 'leaky')}, units with "
             f"gradient {_count(numbers.get('units_with_gradient_before'))} → {_count(numbers.get('leaky_units_with_gradient'))}"
+            + _newly_dead(numbers, "leaky")
         )
     for prefix, label in (("bias_shift", "bias shift"), ("recycle", "recycle")):
         if f"{prefix}_drift" in numbers:
             revived = _count(numbers.get(f"{prefix}_revived"))
             parts.append(
                 f"{label}: drift {_share(numbers[f'{prefix}_drift'])}{_argmax(numbers, prefix)}, "
-                f"revived {revived}/{len(finding.units)}"
+                f"revived {revived}/{len(finding.units)}" + _newly_dead(numbers, prefix)
             )
     return " · ".join(parts)
+
+
+def _newly_dead(numbers: dict[str, float], prefix: str) -> str:
+    killed = int(numbers.get(f"{prefix}_newly_dead", 0))
+    return f", {killed:,} other unit{'' if killed == 1 else 's'} newly dead" if killed else ""
 
 
 def finding_line(finding: Finding) -> str:
@@ -80,6 +87,9 @@ def render_markdown(report: Report) -> str:
     if report.findings:
         lines += ["", "**Causes and fixes**", ""]
         lines += [_finding_item(f) for f in report.findings]
+    certified = certification_lines(report)
+    if certified:
+        lines += ["", "**Certified**", ""] + [f"- {_cell(line.strip())}" for line in certified]
     if report.warnings:
         lines += ["", "**Blind spots and caveats**", ""] + [f"- {_cell(w)}" for w in report.warnings]
     return "\n".join(lines).rstrip() + "\n"

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..report import SiteTrend, TrendReport
-from .common import percent, summary_line
+from .common import defuse_workflow_commands, percent, printable_report, summary_line
 from .json_format import report_dict
 
 BLOCKS = "▁▂▃▄▅▆▇█"
@@ -71,6 +71,7 @@ def trend_table(trend: TrendReport) -> Table:
 
 def render_trend_table(trend: TrendReport, *, width: int = 100, color: bool = False) -> str:
     """The trend as terminal text, at a fixed width, with or without ANSI colour."""
+    trend = printable_report(trend)  # names from files: control characters escaped
     last = trend.last
     parts: list[RenderableType] = [
         trend_table(trend),
@@ -89,7 +90,7 @@ def render_trend_table(trend: TrendReport, *, width: int = 100, color: bool = Fa
         soft_wrap=False,
     )
     console.print(Group(*parts))
-    return buffer.getvalue()
+    return defuse_workflow_commands(buffer.getvalue())
 
 
 def trend_dict(trend: TrendReport) -> dict[str, Any]:

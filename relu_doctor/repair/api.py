@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -186,31 +186,63 @@ def _apply_recycle(
 def _recycle_site_by_site(
     work: nn.Module, plans: Sequence[SitePlan], context: _Context, reference: list[torch.Tensor], limit: float
 ) -> tuple[list[SitePlan], dict[str, int], list[SkippedSite]]:
-    """Apply plans one at a time, undoing any that moves the output beyond ``limit``."""
+    """Apply plans one at a time, undoing any that moves the output beyond ``limit``.
+
+    A plan with dying units is tried again without them: folding a dying unit's mean into the next bias keeps the
+    output only on average, so when that is what moved it, the dead units are still recycled and the dying ones are
+    skipped for that reason (not blamed on a hidden use of a layer).
+    """
     kept: list[SitePlan] = []
     redraws: dict[str, int] = {}
     rejected: list[SkippedSite] = []
     generator = torch.Generator().manual_seed(context.seed)
     for plan in plans:
-        saved = copy.deepcopy(work.state_dict())
-        counts = _apply_recycle(work, [plan], context, generator)
-        drift = drift_against(reference, work, context.replay())
-        if drift.relative_l2 > limit:
-            work.load_state_dict(saved)
-            rejected.append(
-                SkippedSite(
-                    plan.site.name,
-                    plan.units,
-                    (
-                        f"recycling it moved the output by {drift.relative_l2:.3g} relative L2 (limit {limit:g}): one of "
-                        f"{', '.join(_site_repair(plan, 0).layers)} has a use the forward pass did not show"
-                    ),
-                )
+        drift, counts = _try_plan(work, plan, context, generator, reference, limit)
+        if drift is not None and plan.dying:
+            dead_only = replace(plan, units=tuple(u for u in plan.units if u not in plan.dying), dying=())
+            dead_drift, counts = _try_plan(work, dead_only, context, generator, reference, limit)
+            if dead_drift is None:
+                consumers = ", ".join(c.module_path for c in plan.consumers)
+                rejected.append(SkippedSite(plan.site.name, plan.dying, _fold_reason(drift, limit, consumers)))
+                plan, drift = dead_only, None
+        if drift is not None:
+            layers = ", ".join(_site_repair(plan, 0).layers)
+            reason = (
+                f"recycling it moved the output by {drift:.3g} relative L2 (limit {limit:g}): one of {layers} "
+                "has a use the forward pass did not show"
             )
+            rejected.append(SkippedSite(plan.site.name, plan.units, reason))
             continue
-        kept.append(plan)
-        redraws.update(counts)
+        if plan.units:
+            kept.append(plan)
+            redraws.update(counts)
     return kept, redraws, rejected
+
+
+def _try_plan(
+    work: nn.Module,
+    plan: SitePlan,
+    context: _Context,
+    generator: torch.Generator,
+    reference: list[torch.Tensor],
+    limit: float,
+) -> tuple[float | None, dict[str, int]]:
+    """Recycle one plan in ``work``; undo it and return its drift when that exceeds ``limit``, else (None, re-draws)."""
+    saved = copy.deepcopy(work.state_dict())
+    counts = _apply_recycle(work, [plan], context, generator)
+    drift = drift_against(reference, work, context.replay()).relative_l2
+    if drift > limit:
+        work.load_state_dict(saved)
+        return drift, {}
+    return None, counts
+
+
+def _fold_reason(drift: float, limit: float, consumers: str) -> str:
+    return (
+        f"folding the dying units' mean activation into the bias of {consumers} moved the output by {drift:.3g} "
+        f"relative L2 (limit {limit:g}): they fire on some inputs, so their output is not a constant; "
+        "raise --max-drift to accept it, or recycle the dead units only"
+    )
 
 
 def _still_dead(work: nn.Module, plans: Sequence[SitePlan], context: _Context) -> list[tuple[SitePlan, list[int]]]:

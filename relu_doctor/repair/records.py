@@ -101,6 +101,8 @@ class SiteCheck:
     """Dead units after; None when the site is no longer a relu site (swapped to LeakyReLU)."""
     dying_after: int | None
     """Dying units after; None as for ``dead_after``."""
+    newly_dead: tuple[int, ...] = ()
+    """Units dead after the repair that were not dead before (a fix made them worse), ascending."""
 
 
 @dataclass(frozen=True)
@@ -115,12 +117,19 @@ class Verification:
     """The relative L2 drift allowed; None when drift is reported but not limited."""
     still_dead: tuple[tuple[str, tuple[int, ...]], ...]
     """(site, units) that were meant to be revived but are still dead."""
+    applied: bool = True
+    """True when the checked model is the written file; False for a check in memory (nothing was written)."""
+
+    @property
+    def newly_dead(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """(site, units) of every site where units died that were not dead before, in call order."""
+        return tuple((check.site, check.newly_dead) for check in self.sites if check.newly_dead)
 
     @property
     def passed(self) -> bool:
-        """True when every repaired unit is alive and the drift is within the limit."""
+        """True when every repaired unit is alive, no unit anywhere died, and the drift is within the limit."""
         drift_ok = self.max_drift is None or self.drift.relative_l2 <= self.max_drift
-        return drift_ok and not self.still_dead
+        return drift_ok and not self.still_dead and not self.newly_dead
 
 
 @dataclass(frozen=True)
@@ -136,11 +145,17 @@ class FixOutcome:
     result: RepairResult
     """The repair."""
     verification: Verification | None
-    """The check of the written file; None when nothing was written."""
+    """The check of the written file, or of the repaired model in memory when nothing was written
+    (``applied`` False); None only when nothing was checked."""
     written: tuple[str, ...] = ()
     """What the writer did besides the weights (optimizer moments reset, keys kept, ...)."""
 
     @property
+    def applied(self) -> bool:
+        """True when a repaired file was written."""
+        return self.output_path is not None
+
+    @property
     def exit_code(self) -> int:
-        """0 repaired and verified (or nothing to write), 1 the repair did not verify."""
+        """0 verified (written, or for a code change checked in memory), 1 the repair did not verify."""
         return 0 if self.verification is None or self.verification.passed else 1

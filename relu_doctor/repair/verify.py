@@ -9,11 +9,13 @@ from .records import Drift, SiteCheck, SiteRepair, Verification
 
 
 def site_checks(before: Report, after: Report) -> tuple[SiteCheck, ...]:
-    """Every site of the original model with its dead and dying counts before and after (by site name)."""
+    """Every site of the original model with its dead and dying counts before and after (by site name), and the
+    units dead after that were not dead before."""
     later = {site.name: site for site in after.sites}
     checks = []
     for site in before.sites:
         now = later.get(site.name)
+        newly_dead = () if now is None else tuple(sorted(set(now.dead_units) - set(site.dead_units)))
         checks.append(
             SiteCheck(
                 site.name,
@@ -22,6 +24,7 @@ def site_checks(before: Report, after: Report) -> tuple[SiteCheck, ...]:
                 site.dying,
                 None if now is None else now.dead,
                 None if now is None else now.dying,
+                newly_dead,
             )
         )
     return tuple(checks)
@@ -40,7 +43,13 @@ def still_dead(repaired: Sequence[SiteRepair], after: Report) -> tuple[tuple[str
 
 
 def verification(
-    before: Report, after: Report, repaired: Sequence[SiteRepair], drift: Drift, max_drift: float | None
+    before: Report,
+    after: Report,
+    repaired: Sequence[SiteRepair],
+    drift: Drift,
+    max_drift: float | None,
+    *,
+    applied: bool = True,
 ) -> Verification:
-    """The verification record of a repair, from the scans before and after and the measured drift."""
-    return Verification(site_checks(before, after), drift, max_drift, still_dead(repaired, after))
+    """The verification record of a repair, from the scans before and after (every site) and the measured drift."""
+    return Verification(site_checks(before, after), drift, max_drift, still_dead(repaired, after), applied)

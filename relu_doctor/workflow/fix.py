@@ -61,7 +61,7 @@ def run_fix(request: FixRequest) -> FixOutcome:
     writes = request.strategy is not Strategy.leaky or loaded.info.format == PICKLED_MODULE
     if writes:
         check_writable(source, loaded.info.format)
-    probe = build_probe(request.scan, loaded.model)
+    probe = build_probe(request.scan, loaded.model, loaded.example_input)
     dtype, device = getattr(torch, request.scan.dtype), resolve_device(request.scan.device)
     replay = lambda: probe.batches(dtype, device)  # noqa: E731
     limit = (
@@ -82,8 +82,13 @@ def run_fix(request: FixRequest) -> FixOutcome:
         probe_info=probe.info,
         reducer=request.scan.reducer,
     )
-    if not writes:
-        return FixOutcome(str(source), None, loaded.info.format, repaired.result, None)
+    if not writes:  # the change is in the user's code: check the repaired model in memory, write nothing
+        from ..repair.verify import verification
+
+        in_memory = verification(
+            repaired.before, repaired.after, repaired.result.repaired, repaired.result.drift, limit, applied=False
+        )
+        return FixOutcome(str(source), None, loaded.info.format, repaired.result, in_memory)
     notes = _write(request, target, loaded, repaired)
     return FixOutcome(
         str(source),

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import ProbeError, UsageError
 from ..report import Report, Thresholds
 from ..settings import (
     DEFAULT_BATCH_SIZE,
@@ -162,20 +162,42 @@ def _device(request: ScanRequest) -> Any:
     return rank_device(resolve_device(request.device), rank_info())
 
 
-def build_probe(request: ScanRequest, model: Any) -> Any:
-    """The probe for this request: the file, or a synthetic one shaped for the model."""
+def build_probe(request: ScanRequest, model: Any, example: Any = None) -> Any:
+    """The probe for this request: the file, or a synthetic one shaped for the model.
+
+    ``example`` (a :class:`relu_doctor.loading.ExampleInput`) is a torch.export program's own input: it gives a
+    synthetic probe its sample shape and, when the program fixes it, its batch size.
+    """
     from .probe import file_probe, synthetic_probe
 
+    static_batch = example.static_batch if example is not None else None
     if request.probe_path is not None:
         # Never refused by a guess from the first layer: the forward pass decides (its error carries the hint).
         limit = request.samples if request.limit_samples else None
-        return file_probe(request.probe_path, batch_size=request.batch_size, key=request.probe_key, limit=limit)
+        probe = file_probe(request.probe_path, batch_size=request.batch_size, key=request.probe_key, limit=limit)
+        _check_static_batch(probe.info.samples, probe.info.batch_size, static_batch, request.model_path)
+        return probe
+    samples, batch_size = request.samples, request.batch_size
+    if static_batch is not None:  # a synthetic probe can follow the program: whole batches of its size
+        samples, batch_size = -(-samples // static_batch) * static_batch, static_batch
     return synthetic_probe(
         model,
-        samples=request.samples,
+        samples=samples,
         seed=request.seed,
-        batch_size=request.batch_size,
+        batch_size=batch_size,
         input_shape=request.input_shape,
+        example_shape=example.sample_shape if example is not None else None,
+    )
+
+
+def _check_static_batch(samples: int, batch_size: int, static_batch: int | None, model_path: str) -> None:
+    """A program exported with a fixed batch size accepts only whole batches of that size: say so before running."""
+    if static_batch is None or (batch_size == static_batch and samples % static_batch == 0):
+        return
+    raise ProbeError(
+        f"{model_path} was exported with a fixed batch of {static_batch} samples, but the probe runs batches of "
+        f"{min(batch_size, samples)} ({samples} samples); pass --batch-size {static_batch} and a probe whose sample "
+        f"count is a multiple of {static_batch} (--samples), or re-export with a dynamic batch dimension"
     )
 
 
@@ -193,7 +215,7 @@ def run_scan(
 
     info = rank_info()
     loaded = load_for_scan(request)
-    probe = build_probe(request, loaded.model)
+    probe = build_probe(request, loaded.model, loaded.example_input)
     check_enough_batches(-(-probe.info.samples // probe.info.batch_size), info)
     if on_probe is not None:
         on_probe(probe.info.samples)

@@ -424,7 +424,8 @@ def _known_minimum(minimum_at: float, minimum: float) -> IntervalRule:
     def rule(call: OpCall) -> list[Interval | None]:
         x = call.interval(call.args[0])
         f_lo, f_hi = (_tensor_outputs(call.func(v.clone(), *call.args[1:], **call.kwargs))[0] for v in (x.lo, x.hi))
-        inside = (x.lo <= minimum_at) & (x.hi >= minimum_at)
+        # A window around the minimum covers approximate forms (GELU's tanh form has its minimum at -0.7523).
+        inside = (x.lo <= minimum_at + 0.01) & (x.hi >= minimum_at - 0.01)
         lo = torch.where(inside, minimum, torch.minimum(f_lo, f_hi))
         return [Interval(lo, torch.maximum(f_lo, f_hi)).sanitized()]
 
@@ -520,7 +521,7 @@ _MONOTONE_NONLINEAR = (
     "amin", "max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "max_pool3d_with_indices",
     "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "sort", "topk", "kthvalue", "median",
     "cummax", "cummin", "logcumsumexp", "logsumexp", "sigmoid", "tanh", "exp", "exp2", "expm1", "log", "log2",
-    "log10", "log1p", "sqrt", "erf", "hardsigmoid", "log_sigmoid", "log_sigmoid_forward", "selu", "floor", "ceil",
+    "log10", "log1p", "sqrt", "erf", "hardsigmoid", "log_sigmoid", "selu", "floor", "ceil",
     "round", "trunc", "sign", "atan", "asinh", "softsign",
 )  # fmt: skip
 """Ops nondecreasing in every floating input (with fixed other arguments), not affine."""
@@ -557,7 +558,7 @@ def default_rules() -> RuleTable:
     # Global minima rounded down (GELU's tanh form is within 1e-4 of the exact one).
     table.register(_with_inplace(["gelu"]), _known_minimum(-0.7518, -0.1701))
     table.register(_with_inplace(["silu"]), _known_minimum(-1.2785, -0.2785))
-    table.register(_with_inplace(["hardswish"]), _known_minimum(-1.5, -0.375))
+    table.register(_with_inplace(["hardswish"]), _known_minimum(-1.5, -0.3751))
     table.register(_with_inplace(["where"]), where, _selection_affine)
     table.register(_with_inplace(["masked_fill"]), masked_fill, _selection_affine)
     table.register(["copy_", "copy"], copy)
