@@ -99,7 +99,7 @@ def scan_observed(
         site_paths=site_paths,
         progress=progress,
         reducer=reducer,
-        expected_batches=len(batches) if isinstance(batches, Sized) else None,
+        expected_batches=len(mine) if isinstance(mine, Sized) else None,  # a torchrun rank: its shard
     )
     if combiner is not None:
         samples = combiner.combine(observer, samples, meter)

@@ -21,7 +21,7 @@ re-run of the modified model. Edits are applied in place for one pass of the pro
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,7 +37,7 @@ from .codes import BIAS_SHIFT, LEAKY, RECYCLE, fixable_by
 from .engine import ops
 from .engine.model_state import instrumented
 from .engine.observe import ForwardingMode, ObservedSite
-from .engine.runner import Progress
+from .engine.runner import Progress, batch_samples
 from .engine.site_keys import SiteKey, SiteKeys
 from .engine.tracking import ModuleCallTracker
 from .errors import first_line
@@ -46,8 +46,8 @@ from .repair.drift import DriftMeter, flat_floats
 from .repair.edits import Edits, edited
 from .repair.plan import SitePlan, plan_bias_shift, plan_recycle
 from .repair.recycle import DEFAULT_SEED, recycle_until_alive
-from .report import ModelInfo, ProbeInfo, Report, Site, Thresholds
-from .settings import DEFAULT_REDUCER
+from .report import Finding, ModelInfo, ProbeInfo, Report, Site, Thresholds
+from .settings import DEFAULT_REDUCER, DEFAULT_SIMULATE_SAMPLES
 
 MAX_SIMULATED_SITES = 8
 """Sites with the most dead units that get per-site simulations; each costs a few forward passes of the probe."""
@@ -130,6 +130,7 @@ class Rerun:
     ) -> None:
         self.model = model
         self.axes = {site_key(s): s.unit_axis for s in observed}
+        self.units = {site_key(s): s.counters.units for s in observed}
         self.tracker = ModuleCallTracker(model)
         self.keys = SiteKeys(model, self.tracker, site_paths)
         self.leaky: frozenset[SiteKey] = frozenset()
@@ -184,21 +185,57 @@ def run_variants(
     variants: Sequence[Variant],
     site_paths: tuple[str, ...] | None = None,
 ) -> tuple[Outcome, list[Outcome]]:
-    """The unmodified model's outcome and each variant's, over one pass of ``batches`` (1 + V forwards a batch)."""
-    baseline, meters = _Meter(), [_Meter() for _ in variants]
+    """The unmodified model's outcome and each variant's over ``batches`` (1 + V forwards a batch)."""
     with Rerun(model, observed, site_paths) as rerun:
+        replay = Replay(rerun, list(batches))
+        return replay.baseline, [replay.measure(v) for v in variants]
+
+
+SimulationProgress = Callable[[int, int], None]
+"""Called after each simulated forward pass with (passes done, passes planned so far)."""
+
+
+class Replay:
+    """The sub-probe run once through the unmodified model; each variant is then measured against those outputs.
+
+    The unmodified outputs are kept (the sub-probe is bounded), so the baseline costs one pass in all, and a
+    variant's parameter edits are applied once for all its batches rather than once a batch.
+    """
+
+    def __init__(
+        self, rerun: Rerun, batches: Sequence[Any], planned: int = 0, progress: SimulationProgress | None = None
+    ) -> None:
+        self.rerun, self.batches, self.progress = rerun, batches, progress
+        self.passes = 0
+        """Forward passes of one batch run so far (the baseline's included)."""
+        self.planned = max(planned, len(batches))
+        self.units = {key: int(units) for key, units in rerun.units.items()}
+        meter = _Meter()
+        self.references = []
         for batch in batches:
-            reference = rerun.forward(batch)
-            baseline.add(reference, reference, rerun.fired)
-            for variant, meter in zip(variants, meters):
-                with edited(model, dict(variant.edits)):
-                    meter.add(reference, rerun.forward(batch, variant.leaky_sites), rerun.fired)
-    units = {site_key(s): s.counters.units for s in observed}
-    outcomes = [
-        replace(m.outcome(v, units), newly_dead=_newly_dead(baseline.fired, m.fired, v.leaky_sites))
-        for v, m in zip(variants, meters)
-    ]
-    return baseline.outcome(Variant("unchanged"), units), outcomes
+            reference = self._forward(batch)
+            meter.add(reference, reference, rerun.fired)
+            self.references.append(reference)
+        self.baseline = meter.outcome(Variant("unchanged"), self.units)
+        self._fired = meter.fired
+
+    def measure(self, variant: Variant) -> Outcome:
+        """``variant``'s outcome over the sub-probe, against the unmodified outputs."""
+        meter = _Meter()
+        self.planned = max(self.planned, self.passes + len(self.batches))
+        edits = edited(self.rerun.model, dict(variant.edits)) if variant.edits else contextlib.nullcontext()
+        with edits:
+            for batch, reference in zip(self.batches, self.references):
+                meter.add(reference, self._forward(batch, variant.leaky_sites), self.rerun.fired)
+        newly_dead = _newly_dead(self._fired, meter.fired, variant.leaky_sites)
+        return replace(meter.outcome(variant, self.units), newly_dead=newly_dead)
+
+    def _forward(self, batch: Any, leaky: frozenset[SiteKey] = frozenset()) -> Any:
+        output = self.rerun.forward(batch, leaky)
+        self.passes += 1
+        if self.progress is not None:
+            self.progress(self.passes, self.planned)
+        return output
 
 
 def _newly_dead(
@@ -219,10 +256,17 @@ def simulate_recycle(
     batches: Iterable[Any],
     site_paths: tuple[str, ...] | None = None,
 ) -> Outcome | None:
-    """What ``fix --strategy recycle`` does to the dead units: its plans, seed and re-draws, measured on the probe.
+    """What ``fix --strategy recycle`` does to the dead units: its plans, seed and re-draws, measured on ``batches``.
 
     None when fix would recycle no site. ``batches`` is replayed once per round of re-draws.
     """
+    with Rerun(model, observed, site_paths) as rerun:
+        return _recycle(model, observed, sites, Replay(rerun, list(batches)))
+
+
+def _recycle(
+    model: nn.Module, observed: Sequence[ObservedSite], sites: Sequence[Site], replay: Replay
+) -> Outcome | None:
     plans, _ = plan_recycle(model, observed, sites, include_dying=False)
     if not plans:
         return None
@@ -232,14 +276,78 @@ def simulate_recycle(
     measured: list[Outcome] = []
 
     def silent(edits: Edits) -> list[tuple[SitePlan, list[int]]]:
-        variant = Variant("recycle", edits=tuple(edits.items()), watch=watch)
-        measured.append(run_variants(model, observed, batches, [variant], site_paths)[1][0])
+        measured.append(replay.measure(Variant("recycle", edits=tuple(edits.items()), watch=watch)))
         fired = measured[-1].revived_units
         unfired = [(plan, [u for u in plan.units if u not in fired[key]]) for plan, key in zip(plans, keys)]
         return [(plan, units) for plan, units in unfired if units]
 
     recycle_until_alive(model, plans, torch.Generator().manual_seed(DEFAULT_SEED), silent)
     return measured[-1]  # silent() last ran on the final edits
+
+
+class SubProbe:
+    """The first ``limit`` samples of the batches that pass through :meth:`tap`: what the simulations replay.
+
+    Only these samples are kept, so an iterator probe of any size costs the simulations ``limit`` samples of
+    memory, and their cost does not grow with the probe.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.batches: list[Any] = []
+        self.samples = 0
+
+    def keep(self, batch: Any) -> None:
+        """Keep ``batch`` (its head, when the limit falls inside it) until ``limit`` samples are kept."""
+        if self.samples >= self.limit:
+            return
+        size = batch_samples(batch)
+        take = min(size, self.limit - self.samples)
+        self.batches.append(batch if take == size else _head(batch, take))
+        self.samples += take
+
+    @property
+    def full(self) -> bool:
+        """``limit`` samples are kept."""
+        return self.samples >= self.limit
+
+    def tap(self, batches: Iterable[Any]) -> Iterable[Any]:
+        """``batches`` unchanged (with its ``len`` when it has one), keeping the head as they are iterated."""
+        return _SizedTap(batches, self) if isinstance(batches, Sized) else _Tap(batches, self)
+
+    @classmethod
+    def of(cls, batches: Iterable[Any], limit: int) -> SubProbe:
+        """The first ``limit`` samples of ``batches``, reading no further."""
+        head = cls(limit)
+        for batch in batches:
+            head.keep(batch)
+            if head.full:
+                break
+        return head
+
+
+class _Tap:
+    def __init__(self, batches: Iterable[Any], head: SubProbe) -> None:
+        self.batches, self.head = batches, head
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.batches:
+            self.head.keep(batch)
+            yield batch
+
+
+class _SizedTap(_Tap):
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+
+def _head(batch: Any, samples: int) -> Any:
+    """The first ``samples`` samples of a batch (a tensor or a tuple of inputs), copied so the batch can go."""
+    if isinstance(batch, torch.Tensor):
+        return batch[:samples].clone()
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(t[:samples].clone() if isinstance(t, torch.Tensor) and t.dim() > 0 else t for t in batch)
+    return batch
 
 
 def _float_leaves(output: Any) -> list[torch.Tensor]:
@@ -283,21 +391,46 @@ def simulate_findings(
     batches: Iterable[Any],
     *,
     site_paths: tuple[str, ...] | None = None,
+    samples: int | None = None,
+    progress: SimulationProgress | None = None,
 ) -> Report:
     """``report`` with measured predictions on its cause findings, plus RD301 (LeakyReLU everywhere).
 
-    ``batches`` must be iterable again (the probe is replayed). A simulation that cannot run leaves the report
-    as it was, with a warning saying why: predictions are advice, never a reason to fail a scan.
+    The simulations re-run the first ``samples`` samples of ``batches`` (all of them when None); each prediction
+    carries ``simulated_samples``, and ``report.extra["simulation"]`` says how many forward passes they took. A
+    simulation that cannot run leaves the report as it was, with a warning saying why: predictions are advice,
+    never a reason to fail a scan.
     """
     chosen = plan(report, model, observed)
     if not chosen.variants and not chosen.recycle:
         return report
+    head = batches if samples is None else SubProbe.of(batches, samples).batches
     try:
-        baseline, outcomes = run_variants(model, observed, batches, [p.variant for p in chosen.variants], site_paths)
-        recycled = simulate_recycle(model, observed, report.sites, batches, site_paths) if chosen.recycle else None
+        with Rerun(model, observed, site_paths) as rerun:
+            sub_probe = list(head)
+            planned = len(sub_probe) * (2 + len(chosen.variants) + bool(chosen.recycle))
+            replay = Replay(rerun, sub_probe, planned, progress)
+            outcomes = [replay.measure(p.variant) for p in chosen.variants]
+            recycled = _recycle(model, observed, report.sites, replay) if chosen.recycle else None
     except Exception as exc:  # advisory: a model that cannot be re-run still gets its scan
         first = first_line(exc)
         return replace(report, warnings=(*report.warnings, f"simulation skipped: {type(exc).__name__}: {first}"))
+    measured_on = sum(batch_samples(b) for b in sub_probe)
+    findings = _with_predictions(report, observed, chosen, replay.baseline, outcomes, recycled, measured_on)
+    warnings = report.warnings + ((chosen.caveat,) if chosen.caveat else ())
+    cost = {"samples": measured_on, "forward_passes": replay.passes, "batches": len(sub_probe)}
+    return replace(report, findings=findings, warnings=warnings, extra={**report.extra, "simulation": cost})
+
+
+def _with_predictions(
+    report: Report,
+    observed: Sequence[ObservedSite],
+    chosen: SimulationPlan,
+    baseline: Outcome,
+    outcomes: Sequence[Outcome],
+    recycled: Outcome | None,
+    measured_on: int,
+) -> tuple[Finding, ...]:
     findings = list(report.findings)
     if any(-1 in p.findings for p in chosen.variants):
         findings.append(leaky_everywhere(report.sites, report.summary.dead, report.summary.units))
@@ -312,13 +445,13 @@ def simulate_findings(
     for prefix, outcome, index in answers:
         finding = findings[index]
         revived = outcome.revived(keys.get(finding.site, ("", 0, 0)), finding.units)
-        predicted.setdefault(index % len(findings), {}).update(_numbers(prefix, outcome, baseline, revived))
-    findings = [
+        numbers = predicted.setdefault(index % len(findings), {})
+        numbers.update(_numbers(prefix, outcome, baseline, revived))
+        numbers["simulated_samples"] = float(measured_on)
+    return tuple(
         replace(f, predicted=tuple(predicted.get(i, {}).items())) if i in predicted else f
         for i, f in enumerate(findings)
-    ]
-    warnings = report.warnings + ((chosen.caveat,) if chosen.caveat else ())
-    return replace(report, findings=tuple(findings), warnings=warnings)
+    )
 
 
 def plan(report: Report, model: nn.Module, observed: Sequence[ObservedSite]) -> SimulationPlan:
@@ -399,21 +532,23 @@ def scan(
     probe_info: ProbeInfo | None = None,
     progress: Progress | None = None,
     simulate: bool = False,
+    simulate_samples: int = DEFAULT_SIMULATE_SAMPLES,
+    simulate_progress: SimulationProgress | None = None,
     combiner: Combiner | None = None,
     reducer: str = DEFAULT_REDUCER,
 ) -> Report:
     """:func:`relu_doctor.api.scan`, then with ``simulate=True`` the fix simulations (:func:`simulate_findings`).
 
-    ``simulate=True`` re-runs the probe through modified versions of the model (LeakyReLU swaps, bias shifts,
-    recycled units) and fills each finding's ``predicted``; it costs extra forward passes, so it is off by
-    default here (the CLI turns it on). An iterator of batches is then kept in memory to be replayed.
+    ``simulate=True`` re-runs the first ``simulate_samples`` samples of the probe (kept as the scan reads
+    them; nothing else is kept, and under torchrun every rank keeps the same ones) through modified versions of
+    the model (LeakyReLU swaps, bias shifts, recycled units) and fills each finding's ``predicted``; it is off
+    by default here (the CLI turns it on). ``simulate_progress(done, planned)`` follows its forward passes.
     Every other argument is :func:`relu_doctor.api.scan`'s.
     """
-    if simulate and isinstance(batches, Iterator):
-        batches = list(batches)
+    head = SubProbe(simulate_samples)
     report, observed = scan_observed(
         model,
-        batches,
+        head.tap(batches) if simulate else batches,
         thresholds=thresholds,
         unit_dim=unit_dim,
         site_paths=site_paths,
@@ -425,4 +560,4 @@ def scan(
     )
     if not simulate:
         return report
-    return simulate_findings(report, model, observed, batches, site_paths=site_paths)
+    return simulate_findings(report, model, observed, head.batches, site_paths=site_paths, progress=simulate_progress)

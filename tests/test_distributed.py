@@ -185,3 +185,12 @@ def test_shards_deal_batches_round_robin() -> None:
     with pytest.raises(UsageError, match="the probe has 2 batch\\(es\\) for 3 ranks"):
         check_enough_batches(2, RankInfo(0, 3))
     check_enough_batches(3, RankInfo(0, 3))
+
+
+def test_a_rank_shard_of_a_sized_probe_has_the_rank_length() -> None:
+    # `auto` sizes the reducer choice on len(): a rank runs ceil((7 - rank) / 3) of 7 batches -> 3, 2, 2
+    from relu_doctor.workflow.distributed import ShardedScan
+
+    shards = [ShardedScan(RankInfo(r, 3)).batches(list(range(7))) for r in range(3)]
+    assert [len(s) for s in shards] == [3, 2, 2]  # type: ignore[arg-type]
+    assert [list(s) for s in shards] == [[0, 3, 6], [1, 4], [2, 5]]

@@ -217,3 +217,36 @@ def test_a_synthetic_shape_guessed_from_the_first_layer_is_confirmed_by_a_trial_
     result = _invoke(str(tmp_path / "lies.pt"), "--trust", "--samples", "64")
     assert result.exit_code == 2 and "Traceback" not in result.stderr
     assert "inferred" in result.stderr and "shape 8" in result.stderr and "--input-shape" in result.stderr
+
+
+class _ReluThen(torch.nn.Module):
+    """A relu on the raw input (no provenance), then ``reader``: only the reader can tell the unit axis."""
+
+    def __init__(self, reader: torch.nn.Module) -> None:
+        super().__init__()
+        self.act = torch.nn.ReLU()
+        self.reader = reader
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reader(self.act(x))
+
+
+@pytest.mark.parametrize(
+    ("reader", "units", "layout"),
+    [
+        (torch.nn.Conv1d(4, 2, 1), 4, "channel-first"),  # a conv reads dim 1: 4 channels
+        (torch.nn.Linear(3, 2), 3, "feature-last"),  # a linear reads the last axis: 3 features
+        (torch.nn.Identity(), 3, "rank"),  # nothing reads it: the rank's guess, with a warning
+    ],
+)
+def test_the_unit_axis_of_an_unknown_input_comes_from_its_reader(
+    reader: torch.nn.Module, units: int, layout: str
+) -> None:
+    from relu_doctor import scan
+
+    report = scan(_ReluThen(reader).eval(), [torch.randn(8, 4, 3)])
+    site = report.sites[0]
+    assert (site.units, site.layout) == (units, layout)
+    guessed = [w for w in report.warnings if "guessed from its rank" in w]
+    assert bool(guessed) == (layout == "rank")
+    assert not guessed or "axis 2" in guessed[0]

@@ -197,7 +197,7 @@ SAMPLE = [
 
 def test_cli_simulates_by_default_and_no_simulate_skips_it() -> None:
     runner = CliRunner()
-    simulated = json.loads(runner.invoke(app, ["scan", *SAMPLE]).stdout)
+    simulated = json.loads(runner.invoke(app, ["scan", *SAMPLE, "--simulate-samples", "100000"]).stdout)
     skipped = json.loads(runner.invoke(app, ["scan", *SAMPLE, "--no-simulate"]).stdout)
     cause = next(f for f in simulated["findings"] if f["code"].startswith("RD1"))
     # 78 of act2's 128 units are dead; a bias shift to +0.1 wakes every one of them

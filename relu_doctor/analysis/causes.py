@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -128,6 +128,8 @@ def explain(
 ) -> Evidence:
     """A cause for every dead unit of every site whose producing layer can be read, plus the output sites."""
     first = first_layer_path(model)
+    sites_by_index = {s.index: s for s in sites}
+    observed_by_index = {s.index: s for s in observed}
     causes: list[UnitCause] = []
     analysed: list[str] = []
     for site in sites:
@@ -137,7 +139,7 @@ def explain(
         if layer is None:
             causes.extend(UnitCause(site.name, u, "RD100", parameter=why_not) for u in site.dead_units)
         else:
-            upstream = _upstream(site, sites, observed)
+            upstream = _upstream(site, sites_by_index, observed_by_index)
             fed_by_dead = _fed_by_dead(layer, upstream) if upstream is not None and upstream.dead else None
             context = _Context(site, layer, sites, observed, input_scale, first, upstream, fed_by_dead)
             causes.extend(cause_of(context, u) for u in site.dead_units)
@@ -265,17 +267,17 @@ def _elementwise(context: _Context) -> bool:
     return context.site.producer is not None and context.site.producer.elementwise_only
 
 
-def _upstream(site: Site, sites: Sequence[Site], observed: Sequence[ObservedSite]) -> Site | None:
+def _upstream(site: Site, sites: Mapping[int, Site], observed: Mapping[int, ObservedSite]) -> Site | None:
     """The one site the producer reads, when its output reaches the producer unmixed (no sum, no concat)."""
     producer = site.producer
     indices = set(producer.input_sites) if producer else set()
     if len(indices) != 1:
         return None
     index = indices.pop()
-    seen = next((s for s in observed if s.index == index), None)
+    seen = observed.get(index)
     if seen is None or seen.feeds_sum or seen.feeds_concat:
         return None
-    return next((s for s in sites if s.index == index), None)
+    return sites.get(index)
 
 
 def _fed_by_dead(layer: _Layer, upstream: Site) -> torch.Tensor | None:

@@ -288,8 +288,12 @@ CAUSES: tuple[tuple[str, CauseText], ...] = (
 def cause_findings(site: Site, causes: Sequence[UnitCause]) -> tuple[Finding, ...]:
     """One finding per cause code among the site's dead units, in code order."""
     findings = []
+    by_code: dict[str, list[UnitCause]] = {}
+    for unit_cause in causes:
+        if unit_cause.site == site.name:
+            by_code.setdefault(unit_cause.code, []).append(unit_cause)
     for code, text in CAUSES:
-        group = [c for c in causes if c.code == code and c.site == site.name]
+        group = by_code.get(code, [])
         if group:
             cause, suggestion = text(group, site)
             units = tuple(sorted(c.unit for c in group))
@@ -333,11 +337,15 @@ MODEL_WIDE: tuple[tuple[str, Callable[..., Finding]], ...] = (("RD301", leaky_ev
 def diagnose(sites: Sequence[Site], probe: ProbeInfo, evidence: Evidence | None = None) -> tuple[Finding, ...]:
     """Every registered rule over every site, in site order; causes replace RD001 where the model was analysed."""
     evidence = evidence or Evidence()
+    causes_by_site: dict[str, list[UnitCause]] = {}
+    for cause in evidence.causes:  # grouped once: linear in sites, not sites x causes
+        causes_by_site.setdefault(cause.site, []).append(cause)
+    analysed_sites = set(evidence.analysed_sites)
     found: list[Finding] = []
     for site in sites:
-        analysed = site.name in evidence.analysed_sites
+        analysed = site.name in analysed_sites
         found.extend(f for code, rule in RULES if not (analysed and code == "RD001") for f in rule(site, probe))
-        found.extend(cause_findings(site, evidence.causes))
+        found.extend(cause_findings(site, causes_by_site.get(site.name, ())))
         if site.name in evidence.output_sites:
             found.append(relu_on_output(site))
     return tuple(found)

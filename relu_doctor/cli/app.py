@@ -267,23 +267,54 @@ def write_output(content: str | bytes, target: Any = None) -> None:
     write_bytes(target, content)
 
 
-def progress_bar(total: int, enabled: bool) -> Any:
-    """A rich progress bar on stderr for multi-batch probes when stderr is a terminal, else a no-op."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+class StageDisplay:
+    """One live line on stderr naming the running stage (loading, observing k/n, simulating k/m, writing) with
+    its progress and an ETA; every method is a no-op when the display is off (not a terminal, or quiet)."""
 
-    console = stderr_console()
-    if not enabled or not sys.stderr.isatty():  # FORCE_COLOR makes rich think it is a terminal; a bar needs a real one
-        return None
-    bar = Progress(
-        TextColumn("scanning"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
-    task = bar.add_task("scan", total=total)
-    return bar, (lambda n: bar.advance(task, n))
+    def __init__(self, enabled: bool) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        # FORCE_COLOR makes rich think it is a terminal; a live display needs a real one
+        if not enabled or not sys.stderr.isatty():
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=stderr_console(),
+            transient=True,
+        )
+        self._task = self._bar.add_task("starting", total=None)
+        self._bar.start()
+
+    @property
+    def live(self) -> bool:
+        """The display is shown."""
+        return self._bar is not None
+
+    def stage(self, name: str, total: int | None) -> None:
+        """Start stage ``name`` of ``total`` steps (None: unknown, shown as a pulse)."""
+        if self._bar is not None:
+            self._bar.reset(self._task, total=total, completed=0, description=name)
+
+    def advance(self, steps: int) -> None:
+        """``steps`` more steps of the current stage are done."""
+        if self._bar is not None:
+            self._bar.advance(self._task, steps)
+
+    def update(self, done: int, total: int) -> None:
+        """``done`` of ``total`` steps of the current stage are done (the total may grow)."""
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total)
+
+    def stop(self) -> None:
+        """Remove the display (idempotent)."""
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from ..settings import (
     DEFAULT_REDUCER,
     DEFAULT_SAMPLES,
     DEFAULT_SEED,
+    DEFAULT_SIMULATE_SAMPLES,
     DEFAULT_TAU,
 )
 from ..workflow.distributed import is_primary
@@ -34,6 +35,7 @@ from ..workflow.scan import certify_domain
 from . import options as opt
 from .app import (
     OutputStyle,
+    StageDisplay,
     app,
     configure,
     describe_settings,
@@ -41,7 +43,6 @@ from .app import (
     exit_code,
     note,
     plan_outputs,
-    progress_bar,
     strict_report,
     style_from_options,
     warn,
@@ -106,6 +107,14 @@ def scan(
             rich_help_panel=opt.OUTPUT,
         ),
     ] = False,
+    simulate_samples: Annotated[
+        int,
+        typer.Option(
+            "--simulate-samples",
+            help="How many of the probe's first samples the fix simulations re-run (each prediction says how many).",
+            rich_help_panel=opt.OUTPUT,
+        ),
+    ] = DEFAULT_SIMULATE_SAMPLES,
     force: opt.Force = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
@@ -136,6 +145,7 @@ def scan(
         request = replace(
             request,
             simulate=not no_simulate,
+            simulate_samples=simulate_samples,
             save_stats=None if save_stats is None else str(save_stats),
             certify=certify_domain(certify, domain, gate_on, request.probe_path is not None),
             thresholds=replace(request.thresholds, gate_on=gate_on),
@@ -146,17 +156,25 @@ def scan(
 
         targets = plan_outputs(scan_inputs(request), force, output=output, plot=plot, save_stats=save_stats)
         started = time.perf_counter()
-        report = _run_with_trust_prompt(request, style)
-        note(style, f"scanned {len(report.sites)} sites in {time.perf_counter() - started:.2f} s", verbose_only=True)
-        if settings.values.get("strict"):
-            report = strict_report(report)
-        if not is_primary():  # under torchrun every rank has the same report; rank 0 writes it
-            raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
-        emit_report(report, Format(settings.values["format"]), targets["output"], style)
-        if plot is not None:
-            from ..render.plot import report_png
+        display = StageDisplay(enabled=style.progress)
+        try:
+            report = _run_with_trust_prompt(request, style, display)
+            display.stop()
+            note(
+                style, f"scanned {len(report.sites)} sites in {time.perf_counter() - started:.2f} s", verbose_only=True
+            )
+            note(style, simulation_line(report), verbose_only=True)
+            if settings.values.get("strict"):
+                report = strict_report(report)
+            if not is_primary():  # under torchrun every rank has the same report; rank 0 writes it
+                raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
+            emit_report(report, Format(settings.values["format"]), targets["output"], style)
+            if plot is not None:
+                from ..render.plot import report_png
 
-            write_output(report_png(report), targets["plot"])
+                write_output(report_png(report), targets["plot"])
+        finally:
+            display.stop()
     raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
 
 
@@ -176,36 +194,33 @@ def can_ask() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
 
 
-def _run_with_trust_prompt(request: Any, style: OutputStyle) -> Report:
+def simulation_line(report: Report) -> str:
+    """How much the fix simulations cost: their forward passes and the samples each one re-ran."""
+    cost = report.extra.get("simulation")
+    if not isinstance(cost, dict):
+        return "simulations: none run (no dead units, --no-simulate, or nothing to simulate)"
+    return (
+        f"simulations: {cost['forward_passes']} extra forward passes of a batch, on the probe's first "
+        f"{cost['samples']} samples ({cost['batches']} batches)"
+    )
+
+
+def _run_with_trust_prompt(request: Any, style: OutputStyle, display: StageDisplay) -> Report:
     from dataclasses import replace
 
     try:
-        return _run(request, style)
+        return _run(request, display)
     except UntrustedCodeError as exc:
+        display.stop()  # the question needs the terminal
         if style.quiet or not can_ask():
             raise
         typer.echo(f"relu-doctor: {exc}", err=True)
         if not typer.confirm(f"Load this {exc.format_name} file and run the code it carries?", default=False, err=True):
             raise
-        return _run(replace(request, trust=True), style)
+        return _run(replace(request, trust=True), display)
 
 
-def _run(request: Any, style: OutputStyle) -> Report:
+def _run(request: Any, display: StageDisplay) -> Report:
     from ..workflow.scan import run_scan
 
-    state: dict[str, Any] = {}
-
-    def on_probe(total: int) -> None:
-        state["bar"] = progress_bar(total, enabled=style.progress and total > request.batch_size)
-        if state["bar"] is not None:
-            state["bar"][0].start()
-
-    def advance(n: int) -> None:
-        if state.get("bar") is not None:
-            state["bar"][1](n)
-
-    try:
-        return run_scan(request, progress=advance, on_probe=on_probe)
-    finally:
-        if state.get("bar") is not None:
-            state["bar"][0].stop()
+    return run_scan(request, progress=display.advance, on_stage=display.stage, simulate_progress=display.update)

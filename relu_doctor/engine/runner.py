@@ -39,7 +39,7 @@ def observe(
     ) as observer:
         for batch in batches:
             _forward(observer, batch)
-            size = _batch_samples(batch)
+            size = batch_samples(batch)
             samples += size
             if progress is not None:
                 progress(size)
@@ -63,6 +63,7 @@ def _forward(observer: ReluObserver, batch: Any) -> None:
         ) from exc
 
 
-def _batch_samples(batch: Any) -> int:
+def batch_samples(batch: Any) -> int:
+    """Samples in one batch: the first axis of its first tensor (1 for a batch without one)."""
     first = batch[0] if isinstance(batch, (tuple, list)) else batch
     return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from ..errors import ArchitectureError
 from .arch import build_arch
@@ -35,10 +36,34 @@ def build_with_weights(
     return model, notes
 
 
+_RANDOM_FILLS = frozenset(
+    {
+        torch.Tensor.normal_,
+        torch.Tensor.erfinv_,
+        torch.Tensor.exponential_,
+        torch.Tensor.log_normal_,
+        torch.Tensor.cauchy_,
+        torch.Tensor.geometric_,
+    }
+)
+"""In-place random fills whose meta kernels go through torch._refs, whose first call imports torch._dynamo."""
+
+
+class _NoFillsOnMeta(TorchFunctionMode):
+    """Random fills of meta tensors return the tensor as it is: a meta tensor has no values to fill, and the
+    fill's meta kernel would import torch._dynamo (1.5-5 s, once per process: ``kaiming_normal_`` in every
+    torchvision-style ``__init__``). Shapes, dtypes and every other op are left to torch."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in _RANDOM_FILLS and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
 def _build_on_meta(spec: str, kwargs: dict[str, Any] | None) -> torch.nn.Module | None:
     """The model built on the meta device, or None when the callable cannot build there."""
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _NoFillsOnMeta():
             return build_arch(spec, kwargs)
     except ArchitectureError:
         # Some callables fail only on meta (they index real data at init); building for real

@@ -65,6 +65,10 @@ _DANGEROUS_MODULES = frozenset(
         "pip",
         "setuptools",
         "_posixsubprocess",
+        "pkgutil",
+        "pydoc",
+        "zipimport",
+        "distutils",
     }
 )
 # Builtins are fine as containers (set, slice, ...) but these evaluate code or reach any attribute.
@@ -91,7 +95,11 @@ _DANGEROUS_BUILTINS = frozenset(
         "quit",
     }
 )
-_DANGEROUS_PREFIXES = ("torch.hub.", "torch._C._jit", "torch.jit._", "torch.load", "numpy.load")
+_DANGEROUS_PREFIXES = (
+    "torch.hub.", "torch._C._jit", "torch.jit._", "torch.load", "numpy.load", "torch.utils.collect_env.",
+    "torch.utils.cpp_extension.", "torch._inductor.", "torch._dynamo.", "torch.package.", "operator.methodcaller",
+    "operator.attrgetter",
+)  # fmt: skip
 _MODULE_CLASS_PREFIXES = ("torch.nn.modules.", "torch.nn.parallel.", "torch.ao.nn.", "torch.fx.graph_module.")
 _STRING_OPS = frozenset(
     {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING"}

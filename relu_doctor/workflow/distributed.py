@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..engine.distributed import agree_on_failure, combine_counters
 from ..errors import UsageError
@@ -74,6 +74,20 @@ def shard(batches: Iterable[T], info: RankInfo) -> Iterator[T]:
             yield batch
 
 
+class _SizedShard(Generic[T]):
+    """:func:`shard` of a sized iterable, itself sized."""
+
+    def __init__(self, batches: Iterable[T], info: RankInfo) -> None:
+        self.batches, self.info = batches, info
+
+    def __iter__(self) -> Iterator[T]:
+        return shard(self.batches, self.info)
+
+    def __len__(self) -> int:
+        total = len(self.batches)  # type: ignore[arg-type]
+        return len(range(self.info.rank, total, self.info.world_size))
+
+
 def check_enough_batches(batches: int, info: RankInfo | None) -> None:
     """Every rank needs at least one batch; say how to get there when the probe is too small."""
     if info is not None and batches < info.world_size:
@@ -123,8 +137,11 @@ class ShardedScan:
         self.info = info
         self._agreed = False
 
-    def batches(self, batches: Iterable[T]) -> Iterator[T]:
-        """This rank's shard of ``batches``."""
+    def batches(self, batches: Iterable[T]) -> Iterable[T]:
+        """This rank's shard of ``batches``, with its ``len`` when ``batches`` has one (the ``auto`` reducer
+        sizes its choice on what this rank runs, not on the whole probe)."""
+        if isinstance(batches, Sized):
+            return _SizedShard(batches, self.info)
         return shard(batches, self.info)
 
     def combine(self, observer: ReluObserver, samples: int, meter: Any = None) -> int:

@@ -20,6 +20,7 @@ from ..settings import (
     DEFAULT_REDUCER,
     DEFAULT_SAMPLES,
     DEFAULT_SEED,
+    DEFAULT_SIMULATE_SAMPLES,
     check_scan_settings,
 )
 
@@ -68,6 +69,8 @@ class ScanRequest:
     """Classification and gate settings."""
     simulate: bool = False
     """Re-run the probe through each suggested fix to measure its effect (``scan`` turns it on; --no-simulate)."""
+    simulate_samples: int = DEFAULT_SIMULATE_SAMPLES
+    """How many of the probe's first samples the simulations re-run."""
     save_stats: str | None = None
     """Also write every site's counters to this safetensors file, for ``relu-doctor merge``."""
     certify: str | None = None
@@ -93,6 +96,7 @@ class ScanRequest:
             reducer=self.reducer,
             batch_size=self.batch_size,
             samples=self.samples,
+            simulate_samples=self.simulate_samples,
             dying_rate=t.dying_rate,
             tau=t.tau,
             max_dead_fraction=t.max_dead_fraction,
@@ -201,25 +205,47 @@ def _check_static_batch(samples: int, batch_size: int, static_batch: int | None,
     )
 
 
+Stage = Callable[[str, "int | None"], None]
+"""Called when a stage starts, with its name (loading, observing, simulating, certifying) and its size in
+samples (observing) or forward passes (simulating), None when unknown."""
+
+
 def run_scan(
     request: ScanRequest,
     *,
     progress: Callable[[int], None] | None = None,
     on_probe: Callable[[int], None] | None = None,
+    on_stage: Stage | None = None,
+    simulate_progress: Callable[[int, int], None] | None = None,
 ) -> Report:
-    """Load, probe and scan; ``on_probe(total_samples)`` is called once the probe size is known."""
+    """Load, probe and scan; ``on_probe(total_samples)`` is called once the probe size is known.
+
+    ``on_stage`` names each stage as it starts; ``progress(samples)`` follows the observation and
+    ``simulate_progress(done, planned)`` the simulations' forward passes."""
     import torch
 
     from ..whatif import scan
     from .distributed import check_enough_batches, rank_info, torchrun_scan
 
+    stage = on_stage or (lambda name, total: None)
     info = rank_info()
+    stage("loading", None)
     loaded = load_for_scan(request)
     probe = build_probe(request, loaded.model, loaded.example_input)
     check_enough_batches(-(-probe.info.samples // probe.info.batch_size), info)
     if on_probe is not None:
         on_probe(probe.info.samples)
+    stage("observing", probe.info.samples)
     batches = _Replayable(probe, getattr(torch, request.dtype), _device(request))
+    simulating: list[bool] = []
+
+    def simulated(done: int, planned: int) -> None:
+        if not simulating:
+            simulating.append(True)
+            stage("simulating", planned)
+        if simulate_progress is not None:
+            simulate_progress(done, planned)
+
     with torchrun_scan(info) as sharded:
         report = scan(
             loaded.model,
@@ -231,11 +257,14 @@ def run_scan(
             probe_info=probe.info,
             progress=progress,
             simulate=request.simulate,
+            simulate_samples=request.simulate_samples,
+            simulate_progress=simulated,
             combiner=_combiner(request, sharded, probe.info, loaded.info),
             reducer=request.reducer,
         )
     if request.certify is None:
         return report
+    stage("certifying", None)
     return _certified(report, request, loaded, probe.info, batches)
 
 

@@ -50,7 +50,8 @@ def test_the_advice_never_names_a_callable(tmp_path: Path, gadget: type) -> None
 @pytest.mark.parametrize(
     ("name", "why"),
     [
-        ("torch.utils.collect_env.run", "not a class"),
+        ("torch.utils.collect_env.run", "refused"),
+        ("torch.nn.functional.relu", "not a class"),
         ("builtins.eval", "refused"),
         ("os.system", "refused"),
         ("functools.partial", "refused"),
@@ -97,3 +98,14 @@ def test_arch_files_are_imported_without_writing_bytecode(tmp_path: Path) -> Non
                             "--no-simulate")  # fmt: skip
     assert outcome.code in (0, 1), outcome.stderr
     assert not (project / "__pycache__").exists()
+
+
+@pytest.mark.parametrize(
+    "gadget",
+    ["pkgutil.resolve_name", "pydoc.pipepager", "torch.utils.collect_env.run", "operator.methodcaller"],
+)
+def test_gadgets_from_the_red_team_are_refused_even_with_trust(tmp_path: Path, gadget: str) -> None:
+    # Best effort (the README says so): the deny list names the gadgets the red team used; it is no guarantee.
+    from relu_doctor.loading.pickle_scan import dangerous_globals
+
+    assert dangerous_globals([gadget]) == {gadget}

@@ -1,0 +1,143 @@
+"""Bounded fix simulations: the sub-probe they re-run, what the report says about it, and the progress display."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import sys
+
+import pytest
+import torch
+from rich.console import Console
+from torch import nn
+from typer.testing import CliRunner
+
+from relu_doctor import scan
+from relu_doctor.cli import app
+from relu_doctor.cli.app import StageDisplay
+from relu_doctor.report import Finding, Report
+from relu_doctor.whatif import SubProbe
+from tests.test_simulate import SAMPLE, BiasKilledClassifier
+
+
+def _probe(samples: int) -> list[torch.Tensor]:
+    x = torch.randn(samples, 6, generator=torch.Generator().manual_seed(3)) * 3
+    return list(x.split(32))
+
+
+def _predicted(report: Report) -> dict[tuple[str, str], dict[str, float]]:
+    return {(f.code, f.site): dict(f.predicted) for f in report.findings if f.predicted}
+
+
+def _drift_on(samples: list[torch.Tensor]) -> float:
+    """LeakyReLU at act1, by plain forward passes of a swapped copy over ``samples``."""
+    model = BiasKilledClassifier().eval()
+    swapped = copy.deepcopy(model)
+    swapped.act1 = nn.LeakyReLU(0.01, inplace=True)
+    with torch.no_grad():
+        before = torch.cat([model(x) for x in samples]).double()
+        after = torch.cat([swapped(x) for x in samples]).double()
+    return float((after - before).norm() / before.norm())
+
+
+def _cause(report: Report, site: str) -> Finding:
+    return next(f for f in report.findings if f.site == site and f.code.startswith("RD1"))
+
+
+def test_predictions_equal_a_full_probe_simulation_when_the_sub_probe_holds_the_probe() -> None:
+    probe = _probe(96)
+    full = scan(BiasKilledClassifier(), probe, simulate=True, simulate_samples=96)
+    larger = scan(BiasKilledClassifier(), iter(probe), simulate=True, simulate_samples=10_000)
+    assert _predicted(full) and _predicted(full) == _predicted(larger)
+    assert dict(_cause(full, "act1").predicted)["simulated_samples"] == 96
+
+
+def test_the_sub_probe_is_the_first_samples_and_its_size_is_honoured() -> None:
+    probe = _probe(96)
+    report = scan(BiasKilledClassifier(), probe, simulate=True, simulate_samples=40)
+    predicted = dict(_cause(report, "act1").predicted)
+    # 40 samples = the first batch of 32 and 8 samples of the second
+    first_40 = [torch.cat(probe)[:40]]
+    assert predicted["simulated_samples"] == 40
+    assert math.isclose(predicted["leaky_drift"], _drift_on(first_40), rel_tol=1e-6)
+    assert report.extra["simulation"]["samples"] == 40
+    assert report.extra["simulation"]["batches"] == 2
+    # the scan itself still saw all 96
+    assert report.probe.samples == 96
+
+
+def test_forward_passes_are_counted_and_the_baseline_runs_once() -> None:
+    report = scan(BiasKilledClassifier(), _probe(96), simulate=True, simulate_samples=64)
+    passes = report.extra["simulation"]["forward_passes"]
+    # 2 batches: one baseline pass each, then every variant (leaky/bias shift per site, leaky everywhere, recycle
+    # rounds) 2 passes each: an even count, at least baseline + leaky everywhere
+    assert passes % 2 == 0 and passes >= 4
+
+
+def test_sub_probe_keeps_only_its_head_of_an_iterator() -> None:
+    batches = (torch.full((10, 3), float(i)) for i in range(1000))
+    head = SubProbe.of(batches, 25)
+    assert [b.shape[0] for b in head.batches] == [10, 10, 5] and head.samples == 25
+    assert next(batches)[0, 0] == 3.0  # read no further than it needed
+    tapped = SubProbe(15)
+    seen = sum(1 for _ in tapped.tap(torch.ones(7, 2) for _ in range(50)))
+    assert seen == 50 and tapped.samples == 15 and len(tapped.batches) == 3
+
+
+def test_tuple_batches_are_cut_on_every_input() -> None:
+    head = SubProbe.of([(torch.zeros(8, 2), torch.ones(8, 3), "mask")], 5)
+    (cut,) = head.batches
+    assert cut[0].shape == (5, 2) and cut[1].shape == (5, 3) and cut[2] == "mask"
+
+
+def test_cli_simulate_samples_is_in_the_json_and_verbose_counts_the_passes() -> None:
+    result = CliRunner().invoke(app, ["scan", *SAMPLE, "--simulate-samples", "64", "-v"])
+    cause = next(f for f in json.loads(result.stdout)["findings"] if f["predicted"])
+    assert cause["predicted"]["simulated_samples"] == 64
+    assert "extra forward passes" in result.stderr and "first 64 samples" in result.stderr
+
+
+def test_cli_rejects_a_zero_sub_probe() -> None:
+    result = CliRunner().invoke(app, ["scan", *SAMPLE, "--simulate-samples", "0"])
+    assert result.exit_code == 2 and "--simulate-samples must be at least 1" in result.stderr
+
+
+def test_stage_display_is_silent_when_stderr_is_not_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    display = StageDisplay(enabled=True)
+    display.stage("observing", 10)
+    display.advance(5)
+    display.stop()
+    assert not display.live and stream.getvalue() == ""
+
+
+def test_stage_display_names_each_stage_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    monkeypatch.setattr("sys.stderr", stream)
+    monkeypatch.setattr(
+        sys.modules["relu_doctor.cli.app"],
+        "stderr_console",
+        lambda: Console(file=stream, force_terminal=True, width=80),
+    )
+    display = StageDisplay(enabled=True)
+    assert display.live
+    display.stage("observing", 4)
+    display.advance(4)
+    display.stage("simulating", 6)
+    display.update(3, 6)
+    display._bar.refresh()  # what the live display draws now
+    display.stop()
+    assert "simulating" in stream.getvalue() and "3/6" in stream.getvalue()
+
+
+def test_quiet_turns_the_display_off() -> None:
+    display = StageDisplay(enabled=False)
+    display.stage("loading", None)
+    assert not display.live
