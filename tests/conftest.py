@@ -49,8 +49,8 @@ def golden(request: pytest.FixtureRequest) -> Callable[[str, str], str]:
 def parse_table_rows(text: str) -> list[dict[str, str]]:
     """Body rows of a rich table (box-drawn), as {header: cell}; headers wrapped over lines are joined.
 
-    Keyed by header name, not position, so tests survive new columns. Continuation lines of a folded row
-    (empty ``#`` cell) are appended to the row above.
+    Keyed by header name, not position, so tests survive new and dropped columns. Continuation lines of a folded
+    row (empty ``status`` cell, or first cell without one) are appended to the row above.
     """
     header_lines = [line.split("┃")[1:-1] for line in text.splitlines() if line.startswith("┃")]
     headers = [" ".join(part.strip() for part in column if part.strip()) for column in zip(*header_lines)]
@@ -59,7 +59,9 @@ def parse_table_rows(text: str) -> list[dict[str, str]]:
         if not line.startswith("│"):
             continue
         cells = [cell.strip() for cell in line.split("│")[1:-1]]
-        if cells[0] or not rows:
+        # a folded row continues on lines whose status cell (never wrapped, never dropped) is empty
+        first = cells[headers.index("status")] if "status" in headers else cells[0]
+        if first or not rows:
             rows.append(dict(zip(headers, cells)))
         else:
             rows[-1] = {h: f"{rows[-1][h]} {c}".strip() for h, c in zip(headers, cells)}

@@ -321,3 +321,25 @@ def test_every_rule_contains_the_op_on_samples_of_its_box(name):
     x = torch.cat([lo + (hi - lo) * torch.rand(2000, 6, generator=g, dtype=torch.float64), corners])
     values = OPS[name](x)
     assert bool((values >= site.pre.lo - 1e-9).all()) and bool((values <= site.pre.hi + 1e-9).all()), name
+
+
+def test_conv_bounds_reuse_scratch_memory_without_touching_float64_weights():
+    # Convolutions copy their weight into one reused float64 buffer and take |W| in place there: with float64
+    # weights (no conversion needed) and a big conv followed by a small one, the weights stay bit-identical and
+    # the bounds equal an independent interval computation (centre +- |W| * radius, per conv).
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 3, 1), nn.ReLU()).double().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lo, hi = -torch.ones(2, 5, 5, dtype=torch.float64), torch.ones(2, 5, 5, dtype=torch.float64)
+    cert = certify(model, Box(lo, hi), methods=("interval",))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    c, r = ((lo + hi) / 2).unsqueeze(0), ((hi - lo) / 2).unsqueeze(0)
+    expected = []
+    for conv in (model[0], model[2]):
+        centre = F.conv2d(c, conv.weight, conv.bias, padding=conv.padding)
+        radius = F.conv2d(r, conv.weight.abs(), None, padding=conv.padding)
+        expected.append((centre + radius).amax(dim=(0, 2, 3)))
+        low, high = (centre - radius).clamp(min=0), (centre + radius).clamp(min=0)
+        c, r = (low + high) / 2, (high - low) / 2
+    for site, upper in zip(cert.sites, expected):
+        assert torch.allclose(torch.tensor(site.upper_bound, dtype=torch.float64), upper, rtol=1e-12, atol=1e-12)

@@ -113,7 +113,7 @@ def test_shape_mismatch_names_the_tensor(saved: dict[str, Path]) -> None:
         ("no_such_dir/model.py:build_model", "no such file"),
         (f"{HERE / '_loading_helpers.py'}:missing_fn", "no attribute 'missing_fn'"),
         ("_loading_helpers:exploding", "raised ValueError: width must be even"),
-        ("_loading_helpers:not_a_module", "returned a str, not a torch.nn.Module"),
+        ("_loading_helpers:not_a_module", "returned an object of type str, not a torch.nn.Module"),
         ("_loading_helpers", "no ':callable' part"),
         ("no_such_package_xyz:build", "cannot import 'no_such_package_xyz'"),
         ("_loading_helpers:INPUT_FEATURES", "not callable"),

@@ -72,7 +72,8 @@ def test_width_and_progress_decision() -> None:
         )
 
     assert style({"COLUMNS": "72"}).width == 72
-    assert style({"COLUMNS": "wide"}).width == 100  # unreadable COLUMNS falls back, never crashes
+    assert style({"COLUMNS": "wide"}).width is None  # unreadable COLUMNS falls back (a pipe: no wrap), never crashes
+    assert style({}).width is None  # a pipe or a file: no hard wrap (issue 15)
     assert style({}, stderr_tty=True).progress and not style({}).progress and not style({}, True, quiet=True).progress
 
 

@@ -42,15 +42,20 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
     """Find dead and dying ReLU units in a PyTorch checkpoint, say why, and gate CI on them."""
 
 
-def stderr_console(no_color: bool = False) -> Console:
-    """The console for progress, summaries and errors (never stdout); rich honours NO_COLOR and FORCE_COLOR."""
-    return Console(stderr=True, highlight=False, no_color=no_color or None)
+def stderr_console(style: OutputStyle | None = None) -> Console:
+    """The console for progress, summaries and errors (never stdout): ``--color never`` gives no ANSI colour at
+    all, ``always`` colour even in a pipe; ``auto`` is rich's own choice (NO_COLOR, FORCE_COLOR, a terminal)."""
+    if style is not None and style.no_color:
+        return Console(stderr=True, highlight=False, no_color=True, color_system=None)
+    if style is not None and style.force_color:
+        return Console(stderr=True, highlight=False, force_terminal=True, color_system="standard")
+    return Console(stderr=True, highlight=False)
 
 
 @dataclass(frozen=True)
@@ -63,12 +68,14 @@ class OutputStyle:
     """Say on stderr where each setting came from and how long the scan took."""
     color: bool
     """ANSI colour in the table on stdout."""
-    width: int
-    """Width of the table on stdout."""
+    width: int | None
+    """Width of the table on stdout; None for a pipe or a file without COLUMNS: no line is wrapped."""
     progress: bool
     """Show a progress bar on stderr."""
     no_color: bool = False
-    """--no-color or NO_COLOR: keep stderr plain too."""
+    """--color never, --no-color or NO_COLOR: keep stderr plain too (progress included)."""
+    force_color: bool = False
+    """--color always: colour on stderr even when it is not a terminal."""
 
 
 def output_style(
@@ -80,11 +87,16 @@ def output_style(
     environ: Mapping[str, str],
     stdout_tty: bool,
     stderr_tty: bool,
+    color_mode: str = "auto",
 ) -> OutputStyle:
-    """Colour: off with --no-color, NO_COLOR (non-empty) or a file; on with FORCE_COLOR; else when stdout is a
-    terminal. Width: COLUMNS, else the terminal's, else 100. Progress only on a terminal stderr, never when quiet."""
-    plain = no_color or bool(environ.get("NO_COLOR"))
-    color = not plain and not to_file and (bool(environ.get("FORCE_COLOR")) or stdout_tty)
+    """Colour (as ruff and pytest): ``--color always`` on, ``never`` (or --no-color) off; ``auto``: off with
+    NO_COLOR (non-empty), on with FORCE_COLOR, else when stdout is a terminal. A file never gets colour.
+    Width: COLUMNS, else the terminal's, else None (a pipe: nothing wrapped). Progress only on a terminal stderr,
+    never when quiet."""
+    never = no_color or color_mode == "never"
+    always = color_mode == "always" and not never
+    plain = never or (not always and bool(environ.get("NO_COLOR")))
+    color = not plain and not to_file and (always or bool(environ.get("FORCE_COLOR")) or stdout_tty)
     return OutputStyle(
         quiet=quiet,
         verbose=verbose and not quiet,
@@ -92,10 +104,11 @@ def output_style(
         width=_width(environ, stdout_tty and not to_file),
         progress=stderr_tty and not quiet,
         no_color=plain,
+        force_color=always,
     )
 
 
-def _width(environ: Mapping[str, str], terminal: bool) -> int:
+def _width(environ: Mapping[str, str], terminal: bool) -> int | None:
     columns = environ.get("COLUMNS", "")
     if columns.isdigit() and int(columns) > 0:
         return int(columns)
@@ -104,10 +117,13 @@ def _width(environ: Mapping[str, str], terminal: bool) -> int:
             return os.get_terminal_size(sys.stdout.fileno()).columns
         except (OSError, ValueError):
             pass
-    return 100
+        return 100
+    return None
 
 
-def style_from_options(quiet: bool, verbose: bool, no_color: bool, output: Path | None) -> OutputStyle:
+def style_from_options(
+    quiet: bool, verbose: bool, no_color: bool, output: Path | None, color: Enum | str = "auto"
+) -> OutputStyle:
     """:func:`output_style` for this process's environment and streams."""
     return output_style(
         quiet=quiet,
@@ -117,6 +133,7 @@ def style_from_options(quiet: bool, verbose: bool, no_color: bool, output: Path 
         environ=os.environ,
         stdout_tty=sys.stdout.isatty(),
         stderr_tty=sys.stderr.isatty(),
+        color_mode=color.value if isinstance(color, Enum) else color,
     )
 
 
@@ -124,7 +141,7 @@ def note(style: OutputStyle, message: str, *, verbose_only: bool = False) -> Non
     """One plain line on stderr, unless quiet (or, for ``verbose_only``, unless verbose)."""
     if style.quiet or (verbose_only and not style.verbose):
         return
-    stderr_console(style.no_color).print(message, highlight=False, markup=False, soft_wrap=True)
+    stderr_console(style).print(message, highlight=False, markup=False, soft_wrap=True)
 
 
 def given_on_command_line(ctx: typer.Context, name: str) -> bool:
@@ -271,7 +288,7 @@ class StageDisplay:
     """One live line on stderr naming the running stage (loading, observing k/n, simulating k/m, writing) with
     its progress and an ETA; every method is a no-op when the display is off (not a terminal, or quiet)."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, style: OutputStyle | None = None) -> None:
         self._bar: Any = None
         self._task: Any = None
         # FORCE_COLOR makes rich think it is a terminal; a live display needs a real one
@@ -284,7 +301,7 @@ class StageDisplay:
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
-            console=stderr_console(),
+            console=stderr_console(style),  # --color never: no ANSI colour in the display either
             transient=True,
         )
         self._task = self._bar.add_task("starting", total=None)

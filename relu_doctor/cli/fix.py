@@ -116,6 +116,7 @@ def fix(
         ),
     ] = FixFormat.table,
     verbose: opt.Verbose = False,
+    color: opt.Color = opt.ColorMode.auto,
     no_color: opt.NoColor = False,
     debug: opt.Debug = False,
 ) -> None:
@@ -124,7 +125,7 @@ def fix(
     Loading, probe and --dying-rate settings come from the same layers as scan's: command line > RELU_DOCTOR_* >
     config file > defaults (the repair's own options are command line only).
     """
-    style = style_from_options(False, verbose, no_color, None)
+    style = style_from_options(False, verbose, no_color, None, color)
     with error_boundary(debug):
         from ..render.fix import render_fix_json, render_fix_text, verdict
         from ..workflow.fix import FixRequest, run_fix

@@ -43,11 +43,12 @@ def merge(
     exit_zero: opt.ExitZero = False,
     force: opt.Force = False,
     quiet: opt.Quiet = False,
+    color: opt.Color = opt.ColorMode.auto,
     no_color: opt.NoColor = False,
     debug: opt.Debug = False,
 ) -> None:
     """Merge the counters of several scans of one model into one report, equal to a scan of their union."""
-    style = style_from_options(quiet, False, no_color, output)
+    style = style_from_options(quiet, False, no_color, output, color)
     with error_boundary(debug):
         from ..workflow.stats_io import merge_stats
         from .scan import emit_report

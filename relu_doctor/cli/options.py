@@ -7,6 +7,7 @@ RELU_DOCTOR_* variable (see :func:`relu_doctor.cli.app.configure`); the code-run
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -175,11 +176,27 @@ Quiet = Annotated[
 Verbose = Annotated[
     bool, typer.Option("--verbose", "-v", help="Say on stderr where each setting came from.", rich_help_panel=OUTPUT)
 ]
+
+
+class ColorMode(str, enum.Enum):
+    """--color: auto (a terminal gets colour; NO_COLOR and FORCE_COLOR are honoured), always, never."""
+
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+
+Color = Annotated[
+    ColorMode,
+    typer.Option(
+        "--color",
+        help="ANSI colour on stdout and stderr (progress included): auto follows the terminal, NO_COLOR and FORCE_COLOR.",
+        rich_help_panel=OUTPUT,
+    ),
+]
 NoColor = Annotated[
     bool,
-    typer.Option(
-        "--no-color", help="No ANSI colour (also: NO_COLOR=1; FORCE_COLOR=1 forces it).", rich_help_panel=OUTPUT
-    ),
+    typer.Option("--no-color", help="Same as --color never.", rich_help_panel=OUTPUT),
 ]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.", rich_help_panel=OUTPUT)]
 

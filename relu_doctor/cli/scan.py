@@ -118,11 +118,12 @@ def scan(
     force: opt.Force = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
+    color: opt.Color = opt.ColorMode.auto,
     no_color: opt.NoColor = False,
     debug: opt.Debug = False,
 ) -> None:
     """Scan MODEL with a probe and report dead and dying ReLU units per site."""
-    style = style_from_options(quiet, verbose, no_color, output)
+    style = style_from_options(quiet, verbose, no_color, output, color)
     with error_boundary(debug):
         settings = configure(ctx, config, isolated=isolated)
         for line in settings.warnings:
@@ -156,7 +157,7 @@ def scan(
 
         targets = plan_outputs(scan_inputs(request), force, output=output, plot=plot, save_stats=save_stats)
         started = time.perf_counter()
-        display = StageDisplay(enabled=style.progress)
+        display = StageDisplay(enabled=style.progress, style=style)
         try:
             report = _run_with_trust_prompt(request, style, display)
             display.stop()

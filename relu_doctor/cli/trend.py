@@ -93,11 +93,12 @@ def trend(
     force: opt.Force = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
+    color: opt.Color = opt.ColorMode.auto,
     no_color: opt.NoColor = False,
     debug: opt.Debug = False,
 ) -> None:
     """Follow dead units across CHECKPOINTS of one training run; gate on the last one."""
-    style = style_from_options(quiet, verbose, no_color, output)
+    style = style_from_options(quiet, verbose, no_color, output, color)
     with error_boundary(debug):
         from ..workflow.trend import scan_checkpoints
 

@@ -34,7 +34,7 @@ def build_arch(spec: str, kwargs: dict[str, Any] | None = None) -> torch.nn.Modu
         ) from None
     if not isinstance(model, torch.nn.Module):
         raise ArchitectureError(
-            f"--arch {spec!r} returned a {type(model).__name__}, not a torch.nn.Module; "
+            f"--arch {spec!r} returned an object of type {type(model).__name__}, not a torch.nn.Module; "
             "point it at a function or class that builds the model"
         )
     return model

@@ -49,7 +49,7 @@ TEXT_FORMATS = frozenset({Format.table, Format.markdown, Format.csv, Format.gith
 """Formats whose text carries names raw: control characters in them are written as escapes first."""
 
 
-def render(report: Report, fmt: Format, *, width: int = 100, color: bool = False) -> str:
+def render(report: Report, fmt: Format, *, width: int | None = 100, color: bool = False) -> str:
     """The report in ``fmt``; ``width`` and ``color`` matter to the table only.
 
     Names from files (paths, module names, stats files) cannot inject: control characters are escaped in the

@@ -29,13 +29,19 @@ def rate(value: float) -> str:
     return f"{value:.1%}" if value >= 0.001 or value == 0 else f"{value:.2g}"
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 site``, ``2 sites``, ``1,024 units``: thousands separated, as every count in the text formats."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def summary_line(report: Report) -> str:
     """The one-line verdict also printed on stderr."""
     s = report.summary
     verdict = "passed" if report.gate.passed else "FAILED"
     return (
-        f"{s.dead} of {s.units} units dead ({percent(s.dead_fraction)}) across {s.sites} sites, "
-        f"{s.dying} dying, {s.nan_units} NaN/Inf; {report.probe.samples} {report.probe.source} probe samples; gate {verdict}"
+        f"{s.dead:,} of {plural(s.units, 'unit')} dead ({percent(s.dead_fraction)}) across {plural(s.sites, 'site')}, "
+        f"{s.dying:,} dying, {s.nan_units:,} NaN/Inf; {plural(report.probe.samples, f'{report.probe.source} probe sample')}; "
+        f"gate {verdict}"
     )
 
 

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 from typing import Any
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from ..repair.records import Drift, FixOutcome, SiteCheck, SiteRepair, Verification
+from .common import plural
+from .table import print_to_text
 
 FIX_SCHEMA_VERSION = 1
-
-
-def plural(count: int, noun: str) -> str:
-    """``1 unit``, ``3 units``."""
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def verdict(outcome: FixOutcome) -> str:
@@ -126,20 +122,9 @@ def _repair_line(repair: SiteRepair, outcome: FixOutcome) -> Text:
     return Text(text, style="red" if failed else "")
 
 
-def render_fix_text(outcome: FixOutcome, *, width: int = 100, color: bool = False) -> str:
-    """The terminal summary as text, at a fixed width, with or without ANSI colour."""
-    buffer = io.StringIO()
-    console = Console(
-        file=buffer,
-        width=width,
-        force_terminal=color,
-        no_color=not color,
-        color_system="standard" if color else None,
-        highlight=False,
-        soft_wrap=False,
-    )
-    console.print(outcome_renderable(outcome))
-    return buffer.getvalue()
+def render_fix_text(outcome: FixOutcome, *, width: int | None = 100, color: bool = False) -> str:
+    """The terminal summary as text, with or without ANSI colour (``width`` None: a pipe or file, no wrapping)."""
+    return print_to_text(outcome_renderable(outcome), width=width, color=color)
 
 
 def fix_dict(outcome: FixOutcome) -> dict[str, Any]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, Group, JustifyMethod, RenderableType
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from ..report import Finding, Report
+from ..report import Finding, Report, Site
 from .certificate import certification_lines
 from .common import percent, summary_line
 from .markdown import confidence_line, predicted_text, site_causes, units_text
@@ -17,37 +20,62 @@ _STATUS_STYLE = {"FAIL": "bold red", "dead": "red", "nan": "magenta", "warn": "y
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "note": "cyan"}
 
 
-def sites_table(report: Report) -> Table:
+@dataclass(frozen=True)
+class _Column:
+    """One column of the sites table: its header, how to justify it, and its cell for a site."""
+
+    header: str
+    justify: JustifyMethod
+    cell: Callable[[Report, Site], str | Text]
+    no_wrap: bool = True
+
+
+_COLUMNS = {
+    "#": _Column("#", "right", lambda r, s: str(s.index)),
+    "site": _Column("site", "left", lambda r, s: s.name, no_wrap=False),
+    "op": _Column("op", "left", lambda r, s: s.op),
+    "units": _Column("units", "right", lambda r, s: f"{s.units:,}"),
+    "dead": _Column("dead", "right", lambda r, s: f"{s.dead:,} ({percent(s.dead_fraction)})"),
+    "dying": _Column("dying", "right", lambda r, s: f"{s.dying:,}"),
+    "dormant": _Column("dormant", "right", lambda r, s: f"{len(s.dormant_units):,}"),
+    "zeros": _Column("zeros", "right", lambda r, s: percent(s.sparsity)),
+    "causes": _Column("causes", "left", lambda r, s: site_causes(r, s), no_wrap=False),
+    "status": _Column("status", "left", lambda r, s: Text(s.status, style=_STATUS_STYLE[s.status])),
+}
+DROP_ORDER = ("zeros", "dormant", "op", "#", "causes", "dying", "units")
+"""Columns given up, first to last, until the table fits the width (torchinfo-style column choice). site, dead and
+status (the verdict) are never dropped; the JSON and the findings below the table carry everything dropped."""
+
+
+def sites_table(report: Report, width: int | None = None) -> Table:
     """One row per site: units, dead, dying, dormant, zeros (sparsity), cause codes and status.
 
-    Firing rates and the dead units' max pre-activation are in the JSON; the causes' numbers are listed below.
+    With a ``width``, low-value columns are dropped (:data:`DROP_ORDER`) until the table fits it. Firing rates
+    and the dead units' max pre-activation are in the JSON; the causes' numbers are listed below.
     """
-    table = Table(title="relu sites (call order)", title_justify="left", expand=False)
-    table.add_column("#", justify="right", style="dim")
-    table.add_column("site", overflow="fold", min_width=12)
-    table.add_column("op")
-    table.add_column("units", justify="right")
-    table.add_column("dead", justify="right")
-    table.add_column("dying", justify="right")
-    table.add_column("dormant", justify="right")
-    table.add_column("zeros", justify="right")
-    table.add_column("causes", overflow="fold", min_width=8)
-    table.add_column("status", no_wrap=True)
-    for site in report.sites:
-        status = site.status
-        table.add_row(
-            str(site.index),
-            site.name,
-            site.op,
-            str(site.units),
-            f"{site.dead} ({percent(site.dead_fraction)})",
-            str(site.dying),
-            str(len(site.dormant_units)),
-            percent(site.sparsity),
-            site_causes(report, site),
-            Text(status, style=_STATUS_STYLE[status]),
-        )
+    shown = list(_COLUMNS)
+    table = _table(report, shown)
+    for name in DROP_ORDER:
+        if width is None or _natural_width(table) <= width:
+            break
+        shown.remove(name)
+        table = _table(report, shown)
     return table
+
+
+def _table(report: Report, shown: list[str]) -> Table:
+    table = Table(title="relu sites (call order)", title_justify="left", expand=False)
+    for name in shown:
+        column = _COLUMNS[name]
+        table.add_column(column.header, justify=column.justify, no_wrap=column.no_wrap, overflow="fold")
+    for site in report.sites:
+        table.add_row(*(_COLUMNS[name].cell(report, site) for name in shown))
+    return table
+
+
+def _natural_width(table: Table) -> int:
+    console = Console(width=100_000)
+    return Measurement.get(console, console.options, table).maximum
 
 
 def finding_renderable(finding: Finding) -> RenderableType:
@@ -64,12 +92,12 @@ def finding_renderable(finding: Finding) -> RenderableType:
     return line
 
 
-def report_renderable(report: Report) -> RenderableType:
+def report_renderable(report: Report, width: int | None = None) -> RenderableType:
     """The whole terminal report as one rich renderable."""
     parts: list[RenderableType] = [
         Text(f"relu-doctor {report.tool_version}: {report.model.path or 'model'}", style="bold")
     ]
-    parts.append(sites_table(report) if report.sites else Text("no relu sites found", style="yellow"))
+    parts.append(sites_table(report, width) if report.sites else Text("no relu sites found", style="yellow"))
     parts.append(Text(summary_line(report), style="bold green" if report.gate.passed else "bold red"))
     parts.append(Text(confidence_line(report), style="dim"))
     parts.extend(Text(f"✗ {v.text}", style="red") for v in report.gate.violations)
@@ -77,25 +105,37 @@ def report_renderable(report: Report) -> RenderableType:
     if report.findings:
         parts.append(Text("causes and fixes", style="bold"))
         parts.extend(finding_renderable(f) for f in report.findings)
-    for warning in report.warnings:
-        parts.append(Text(f"! {warning}", style="yellow"))
+    strict = {v.text for v in report.gate.violations}
+    for warning in report.warnings:  # under --strict a warning is already listed as a violation: once is enough
+        if f"strict: {warning}" not in strict:
+            parts.append(Text(f"! {warning}", style="yellow"))
     if report.other_activations:
-        seen = ", ".join(f"{op} ×{calls}" for op, calls in report.other_activations)
+        seen = ", ".join(f"{op} ×{calls:,}" for op, calls in report.other_activations)
         parts.append(Text(f"other activations seen (not relu sites): {seen}", style="dim"))
     return Group(*parts)
 
 
-def render_table(report: Report, *, width: int = 100, color: bool = False) -> str:
-    """The terminal report as text, at a fixed width, with or without ANSI colour."""
+def render_table(report: Report, *, width: int | None = 100, color: bool = False) -> str:
+    """The terminal report as text, with or without ANSI colour.
+
+    ``width``: the table fits it (columns dropped as needed); None for a pipe or a file: nothing is wrapped.
+    With None no line is wrapped (``grep 'gate passed'`` finds the summary); no line carries trailing spaces.
+    """
+    return print_to_text(report_renderable(report, width), width=width, color=color)
+
+
+def print_to_text(renderable: RenderableType, *, width: int | None, color: bool) -> str:
+    """Print ``renderable`` to a string, trailing spaces removed: at ``width`` for a terminal (tables fit it, text
+    wraps at word boundaries); with None for a pipe or a file, unbounded: one logical line stays one line."""
     buffer = io.StringIO()
     console = Console(
         file=buffer,
-        width=width,
+        width=width or 100_000,
         force_terminal=color,
         no_color=not color,
         color_system="standard" if color else None,
         highlight=False,
-        soft_wrap=False,
+        soft_wrap=width is None,
     )
-    console.print(report_renderable(report))
-    return buffer.getvalue()
+    console.print(renderable)
+    return "".join(line.rstrip(" ") + "\n" for line in buffer.getvalue().splitlines())

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from ..report import SiteTrend, TrendReport
-from .common import defuse_workflow_commands, percent, printable_report, summary_line
+from .common import defuse_workflow_commands, percent, plural, printable_report, summary_line
 from .json_format import report_dict
+from .table import print_to_text
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 """Sparkline levels, lowest first; a missing value is a space."""
@@ -46,7 +46,8 @@ def trend_table(trend: TrendReport) -> Table:
     """One row per site: units, first and last dead share, sparkline, when the dead units died."""
     labels = trend.labels()
     table = Table(
-        title=f"dead share per site over {len(labels)} checkpoints ({labels[0]} … {labels[-1]})", title_justify="left"
+        title=f"dead share per site over {plural(len(labels), 'checkpoint')} ({labels[0]} … {labels[-1]})",
+        title_justify="left",
     )
     for name, justify in (
         ("site", "left"),
@@ -69,8 +70,8 @@ def trend_table(trend: TrendReport) -> Table:
     return table
 
 
-def render_trend_table(trend: TrendReport, *, width: int = 100, color: bool = False) -> str:
-    """The trend as terminal text, at a fixed width, with or without ANSI colour."""
+def render_trend_table(trend: TrendReport, *, width: int | None = 100, color: bool = False) -> str:
+    """The trend as terminal text, with or without ANSI colour (``width`` None: a pipe or file, no wrapping)."""
     trend = printable_report(trend)  # names from files: control characters escaped
     last = trend.last
     parts: list[RenderableType] = [
@@ -78,19 +79,9 @@ def render_trend_table(trend: TrendReport, *, width: int = 100, color: bool = Fa
         Text(f"last checkpoint: {summary_line(last)}", style="bold green" if last.gate.passed else "bold red"),
     ]
     parts += [Text(f"✗ {v.text}", style="red") for v in last.gate.violations]
-    parts += [Text(f"! {warning}", style="yellow") for warning in last.warnings]
-    buffer = io.StringIO()
-    console = Console(
-        file=buffer,
-        width=width,
-        force_terminal=color,
-        no_color=not color,
-        color_system="standard" if color else None,
-        highlight=False,
-        soft_wrap=False,
-    )
-    console.print(Group(*parts))
-    return defuse_workflow_commands(buffer.getvalue())
+    strict = {v.text for v in last.gate.violations}
+    parts += [Text(f"! {warning}", style="yellow") for warning in last.warnings if f"strict: {warning}" not in strict]
+    return defuse_workflow_commands(print_to_text(Group(*parts), width=width, color=color))
 
 
 def trend_dict(trend: TrendReport) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from ..model_state import instrumented
 from ..observe import ForwardingMode
 from ..site_keys import SiteKey, SiteKeys
 from ..tracking import ModuleCallTracker
-from .rules import Interval, OpCall, RuleTable, is_plain_relu
+from .rules import Interval, OpCall, RuleTable, Scratch, is_plain_relu
 
 DATA_DEPENDENT = frozenset({
     "_local_scalar_dense", "item", "is_nonzero", "equal", "allclose", "nonzero", "nonzero_static", "argwhere",
@@ -104,6 +104,7 @@ class BoundPass:
         self._taint: dict[int, int] = {}
         self._step = 0
         self._schema_cache: dict[Any, tuple[tuple[tuple[int, str], ...], bool]] = {}
+        self._scratch = Scratch()
 
     def run(self, centre: torch.Tensor, box: Interval) -> None:
         """One forward pass of ``centre`` (with the batch axis) whose input ranges over ``box`` (same shape)."""
@@ -113,8 +114,11 @@ class BoundPass:
         with instrumented(self.model, self.tracker, self.warnings):
             self.tracker.start_pass()
             self.keys.start_pass()
-            with torch.inference_mode(), ForwardingMode(self):
-                self.model(x)
+            try:
+                with torch.inference_mode(), ForwardingMode(self):
+                    self.model(x)
+            finally:
+                self._scratch.release()
 
     # -- dispatch ----------------------------------------------------------------------------------------
     def _dispatch(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
@@ -159,7 +163,10 @@ class BoundPass:
     def _bound(
         self, func: Any, name: str, args: Any, kwargs: dict[str, Any], output: Any, bounded: dict[int, _Entry]
     ) -> None:
-        call = OpCall(func, name, args, kwargs, lambda t: e.interval if (e := bounded.get(id(t))) is not None else None)
+        call = OpCall(
+            func, name, args, kwargs, lambda t: e.interval if (e := bounded.get(id(t))) is not None else None,
+            self._scratch,
+        )  # fmt: skip
         rule = self.rules.get(name)
         intervals = None
         if rule is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -72,6 +72,30 @@ class Interval:
                         torch.nan_to_num(self.hi, nan=math.inf, posinf=math.inf, neginf=-math.inf))  # fmt: skip
 
 
+class Scratch:
+    """One float64 buffer a bound pass reuses for the weight copies its rules need only during one call.
+
+    Converting every weight into a freshly allocated float64 tensor (and |W| into another) costs more than the
+    convolutions themselves on a CNN (large allocations are returned to the system and page-faulted back in);
+    copying into memory that is already touched does not. A view it returns is valid until the next request.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = torch.empty(0, dtype=torch.float64)
+
+    def float64(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A contiguous float64 copy of ``tensor`` the caller may write (it is overwritten by the next request)."""
+        n = tensor.numel()
+        if self._buffer.numel() < n or self._buffer.device != tensor.device:
+            self._buffer = torch.empty(n, dtype=torch.float64, device=tensor.device)
+        view = self._buffer[:n].view(tensor.shape)
+        return view.copy_(tensor.detach())
+
+    def release(self) -> None:
+        """Free the buffer (the pass is over)."""
+        self._buffer = torch.empty(0, dtype=torch.float64)
+
+
 @dataclass
 class OpCall:
     """One op of the forward pass as a rule sees it."""
@@ -86,6 +110,8 @@ class OpCall:
     """Concrete keyword arguments."""
     bounds: Callable[[torch.Tensor], Interval | None]
     """The bounds of a tensor argument, or None when it does not depend on the input (exact)."""
+    scratch: Scratch = field(default_factory=Scratch)
+    """The pass's reusable float64 buffer for weight copies that do not outlive the rule."""
 
     def arg(self, index: int, key: str, default: Any = None) -> Any:
         """Positional argument ``index``, else keyword ``key``, else ``default``."""
@@ -326,13 +352,14 @@ def addmm(call: OpCall) -> list[Interval | None]:
 def convolution(call: OpCall) -> list[Interval | None] | None:
     """conv / conv_transpose with fixed weights: the op on the centre, and with |W| on the radius."""
     x, weight, bias = call.args[0], call.args[1], call.arg(2, "bias")
-    if call.is_bounded(weight) or call.is_bounded(bias):
+    if call.is_bounded(weight) or call.is_bounded(bias) or not weight.is_floating_point():
         return None
     rest = call.args[3:]
     centre, radius = call.interval(x).centre_radius()
-    w = _to64(weight)
+    w = call.scratch.float64(weight)  # a copy in reused memory, never the weight itself
     out_centre = call.func(centre, w, _to64(bias), *rest, **call.kwargs)
-    out_radius = call.func(_finite_or(radius, 0.0), w.abs(), None, *rest, **call.kwargs)
+    w = w.abs_()  # |W| in place (w != 0 is unchanged by the abs)
+    out_radius = call.func(_finite_or(radius, 0.0), w, None, *rest, **call.kwargs)
     if not bool(torch.isfinite(radius).all()):
         reach = call.func(
             (~torch.isfinite(radius)).to(torch.float64), (w != 0).to(torch.float64), None, *rest, **call.kwargs
