@@ -36,7 +36,7 @@ from .api import Combiner, scan_observed
 from .codes import BIAS_SHIFT, LEAKY, RECYCLE, fixable_by
 from .engine import ops
 from .engine.model_state import instrumented
-from .engine.observe import ForwardingMode, ObservedSite
+from .engine.observe import ForwardingMode, ObservedSite, call_arguments
 from .engine.runner import Progress, batch_samples
 from .engine.site_keys import SiteKey, SiteKeys
 from .engine.tracking import ModuleCallTracker
@@ -147,12 +147,12 @@ class Rerun:
 
     def forward(self, batch: Any, leaky: frozenset[SiteKey] = frozenset()) -> Any:
         """One forward pass with ``leaky`` sites swapped; ``fired`` then holds this pass's fired units per site."""
-        args = batch if isinstance(batch, tuple) else (batch,)
+        args, kwargs = call_arguments(batch)
         self.leaky, self.fired = leaky, {}
         self.tracker.start_pass()
         self.keys.start_pass()
         with torch.inference_mode(), ForwardingMode(self):
-            return self.model(*args)
+            return self.model(*args, **kwargs)
 
     def _dispatch(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         name = self._names.get(func) or self._names.setdefault(func, ops.op_name(func))
