@@ -81,3 +81,7 @@ def check_reducer_name(reducer: str) -> None:
     """A usage error for a reducer name that is not one of :data:`REDUCERS`."""
     if reducer not in REDUCERS:
         raise UsageError(f"--reducer must be one of {', '.join(REDUCERS)}, got {reducer!r}")
+
+
+DEFAULT_MAX_LENGTH = 512
+"""Tokens kept per text of a text probe unless --max-length says otherwise."""

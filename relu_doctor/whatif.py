@@ -41,6 +41,7 @@ from .engine.observe import (
     ObservedSite,
     SiteKey,
     SiteKeys,
+    call_arguments,
     instrumented,
 )
 from .engine.runner import Progress, batch_samples
@@ -150,12 +151,12 @@ class Rerun:
 
     def forward(self, batch: Any, leaky: frozenset[SiteKey] = frozenset()) -> Any:
         """One forward pass with ``leaky`` sites swapped; ``fired`` then holds this pass's fired units per site."""
-        args = batch if isinstance(batch, tuple) else (batch,)
+        args, kwargs = call_arguments(batch)
         self.leaky, self.fired = leaky, {}
         self.tracker.start_pass()
         self.keys.start_pass()
         with torch.inference_mode(), ForwardingMode(self):
-            return self.model(*args)
+            return self.model(*args, **kwargs)
 
     def _dispatch(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         name = self._names.get(func) or self._names.setdefault(func, ops.op_name(func))

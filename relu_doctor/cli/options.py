@@ -66,7 +66,26 @@ Reducer = Annotated[
 Probe = Annotated[
     Path | None,
     typer.Option(
-        help="Probe tensor: .npy, .npz, .safetensors, .pt, or a directory of .npy shards.", rich_help_panel=PROBE
+        help="Probe tensor: .npy, .npz, .safetensors, .pt, or a directory of .npy shards; or texts (.txt one per "
+        "line, .jsonl with a text field) for a Hugging Face model.",
+        rich_help_panel=PROBE,
+    ),
+]
+Tokenizer = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder with the tokenizer for a text probe (.txt/.jsonl); default: the model folder. Needs relu-doctor\\[hf].",
+        rich_help_panel=PROBE,
+    ),
+]
+MaxLength = Annotated[
+    int, typer.Option(help="Tokens kept per text of a text probe (longer texts are truncated).", rich_help_panel=PROBE)
+]
+ProbeMask = Annotated[
+    Path | None,
+    typer.Option(
+        help="Attention mask (.npy of 0/1, same shape) for a token-id --probe: padded positions are not counted.",
+        rich_help_panel=PROBE,
     ),
 ]
 ProbeKey = Annotated[

@@ -64,6 +64,21 @@ class UnitAccumulator:
         self._add_sample_max(reduce_sample_max(masked, unit_axis, sample_axis))
         self.positions += pre.numel() // max(self.units, 1)
 
+    def add_masked(self, pre: torch.Tensor, activation: torch.Tensor, mask: torch.Tensor) -> None:
+        """Count one batch of (samples, positions, units) pre-activations and outputs at real tokens only.
+
+        ``mask`` is (samples, positions), True at real tokens: padded positions add to no counter (not the
+        positions, the firing counts, the sums, the per-sample maxima nor the NaN/Inf counts)."""
+        keep = mask.to(pre.device).unsqueeze(-1)
+        finite = torch.isfinite(pre)
+        real = keep & finite
+        self.nan += (torch.isnan(pre) & keep).sum(dim=(0, 1))
+        self.inf += (torch.isinf(pre) & keep).sum(dim=(0, 1))
+        self.positive += ((pre > 0) & real).sum(dim=(0, 1))
+        self.activation_sum += torch.where(real, activation, 0).sum(dim=(0, 1), dtype=torch.float32)
+        self._add_sample_max(torch.where(real, pre, -math.inf).amax(dim=1))
+        self.positions += int(keep.sum())
+
     def _add_sample_max(self, sample_max: torch.Tensor) -> None:
         # sample_max is (samples, units); one row per independent probe sample.
         self.max_preactivation = torch.maximum(self.max_preactivation, sample_max.amax(dim=0).float())

@@ -270,6 +270,9 @@ class ReluObserver:
         self._op_cache: dict[Any, tuple[str, Role]] = {}
         self._origins: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
         self._batch_size = 0
+        self._mask: torch.Tensor | None = None
+        """(samples, positions) True at real tokens of the current MaskedBatch; None for other batches."""
+        self._kwargs: dict[str, Any] = {}
         self._exit_stack = contextlib.ExitStack()
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -285,6 +288,11 @@ class ReluObserver:
 
     def run(self, inputs: Any) -> None:
         """One forward pass of ``inputs`` (a tensor, or a tuple of positional inputs)."""
+        self._mask, self._kwargs = None, {}
+        if isinstance(inputs, MaskedBatch):
+            self._mask = inputs.attention_mask.bool()
+            self._kwargs = {"attention_mask": inputs.attention_mask}
+            inputs = inputs.input_ids
         args = inputs if isinstance(inputs, tuple) else (inputs,)
         first = next((a for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor)), None)
         self._batch_size = int(first.shape[0]) if first is not None and first.dim() > 0 else 1
@@ -324,7 +332,7 @@ class ReluObserver:
         self.tracker.install()
         try:
             with _autograd_state(self._grad, self.model), ForwardingMode(self):
-                output = self.model(*args)
+                output = self.model(*args, **self._kwargs)
         finally:
             self.tracker.remove()
         self._mark_outputs(output)
@@ -391,7 +399,7 @@ class ReluObserver:
                 handles.append(module.register_forward_pre_hook(self._before_hook(path, op), with_kwargs=True))
                 handles.append(module.register_forward_hook(self._after_hook, with_kwargs=True, prepend=True))
             with torch.inference_mode(), _UnhookedReluWatch(self):
-                self.model(*args)
+                self.model(*args, **self._kwargs)
         except _UnhookedRelu:
             return False
         finally:
@@ -512,6 +520,10 @@ class ReluObserver:
         Returns what :meth:`_after_op` needs from the op's output: None (the fused reducer counted everything),
         the per-sample maxima (the torch reducer counts the rest on the output), or an _Exact copy (NaN or Inf).
         """
+        if self._mask is not None:
+            tokens = self._token_view(site, view)
+            if tokens is not None:
+                return _MaskedPre(tokens.clone())
         suits = fused.suits(view)
         if suits and self._passes == 0:
             self._suited_elements += view.numel()
@@ -531,11 +543,31 @@ class ReluObserver:
     ) -> None:
         if token is None:
             return
+        if isinstance(token, _MaskedPre):
+            assert self._mask is not None
+            site.counters.add_masked(token.pre, output.reshape(token.pre.shape), self._mask)
+            return
         activation = output.reshape(shape)
         if isinstance(token, _Exact):
             site.counters.add_exact(token.pre, activation, site.unit_axis, sample_axis)
         else:
             site.counters.add_finite(token, activation, site.unit_axis)
+
+    def _token_view(self, site: ObservedSite, view: torch.Tensor) -> torch.Tensor | None:
+        """The pre-activation as (samples, positions, units) lined up with the attention mask, or None (with a
+        warning) when its shape does not line up: (B, T, U) as is, or (B*T, U) as OPT's feed-forward flattens it."""
+        assert self._mask is not None
+        samples, positions = self._mask.shape
+        units = site.counters.units
+        if view.dim() == 3 and tuple(view.shape[:2]) == (samples, positions) and site.unit_axis == 2:
+            return view
+        if view.dim() == 2 and view.shape[0] == samples * positions and site.unit_axis == 1:
+            return view.reshape(samples, positions, units)
+        self.warnings[
+            f"{site_label(site)}: its activation of shape {tuple(view.shape)} does not line up with the attention "
+            "mask's (samples, positions); padded positions are counted there"
+        ] = None
+        return None
 
     def _site_for(self, name: str, pre: torch.Tensor) -> ObservedSite:
         origin = self._origins.get(pre)
@@ -856,6 +888,36 @@ def _parameter_owners(model: nn.Module) -> dict[int, tuple[str, int]]:
 @dataclass(frozen=True)
 class _Exact:
     """A copy of a pre-activation holding NaN or Inf, kept until the op's output is known."""
+
+    pre: torch.Tensor
+
+
+@dataclass(frozen=True)
+class MaskedBatch:
+    """Token ids and their attention mask: the model gets ``attention_mask=`` and padded positions (mask 0) are
+    left out of every counter, so padding never makes a unit look alive or dead."""
+
+    input_ids: torch.Tensor
+    """(samples, positions) integer token ids."""
+    attention_mask: torch.Tensor
+    """(samples, positions): 1 at real tokens, 0 at padding."""
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape of the token ids (what error messages and sample counts read)."""
+        return self.input_ids.shape
+
+
+def call_arguments(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """(positional, keyword) arguments of the model call for one probe batch."""
+    if isinstance(batch, MaskedBatch):
+        return (batch.input_ids,), {"attention_mask": batch.attention_mask}
+    return (batch if isinstance(batch, tuple) else (batch,)), {}
+
+
+@dataclass(frozen=True)
+class _MaskedPre:
+    """A copy of a (samples, positions, units) pre-activation, counted with the batch's attention mask."""
 
     pre: torch.Tensor
 

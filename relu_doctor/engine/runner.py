@@ -11,7 +11,7 @@ from torch import nn
 from ..errors import ObservationError, ReluDoctorError
 from ..settings import DEFAULT_REDUCER
 from .layers import first_layer_hint
-from .observe import ReluObserver
+from .observe import MaskedBatch, ReluObserver
 
 Progress = Callable[[int], None]
 """Called after each batch with the number of samples in it."""
@@ -66,4 +66,6 @@ def _forward(observer: ReluObserver, batch: Any) -> None:
 def batch_samples(batch: Any) -> int:
     """Samples in one batch: the first axis of its first tensor (1 for a batch without one)."""
     first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if isinstance(first, MaskedBatch):
+        return int(first.input_ids.shape[0])
     return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1

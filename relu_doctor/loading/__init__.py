@@ -21,6 +21,7 @@ from ..report import ModelInfo
 from .arch import arch_directories, build_arch, no_bytecode, on_sys_path
 from .build import build_with_weights
 from .hashing import file_sha256, files_sha256
+from .hf import build_hf_model, config_summary, is_hf_folder
 from .messages import describe_exception
 from .sniff import CODE_FORMATS, DIRECTORY_FORMATS, PICKLED_MODULE, SAFETENSORS, sniff
 from .state_dict import select
@@ -141,6 +142,11 @@ def _from_checkpoint(request: _Request, checkpoint: Any, format_name: str, files
     if isinstance(found, torch.nn.Module):
         ignored = ("--arch ignored: the file holds the whole model",) if request.arch else ()
         return _Raw(found, PICKLED_MODULE, files, notes + ignored)
+    if request.arch is None and is_hf_folder(request.path):
+        model, class_name = build_hf_model(request.path, found, trust=request.policy.trust)
+        summary = config_summary(request.path)
+        built = f"built {class_name} from config.json with transformers" + (f" ({summary})" if summary else "")
+        return _Raw(model, format_name, (*files, request.path / "config.json"), notes + (built,))
     if request.arch is None:
         raise CheckpointError(
             f"{request.path} holds only weights ({format_name} state dict), not the code that builds the model; "

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from ..engine.observe import call_arguments
 from .records import Drift
 
 
@@ -55,9 +56,9 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
 
 def flat_output(model: nn.Module, batch: Any) -> torch.Tensor:
     """Every floating-point output element of one forward pass, as one flat float64 CPU tensor."""
-    args = batch if isinstance(batch, tuple) else (batch,)
+    args, kwargs = call_arguments(batch)
     with torch.inference_mode():
-        return flat_floats(model(*args))
+        return flat_floats(model(*args, **kwargs))
 
 
 def flat_floats(output: Any) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 # fast); they do not hide a cycle: .importlinter checks every one of them.
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import ProbeError, UsageError
@@ -17,6 +18,7 @@ from ..settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
+    DEFAULT_MAX_LENGTH,
     DEFAULT_REDUCER,
     DEFAULT_SAMPLES,
     DEFAULT_SEED,
@@ -47,6 +49,12 @@ class ScanRequest:
     """Probe file; None for a synthetic probe."""
     probe_key: str | None = None
     """Which tensor of a probe file holding several."""
+    tokenizer: str | None = None
+    """Tokenizer folder for a text probe; None: the model folder."""
+    max_length: int = DEFAULT_MAX_LENGTH
+    """Tokens kept per text of a text probe."""
+    probe_mask: str | None = None
+    """Attention mask (.npy) for a token-id probe; padded positions are not counted."""
     samples: int = DEFAULT_SAMPLES
     """Synthetic probe size (or the most samples read from a probe file when ``limit_samples``)."""
     limit_samples: bool = False
@@ -175,6 +183,8 @@ def build_probe(request: ScanRequest, model: Any, example: Any = None) -> Any:
     from .probe import file_probe, synthetic_probe
 
     static_batch = example.static_batch if example is not None else None
+    if request.probe_path is not None and (is_text_probe(request.probe_path) or request.probe_mask is not None):
+        return _token_probe(request)
     if request.probe_path is not None:
         # Never refused by a guess from the first layer: the forward pass decides (its error carries the hint).
         limit = request.samples if request.limit_samples else None
@@ -191,6 +201,31 @@ def build_probe(request: ScanRequest, model: Any, example: Any = None) -> Any:
         batch_size=batch_size,
         input_shape=request.input_shape,
         example_shape=example.sample_shape if example is not None else None,
+    )
+
+
+def is_text_probe(path: str) -> bool:
+    """True for a probe path read as texts (.txt one per line, .jsonl with a ``text`` field)."""
+    return Path(path).suffix.lower() in (".txt", ".jsonl")
+
+
+def _token_probe(request: ScanRequest) -> Any:
+    """A text probe (tokenised with --tokenizer or the model folder's tokenizer) or token ids with --probe-mask."""
+    from .text_probe import text_probe, token_probe
+
+    assert request.probe_path is not None
+    limit = request.samples if request.limit_samples else None
+    if request.probe_mask is not None:
+        return token_probe(request.probe_path, request.probe_mask, batch_size=request.batch_size, limit=limit)
+    tokenizer_dir = request.tokenizer or request.model_path
+    if request.tokenizer is None and not Path(request.model_path).is_dir():
+        raise ProbeError("a text probe needs a tokenizer: pass --tokenizer DIR (a folder with tokenizer.json)")
+    return text_probe(
+        request.probe_path,
+        tokenizer_dir=tokenizer_dir,
+        batch_size=request.batch_size,
+        max_length=request.max_length,
+        limit=limit,
     )
 
 
@@ -285,7 +320,15 @@ def scan_inputs(request: ScanRequest) -> tuple[str, ...]:
         target = request.arch.rpartition(":")[0]
         arch_file = target if target.endswith(".py") or "/" in target else None
     domain_file = request.certify[5:] if request.certify and request.certify.startswith("file:") else None
-    named = (request.model_path, request.probe_path, arch_file, domain_file, *request.inputs)
+    named = (
+        request.model_path,
+        request.probe_path,
+        request.probe_mask,
+        request.tokenizer,
+        arch_file,
+        domain_file,
+        *request.inputs,
+    )
     return tuple(path for path in named if path)
 
 
