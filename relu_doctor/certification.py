@@ -25,7 +25,9 @@ from .engine.bounds.domain import DomainSpec, parse_domain
 from .engine.bounds.propagate import BoundPass, SitePass
 from .engine.bounds.relax import DEFAULT_WORK_LIMIT, Refined, Relaxation
 from .engine.bounds.rules import Interval, RuleTable, default_rules
-from .engine.observe import ObservedSite, ReluObserver, SiteKey, restored_model_state
+from .engine.model_state import restored_model_state
+from .engine.observe import ObservedSite, ReluObserver
+from .engine.site_keys import SiteKey
 from .errors import CertifyError, ReluDoctorError
 from .report import Certification, CertifiedSite, Report
 

@@ -53,3 +53,11 @@ class UntrustedCodeError(CheckpointError):
     def __init__(self, message: str, *, format_name: str) -> None:
         super().__init__(message)
         self.format_name = format_name
+
+
+def first_line(error: BaseException, limit: int | None = 200) -> str:
+    """The first line of ``error``'s message, cut to ``limit`` characters; "" when the message is empty.
+
+    The one way relu-doctor quotes a library's exception inside its own one-line message."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if limit is None else lines[0][:limit]) if lines else ""

@@ -35,16 +35,12 @@ from .analysis.diagnose import leaky_everywhere
 from .api import Combiner, scan_observed
 from .codes import BIAS_SHIFT, LEAKY, RECYCLE, fixable_by
 from .engine import ops
-from .engine.observe import (
-    ForwardingMode,
-    ModuleCallTracker,
-    ObservedSite,
-    SiteKey,
-    SiteKeys,
-    call_arguments,
-    instrumented,
-)
+from .engine.model_state import instrumented
+from .engine.observe import ForwardingMode, ObservedSite, call_arguments
 from .engine.runner import Progress, batch_samples
+from .engine.site_keys import SiteKey, SiteKeys
+from .engine.tracking import ModuleCallTracker
+from .errors import first_line
 from .repair.bias_shift import bias_shift_edits
 from .repair.drift import DriftMeter, flat_floats
 from .repair.edits import Edits, edited
@@ -417,7 +413,7 @@ def simulate_findings(
             outcomes = [replay.measure(p.variant) for p in chosen.variants]
             recycled = _recycle(model, observed, report.sites, replay) if chosen.recycle else None
     except Exception as exc:  # advisory: a model that cannot be re-run still gets its scan
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        first = first_line(exc)
         return replace(report, warnings=(*report.warnings, f"simulation skipped: {type(exc).__name__}: {first}"))
     measured_on = sum(batch_samples(b) for b in sub_probe)
     findings = _with_predictions(report, observed, chosen, replay.baseline, outcomes, recycled, measured_on)

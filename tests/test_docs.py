@@ -15,7 +15,11 @@ from relu_doctor.codes import describe_codes
 from relu_doctor.render import Format
 from relu_doctor.render.json_format import report_dict
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+ROOT = Path(__file__).resolve().parents[1]
+README = "\n".join(
+    path.read_text(encoding="utf-8") for path in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+)
+"""The README and the reference it links to in docs/: every option, format, code and key documented somewhere."""
 COMMANDS = get_command(app).commands  # type: ignore[attr-defined]
 
 

@@ -124,7 +124,7 @@ def test_stage_display_names_each_stage_on_a_terminal(monkeypatch: pytest.Monkey
     monkeypatch.setattr(
         sys.modules["relu_doctor.cli.app"],
         "stderr_console",
-        lambda: Console(file=stream, force_terminal=True, width=80),
+        lambda style=None: Console(file=stream, force_terminal=True, width=80),
     )
     display = StageDisplay(enabled=True)
     assert display.live

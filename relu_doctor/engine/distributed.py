@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ObservationError
+from ..errors import ObservationError, first_line
 
 if TYPE_CHECKING:
     from .counters import UnitAccumulator
@@ -43,7 +43,7 @@ def agree_on_failure(error: BaseException | None, group: Any = None) -> None:
     """Collective: raise on every rank when any rank failed, with the first failing rank's message."""
     import torch.distributed as dist
 
-    message = None if error is None else (str(error).splitlines() or [type(error).__name__])[0]
+    message = None if error is None else first_line(error, None) or type(error).__name__
     messages: list[Any] = [None] * dist.get_world_size(group)
     dist.all_gather_object(messages, message, group=group)
     failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]

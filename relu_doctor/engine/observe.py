@@ -40,20 +40,11 @@ from ..report import Producer
 from ..settings import DEFAULT_REDUCER, check_reducer_name
 from . import fused, ops
 from .counters import UnitAccumulator, all_finite, reduce_sample_max
+from .model_state import instrumented
 from .ops import Layout, Role
-
-SiteKey = tuple[str, int, int]
-"""(owner module path, call of the owner in the pass, relu op of that call): how a site is keyed."""
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Provenance of one tensor in the forward pass."""
-
-    layout: Layout | None
-    producer: Producer | None = None
-    site: int | None = None
-    """Index of the site whose output this tensor carries, through unit-preserving ops."""
+from .provenance import Origin, derive_origin, tensor_args
+from .site_keys import SiteKey, SiteKeys
+from .tracking import ModuleCallTracker
 
 
 @dataclass
@@ -81,125 +72,6 @@ class ObservedSite:
     undecided: list[tuple[torch.Tensor, torch.Tensor, float]] | None = None
     """While the unit axis waits for a consumer (provenance unknown, first pass only): (pre-activation, output,
     cap) copies of the calls seen so far, counted once the axis is known."""
-
-
-class ModuleCallTracker:
-    """Knows which module's forward is running and which call of it this is, within one forward pass."""
-
-    def __init__(self, root: nn.Module) -> None:
-        self.root = root
-        self.stack: list[tuple[str, int, nn.Module]] = []
-        self.calls: Counter[str] = Counter()
-        self.ever_called: set[str] = set()
-        self._handles: list[Any] = []
-        self.paths: dict[str, nn.Module] = {}
-
-    def install(self) -> None:
-        for path, module in self.root.named_modules():
-            if isinstance(module, torch.jit.ScriptModule):
-                continue  # scripted modules take no Python hooks; the observer names their sites by order
-            self.paths[path] = module
-            self._handles.append(module.register_forward_pre_hook(self._enter(path)))
-            self._handles.append(module.register_forward_hook(self._exit, always_call=True))
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def start_pass(self) -> None:
-        self.stack.clear()
-        self.calls.clear()
-
-    def current(self) -> tuple[str, int, nn.Module]:
-        return self.stack[-1] if self.stack else ("", 1, self.root)
-
-    def _enter(self, path: str) -> Any:
-        def hook(module: nn.Module, args: Any) -> None:
-            self.calls[path] += 1
-            self.ever_called.add(path)
-            self.stack.append((path, self.calls[path], module))
-
-        return hook
-
-    def _exit(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self.stack and self.stack[-1][2] is module:
-            self.stack.pop()
-
-
-class SiteKeys:
-    """Keys each relu op of a forward pass by (owner path, call of the owner, relu op of that call), with its kind.
-
-    An opaque model (TorchScript, torch.export) runs every op in the root module, so there relu ops are named from
-    ``site_paths`` (its graph) in order, and each op inside an activation module is one call of it. An entry
-    ``path*`` stands for the relus of a fused kernel that runs them as separate ops (nn.RNN under no_grad, one per
-    step): it names every relu whose input that module's weights computed, however many steps there are.
-    """
-
-    def __init__(self, model: nn.Module, tracker: ModuleCallTracker, site_paths: tuple[str, ...] | None) -> None:
-        self.model = model
-        self.tracker = tracker
-        self.site_paths = site_paths
-        self.relu_calls = 0
-        """Relu ops keyed so far in this pass."""
-        self.unnamed = 0
-        """Relu ops of this pass that ``site_paths`` had no entry left for."""
-        self._cursor = 0
-        self._ordinals: Counter[tuple[str, int]] = Counter()
-        self._path_calls: Counter[str] = Counter()
-        self._modules_by_path: dict[str, nn.Module] | None = None
-
-    def start_pass(self) -> None:
-        self.relu_calls = 0
-        self.unnamed = 0
-        self._cursor = 0
-        self._ordinals.clear()
-        self._path_calls.clear()
-
-    def next_key(self, producer: str | None = None) -> tuple[SiteKey, str]:
-        """The key of the relu op now being dispatched, and its kind (module or functional); ``producer`` is the
-        module whose weights computed its input, when known."""
-        path, call, module = self.tracker.current()
-        kind = "module" if isinstance(module, ACTIVATION_MODULES) else "functional"
-        if self.site_paths is not None and module is self.model and not isinstance(module, ACTIVATION_MODULES):
-            path = self._graph_path(producer, path)
-            kind = self._opaque_kind(path)
-            if kind == "module":
-                self._path_calls[path] += 1
-                call = self._path_calls[path]
-        self.relu_calls += 1
-        self._ordinals[(path, call)] += 1
-        return (path, call, self._ordinals[(path, call)]), kind
-
-    def _graph_path(self, producer: str | None, fallback: str) -> str:
-        paths = self.site_paths or ()
-        while self._cursor < len(paths):
-            entry = paths[self._cursor]
-            if not entry.endswith("*"):
-                self._cursor += 1
-                return entry
-            base = entry[:-1]
-            if producer is not None and (producer == base or producer.startswith(f"{base}.")):
-                return base
-            self._cursor += 1  # the fused kernel's relus are over (or it ran none)
-        self.unnamed += 1
-        return fallback
-
-    def _opaque_kind(self, path: str) -> str:
-        """module when ``path`` is an activation module of an opaque model, else functional.
-
-        TorchScript keeps submodules (with their original class name); torch.export drops parameterless
-        modules, so a path that names no module there was an activation module's own forward.
-        """
-        if self._modules_by_path is None:  # get_submodule is not supported on ScriptModules
-            self._modules_by_path = dict(self.model.named_modules())
-        module = self._modules_by_path.get(path)
-        if module is None:
-            return "module"
-        if isinstance(module, ACTIVATION_MODULES):
-            return "module"
-        original = getattr(module, "original_name", "")
-        return "module" if path and original in {"ReLU", "ReLU6", "Hardtanh", "Threshold"} else "functional"
 
 
 class ForwardingMode(TorchDispatchMode):
@@ -692,11 +564,11 @@ class ReluObserver:
         out = output[0] if isinstance(output, (tuple, list)) and output else output
         if not isinstance(out, torch.Tensor):
             return
-        tensors = _tensor_args(args)
+        tensors = tensor_args(args)
         inputs = [(a, self._origins.get(a)) for a in tensors]
         owner = self._weights_owner(tensors)
         self._record_uses(name, role, inputs, out, owner)
-        origin = _derive_origin(name, role, inputs, out, owner if owner is not None else self.tracker.current()[0])
+        origin = derive_origin(name, role, inputs, out, owner if owner is not None else self.tracker.current()[0])
         if origin is not None:
             self._origins[out] = origin
 
@@ -742,127 +614,6 @@ class ReluObserver:
             origin = self._origins.get(leaf) if isinstance(leaf, torch.Tensor) else None
             if origin is not None and origin.site is not None:
                 self.sites[origin.site].reaches_output = True
-
-
-def _tensor_args(args: Any) -> list[torch.Tensor]:
-    """The tensors among an aten op's positional arguments, one list level deep (cat/stack take a list):
-    aten schemas nest no deeper, and this runs for every op, where a general tree flatten costs more."""
-    found = []
-    for arg in args:
-        if isinstance(arg, torch.Tensor):
-            found.append(arg)
-        elif isinstance(arg, (list, tuple)):
-            found.extend(a for a in arg if isinstance(a, torch.Tensor))
-    return found
-
-
-def _derive_origin(
-    name: str, role: Role, inputs: list[tuple[torch.Tensor, Origin | None]], out: torch.Tensor, owner: str
-) -> Origin | None:
-    """The provenance of an op's output, from the op's role and its inputs' provenance."""
-    first = next((o for _, o in inputs if o is not None), None)
-    source = next((t for t, o in inputs if o is not None), None)
-    if role is Role.PRODUCER_CHANNEL:
-        return Origin(Layout.CHANNEL_FIRST, Producer(owner, name, input_sites=_input_sites(inputs)))
-    if role is Role.PRODUCER_FEATURE:
-        return Origin(Layout.FEATURE_LAST, Producer(owner, name, input_sites=_input_sites(inputs)))
-    if role is Role.NORM_CHANNEL:
-        producer = first.producer if first else None
-        if producer is not None:
-            producer = Producer(
-                producer.module_path, producer.op, owner, producer.elementwise_only, producer.input_sites
-            )
-        return Origin(Layout.CHANNEL_FIRST, producer)
-    if role is Role.NORM_FEATURE:
-        return Origin(Layout.FEATURE_LAST)
-    if first is None or source is None:
-        return None
-    if role is Role.VIEW and first.site is not None and _flattens_channels(first, source, out):
-        # conv -> flatten -> linear: the linear still reads this site's units, as blocks of columns.
-        return Origin(Layout.FEATURE_LAST, None, first.site)
-    if role in (Role.POOL, Role.VIEW, Role.ELEMENTWISE, Role.OTHER_ACTIVATION) and _keeps_units(first, source, out):
-        merged = sum(1 for _, o in inputs if o is not None) > 1
-        producer = first.producer
-        if merged and producer is not None:
-            producer = Producer(producer.module_path, producer.op, producer.norm_path, False, producer.input_sites)
-        site = first.site if role is not Role.OTHER_ACTIVATION else None
-        return Origin(first.layout, producer, site)
-    return None
-
-
-def _input_sites(inputs: list[tuple[torch.Tensor, Origin | None]]) -> tuple[int, ...]:
-    """The sites a producer reads (its weights carry no origin, so only network inputs count)."""
-    return tuple(o.site for _, o in inputs if o is not None and o.site is not None)
-
-
-def _keeps_units(origin: Origin, before: torch.Tensor, after: torch.Tensor) -> bool:
-    """True when the unit axis of ``before`` is still the same axis, same size, in ``after``."""
-    if origin.layout is None:  # axis unknown (yet): only a same-shape op surely keeps it
-        return origin.site is not None and after.shape == before.shape
-    if origin.layout is Layout.CHANNEL_FIRST:
-        return after.dim() >= 2 and before.dim() >= 2 and after.shape[:2] == before.shape[:2]
-    if origin.layout is Layout.FEATURE_LAST:
-        return after.dim() >= 1 and before.dim() >= 1 and after.shape[-1] == before.shape[-1]
-    return False
-
-
-def _flattens_channels(origin: Origin, before: torch.Tensor, after: torch.Tensor) -> bool:
-    """True for (N, C, *spatial) -> (N, C * prod(spatial)), which keeps each channel as a block of columns."""
-    return (
-        origin.layout is Layout.CHANNEL_FIRST
-        and before.dim() >= 3
-        and after.dim() == 2
-        and after.shape[0] == before.shape[0]
-        and after.shape[1] == before[0].numel()
-    )
-
-
-@contextlib.contextmanager
-def instrumented(model: nn.Module, tracker: ModuleCallTracker, warnings: dict[str, None]) -> Any:
-    """Everything a pass under a dispatch mode needs around it: eval mode and buffers restored afterwards, the
-    transformer fast path off, and the module hooks installed and removed."""
-    with restored_model_state(model, warnings), transformer_fastpath_disabled():
-        tracker.install()
-        try:
-            yield
-        finally:
-            tracker.remove()
-
-
-@contextlib.contextmanager
-def restored_model_state(model: nn.Module, warnings: dict[str, None]) -> Any:
-    """Eval mode for the scan; afterwards every training flag is as it was and buffers are unchanged."""
-    flags = [(m, m.training) for m in model.modules()]
-    buffers = [(name, b, b._version) for name, b in model.named_buffers() if not b.is_meta]
-    saved = {name: b.detach().clone() for name, b, _ in buffers}
-    for module, _ in flags:
-        # Set the flag directly: exported GraphModules refuse eval(), and flags are all eval() would change.
-        module.training = False
-    try:
-        yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
-        for name, buffer, version in buffers:
-            if buffer._version != version:
-                with torch.no_grad():
-                    buffer.copy_(saved[name])
-                warnings[f"the forward pass modified buffer {name!r}; it was restored"] = None
-
-
-@contextlib.contextmanager
-def transformer_fastpath_disabled() -> Any:
-    """The fused TransformerEncoderLayer kernel hides its relu from every observer: turn it off for the scan."""
-    mha = getattr(torch.backends, "mha", None)
-    if mha is None:
-        yield
-        return
-    previous = mha.get_fastpath_enabled()
-    mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        mha.set_fastpath_enabled(previous)
 
 
 class _Grad(enum.IntEnum):

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ObservationError, ReluDoctorError
+from ..errors import ObservationError, ReluDoctorError, first_line
 from ..settings import DEFAULT_REDUCER
 from .layers import first_layer_hint
 from .observe import MaskedBatch, ReluObserver
@@ -55,7 +55,7 @@ def _forward(observer: ReluObserver, batch: Any) -> None:
         raise
     except Exception as exc:
         shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
-        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc, 300) or type(exc).__name__
         hint = first_layer_hint(observer.model)
         raise ObservationError(
             f"the forward pass failed on a probe batch of shape {shape}: {type(exc).__name__}: {message}; "

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from ..engine.model_state import evaluating
 from ..engine.observe import call_arguments
 from .records import Drift
 
@@ -39,19 +39,6 @@ class DriftMeter:
         if self.reference_squares == 0.0:
             return Drift(self.max_abs, 0.0 if self.diff_squares == 0.0 else float("inf"))
         return Drift(self.max_abs, (self.diff_squares / self.reference_squares) ** 0.5)
-
-
-@contextlib.contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode for the duration; every module's training flag restored afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    with contextlib.suppress(NotImplementedError):
-        model.eval()
-    try:
-        yield model
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 def flat_output(model: nn.Module, batch: Any) -> torch.Tensor:

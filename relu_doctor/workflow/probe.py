@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..engine.layers import first_layer
-from ..errors import ProbeError
+from ..errors import ProbeError, first_line
 from ..report import ProbeInfo
 from ..settings import MAX_SEED
 
@@ -127,7 +127,7 @@ def _confirm_shape(model: nn.Module, trial: torch.Tensor, shape: tuple[int, ...]
         text = "x".join(map(str, shape))
         raise ProbeError(
             f"the synthetic probe's sample shape {text} was inferred from {source}, but the model refuses it "
-            f"({type(exc).__name__}: {_first_line(exc)}); pass --input-shape with the shape one sample has, "
+            f"({type(exc).__name__}: {first_line(exc)}); pass --input-shape with the shape one sample has, "
             "or a real probe with --probe"
         ) from None
 
@@ -147,7 +147,7 @@ def file_probe(path: str | Path, *, batch_size: int, key: str | None = None, lim
     except ProbeError:
         raise
     except Exception as exc:  # a library error on a broken file becomes one clear line
-        raise ProbeError(f"cannot read probe {str(source)!r}: {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise ProbeError(f"cannot read probe {str(source)!r}: {type(exc).__name__}: {first_line(exc)}") from exc
     if len(array.shape) < 1 or array.shape[0] == 0:
         raise ProbeError(
             f"probe {str(source)!r} has shape {tuple(array.shape)}; it needs at least one sample on axis 0"
@@ -217,7 +217,7 @@ def _torch_probe(source: Path, key: str | None) -> Any:
     except Exception as exc:
         raise ProbeError(
             f"probe {str(source)!r} is not .npy, .npz, safetensors or a weights-only torch.save file "
-            f"({type(exc).__name__}: {_first_line(exc)})"
+            f"({type(exc).__name__}: {first_line(exc)})"
         ) from exc
     if isinstance(loaded, (tuple, list)):
         loaded = {str(i): v for i, v in enumerate(loaded)}
@@ -372,8 +372,3 @@ def _check_counts(samples: int, batch_size: int) -> None:
         raise ProbeError(f"--batch-size must be at least 1, got {batch_size}")
     if samples < 1:
         raise ProbeError(f"--samples must be at least 1, got {samples}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else ""

@@ -29,7 +29,10 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 from ... import activations
 from .. import ops
-from ..observe import ForwardingMode, ModuleCallTracker, SiteKey, SiteKeys, instrumented
+from ..model_state import instrumented
+from ..observe import ForwardingMode
+from ..site_keys import SiteKey, SiteKeys
+from ..tracking import ModuleCallTracker
 from .rules import Interval, OpCall, RuleTable, Scratch, is_plain_relu
 
 DATA_DEPENDENT = frozenset({
