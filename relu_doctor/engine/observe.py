@@ -382,7 +382,11 @@ class ReluObserver:
             owner = self.tracker.current()[0] or "<root>"
             self._raise_grad = _stronger(self._raise_grad, _GRAD_SHOWING.get(name), self._grad)
             self.warnings[f"{hidden} in {owner}: its relu units are not counted"] = None
-        elif name.endswith("dropout") and _arg(args, kwargs, 2, "train", False) and not self.tracker.current()[2].training:
+        elif (
+            name.endswith("dropout")
+            and _arg(args, kwargs, 2, "train", False)
+            and not self.tracker.current()[2].training
+        ):
             owner = self.tracker.current()[0] or "<root>"
             self.warnings[
                 f"dropout with training=True runs in {owner} even in eval mode: counts may overstate death"
