@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +31,13 @@ def test_usage_errors_are_one_line_and_exit_2(args: tuple[str, ...], named: str)
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("relu-doctor: error: ") and named in lines[0] and "--help" in lines[0]
     assert "Traceback" not in result.stderr and "╭" not in result.stderr
+
+
+def test_text_probe_options_are_checked_even_without_a_text_probe() -> None:
+    # --max-length and --probe-mask only matter for token probes; a bad value must still be one line and exit 2.
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    model, arch = str(samples / "dying_mlp.safetensors"), f"{samples / 'digits_mlp.py'}:build_mlp"
+    for extra, words in ((["--max-length", "0"], "--max-length"), (["--probe-mask", "mask.npy"], "--probe-mask")):
+        result = _run("scan", model, "--arch", arch, *extra)
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and words in result.stderr

@@ -110,6 +110,11 @@ class ScanRequest:
             max_dead_fraction=t.max_dead_fraction,
             max_layer_dead_fraction=t.max_layer_dead_fraction,
         )
+        # Checked here, not only when a text probe is read, so a bad value is never silently ignored.
+        if self.max_length < 1:
+            raise UsageError(f"--max-length must be at least 1, got {self.max_length}")
+        if self.probe_mask is not None and self.probe_path is None:
+            raise UsageError("--probe-mask goes with a token-id --probe (.npy); pass --probe too")
 
 
 GATE_ON = ("probe", "certified")
