@@ -58,7 +58,7 @@ class Watch:
         seed: int = 0, unit_dim: int | None = None, reducer: str = "auto", start_step: int = 0,
         attach: str = "forward", count_optimizer_steps: bool = True,
     ) -> None:  # fmt: skip
-        _check_settings(every, window, recycle_every, recycle, start_step, attach)
+        check_watch_settings(every, window, recycle_every, recycle, start_step, attach)
         self.model = model
         self.every, self.window = every, window
         self.thresholds = thresholds or Thresholds()
@@ -312,8 +312,8 @@ def _as_tuple(optimizer: Any) -> tuple[torch.optim.Optimizer, ...]:
     return (optimizer,)
 
 
-def _check_settings(every: int, window: int, recycle_every: int | None, recycle: str, start_step: int,
-                    attach: str) -> None:  # fmt: skip
+def check_watch_settings(every: int, window: int, recycle_every: int | None, recycle: str, start_step: int = 0,
+                         attach: str = "forward") -> None:  # fmt: skip
     """Every setting checked before any hook is installed, naming the bad value."""
     for name, value in (("every", every), ("window", window)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
