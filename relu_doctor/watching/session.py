@@ -39,6 +39,10 @@ from .records import RecycleEvent, WindowRecord, window_record
 from .recycling import RECYCLE_CHOICES, recycle_live
 
 ATTACH_CHOICES = ("forward", "manual")
+RUN_PASSES = 1_000
+"""How many observed passes ``reducer="auto"`` expects of a training run (it cannot know): after the first pass it
+loads the fused (numba) reducer when that many passes of its size pay for loading it, as a scan does with its
+probe; a tiny test model never does, the benchmark CNN and MLP do."""
 """How passes are found: hooks on the model's own forward, or :meth:`Watch.observing` spans (the Lightning callback)."""
 
 
@@ -67,7 +71,7 @@ class Watch:
         self.optimizers: tuple[torch.optim.Optimizer, ...] = _as_tuple(optimizer)
         """Optimizers whose per-weight state a recycle resets (the first one also counts steps, unless told not to)."""
         self._count_optimizer_steps = count_optimizer_steps and bool(self.optimizers)
-        self._observer = ReluObserver(model, unit_dim=unit_dim, reducer=reducer)
+        self._observer = ReluObserver(model, unit_dim=unit_dim, reducer=reducer, expected_passes=RUN_PASSES)
         self._step = start_step
         self._started = self._closed = False
         self._optimizer_hook: Any = None
