@@ -78,7 +78,9 @@ def _worker(rank: int, port: int, folder: str) -> None:
             for r in watch.history
         ]
         names = [site.name for site in watch.report().sites]
-        (Path(folder) / f"rank{rank}.pkl").write_bytes(pickle.dumps({"history": history, "trace": net.trace, "names": names}))
+        (Path(folder) / f"rank{rank}.pkl").write_bytes(
+            pickle.dumps({"history": history, "trace": net.trace, "names": names})
+        )
     finally:
         dist.destroy_process_group()
 
