@@ -186,42 +186,51 @@ class RepairResult:
 
     dead: int
     """Dead units of the final model over the held-out samples (both sites)."""
+    nan_units: int
+    """Units whose activation is NaN on the held-out samples (the run diverged)."""
     accuracy: float
     """Held-out accuracy."""
     recycled: int
     """Units recycled during training."""
 
 
-def repair_run(seed: int, *, recycle_every: int | None, steps: int = 300, lr: float = HIGH_LR) -> RepairResult:
+def repair_run(
+    seed: int, *, recycle_every: int | None, recycle: str = "dormant", steps: int = 300, lr: float = HIGH_LR
+) -> RepairResult:
     model = seeded_model(seed)
-    options = {"every": 5, "window": 2, "recycle_every": recycle_every, "seed": seed}
+    options = {"every": 5, "window": 2, "recycle_every": recycle_every, "recycle": recycle, "seed": seed}
     watch = train(model, steps, lr, watch_options=options)
     assert watch is not None
     _, _, x_test, y_test = task()
     with torch.no_grad():
         accuracy = float((model.eval()(x_test).argmax(dim=1) == y_test).float().mean())
     report = relu_doctor.scan(model, list(x_test.split(256)))
-    return RepairResult(report.summary.dead, accuracy, sum(event.units for event in watch.recycles))
+    recycled = sum(event.units for event in watch.recycles)
+    return RepairResult(report.summary.dead, report.summary.nan_units, accuracy, recycled)
 
 
 def print_study(seeds: list[int], steps: int = 300, recycle_every: int = 20) -> None:
     print(f"dying run: full-batch SGD momentum {MOMENTUM}, {steps} steps, {TRAIN_SAMPLES} training samples; dead "
-          f"units of {2 * HIDDEN} and accuracy on {HELD_OUT_SAMPLES} held-out samples; seeds {seeds}; watch every=5 "
-          "window=2")  # fmt: skip
-    print(f"{'run':44} {'dead units':>16} {'held-out accuracy':>20} {'recycled':>9}")
+          f"and NaN units of {2 * HIDDEN} and accuracy on {HELD_OUT_SAMPLES} held-out samples at the end; seeds "
+          f"{seeds}; watch every=5 window=2")  # fmt: skip
+    print(f"{'run':42} {'dead units':>12} {'NaN units':>10} {'held-out accuracy':>18} {'recycled':>9}")
     rows = (
-        (f"lr {SAFE_LR} (reference), no recycling", SAFE_LR, None),
-        (f"lr {HIGH_LR}, no recycling", HIGH_LR, None),
-        (f"lr {HIGH_LR}, recycle_every={recycle_every} (dormant)", HIGH_LR, recycle_every),
+        (f"lr {SAFE_LR} (reference), no recycling", SAFE_LR, None, "dormant"),
+        (f"lr {HIGH_LR}, no recycling", HIGH_LR, None, "dormant"),
+        (f"lr {HIGH_LR}, recycle_every={recycle_every}, recycle=dead", HIGH_LR, recycle_every, "dead"),
+        (f"lr {HIGH_LR}, recycle_every={recycle_every}, recycle=dormant", HIGH_LR, recycle_every, "dormant"),
     )
-    for label, lr, every in rows:
-        results = [repair_run(seed, recycle_every=every, steps=steps, lr=lr) for seed in seeds]
+    for label, lr, every, kind in rows:
+        results = [repair_run(seed, recycle_every=every, recycle=kind, steps=steps, lr=lr) for seed in seeds]
         dead = [r.dead for r in results]
+        nan = [r.nan_units for r in results]
         accuracy = [100 * r.accuracy for r in results]
         recycled = statistics.mean(r.recycled for r in results)
-        print(f"{label:44} {_spread(dead, '.1f'):>16} {_spread(accuracy, '.1f') + ' %':>20} {recycled:9.0f}")
-        print(f"{'':44} {'per seed: ' + ', '.join(map(str, dead)):>16} {', '.join(f'{a:.1f}' for a in accuracy):>20}")
-    print("mean ± sample standard deviation over seeds")
+        print(f"{label:42} {_spread(dead, '.1f'):>12} {_spread(nan, '.0f'):>10} {_spread(accuracy, '.1f') + ' %':>18} "
+              f"{recycled:9.0f}")  # fmt: skip
+        print(f"{'  per seed':42} {', '.join(map(str, dead)):>12} {', '.join(map(str, nan)):>10} "
+              f"{', '.join(f'{a:.1f}' for a in accuracy):>18}")  # fmt: skip
+    print("mean ± sample standard deviation over seeds; recycled: units recycled per run (mean)")
 
 
 def _spread(values: list[float], spec: str) -> str:
