@@ -51,6 +51,7 @@ def test_the_package_keeps_every_contract() -> None:
         ("analysis/gate.py", "from .. import whatif", "Layers"),  # analysis calling the simulations
         ("render/table.py", "import torch", "Renderers never import torch"),
         ("workflow/scan.py", "import typer", "Only the CLI imports typer"),
+        ("cli/scan.py", "from ..render.table import render_table", "Commands pick an output format by name"),
     ],
 )
 def test_a_back_edge_breaks_a_contract(tmp_path: Path, module: str, back_edge: str, contract: str) -> None:

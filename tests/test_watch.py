@@ -16,7 +16,7 @@ from torch import nn
 
 import relu_doctor
 from relu_doctor.errors import UsageError
-from relu_doctor.render import Format, render
+from relu_doctor.render import REPORT_FORMATS, render
 from relu_doctor.watching import Watch
 
 EVERY, WINDOW, STEPS = 3, 2, 20
@@ -134,7 +134,7 @@ def test_the_report_is_a_scan_report_that_says_it_counted_training_forwards() ->
     assert report.probe.source == "training" and report.probe.samples == 32
     assert "training mode" in report.warnings[0] and "steps 0..3" in report.warnings[0]
     assert report.summary.dead == watch.history[-1].dead
-    for fmt in Format:  # every renderer works on it unchanged
+    for fmt in REPORT_FORMATS.names():  # every renderer works on it unchanged
         assert render(report, fmt)
     assert not any("even in eval mode" in w for w in report.warnings)  # training-mode dropout is no blind spot here
 

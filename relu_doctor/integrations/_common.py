@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..render import Format, render
+from ..render import REPORT_FORMATS, render
 from ..report import Report, Thresholds
 from ..watching.records import RecycleEvent, WindowRecord
 
@@ -35,8 +35,8 @@ class CallbackSettings:
     """warn, or stop (warn and stop training)."""
     per_site: bool
     """Log every site's fractions, not only the model's."""
-    report_format: Format | None
-    """Format of the end-of-fit report (None: no report is written)."""
+    report_format: str | None
+    """Format of the end-of-fit report, a name in :data:`~relu_doctor.render.REPORT_FORMATS` (None: no report)."""
     report_path: str | None
     """Where the end-of-fit report goes: a file path, or ``-`` for standard output."""
     recycle_every: int | None
@@ -65,15 +65,15 @@ def callback_settings(
     for name, value in (("max_layer_dead_fraction", max_layer_dead_fraction), ("max_dead_fraction", max_dead_fraction)):
         if value is not None and not 0 <= value <= 1:
             raise UsageError(f"{name} must be a fraction from 0 to 1 or None, got {value!r}")
-    choices = ", ".join(f.value for f in Format)
-    if report_format is not None and report_format not in {f.value for f in Format}:
+    if report_format is not None and report_format not in REPORT_FORMATS:
+        choices = ", ".join(REPORT_FORMATS.names())
         raise UsageError(f"report_format must be one of {choices}, got {report_format!r}")
     if report_path is not None and report_format is None:
-        report_format = Format.table.value
+        report_format = REPORT_FORMATS.default.name
     limits = replace(thresholds or Thresholds(), max_layer_dead_fraction=max_layer_dead_fraction,
                      max_dead_fraction=max_dead_fraction)  # fmt: skip
     return CallbackSettings(
-        every, window, limits, on_threshold, per_site, Format(report_format) if report_format else None,
+        every, window, limits, on_threshold, per_site, report_format,
         report_path if report_path is not None else ("-" if report_format else None), recycle_every, recycle, seed,
     )  # fmt: skip
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from typing import Any
 
@@ -58,7 +59,10 @@ def printable(text: str) -> str:
 
 
 def printable_report(value: Any) -> Any:
-    """A copy of a report (any frozen record) with :func:`printable` applied to every string in it."""
+    """A copy of a report (any frozen record) with :func:`printable` applied to every string in it (enum members,
+    which are choices of ours, are kept)."""
+    if isinstance(value, enum.Enum):
+        return value
     if isinstance(value, str):
         return printable(value)
     if isinstance(value, tuple):
