@@ -62,3 +62,14 @@ def test_a_back_edge_breaks_a_contract(tmp_path: Path, module: str, back_edge: s
     assert result.returncode == 1, result.stdout + result.stderr
     broken = [line for line in result.stdout.splitlines() if " BROKEN" in line]
     assert any(line.startswith(contract) for line in broken), result.stdout
+
+
+def test_the_test_models_and_the_benchmark_models_import_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    # tests/models.py and bench/models.py once shared the module name `models`: one process could not use both
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    import bench_models
+    import models
+
+    assert Path(models.__file__).parent.name == "tests" and Path(bench_models.__file__).parent.name == "bench"
+    assert models.ReusedReluBlock and bench_models.ResNet18Like
