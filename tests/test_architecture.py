@@ -73,3 +73,21 @@ def test_the_test_models_and_the_benchmark_models_import_side_by_side(monkeypatc
 
     assert Path(models.__file__).parent.name == "tests" and Path(bench_models.__file__).parent.name == "bench"
     assert models.ReusedReluBlock and bench_models.ResNet18Like
+
+
+def test_no_blanket_format_skips_and_every_format_pause_says_why() -> None:
+    # ruff format --check passes on a skipped line, so only this keeps formatting honest: a table that reads
+    # better unformatted sits in a `# fmt: off` / `# fmt: on` block under a comment saying why
+    skip, pause = "# fmt" + ": skip", "# fmt" + ": off"
+    offenders, unexplained = [], []
+    for folder in ("relu_doctor", "tests", "bench", "samples"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            lines = path.read_text(encoding="utf-8").splitlines()
+            offenders += [f"{path.relative_to(ROOT)}:{n + 1}" for n, line in enumerate(lines) if skip in line]
+            unexplained += [
+                f"{path.relative_to(ROOT)}:{n + 1}"
+                for n, line in enumerate(lines)
+                if line.strip() == pause and (n == 0 or not lines[n - 1].strip().startswith("#"))
+            ]
+    assert not offenders, f"blanket format skips (let ruff format the code): {offenders}"
+    assert not unexplained, f"a format pause without a comment above it saying why: {unexplained}"
