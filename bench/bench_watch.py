@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import ResNet18Like, mlp  # noqa: E402
+from bench_models import ResNet18Like, mlp  # noqa: E402
 
 import relu_doctor  # noqa: E402
 from relu_doctor.engine.observe import ReluObserver  # noqa: E402

@@ -69,9 +69,14 @@ def task() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def train(
-    model: nn.Module, steps: int, lr: float, *, watch_options: dict | None = None,
-    before_step: Callable[[int, nn.Module], None] | None = None, after_step: Callable[[int, Watch], None] | None = None,
-) -> Watch | None:  # fmt: skip
+    model: nn.Module,
+    steps: int,
+    lr: float,
+    *,
+    watch_options: dict | None = None,
+    before_step: Callable[[int, nn.Module], None] | None = None,
+    after_step: Callable[[int, Watch], None] | None = None,
+) -> Watch | None:
     """Full-batch SGD on the training set; with ``watch_options`` under ``relu_doctor.watch``.
     ``before_step(step, model)`` runs before each step's forward, ``after_step(step, watch)`` after its update."""
     x, y, _, _ = task()
@@ -151,12 +156,22 @@ def truth_run(folder: Path, *, steps: int = 60, every: int = 4, seed: int = 0) -
         if len(watch.history) > len(reports):  # window = 1: the step just observed closed a window
             reports.append(watch.report())
 
-    train(seeded_model(seed), steps, HIGH_LR, watch_options={"every": every, "window": 1}, before_step=save,
-          after_step=keep)  # fmt: skip
+    train(
+        seeded_model(seed),
+        steps,
+        HIGH_LR,
+        watch_options={"every": every, "window": 1},
+        before_step=save,
+        after_step=keep,
+    )
     request = ScanRequest(
-        model_path="", arch=f"{Path(__file__).resolve()}:build_dying_mlp", probe_path=str(folder / "train.npy"),
-        batch_size=TRAIN_SAMPLES, simulate=False, device="cpu",
-    )  # fmt: skip
+        model_path="",
+        arch=f"{Path(__file__).resolve()}:build_dying_mlp",
+        probe_path=str(folder / "train.npy"),
+        batch_size=TRAIN_SAMPLES,
+        simulate=False,
+        device="cpu",
+    )
     trend = scan_checkpoints([str(folder / f"step_{step}.safetensors") for step in saved], request)
     return TruthRun(tuple(saved), tuple(reports), trend)
 
@@ -164,8 +179,10 @@ def truth_run(folder: Path, *, steps: int = 60, every: int = 4, seed: int = 0) -
 def print_truth(steps: int, every: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         run = truth_run(Path(folder), steps=steps, every=every)
-    print(f"dying run: full-batch SGD lr {HIGH_LR} momentum {MOMENTUM}, {TRAIN_SAMPLES} samples, watch every={every} "
-          "window=1; trend over the checkpoints saved before each observed step, probe = the same 256 samples")  # fmt: skip
+    print(
+        f"dying run: full-batch SGD lr {HIGH_LR} momentum {MOMENTUM}, {TRAIN_SAMPLES} samples, watch every={every} "
+        "window=1; trend over the checkpoints saved before each observed step, probe = the same 256 samples"
+    )
     print(f"{'step':>5} " + " ".join(f"{'watch ' + s:>9} {'trend ' + s:>9}" for s in SITES) + "  dead units equal")
     per_site = {site: run.dead_units(site) for site in SITES}
     for index, step in enumerate(run.steps):
@@ -210,9 +227,11 @@ def repair_run(
 
 
 def print_study(seeds: list[int], steps: int = 300, recycle_every: int = 20) -> None:
-    print(f"dying run: full-batch SGD momentum {MOMENTUM}, {steps} steps, {TRAIN_SAMPLES} training samples; dead "
-          f"and NaN units of {2 * HIDDEN} and accuracy on {HELD_OUT_SAMPLES} held-out samples at the end; seeds "
-          f"{seeds}; watch every=5 window=2")  # fmt: skip
+    print(
+        f"dying run: full-batch SGD momentum {MOMENTUM}, {steps} steps, {TRAIN_SAMPLES} training samples; dead "
+        f"and NaN units of {2 * HIDDEN} and accuracy on {HELD_OUT_SAMPLES} held-out samples at the end; seeds "
+        f"{seeds}; watch every=5 window=2"
+    )
     print(f"{'run':42} {'dead units':>12} {'NaN units':>10} {'held-out accuracy':>18} {'recycled':>9}")
     rows = (
         (f"lr {SAFE_LR} (reference), no recycling", SAFE_LR, None, "dormant"),
@@ -226,10 +245,14 @@ def print_study(seeds: list[int], steps: int = 300, recycle_every: int = 20) -> 
         nan = [r.nan_units for r in results]
         accuracy = [100 * r.accuracy for r in results]
         recycled = statistics.mean(r.recycled for r in results)
-        print(f"{label:42} {_spread(dead, '.1f'):>12} {_spread(nan, '.0f'):>10} {_spread(accuracy, '.1f') + ' %':>18} "
-              f"{recycled:9.0f}")  # fmt: skip
-        print(f"{'  per seed':42} {', '.join(map(str, dead)):>12} {', '.join(map(str, nan)):>10} "
-              f"{', '.join(f'{a:.1f}' for a in accuracy):>18}")  # fmt: skip
+        print(
+            f"{label:42} {_spread(dead, '.1f'):>12} {_spread(nan, '.0f'):>10} {_spread(accuracy, '.1f') + ' %':>18} "
+            f"{recycled:9.0f}"
+        )
+        print(
+            f"{'  per seed':42} {', '.join(map(str, dead)):>12} {', '.join(map(str, nan)):>10} "
+            f"{', '.join(f'{a:.1f}' for a in accuracy):>18}"
+        )
     print("mean ± sample standard deviation over seeds; recycled: units recycled per run (mean)")
 
 

@@ -108,8 +108,7 @@ def test_every_ranks_window_equals_the_brute_force_count_over_both_ranks_batches
 
     outs = [str(tmp_path / f"rank{rank}.pkl") for rank in range(WORLD)]
     port = _free_port()
-    context = mp.start_processes(_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=False,
-                                 start_method="spawn")  # fmt: skip
+    context = mp.start_processes(_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn")
     while not context.join(timeout=60):
         pass
     results = [pickle.loads(Path(out).read_bytes()) for out in outs]

@@ -53,8 +53,14 @@ class ReluDoctorCallback(Callback):
 
     # -- fit lifecycle ---------------------------------------------------------------------------------------
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        self.watch = Watch(pl_module, attach="manual", optimizer=list(trainer.optimizers), count_optimizer_steps=False,
-                           start_step=trainer.global_step, **self.settings.watch_options())  # fmt: skip
+        self.watch = Watch(
+            pl_module,
+            attach="manual",
+            optimizer=list(trainer.optimizers),
+            count_optimizer_steps=False,
+            start_step=trainer.global_step,
+            **self.settings.watch_options(),
+        )
         self.watch.start()
         self._handled = 0
 

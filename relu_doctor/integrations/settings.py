@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..render import Format, render
+from ..render import REPORT_FORMATS, render
 from ..report import Report, Thresholds
 from ..watching.records import RecycleEvent, WindowRecord
 from ..watching.session import check_watch_settings
@@ -44,7 +44,8 @@ class CallbackSettings:
     per_site: bool = True
     """Log every site's fractions, not only the model's."""
     report_format: str | None = None
-    """Format of the end-of-fit report (any ``--format``; None: none, or table when ``report_path`` is given)."""
+    """Format of the end-of-fit report, a name in :data:`~relu_doctor.render.REPORT_FORMATS` (None: none, or the
+    default, table, when ``report_path`` is given)."""
     report_path: str | None = None
     """Where the end-of-fit report goes: a file path, or ``-`` for standard output (the default with a format)."""
     recycle_every: int | None = None
@@ -62,32 +63,40 @@ class CallbackSettings:
             raise UsageError(f"on_threshold must be one of {', '.join(ON_THRESHOLD)}, got {self.on_threshold!r}")
         for name in ("max_layer_dead_fraction", "max_dead_fraction"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not 0 <= value <= 1):  # fmt: skip
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1
+            ):
                 raise UsageError(f"{name} must be a fraction from 0 to 1 or None, got {value!r}")
-        if self.report_format is not None and self.report_format not in {f.value for f in Format}:
-            choices = ", ".join(f.value for f in Format)
+        if self.report_format is not None and self.report_format not in REPORT_FORMATS:
+            choices = ", ".join(REPORT_FORMATS.names())
             raise UsageError(f"report_format must be one of {choices}, got {self.report_format!r}")
 
     @property
     def limits(self) -> Thresholds:
         """The gate's thresholds: ``thresholds`` with the two dead-fraction limits of these settings."""
-        return replace(self.thresholds or Thresholds(), max_layer_dead_fraction=self.max_layer_dead_fraction,
-                       max_dead_fraction=self.max_dead_fraction)  # fmt: skip
+        return replace(
+            self.thresholds or Thresholds(),
+            max_layer_dead_fraction=self.max_layer_dead_fraction,
+            max_dead_fraction=self.max_dead_fraction,
+        )
 
     @property
-    def output(self) -> tuple[Format, str] | None:
-        """(format, path) of the end-of-fit report, or None when no report is asked for."""
+    def output(self) -> tuple[str, str] | None:
+        """(format name, path) of the end-of-fit report, or None when no report is asked for."""
         if self.report_format is None and self.report_path is None:
             return None
-        return Format(self.report_format or Format.table.value), self.report_path or "-"
+        return self.report_format or REPORT_FORMATS.default.name, self.report_path or "-"
 
     def watch_options(self) -> dict[str, Any]:
         """The keyword arguments of :class:`~relu_doctor.watching.Watch` these settings make."""
         return {
-            "every": self.every, "window": self.window, "thresholds": self.limits,
-            "recycle_every": self.recycle_every, "recycle": self.recycle, "seed": self.seed,
-        }  # fmt: skip
+            "every": self.every,
+            "window": self.window,
+            "thresholds": self.limits,
+            "recycle_every": self.recycle_every,
+            "recycle": self.recycle,
+            "seed": self.seed,
+        }
 
 
 def settings_from(settings: CallbackSettings | None, options: Mapping[str, Any]) -> CallbackSettings:

@@ -45,11 +45,17 @@ class ReluDoctorCallback(TrainerCallback):
         """The end-of-training report as written (None when no report_format was given)."""
         self._handled = 0
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
-                       **kwargs: Any) -> None:  # fmt: skip
+    def on_train_begin(
+        self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any
+    ) -> None:
         optimizers = [optimizer] if optimizer is not None else []
-        self.watch = Watch(model, optimizer=optimizers, count_optimizer_steps=False, start_step=state.global_step,
-                           **self.settings.watch_options())  # fmt: skip
+        self.watch = Watch(
+            model,
+            optimizer=optimizers,
+            count_optimizer_steps=False,
+            start_step=state.global_step,
+            **self.settings.watch_options(),
+        )
         self.watch.start()
         self._handled = 0
 
