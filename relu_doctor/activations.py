@@ -126,9 +126,11 @@ ACTIVATION_CLASS_NAMES = frozenset(c.__name__ for c in ACTIVATION_MODULES)
 """Their class names, as a TorchScript module keeps them (``original_name``)."""
 MEMBERS_BY_NAME = {member.name: member for member in FAMILY}
 """Each member by its :attr:`Member.name` (what an observed site and a stats file record)."""
-FUNCTION_NAMES = FAMILY_OPS | {"_threshold"}
-"""Names of the torch functions and tensor methods that may run a member, as a TorchFunctionMode sees them
-(``F.threshold`` is the Python function ``_threshold``)."""
+FUNCTION_ALIASES = {"_threshold": "threshold"}
+"""Torch functions named unlike their aten op (``F.threshold`` is the Python function ``_threshold``)."""
+FUNCTION_NAMES = FAMILY_OPS | FUNCTION_ALIASES.keys()
+"""Names of the torch functions and tensor methods that may run a member, as a TorchFunctionMode sees them; their
+arguments sit where the aten op's do, so :func:`member_of` reads them alike."""
 SWAP_MODULES: tuple[type[nn.Module], ...] = (nn.ReLU,)
 """Module classes ``fix --strategy leaky`` replaces by nn.LeakyReLU (exact type; subclasses may do more)."""
 
