@@ -104,6 +104,15 @@ FAMILY: tuple[Member, ...] = (
         module_params=("min_val", "max_val"),
     ),
     Member(
+        "hardtanh(0, 1)",
+        frozenset({"hardtanh", "hardtanh_"}),
+        "hardtanh(0,1)",
+        1.0,
+        (nn.Hardtanh,),
+        params=(Param(1, "min_val", -1.0, 0.0), Param(2, "max_val", 1.0, 1.0)),
+        module_params=("min_val", "max_val"),
+    ),
+    Member(
         "threshold(0, 0)",
         frozenset({"threshold", "threshold_"}),
         "threshold",
