@@ -37,11 +37,18 @@ class NotReplayable(Exception):
 
 
 class OwnerCalls:
-    """Which site-owning module runs innermost, and which call of it this is, from hooks on those modules only."""
+    """Which site-owning module runs innermost, and which call of it this is, from hooks on those modules only.
 
-    def __init__(self, root: nn.Module, owners: dict[str, nn.Module]) -> None:
+    Modules no pass has called yet get a hook too, which adds them to ``called`` if they ever run (so the report's
+    "modules never called" stays exact); modules that did run and own no site get none."""
+
+    def __init__(
+        self, root: nn.Module, owners: dict[str, nn.Module], uncalled: dict[str, nn.Module], called: set[str]
+    ) -> None:
         self.root = root
         self.owners = owners
+        self.uncalled = uncalled
+        self.called = called
         self.stack: list[tuple[str, int, nn.Module]] = []
         self.calls: Counter[str] = Counter()
         self.ordinals: Counter[tuple[str, int]] = Counter()
@@ -56,6 +63,9 @@ class OwnerCalls:
             for path, module in self.owners.items():
                 handles.append(module.register_forward_pre_hook(self._enter(path)))
                 handles.append(module.register_forward_hook(self._exit, always_call=True))
+            for path, module in self.uncalled.items():
+                if path not in self.called and path not in self.owners:
+                    handles.append(module.register_forward_pre_hook(self._mark(path)))
             yield
         finally:
             for handle in handles:
@@ -77,6 +87,12 @@ class OwnerCalls:
 
         return hook
 
+    def _mark(self, path: str) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            self.called.add(path)
+
+        return hook
+
     def _exit(self, module: nn.Module, args: Any, output: Any) -> None:
         if self.stack and self.stack[-1][2] is module:
             self.stack.pop()
@@ -84,7 +100,7 @@ class OwnerCalls:
 
 def _innermost_module() -> nn.Module | None:
     """The module whose ``__call__`` is innermost on the interpreter's stack (None outside any module call)."""
-    frame = sys._getframe(2)
+    frame = sys._getframe(1)
     while frame is not None and frame.f_code is not _CALL_IMPL:
         frame = frame.f_back  # type: ignore[assignment]
     return frame.f_locals.get("self") if frame is not None else None
