@@ -145,7 +145,7 @@ class ReluObserver:
         self.reducer.start_pass()
         self._watching, self._stray = True, False
         try:
-            with self._replay_scope() if replaying else self._dispatch_scope():
+            with self._replay_scope(persistent=False) if replaying else self._dispatch_scope():
                 yield outputs.append
         finally:
             self._watching = False
@@ -285,7 +285,7 @@ class ReluObserver:
         dropped and the batch runs under the dispatch mode, as do the batches after it."""
         self.reducer.start_pass(undoable=True)
         try:
-            with torch.inference_mode(), self._replay_scope():
+            with torch.inference_mode(), self._replay_scope(persistent=True):
                 self.model(*args, **self._kwargs)
             if self._replayed != len(self.sites):
                 raise NotReplayable("the pass made fewer relu calls than the first")
@@ -300,11 +300,22 @@ class ReluObserver:
         self.reducer.end_pass()
 
     @contextlib.contextmanager
-    def _replay_scope(self) -> Iterator[None]:
-        assert self._owners is not None
+    def _replay_scope(self, persistent: bool) -> Iterator[None]:
+        """``persistent``: the owner hooks stay until the observer closes (inactive between passes); otherwise
+        they are removed after the pass (a training watch leaves no hook on steps it does not observe)."""
+        owners = self._owners
+        assert owners is not None
+        if not owners.installed:
+            owners.install()
+            if persistent:
+                self._exit_stack.callback(owners.remove)
         self._replayed = 0
-        with self._owners.installed(), ReplayMode(self._replay_relu):
-            yield
+        try:
+            with owners.counting(), ReplayMode(self._replay_relu):
+                yield
+        finally:
+            if not persistent:
+                owners.remove()
 
     def _replay_relu(self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """One relu-family function call of a replay pass: the next site of the first pass, counted."""
