@@ -129,8 +129,8 @@ class Rerun:
         self, model: nn.Module, observed: Sequence[ObservedSite], site_paths: tuple[str, ...] | None = None
     ) -> None:
         self.model = model
-        self.axes = {site_key(s): s.unit_axis for s in observed}
-        self.units = {site_key(s): s.counters.units for s in observed}
+        self.axes = {s.key: s.unit_axis for s in observed}
+        self.units = {s.key: s.counters.units for s in observed}
         self.tracker = ModuleCallTracker(model)
         self.keys = SiteKeys(model, self.tracker, site_paths)
         self.leaky: frozenset[SiteKey] = frozenset()
@@ -171,11 +171,6 @@ class Rerun:
         other = [d for d in range(view.dim()) if d != axis]
         fired = (view > 0).any(dim=tuple(other)) if other else view > 0
         self.fired[key] = self.fired[key] | fired if key in self.fired else fired
-
-
-def site_key(site: ObservedSite) -> SiteKey:
-    """The key the observer gave ``site``."""
-    return (site.module_path, site.call_index, site.ordinal)
 
 
 def run_variants(
@@ -270,8 +265,7 @@ def _recycle(
     plans, _ = plan_recycle(model, observed, sites, include_dying=False)
     if not plans:
         return None
-    by_index = {s.index: s for s in observed}
-    keys = [site_key(by_index[plan.site.index]) for plan in plans]
+    keys = [plan.site.key for plan in plans]
     watch = tuple(zip(keys, (plan.units for plan in plans)))
     measured: list[Outcome] = []
 
@@ -434,7 +428,7 @@ def _with_predictions(
     findings = list(report.findings)
     if any(-1 in p.findings for p in chosen.variants):
         findings.append(leaky_everywhere(report.sites, report.summary.dead, report.summary.units))
-    keys = _keys_by_name(report, observed)
+    keys = _keys_by_name(report)
     predicted: dict[int, dict[str, float]] = {}
     answers = [(item.prefix, outcome, i) for item, outcome in zip(chosen.variants, outcomes) for i in item.findings]
     answers += [
@@ -471,8 +465,8 @@ def plan(report: Report, model: nn.Module, observed: Sequence[ObservedSite]) -> 
         if site.name in shifted:  # fix shifts every dead unit of the site, whatever its cause
             shift_answers += causes
     if shift_answers:
-        planned.append(_Planned(bias_shift_variant(model, observed, shifts), "bias_shift", tuple(shift_answers)))
-    swappable = [site_key(s) for s in observed if s.op in SWAPPABLE_OPS]
+        planned.append(_Planned(bias_shift_variant(model, shifts), "bias_shift", tuple(shift_answers)))
+    swappable = [s.key for s in observed if s.op in SWAPPABLE_OPS]
     if dead_sites and swappable:
         planned.append(_Planned(Variant("LeakyReLU everywhere", frozenset(swappable)), "leaky", (-1,)))
     caveat = ""
@@ -485,14 +479,13 @@ def plan(report: Report, model: nn.Module, observed: Sequence[ObservedSite]) -> 
     return SimulationPlan(tuple(planned), tuple(recycle), caveat)
 
 
-def bias_shift_variant(model: nn.Module, observed: Sequence[ObservedSite], plans: Sequence[SitePlan]) -> Variant:
+def bias_shift_variant(model: nn.Module, plans: Sequence[SitePlan]) -> Variant:
     """``fix --strategy bias-shift`` as one variant: every site's shift at once, as fix applies them.
 
     Shifts interact across layers (a shifted unit feeds the next site, whose shift was sized without it), so the
     prediction is the whole fix measured on the probe, never one site's shift on its own.
     """
-    by_index = {s.index: s for s in observed}
-    watch = tuple((site_key(by_index[p.site.index]), tuple(p.units)) for p in plans)
+    watch = tuple((p.site.key, tuple(p.units)) for p in plans)
     return Variant("bias shift", edits=tuple(bias_shift_edits(model, plans).items()), watch=watch)
 
 
@@ -500,12 +493,11 @@ def _site_variants(report: Report, seen: ObservedSite, name: str, causes: Sequen
     """A LeakyReLU swap of the site for all its causes."""
     if not causes or seen.op not in SWAPPABLE_OPS:
         return []
-    return [_Planned(Variant(f"LeakyReLU at {name}", frozenset([site_key(seen)])), "leaky", tuple(causes))]
+    return [_Planned(Variant(f"LeakyReLU at {name}", frozenset([seen.key])), "leaky", tuple(causes))]
 
 
-def _keys_by_name(report: Report, observed: Sequence[ObservedSite]) -> dict[str, SiteKey]:
-    by_index = {s.index: s for s in observed}
-    return {site.name: site_key(by_index[site.index]) for site in report.sites}
+def _keys_by_name(report: Report) -> dict[str, SiteKey]:
+    return {site.name: site.key for site in report.sites}
 
 
 def _numbers(prefix: str, outcome: Outcome, baseline: Outcome, revived: int) -> dict[str, float]:

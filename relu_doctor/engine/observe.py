@@ -36,7 +36,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 from .. import activations
 from ..activations import ACTIVATION_MODULES, module_cap
 from ..errors import ObservationError, UsageError
-from ..report import Producer
+from ..report import Producer, SiteIdentity, SiteRecord
 from ..settings import DEFAULT_REDUCER, check_reducer_name
 from . import fused, ops
 from .counters import UnitAccumulator, all_finite, reduce_sample_max
@@ -72,6 +72,32 @@ class ObservedSite:
     undecided: list[tuple[torch.Tensor, torch.Tensor, float]] | None = None
     """While the unit axis waits for a consumer (provenance unknown, first pass only): (pre-activation, output,
     cap) copies of the calls seen so far, counted once the axis is known."""
+
+    @property
+    def key(self) -> SiteKey:
+        """Which relu op of the forward pass this is (the key the observer filed it under)."""
+        return (self.module_path, self.call_index, self.ordinal)
+
+    @property
+    def identity(self) -> SiteIdentity:
+        """What the same site must show on another rank (or in another stats file) to be combined with this one."""
+        return SiteIdentity(self.key, self.op, self.counters.units, self.unit_axis)
+
+    def record(self) -> SiteRecord:
+        """The site as plain data (its counters as tuples): what analysis judges and a stats file stores."""
+        return SiteRecord(
+            index=self.index,
+            module_path=self.module_path,
+            call_index=self.call_index,
+            ordinal=self.ordinal,
+            op=self.op,
+            kind=self.kind,
+            unit_axis=self.unit_axis,
+            layout=self.layout,
+            activation_shape=self.activation_shape,
+            counters=self.counters.snapshot(),
+            producer=self.producer,
+        )
 
 
 class ForwardingMode(TorchDispatchMode):
