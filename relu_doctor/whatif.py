@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -32,12 +32,12 @@ from torch.utils._pytree import tree_flatten
 from . import activations
 from .activations import LEAKY_SLOPE, SWAPPABLE_OPS
 from .analysis.diagnose import leaky_everywhere
-from .api import Combiner, scan_observed
+from .api import ScanOptions, scan_observed
 from .codes import BIAS_SHIFT, LEAKY, RECYCLE, fixable_by
 from .engine import ops
 from .engine.model_state import instrumented
 from .engine.observe import ForwardingMode, ObservedSite, call_arguments
-from .engine.runner import Progress, batch_samples
+from .engine.runner import batch_samples
 from .engine.site_keys import SiteKey, SiteKeys
 from .engine.tracking import ModuleCallTracker
 from .errors import first_line
@@ -46,8 +46,11 @@ from .repair.drift import DriftMeter, flat_floats
 from .repair.edits import Edits, edited
 from .repair.plan import SitePlan, plan_bias_shift, plan_recycle
 from .repair.recycle import DEFAULT_SEED, recycle_until_alive
-from .report import Finding, ModelInfo, ProbeInfo, Report, Site, Thresholds
-from .settings import DEFAULT_REDUCER, DEFAULT_SIMULATE_SAMPLES
+from .report import Finding, Report, Site
+from .settings import DEFAULT_SIMULATE_SAMPLES
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 MAX_SIMULATED_SITES = 8
 """Sites with the most dead units that get per-site simulations; each costs a few forward passes of the probe."""
@@ -517,17 +520,10 @@ def scan(
     model: nn.Module,
     batches: Iterable[Any],
     *,
-    thresholds: Thresholds | None = None,
-    unit_dim: int | None = None,
-    site_paths: tuple[str, ...] | None = None,
-    model_info: ModelInfo | None = None,
-    probe_info: ProbeInfo | None = None,
-    progress: Progress | None = None,
     simulate: bool = False,
     simulate_samples: int = DEFAULT_SIMULATE_SAMPLES,
     simulate_progress: SimulationProgress | None = None,
-    combiner: Combiner | None = None,
-    reducer: str = DEFAULT_REDUCER,
+    **options: Unpack[ScanOptions],
 ) -> Report:
     """:func:`relu_doctor.api.scan`, then with ``simulate=True`` the fix simulations (:func:`simulate_findings`).
 
@@ -535,21 +531,11 @@ def scan(
     them; nothing else is kept, and under torchrun every rank keeps the same ones) through modified versions of
     the model (LeakyReLU swaps, bias shifts, recycled units) and fills each finding's ``predicted``; it is off
     by default here (the CLI turns it on). ``simulate_progress(done, planned)`` follows its forward passes.
-    Every other argument is :func:`relu_doctor.api.scan`'s.
+    Every other argument is :func:`relu_doctor.api.scan`'s (:class:`~relu_doctor.api.ScanOptions`).
     """
     head = SubProbe(simulate_samples)
-    report, observed = scan_observed(
-        model,
-        head.tap(batches) if simulate else batches,
-        thresholds=thresholds,
-        unit_dim=unit_dim,
-        site_paths=site_paths,
-        model_info=model_info,
-        probe_info=probe_info,
-        progress=progress,
-        combiner=combiner,
-        reducer=reducer,
-    )
+    report, observed = scan_observed(model, head.tap(batches) if simulate else batches, **options)
     if not simulate:
         return report
-    return simulate_findings(report, model, observed, head.batches, site_paths=site_paths, progress=simulate_progress)
+    paths = options.get("site_paths")
+    return simulate_findings(report, model, observed, head.batches, site_paths=paths, progress=simulate_progress)
