@@ -118,6 +118,8 @@ class SiteIdentity:
     """Owner path, call of the owner, relu op of that call."""
     op: str
     """The aten op as observed (:attr:`SiteRecord.op`)."""
+    member: str
+    """The relu-family member it runs (:attr:`SiteRecord.member`)."""
     units: int
     """Number of units."""
     unit_axis: int
@@ -139,6 +141,8 @@ class SiteRecord:
     """Which relu op of that call this is, from 1."""
     op: str
     """The aten op as observed (``hardtanh`` for relu6; :attr:`Site.op` shows it as users know it)."""
+    member: str
+    """The relu-family member it runs (a name in the activations table: its display name, cap, ...)."""
     kind: str
     """"module" when the op ran inside an activation module (nn.ReLU, ...), else "functional"."""
     unit_axis: int
@@ -160,7 +164,7 @@ class SiteRecord:
     @property
     def identity(self) -> SiteIdentity:
         """What another run's record must equal to be merged with this one."""
-        return SiteIdentity(self.key, self.op, len(self.counters.positive), self.unit_axis)
+        return SiteIdentity(self.key, self.op, self.member, len(self.counters.positive), self.unit_axis)
 
     def merged(self, other: SiteRecord) -> SiteRecord:
         """This record with ``other``'s counters added (the same site, another probe shard)."""

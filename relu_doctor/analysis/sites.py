@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
-from ..activations import site_op
+from ..activations import MEMBERS_BY_NAME
 from ..report import Site, SiteRecord, Thresholds, UnitCounters, rate_summary
 
 
@@ -28,7 +28,7 @@ class Called(Protocol):
     @property
     def kind(self) -> str: ...
     @property
-    def op(self) -> str: ...
+    def member(self) -> str: ...
 
 
 def site_names(observed: Sequence[Called]) -> list[str]:
@@ -45,7 +45,7 @@ def site_names(observed: Sequence[Called]) -> list[str]:
         if site.kind != "functional":
             names.append(owner or "<root>")
             continue
-        op = "relu6" if site.op.startswith("hardtanh") else site.op.rstrip("_")
+        op = MEMBERS_BY_NAME[site.member].display
         suffix = f"#{site.ordinal}" if functional_per_call[(site.module_path, site.call_index)] > 1 else ""
         names.append(f"{owner}:{op}{suffix}")
     return _deduplicated(names)
@@ -66,7 +66,7 @@ def build_site(observed: SiteRecord, name: str, thresholds: Thresholds) -> Site:
         module_path=observed.module_path,
         call_index=observed.call_index,
         ordinal=observed.ordinal,
-        op=site_op(observed.op),
+        op=MEMBERS_BY_NAME[observed.member].shown_as(observed.op),
         kind=observed.kind,
         unit_axis=observed.unit_axis,
         layout=observed.layout,

@@ -11,7 +11,7 @@ from collections import Counter
 
 from torch import nn
 
-from ..activations import ACTIVATION_MODULES
+from ..activations import ACTIVATION_CLASS_NAMES, ACTIVATION_MODULES
 from ..report import SiteKey
 from .tracking import ModuleCallTracker
 
@@ -90,4 +90,4 @@ class SiteKeys:
         if isinstance(module, ACTIVATION_MODULES):
             return "module"
         original = getattr(module, "original_name", "")
-        return "module" if path and original in {"ReLU", "ReLU6", "Hardtanh", "Threshold"} else "functional"
+        return "module" if path and original in ACTIVATION_CLASS_NAMES else "functional"

@@ -190,6 +190,10 @@ def _site_from(document: dict[str, Any], tensors: dict[str, Any], k: int) -> Sit
     """Site ``k`` of a file: its fields (a version-1 file's extra graph facts are passed over) and counters."""
     prefix = f"site{k}."
     counters = {n[len(prefix) :]: t.tolist() for n, t in tensors.items() if n.startswith(prefix)}
+    if "member" not in document:  # written before sites recorded their member: the op's first one, as meant then
+        from ..activations import member_for_op
+
+        document = {**document, "member": member_for_op(document["op"]).name}
     fields = {name: _tupled(document[name]) for name in _SITE_FIELDS}
     producer = None if document.get("producer") is None else _record(Producer, document["producer"])
     return SiteRecord(counters=_record(UnitCounters, counters), producer=producer, **fields)
