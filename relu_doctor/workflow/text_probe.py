@@ -12,9 +12,9 @@ feed-forward does, still counts one sample per sequence.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterator
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
