@@ -13,8 +13,8 @@ from rich.text import Text
 
 from ..report import Finding, Report, Site
 from .certificate import certification_lines
-from .layers import layer_rows, row_cells, should_group
 from .common import percent, summary_line
+from .layers import layer_rows, row_cells, should_group
 from .markdown import confidence_line, predicted_text, site_causes, units_text
 
 _STATUS_STYLE = {"FAIL": "bold red", "dead": "red", "nan": "magenta", "warn": "yellow", "ok": "green"}
