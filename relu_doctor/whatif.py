@@ -36,7 +36,8 @@ from .api import Combiner, scan_observed
 from .codes import BIAS_SHIFT, LEAKY, RECYCLE, fixable_by
 from .engine import ops
 from .engine.model_state import instrumented
-from .engine.observe import ForwardingMode, ObservedSite, call_arguments
+from .engine.masking import batch_mask, token_view
+from .engine.observe import ForwardingMode, MaskedBatch, ObservedSite, call_arguments
 from .engine.runner import Progress, batch_samples
 from .engine.site_keys import SiteKey, SiteKeys
 from .engine.tracking import ModuleCallTracker
@@ -97,8 +98,9 @@ class _Meter:
     classifier: bool = True
     fired: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
 
-    def add(self, before: Any, after: Any, fired: dict[SiteKey, torch.Tensor]) -> None:
-        self.drift.add(flat_floats(before), flat_floats(after))
+    def add(self, before: Any, after: Any, fired: dict[SiteKey, torch.Tensor], mask: torch.Tensor | None) -> None:
+        """Count one batch; ``mask`` (a token batch's attention mask) leaves padded positions out of the drift."""
+        self.drift.add(flat_floats(before, mask), flat_floats(after, mask))
         old, new = _float_leaves(before), _float_leaves(after)
         self.classifier = self.classifier and bool(old) and old[0].dim() == 2 and old[0].shape[1] >= 2
         if self.classifier:
@@ -135,6 +137,8 @@ class Rerun:
         self.keys = SiteKeys(model, self.tracker, site_paths)
         self.leaky: frozenset[SiteKey] = frozenset()
         self.fired: dict[SiteKey, torch.Tensor] = {}
+        self._mask: torch.Tensor | None = None
+        """The current token batch's attention mask: a unit firing only at padded positions did not fire."""
         self._names: dict[Any, str] = {}
         self._exit_stack = contextlib.ExitStack()
 
@@ -148,7 +152,7 @@ class Rerun:
     def forward(self, batch: Any, leaky: frozenset[SiteKey] = frozenset()) -> Any:
         """One forward pass with ``leaky`` sites swapped; ``fired`` then holds this pass's fired units per site."""
         args, kwargs = call_arguments(batch)
-        self.leaky, self.fired = leaky, {}
+        self.leaky, self.fired, self._mask = leaky, {}, batch_mask(batch)
         self.tracker.start_pass()
         self.keys.start_pass()
         with torch.inference_mode(), ForwardingMode(self):
@@ -168,8 +172,13 @@ class Rerun:
     def _count(self, key: SiteKey, pre: torch.Tensor) -> None:
         view = pre.reshape(1, -1) if pre.dim() < 2 else pre
         axis = self.axes.get(key, 1 if view.dim() >= 4 else view.dim() - 1)
-        other = [d for d in range(view.dim()) if d != axis]
-        fired = (view > 0).any(dim=tuple(other)) if other else view > 0
+        tokens = token_view(view, axis, self._mask) if self._mask is not None else None
+        if tokens is not None:
+            assert self._mask is not None
+            fired = ((tokens > 0) & self._mask.to(tokens.device).unsqueeze(-1)).any(dim=1).any(dim=0)
+        else:
+            other = [d for d in range(view.dim()) if d != axis]
+            fired = (view > 0).any(dim=tuple(other)) if other else view > 0
         self.fired[key] = self.fired[key] | fired if key in self.fired else fired
 
 
@@ -214,7 +223,7 @@ class Replay:
         self.references = []
         for batch in batches:
             reference = self._forward(batch)
-            meter.add(reference, reference, rerun.fired)
+            meter.add(reference, reference, rerun.fired, batch_mask(batch))
             self.references.append(reference)
         self.baseline = meter.outcome(Variant("unchanged"), self.units)
         self._fired = meter.fired
@@ -226,7 +235,7 @@ class Replay:
         edits = edited(self.rerun.model, dict(variant.edits)) if variant.edits else contextlib.nullcontext()
         with edits:
             for batch, reference in zip(self.batches, self.references):
-                meter.add(reference, self._forward(batch, variant.leaky_sites), self.rerun.fired)
+                meter.add(reference, self._forward(batch, variant.leaky_sites), self.rerun.fired, batch_mask(batch))
         newly_dead = _newly_dead(self._fired, meter.fired, variant.leaky_sites)
         return replace(meter.outcome(variant, self.units), newly_dead=newly_dead)
 
@@ -345,6 +354,8 @@ def _head(batch: Any, samples: int) -> Any:
     """The first ``samples`` samples of a batch (a tensor or a tuple of inputs), copied so the batch can go."""
     if isinstance(batch, torch.Tensor):
         return batch[:samples].clone()
+    if isinstance(batch, MaskedBatch):
+        return MaskedBatch(batch.input_ids[:samples].clone(), batch.attention_mask[:samples].clone())
     if isinstance(batch, (tuple, list)):
         return type(batch)(t[:samples].clone() if isinstance(t, torch.Tensor) and t.dim() > 0 else t for t in batch)
     return batch
