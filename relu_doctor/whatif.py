@@ -35,8 +35,8 @@ from .analysis.diagnose import leaky_everywhere
 from .api import Combiner, scan_observed
 from .codes import BIAS_SHIFT, LEAKY, RECYCLE, fixable_by
 from .engine import ops
-from .engine.model_state import instrumented
 from .engine.masking import batch_mask, token_view
+from .engine.model_state import instrumented
 from .engine.observe import ForwardingMode, MaskedBatch, ObservedSite, call_arguments
 from .engine.runner import Progress, batch_samples
 from .engine.site_keys import SiteKey, SiteKeys
