@@ -102,8 +102,10 @@ def test_window_counts_equal_a_brute_force_count_of_the_same_training_forwards(f
     assert [r.samples for r in watch.history] == [32, 32, 32, 16]
     third = ":relu" if functional else "act3"  # a functional relu in the root's forward is named ":relu"
     for record, oracle in zip(watch.history, expected):
-        got = {name: (record.site(name).dead, record.site(name).dying, record.site(name).dormant)
-               for name in ("act#1", "act#2", third)}  # fmt: skip
+        got = {
+            name: (record.site(name).dead, record.site(name).dying, record.site(name).dormant)
+            for name in ("act#1", "act#2", third)
+        }
         assert got == {"act#1": oracle["act#1"], "act#2": oracle["act#2"], third: oracle["fc3_relu"]}
     assert sum(r.dead for r in watch.history) > 0  # the planted units make the comparison non-trivial
 

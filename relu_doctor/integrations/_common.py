@@ -49,16 +49,30 @@ class CallbackSettings:
     def watch_settings(self) -> dict[str, Any]:
         """The keyword arguments of :class:`~relu_doctor.watching.Watch` these settings make."""
         return {
-            "every": self.every, "window": self.window, "thresholds": self.thresholds,
-            "recycle_every": self.recycle_every, "recycle": self.recycle, "seed": self.seed,
-        }  # fmt: skip
+            "every": self.every,
+            "window": self.window,
+            "thresholds": self.thresholds,
+            "recycle_every": self.recycle_every,
+            "recycle": self.recycle,
+            "seed": self.seed,
+        }
 
 
 def callback_settings(
-    *, every: int, window: int, max_layer_dead_fraction: float | None, max_dead_fraction: float | None,
-    on_threshold: str, per_site: bool, report_format: str | None, report_path: str | None,
-    recycle_every: int | None, recycle: str, seed: int, thresholds: Thresholds | None,
-) -> CallbackSettings:  # fmt: skip
+    *,
+    every: int,
+    window: int,
+    max_layer_dead_fraction: float | None,
+    max_dead_fraction: float | None,
+    on_threshold: str,
+    per_site: bool,
+    report_format: str | None,
+    report_path: str | None,
+    recycle_every: int | None,
+    recycle: str,
+    seed: int,
+    thresholds: Thresholds | None,
+) -> CallbackSettings:
     """Checked settings; a bad value raises :class:`~relu_doctor.errors.UsageError` naming it."""
     if on_threshold not in ON_THRESHOLD:
         raise UsageError(f"on_threshold must be one of {', '.join(ON_THRESHOLD)}, got {on_threshold!r}")
@@ -70,20 +84,30 @@ def callback_settings(
         raise UsageError(f"report_format must be one of {choices}, got {report_format!r}")
     if report_path is not None and report_format is None:
         report_format = REPORT_FORMATS.default.name
-    limits = replace(thresholds or Thresholds(), max_layer_dead_fraction=max_layer_dead_fraction,
-                     max_dead_fraction=max_dead_fraction)  # fmt: skip
+    limits = replace(
+        thresholds or Thresholds(), max_layer_dead_fraction=max_layer_dead_fraction, max_dead_fraction=max_dead_fraction
+    )
     return CallbackSettings(
-        every, window, limits, on_threshold, per_site, report_format,
-        report_path if report_path is not None else ("-" if report_format else None), recycle_every, recycle, seed,
-    )  # fmt: skip
+        every,
+        window,
+        limits,
+        on_threshold,
+        per_site,
+        report_format,
+        report_path if report_path is not None else ("-" if report_format else None),
+        recycle_every,
+        recycle,
+        seed,
+    )
 
 
 def threshold_message(record: WindowRecord) -> str | None:
     """One line naming every broken threshold of a window, or None when it is within them."""
     if record.gate_passed:
         return None
-    return (f"relu-doctor: steps {record.first_step}..{record.last_step} (window {record.index}): "
-            + "; ".join(record.violations))  # fmt: skip
+    return f"relu-doctor: steps {record.first_step}..{record.last_step} (window {record.index}): " + "; ".join(
+        record.violations
+    )
 
 
 def metrics_of(record: WindowRecord, events: tuple[RecycleEvent, ...], per_site: bool) -> dict[str, float]:
