@@ -35,9 +35,16 @@ def opt_model(layers: int = 2, dead: int = 4, vocab: int = 64) -> transformers.O
     """A tiny OPT-style relu decoder; ``dead`` units of layer 0 are killed by a bias of -100."""
     torch.manual_seed(0)
     config = transformers.OPTConfig(
-        vocab_size=vocab, hidden_size=16, num_hidden_layers=layers, ffn_dim=32, num_attention_heads=2,
-        max_position_embeddings=64, word_embed_proj_dim=16, activation_function="relu", pad_token_id=0,
-    )  # fmt: skip
+        vocab_size=vocab,
+        hidden_size=16,
+        num_hidden_layers=layers,
+        ffn_dim=32,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        word_embed_proj_dim=16,
+        activation_function="relu",
+        pad_token_id=0,
+    )
     model = transformers.OPTForCausalLM(config)
     with torch.no_grad():
         model.model.decoder.layers[0].fc1.bias[:dead] = -100.0
