@@ -116,7 +116,7 @@ def test_many_layer_opt_decoder_reads_one_row_per_layer_at_most(tmp_path: Path, 
     pytest.importorskip("transformers")
     from _hf_models import TEXTS, make_tokenizer, opt_model
 
-    from relu_doctor.engine.observe import MaskedBatch
+    from relu_doctor.engine.batches import MaskedBatch
 
     tokenizer = make_tokenizer()
     model = opt_model(layers=20, vocab=len(tokenizer))

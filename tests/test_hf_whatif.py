@@ -13,7 +13,7 @@ pytest.importorskip("tokenizers")
 
 from _hf_models import TEXTS, make_tokenizer, opt_model  # noqa: E402
 
-from relu_doctor.engine.observe import MaskedBatch  # noqa: E402
+from relu_doctor.engine.batches import MaskedBatch  # noqa: E402
 from relu_doctor.repair.drift import drift_between  # noqa: E402
 from relu_doctor.whatif import scan  # noqa: E402
 

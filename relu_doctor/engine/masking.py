@@ -1,6 +1,6 @@
 """Padding masks: which positions of a token batch are real, lined up with the tensors a model makes from it.
 
-A token batch (:class:`relu_doctor.engine.observe.MaskedBatch`) carries a (samples, positions) attention mask,
+A token batch (:class:`relu_doctor.engine.batches.MaskedBatch`) carries a (samples, positions) attention mask,
 True at real tokens. Every pass that reads what the model computed (the observer's counters, the fix
 simulations' fired units, output drift) uses these functions, so a padded position counts nowhere.
 """

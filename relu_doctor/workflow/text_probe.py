@@ -4,7 +4,7 @@ Texts are lines of a .txt or the ``text`` field of a .jsonl. A *sample* of a tok
 text, one row of ids): the trials of the dead-rate bound are sequences, since tokens of one sequence are
 correlated; each real token is one *position*, the evidence a unit's firing rate and sparsity are measured on.
 Batches are padded to their longest text and carry the attention mask, so the model never attends to padding and
-the observer leaves padded positions out of every counter (:class:`relu_doctor.engine.observe.MaskedBatch`); a
+the observer leaves padded positions out of every counter (:class:`relu_doctor.engine.batches.MaskedBatch`); a
 row with no real token at all is not a sample. Token ids without a mask get an all-ones mask when the model takes
 ``attention_mask`` (:func:`with_token_rows`), so a model that flattens (sequences x tokens) into rows, as OPT's
 feed-forward does, still counts one sample per sequence.
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engine.observe import MaskedBatch
+from ..engine.batches import MaskedBatch
 from ..errors import ProbeError
 from ..report import ProbeInfo
 from ..settings import DEFAULT_MAX_LENGTH
