@@ -23,6 +23,12 @@ import torch
 from ...activations import Member
 from ..counters import BatchCounts, UnitAccumulator
 
+ROW_SITE_ELEMENTS = 1 << 16
+"""A one-position site (samples, units) up to this size is copied into its group's buffer and reduced with the
+others at the end of the pass (per-call torch overhead dominates such small sites); a larger one at once."""
+ROW_GROUP_BYTES = 32 << 20
+"""The most a group's buffer holds; a full buffer is reduced before the pass ends."""
+
 
 class TorchReducer:
     """Reduces each call with torch operations; counts reach the counters at :meth:`end_pass`."""
@@ -31,14 +37,17 @@ class TorchReducer:
 
     def __init__(self) -> None:
         self._pending: list[tuple[UnitAccumulator, BatchCounts]] = []
-        self._rows: dict[tuple[Any, ...], list[tuple[UnitAccumulator, torch.Tensor]]] = {}
-        """(shape, dtype, device, member) -> (counters, (samples, units) pre-activation copy) of one-position
-        sites, reduced together at the end of the pass."""
+        self._group_counts: list[_GroupCounts] = []
+        self._groups: dict[tuple[Any, ...], _RowGroup] = {}
+        """(shape, dtype, device, member) -> the buffered one-position calls of that kind (buffers kept across
+        passes: the next pass fills them again)."""
 
     def start_pass(self, *, undoable: bool = False) -> None:
         """Begin a pass (``undoable``: :meth:`undo_pass` may drop it; the torch reducer can always do that)."""
         self._pending.clear()
-        self._rows.clear()
+        self._group_counts.clear()
+        for group in self._groups.values():
+            group.clear()
 
     def before_op(
         self,
@@ -53,13 +62,18 @@ class TorchReducer:
         returns what :meth:`after_op` needs (None when the op's output is not needed)."""
         if mask is not None:
             return _Masked(counters, pre.clone(), mask)
+        if small_rows(pre, sample_axis):
+            rows = pre if sample_axis == 0 else pre.t()
+            key = (tuple(rows.shape), rows.dtype, rows.device, member)
+            group = self._groups.get(key)
+            if group is None:
+                group = self._groups[key] = _RowGroup(rows, member)
+            if group.add(counters, rows):
+                self._group_counts.extend(group.reduce())
+            return None
         sample_max = reduce_sample_max(pre, unit_axis, sample_axis)
         if not all_finite(sample_max):
             return ExactCall(counters, pre.clone(), unit_axis, sample_axis)
-        if pre.dim() == 2 and sample_axis is not None:  # one position per sample: the copy holds everything
-            key = (tuple(sample_max.shape), sample_max.dtype, sample_max.device, member)
-            self._rows.setdefault(key, []).append((counters, sample_max))
-            return None
         return _Finite(counters, sample_max, unit_axis, pre.shape)
 
     def after_op(self, token: Any, output: torch.Tensor) -> None:
@@ -71,10 +85,12 @@ class TorchReducer:
         """Add the pass's counts to the counters."""
         # Counters made inside a pass are inference tensors, writable only in inference mode; normal ones are too.
         with torch.inference_mode():
-            for key, calls in self._rows.items():
-                self._pending.extend(_row_counts(calls, key[3]))
+            for group in self._groups.values():
+                self._group_counts.extend(group.reduce())
             for counters, counts in self._pending:
                 counters.add(counts)
+            for group_counts in self._group_counts:
+                group_counts.add()
         self.start_pass()
 
     def undo_pass(self) -> None:
@@ -82,16 +98,145 @@ class TorchReducer:
         self.start_pass()
 
 
-def _row_counts(calls: list[tuple[UnitAccumulator, torch.Tensor]], member: Member) -> list[Any]:
-    """The counts of one-position sites of one shape, reduced together: (sites, samples, units) at once."""
-    stacked = torch.stack([sample_max for _, sample_max in calls])
-    samples = stacked.shape[1]
-    fired = _count_positive(stacked, dim=1)
-    maxima = stacked.amax(dim=1).float()
-    sums = member.activation(stacked).sum(dim=1, dtype=torch.float32)
-    return [
-        (counters, BatchCounts(fired[k], maxima[k], sums[k], samples, samples)) for k, (counters, _) in enumerate(calls)
-    ]
+def small_rows(pre: torch.Tensor, sample_axis: int | None) -> bool:
+    """True for a (samples, units) pre-activation small enough to be reduced with others of its shape."""
+    return pre.dim() == 2 and sample_axis is not None and pre.numel() <= ROW_SITE_ELEMENTS
+
+
+class _RowGroup:
+    """Copies of the (samples, units) pre-activations of one-position sites of one shape, reduced all at once:
+    a few tensor calls for every site of the group instead of a dozen per site (a 200-layer MLP has 200)."""
+
+    def __init__(self, like: torch.Tensor, member: Member) -> None:
+        self.member = member
+        self.capacity = max(1, ROW_GROUP_BYTES // max(like.numel() * like.element_size(), 1))
+        with torch.inference_mode(False):  # a normal tensor: writable inside and outside inference mode
+            self.buffer = torch.empty((1, *like.shape), dtype=like.dtype, device=like.device)
+        self.counters: list[UnitAccumulator] = []
+        self.stores: list[_Store] = []
+        """One per chunk of the pass (a pass fills the buffer ``capacity`` calls at a time)."""
+        self._chunks = 0
+
+    def clear(self) -> None:
+        self.counters.clear()
+        self._chunks = 0
+
+    def add(self, counters: UnitAccumulator, rows: torch.Tensor) -> bool:
+        """Copy one call in; True when the buffer is full (reduce it now)."""
+        n = len(self.counters)
+        if n == self.buffer.shape[0]:
+            shape, dtype, device = self.buffer.shape, self.buffer.dtype, self.buffer.device
+            with torch.inference_mode(False):
+                grown = torch.empty((min(2 * n, self.capacity), *shape[1:]), dtype=dtype, device=device)
+            grown[:n].copy_(self.buffer)
+            self.buffer = grown
+        self.buffer[n].copy_(rows)  # a copy: an in-place op runs right after this
+        self.counters.append(counters)
+        return len(self.counters) == self.capacity
+
+    def reduce(self) -> list[_GroupCounts]:
+        """The counts of the calls copied in so far (the buffer is then free for the next ones)."""
+        if not self.counters:
+            return []
+        n = len(self.counters)
+        stacked = self.buffer[:n]
+        if not all_finite(stacked):
+            member = self.member
+            counts = [exact_counts(rows, member.activation(rows), 1, 0) for rows in stacked]
+            done = [_GroupCounts.per_site(list(zip(self.counters, counts)))]
+        else:
+            maxima = stacked.amax(dim=1).float()
+            activation = self.member.activation(stacked, in_place=True)  # the buffer is ours
+            sums = activation.sum(dim=1, dtype=torch.float32)
+            # a member's output is non-zero exactly where its unit fires: sign() is 1 there, 0 elsewhere
+            fired = _count_nonzero(activation.sign_(), dim=1)
+            chunk = self._chunks
+            self._chunks += 1
+            if len(self.stores) <= chunk:
+                self.stores.append(_Store())
+            done = [_GroupCounts(list(self.counters), fired, maxima, sums, stacked.shape[1], self.stores[chunk])]
+        self.counters.clear()
+        return done
+
+
+class _Store:
+    """The counters of the sites of one chunk of a group as rows of (sites, units) tensors: each site's counters
+    are views of its row, so a pass adds to every site in four tensor calls. Re-made whenever the chunk's sites
+    or their tensors change (a new site, counters replaced by a merge or an all-reduce)."""
+
+    def __init__(self) -> None:
+        self.counters: list[UnitAccumulator] = []
+        self.views: list[tuple[torch.Tensor, ...]] = []
+        self.tensors: tuple[torch.Tensor, ...] = ()
+
+    def holds(self, counters: list[UnitAccumulator]) -> bool:
+        return len(counters) == len(self.counters) and all(
+            a is b and _fields(a) == tuple(map(id, views)) for a, b, views in zip(counters, self.counters, self.views)
+        )
+
+    def adopt(self, counters: list[UnitAccumulator]) -> None:
+        with torch.inference_mode(False):  # normal tensors: writable inside and outside inference mode
+            self.tensors = tuple(torch.stack([getattr(c, name) for c in counters]) for name in _STORED)
+        self.counters = list(counters)
+        self.views = []
+        for k, acc in enumerate(counters):
+            views = tuple(t[k] for t in self.tensors)
+            for name, view in zip(_STORED, views):
+                setattr(acc, name, view)
+            self.views.append(views)
+
+
+_STORED = ("positive", "samples_fired", "max_preactivation", "activation_sum")
+
+
+def _fields(counters: UnitAccumulator) -> tuple[int, ...]:
+    return tuple(id(getattr(counters, name)) for name in _STORED)
+
+
+class _GroupCounts:
+    """What one reduced chunk of a group adds: (sites, units) tensors, added through the chunk's store."""
+
+    def __init__(
+        self,
+        counters: list[UnitAccumulator],
+        fired: torch.Tensor | None,
+        maxima: torch.Tensor | None,
+        sums: torch.Tensor | None,
+        samples: int,
+        store: _Store | None,
+    ) -> None:
+        self.counters, self.fired, self.maxima, self.sums = counters, fired, maxima, sums
+        self.samples, self.store = samples, store
+        self.each: list[tuple[UnitAccumulator, BatchCounts]] = []
+
+    @classmethod
+    def per_site(cls, each: list[tuple[UnitAccumulator, BatchCounts]]) -> _GroupCounts:
+        counts = cls([], None, None, None, 0, None)
+        counts.each = each
+        return counts
+
+    def add(self) -> None:
+        for counters, batch in self.each:
+            counters.add(batch)
+        if self.store is None or self.fired is None or self.maxima is None or self.sums is None:
+            return
+        if not self.store.holds(self.counters):
+            self.store.adopt(self.counters)
+        positive, fired, highest, total = self.store.tensors
+        positive += self.fired
+        fired += self.fired
+        torch.maximum(highest, self.maxima, out=highest)
+        total += self.sums
+        for counters in self.counters:
+            counters.positions += self.samples
+            counters.samples += self.samples
+
+
+def _count_nonzero(signs: torch.Tensor, dim: int) -> torch.Tensor:
+    """Per unit, the number of ones in a tensor of 0s and 1s along ``dim`` (exact through a float32 sum)."""
+    if signs.shape[dim] >= EXACT_FLOAT32_COUNT:
+        return (signs != 0).sum(dim=dim)
+    return signs.sum(dim=dim, dtype=torch.float32).to(torch.int64)
 
 
 @dataclass(frozen=True)
@@ -126,21 +271,24 @@ class ExactCall:
     sample_axis: int | None
 
     def counts(self, output: torch.Tensor) -> BatchCounts:
-        pre, unit_axis = self.pre, self.unit_axis
-        activation = output.reshape(pre.shape)
-        other = [d for d in range(pre.dim()) if d != unit_axis]
-        finite = torch.isfinite(pre)
-        sample_max = reduce_sample_max(torch.where(finite, pre, -math.inf), unit_axis, self.sample_axis)
-        return BatchCounts(
-            _count_positive(sample_max, dim=0),
-            sample_max.amax(dim=0).float(),
-            torch.where(finite, activation, 0).sum(dim=other, dtype=torch.float32),
-            pre.numel() // max(self.counters.units, 1),
-            sample_max.shape[0],
-            positive=((pre > 0) & finite).sum(dim=other),
-            nan=torch.isnan(pre).sum(dim=other),
-            inf=torch.isinf(pre).sum(dim=other),
-        )
+        return exact_counts(self.pre, output.reshape(self.pre.shape), self.unit_axis, self.sample_axis)
+
+
+def exact_counts(pre: torch.Tensor, activation: torch.Tensor, unit_axis: int, sample_axis: int | None) -> BatchCounts:
+    """The counts of a call holding NaN or Inf: those go to their own counters and nowhere else."""
+    other = [d for d in range(pre.dim()) if d != unit_axis]
+    finite = torch.isfinite(pre)
+    sample_max = reduce_sample_max(torch.where(finite, pre, -math.inf), unit_axis, sample_axis)
+    return BatchCounts(
+        _count_positive(sample_max, dim=0),
+        sample_max.amax(dim=0).float(),
+        torch.where(finite, activation, 0).sum(dim=other, dtype=torch.float32),
+        pre.numel() // max(pre.shape[unit_axis], 1),
+        sample_max.shape[0],
+        positive=((pre > 0) & finite).sum(dim=other),
+        nan=torch.isnan(pre).sum(dim=other),
+        inf=torch.isinf(pre).sum(dim=other),
+    )
 
 
 @dataclass(frozen=True)
