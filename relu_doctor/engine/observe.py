@@ -37,6 +37,7 @@ from . import ops
 from .batches import MaskedBatch, call_arguments, leading_size
 from .counters import UnitAccumulator
 from .graph import GraphRecorder
+from .masking import token_view
 from .model_state import instrumented
 from .ops import Layout, Role
 from .passes import GRAD_SHOWING, ForwardingMode, Grad, RelusOutsideHooks, UnhookedRelu, autograd_state, stronger
@@ -390,12 +391,9 @@ class ReluObserver:
         """The pre-activation as (samples, positions, units) lined up with the attention mask, or None (with a
         warning) when its shape does not line up: (B, T, U) as is, or (B*T, U) as OPT's feed-forward flattens it."""
         assert self._mask is not None
-        samples, positions = self._mask.shape
-        units = site.counters.units
-        if view.dim() == 3 and tuple(view.shape[:2]) == (samples, positions) and site.unit_axis == 2:
-            return view
-        if view.dim() == 2 and view.shape[0] == samples * positions and site.unit_axis == 1:
-            return view.reshape(samples, positions, units)
+        tokens = token_view(view, site.unit_axis, self._mask)
+        if tokens is not None:
+            return tokens
         self.warnings[
             f"{site_label(site)}: its activation of shape {tuple(view.shape)} does not line up with the attention "
             "mask's (samples, positions); padded positions are counted there"

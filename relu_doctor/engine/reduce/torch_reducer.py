@@ -22,6 +22,7 @@ import torch
 
 from ...activations import Member
 from ..counters import BatchCounts, UnitAccumulator
+from ..masking import Block, real_blocks
 
 
 class TorchReducer:
@@ -34,6 +35,8 @@ class TorchReducer:
         self._rows: dict[tuple[Any, ...], list[tuple[UnitAccumulator, torch.Tensor]]] = {}
         """(shape, dtype, device, member) -> (counters, (samples, units) pre-activation copy) of one-position
         sites, reduced together at the end of the pass."""
+        self._blocks: tuple[torch.Tensor, list[Block] | None] | None = None
+        """The last attention mask seen and its blocks of real tokens (every site of a pass shares the mask)."""
 
     def start_pass(self, *, undoable: bool = False) -> None:
         """Begin a pass (``undoable``: :meth:`undo_pass` may drop it; the torch reducer can always do that)."""
@@ -52,7 +55,7 @@ class TorchReducer:
         """Read what the counters need from the pre-activation before the op runs (an in-place op overwrites it);
         returns what :meth:`after_op` needs (None when the op's output is not needed)."""
         if mask is not None:
-            return _Masked(counters, pre.clone(), mask)
+            return self._before_masked(counters, pre, member, mask)
         sample_max = reduce_sample_max(pre, unit_axis, sample_axis)
         if not all_finite(sample_max):
             return ExactCall(counters, pre.clone(), unit_axis, sample_axis)
@@ -62,9 +65,25 @@ class TorchReducer:
             return None
         return _Finite(counters, sample_max, unit_axis, pre.shape)
 
+    def _before_masked(self, counters: UnitAccumulator, pre: torch.Tensor, member: Member, mask: torch.Tensor) -> Any:
+        """A (samples, positions, units) call with its attention mask: each block of real tokens goes through the
+        unmasked path (fused kernels included), so padding costs no copy and no masked reduction; a mask with holes
+        takes the exact masked path. Rows without a real token are no sample in either."""
+        if self._blocks is None or self._blocks[0] is not mask:
+            self._blocks = (mask, real_blocks(mask))
+        blocks = self._blocks[1]
+        if blocks is None:
+            return _Masked(counters, pre.clone(), mask) if bool(mask.any()) else None
+        parts = tuple((block, self.before_op(counters, _block_of(pre, block), 2, 0, member)) for block in blocks)
+        return _Blocks(pre.shape, parts)
+
     def after_op(self, token: Any, output: torch.Tensor) -> None:
         """Count what needs the op's output (``token`` from :meth:`before_op`)."""
-        if token is not None:
+        if isinstance(token, _Blocks):
+            tokens = output.reshape(token.shape)
+            for block, part in token.parts:
+                self.after_op(part, _block_of(tokens, block))
+        elif token is not None:
             self._pending.append((token.counters, token.counts(output.detach())))
 
     def end_pass(self) -> None:
@@ -143,6 +162,22 @@ class ExactCall:
         )
 
 
+def _block_of(tokens: torch.Tensor, block: Block) -> torch.Tensor:
+    """The (rows, positions, units) view of one block of real tokens (no copy)."""
+    first_row, row_stop, first_position, position_stop = block
+    return tokens[first_row:row_stop, first_position:position_stop]
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """A masked call read block by block: what each block of real tokens needs from the op's output."""
+
+    shape: torch.Size
+    """(samples, positions, units) of the call."""
+    parts: tuple[tuple[Block, Any], ...]
+    """Each block of real tokens and its unmasked call's token."""
+
+
 @dataclass(frozen=True)
 class _Masked:
     """A copy of a (samples, positions, units) pre-activation, counted at real tokens of the attention mask only:
@@ -154,9 +189,10 @@ class _Masked:
     """(samples, positions), True at real tokens."""
 
     def counts(self, output: torch.Tensor) -> BatchCounts:
-        pre = self.pre
-        activation = output.reshape(pre.shape)
-        keep = self.mask.to(pre.device).unsqueeze(-1)
+        rows = self.mask.bool().any(dim=1).to(self.pre.device)  # a row without a real token is no sample
+        pre = self.pre[rows]
+        activation = output.reshape(self.pre.shape)[rows]
+        keep = self.mask.to(pre.device)[rows].unsqueeze(-1)
         finite = torch.isfinite(pre)
         real = keep & finite
         sample_max = torch.where(real, pre, -math.inf).amax(dim=1)
