@@ -32,10 +32,11 @@ from ..settings import (
     DEFAULT_TAU,
 )
 from ..workflow.distributed import is_primary
-from ..workflow.scan import certify_domain
+from ..workflow.scan import certify_domain, unmatched_ignores
 from . import options as opt
 from .app import (
     OutputStyle,
+    ReluCommand,
     StageDisplay,
     app,
     configure,
@@ -43,6 +44,7 @@ from .app import (
     error_boundary,
     exit_code,
     note,
+    one_line,
     plan_outputs,
     strict_report,
     style_from_options,
@@ -51,10 +53,13 @@ from .app import (
 )
 
 
-@app.command()
+@app.command(cls=ReluCommand)
 def scan(
     ctx: typer.Context,
-    model: Annotated[Path, typer.Argument(help="Checkpoint file or Hugging Face-style directory.", show_default=False)],
+    model: Annotated[
+        Path,
+        typer.Argument(metavar="MODEL", help="Checkpoint file or Hugging Face-style directory.", show_default=False),
+    ],
     # Loading
     arch: opt.Arch = None,
     arch_kwargs: opt.ArchKwargs = None,
@@ -129,7 +134,7 @@ def scan(
     """Scan MODEL with a probe and report dead and dying ReLU units per site."""
     style = style_from_options(quiet, verbose, no_color, output, color)
     with error_boundary(debug):
-        settings = configure(ctx, config, isolated=isolated)
+        settings = configure(ctx, config, near=[model], isolated=isolated)
         for line in settings.warnings:
             warn(style, line)
         for line in describe_settings(settings):
@@ -160,8 +165,9 @@ def scan(
             force=force,
             inputs=tuple(p for p in (settings.config_path,) if p),
         )
-        from ..workflow.scan import scan_inputs
+        from ..workflow.scan import check_inputs, scan_inputs
 
+        check_inputs(request)  # before torch is imported: a typo costs no second
         targets = plan_outputs(scan_inputs(request), force, output=output, plot=plot, save_stats=save_stats)
         started = time.perf_counter()
         display = StageDisplay(enabled=style.progress, style=style)
@@ -172,6 +178,8 @@ def scan(
                 style, f"scanned {len(report.sites)} sites in {time.perf_counter() - started:.2f} s", verbose_only=True
             )
             note(style, simulation_line(report), verbose_only=True)
+            for line in unmatched_ignores(report):
+                warn(style, line)
             if settings.values.get("strict"):
                 report = strict_report(report)
             if not is_primary():  # under torchrun every rank has the same report; rank 0 writes it
@@ -195,6 +203,13 @@ def emit_report(report: Report, fmt: Format, output: Any, style: OutputStyle) ->
         write_output(text, output)
     if fmt is not Format.table or output is not None:
         note(style, summary_line(report))
+        for line in violation_lines(report):
+            note(style, line)
+
+
+def violation_lines(report: Report) -> list[str]:
+    """``✗ <violation>``, one line per exceeded threshold: stderr names each one whenever the table does not."""
+    return [f"✗ {one_line(violation.text)}" for violation in report.gate.violations]
 
 
 def can_ask() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from typing import Any
 
@@ -59,6 +60,8 @@ def printable(text: str) -> str:
 
 def printable_report(value: Any) -> Any:
     """A copy of a report (any frozen record) with :func:`printable` applied to every string in it."""
+    if isinstance(value, enum.Enum):  # a fixed choice (a str enum would otherwise come back as a plain str)
+        return value
     if isinstance(value, str):
         return printable(value)
     if isinstance(value, tuple):
