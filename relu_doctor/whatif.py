@@ -21,16 +21,18 @@ re-run of the modified model. Edits are applied in place for one pass of the pro
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from . import activations
-from .activations import LEAKY_SLOPE, SWAPPABLE_OPS
+from .activations import ACTIVATION_MODULES, LEAKY_SLOPE, SWAPPABLE_OPS
 from .analysis.diagnose import leaky_everywhere
 from .api import Combiner, scan_observed
 from .codes import BIAS_SHIFT, LEAKY, RECYCLE, fixable_by
@@ -110,19 +112,26 @@ class _Meter:
     def outcome(self, variant: Variant, units: dict[SiteKey, int]) -> Outcome:
         with_gradient = sum(units[k] if k in variant.leaky_sites else int(f.sum()) for k, f in self.fired.items())
         with_gradient += sum(units[k] for k in variant.leaky_sites if k not in self.fired)
-        revived = {
-            key: frozenset(u for u in watched if key in self.fired and bool(self.fired[key][u]))
-            for key, watched in variant.watch
-        }
+        revived = {key: self._fired_among(key, watched) for key, watched in variant.watch}
         argmax = self.changed / self.rows if self.classifier and self.rows else None
         return Outcome(self.drift.result().relative_l2, argmax, with_gradient, revived)
+
+    def _fired_among(self, key: SiteKey, units: tuple[int, ...]) -> frozenset[int]:
+        """Which of ``units`` fired at site ``key`` (one indexing op: a recycle watches thousands of units)."""
+        if key not in self.fired or not units:
+            return frozenset()
+        watched = torch.tensor(units, dtype=torch.long)
+        return frozenset(watched[self.fired[key][watched]].tolist())
 
 
 class Rerun:
     """Context manager that runs the model with chosen relu sites swapped, and records which units fired.
 
-    Sites are keyed by the observer's own :class:`~relu_doctor.observe.SiteKeys`, so a site of the scan is the
-    same site here.
+    Sites are keyed by the observer's own :class:`~relu_doctor.engine.site_keys.SiteKeys`, so a site of the scan
+    is the same site here. When every site the scan found is a plain activation-module call (``nn.ReLU``, ...),
+    passes run on those modules' hooks only, with no Python on any other op (the observer's own rule for its later
+    passes); a relu-family function running outside them (data-dependent control flow) stops such a pass, which
+    then runs again under the dispatch mode, as do all later passes, so no count depends on which path ran.
     """
 
     def __init__(
@@ -135,11 +144,17 @@ class Rerun:
         self.keys = SiteKeys(model, self.tracker, site_paths)
         self.leaky: frozenset[SiteKey] = frozenset()
         self.fired: dict[SiteKey, torch.Tensor] = {}
+        self.hooked_modules = _hookable_sites(model, observed, site_paths)
+        """Activation modules whose hooks see every site (None: passes run under the dispatch mode)."""
         self._names: dict[Any, str] = {}
+        self._calls: Counter[str] = Counter()
+        self._inside = 0
+        self._swapped: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._exit_stack = contextlib.ExitStack()
 
     def __enter__(self) -> Rerun:
         self._exit_stack.enter_context(instrumented(self.model, self.tracker, {}))
+        self.tracker.remove()  # installed only for dispatched passes: hooked passes need no module tracking
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -148,11 +163,61 @@ class Rerun:
     def forward(self, batch: Any, leaky: frozenset[SiteKey] = frozenset()) -> Any:
         """One forward pass with ``leaky`` sites swapped; ``fired`` then holds this pass's fired units per site."""
         args, kwargs = call_arguments(batch)
-        self.leaky, self.fired = leaky, {}
+        self.leaky = leaky
+        if self.hooked_modules is not None:
+            try:
+                return self._hooked(args, kwargs)
+            except _UnhookedRelu:
+                self.hooked_modules = None
+        return self._dispatched(args, kwargs)
+
+    def _dispatched(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self.fired = {}
         self.tracker.start_pass()
         self.keys.start_pass()
-        with torch.inference_mode(), ForwardingMode(self):
-            return self.model(*args, **kwargs)
+        self.tracker.install()
+        try:
+            with torch.inference_mode(), ForwardingMode(self):
+                return self.model(*args, **kwargs)
+        finally:
+            self.tracker.remove()
+
+    def _hooked(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self.fired, self._inside = {}, 0
+        self._calls.clear()
+        self._swapped.clear()
+        handles = []
+        try:
+            for path, module in (self.hooked_modules or {}).items():
+                # last among pre-hooks and first among hooks: the input and output the op itself sees
+                handles.append(module.register_forward_pre_hook(self._before(path), with_kwargs=True))
+                handles.append(module.register_forward_hook(self._after, prepend=True))
+            with torch.inference_mode(), _UnhookedReluWatch(self):
+                return self.model(*args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _before(self, path: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            pre = args[0] if args else kwargs["input"]
+            self._calls[path] += 1
+            key = (path, self._calls[path], 1)
+            self._inside += 1
+            if key in self.leaky:  # computed now: an in-place relu overwrites its input
+                self._swapped[id(module)] = (pre, torch.nn.functional.leaky_relu(pre, LEAKY_SLOPE))
+            else:
+                self._count(key, pre)
+
+        return hook
+
+    def _after(self, module: nn.Module, args: Any, output: Any) -> Any:
+        self._inside -= 1
+        swapped = self._swapped.pop(id(module), None)
+        if swapped is None:
+            return None
+        pre, leaky = swapped
+        return pre.copy_(leaky) if output is pre else leaky
 
     def _dispatch(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         name = self._names.get(func) or self._names.setdefault(func, ops.op_name(func))
@@ -168,9 +233,65 @@ class Rerun:
     def _count(self, key: SiteKey, pre: torch.Tensor) -> None:
         view = pre.reshape(1, -1) if pre.dim() < 2 else pre
         axis = self.axes.get(key, 1 if view.dim() >= 4 else view.dim() - 1)
-        other = [d for d in range(view.dim()) if d != axis]
-        fired = (view > 0).any(dim=tuple(other)) if other else view > 0
+        fired = _fired_units(view, tuple(d for d in range(view.dim()) if d != axis))
         self.fired[key] = self.fired[key] | fired if key in self.fired else fired
+
+
+def _fired_units(view: torch.Tensor, others: tuple[int, ...]) -> torch.Tensor:
+    """``(view > 0).any(others)``: per unit, whether any position is positive.
+
+    Read from the maximum, one reduction (a boolean ``any`` over several axes is ten times slower); a unit whose
+    maximum is NaN is decided again with its NaNs read as 0, since ``NaN > 0`` is false and must not hide a
+    positive position.
+    """
+    if not others:
+        return view > 0
+    highest = view.amax(dim=others)
+    if bool(highest.isnan().any()):
+        highest = torch.nan_to_num(view, nan=0.0).amax(dim=others)
+    return highest > 0
+
+
+class _UnhookedRelu(Exception):
+    """A relu-family function ran outside the hooked activation modules: the pass must be dispatched."""
+
+
+_RELU_FUNCTIONS = frozenset(
+    {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "threshold", "threshold_", "_threshold"}
+)
+"""Names of the torch functions that can run a relu-family op (what a hooked pass must not miss)."""
+
+
+class _UnhookedReluWatch(TorchFunctionMode):
+    """Sees every torch function call of a hooked pass by name only, and stops the pass at a relu-family call that
+    no hooked module is running (far cheaper than the dispatch mode, which keys every aten op)."""
+
+    def __init__(self, rerun: Rerun) -> None:
+        super().__init__()
+        self.rerun = rerun
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if not self.rerun._inside and getattr(func, "__name__", "") in _RELU_FUNCTIONS:
+            raise _UnhookedRelu(func)
+        return func(*args, **(kwargs or {}))
+
+
+def _hookable_sites(
+    model: nn.Module, observed: Sequence[ObservedSite], site_paths: tuple[str, ...] | None
+) -> dict[str, nn.Module] | None:
+    """The activation modules of every site, when each site is one such module's own call; else None."""
+    if site_paths is not None or not observed:
+        return None
+    modules = dict(model.named_modules())
+    if any(isinstance(m, torch.jit.ScriptModule) for m in modules.values()):
+        return None
+    hooked: dict[str, nn.Module] = {}
+    for site in observed:
+        module = modules.get(site.module_path)
+        if site.kind != "module" or site.ordinal != 1 or type(module) not in ACTIVATION_MODULES:
+            return None
+        hooked[site.module_path] = module  # type: ignore[assignment]
+    return hooked
 
 
 def site_key(site: ObservedSite) -> SiteKey:

@@ -112,7 +112,9 @@ def bad_value_message(exc: BadParameter) -> str:
     if param is None:
         return exc.format_message()
     cause = exc.__cause__
-    errors = cause.errors() if cause is not None and hasattr(cause, "errors") else []
+    if cause is None or not hasattr(cause, "errors"):  # raised by one of our parsers: its message is ours
+        return f"{option_name(param)} {exc.message}"
+    errors = cause.errors()
     value = errors[0].get("input") if errors else None
     got = f", got {value!r}" if value is not None else ""
     choices = param.type_descriptor.choices

@@ -16,8 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import UntrustedCodeError
-from ..render import Format
-from ..render.common import summary_line
+from ..render import REPORT_FORMATS
 from ..report import Report
 from ..settings import (
     DEFAULT_BATCH_SIZE,
@@ -41,10 +40,10 @@ from .app import (
     app,
     configure,
     describe_settings,
+    emit,
     error_boundary,
     exit_code,
     note,
-    one_line,
     plan_outputs,
     strict_report,
     style_from_options,
@@ -95,9 +94,7 @@ def scan(
     domain: opt.Domain = None,
     gate_on: opt.GateOn = "probe",
     # Output
-    fmt: Annotated[
-        Format, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)
-    ] = Format.table,
+    fmt: opt.ReportFormat = REPORT_FORMATS.default.name,
     output: opt.Output = None,
     plot: opt.Plot = None,
     save_stats: Annotated[
@@ -184,7 +181,7 @@ def scan(
                 report = strict_report(report)
             if not is_primary():  # under torchrun every rank has the same report; rank 0 writes it
                 raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
-            emit_report(report, Format(settings.values["format"]), targets["output"], style)
+            emit(REPORT_FORMATS, report, settings.values["format"], targets["output"], style)
             if plot is not None:
                 from ..render.plot import report_png
 
@@ -192,24 +189,6 @@ def scan(
         finally:
             display.stop()
     raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
-
-
-def emit_report(report: Report, fmt: Format, output: Any, style: OutputStyle) -> None:
-    """The report on stdout (or --output), the one-line verdict on stderr unless the table already shows it."""
-    from ..render import render
-
-    text = render(report, fmt, width=style.width, color=style.color)
-    if output is not None or not style.quiet:
-        write_output(text, output)
-    if fmt is not Format.table or output is not None:
-        note(style, summary_line(report))
-        for line in violation_lines(report):
-            note(style, line)
-
-
-def violation_lines(report: Report) -> list[str]:
-    """``✗ <violation>``, one line per exceeded threshold: stderr names each one whenever the table does not."""
-    return [f"✗ {one_line(violation.text)}" for violation in report.gate.violations]
 
 
 def can_ask() -> bool:

@@ -46,9 +46,22 @@ def summary_line(report: Report) -> str:
     )
 
 
+def verdict_lines(report: Report, prefix: str = "") -> str:
+    """The one-line verdict, then ``✗ <violation>`` for each exceeded threshold: what stderr says whenever the
+    table (which shows both) is not what the user sees (another format, or the report in a file)."""
+    lines = [prefix + summary_line(report)]
+    lines += [f"✗ {printable(violation.text)}" for violation in report.gate.violations]
+    return "\n".join(lines)
+
+
 _CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))} | {
-    0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\x85",
-}  # fmt: skip
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x09: "\\t",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+    0x85: "\\x85",
+}
 WORKFLOW_COMMAND_GUARD = "\u200b"
 """Put in front of a data line that would start with ``::`` (GitHub Actions reads those as workflow commands)."""
 
@@ -59,8 +72,9 @@ def printable(text: str) -> str:
 
 
 def printable_report(value: Any) -> Any:
-    """A copy of a report (any frozen record) with :func:`printable` applied to every string in it."""
-    if isinstance(value, enum.Enum):  # a fixed choice (a str enum would otherwise come back as a plain str)
+    """A copy of a report (any frozen record) with :func:`printable` applied to every string in it (enum members,
+    which are choices of ours, are kept)."""
+    if isinstance(value, enum.Enum):
         return value
     if isinstance(value, str):
         return printable(value)
