@@ -57,7 +57,7 @@ def scan(
     single-process report; :class:`relu_doctor.workflow.stats_io.StatsWriter` also writes ``--save-stats``.
 
     ``reducer`` picks how activations are reduced: ``fused`` (the one-pass numba reducer of
-    :mod:`relu_doctor.engine.fused`), ``torch``, or ``auto``: fused once it is loaded in this process, or from the
+    :mod:`relu_doctor.engine.reduce.fused`), ``torch``, or ``auto``: fused once it is loaded in this process, or from the
     second batch on when numba is installed and the batches left (``len(batches)``) hold enough work to pay for
     loading it; torch otherwise. Counts and maxima are identical either way; sums may differ in the last bits.
     """

@@ -37,9 +37,11 @@ from .analysis.diagnose import leaky_everywhere
 from .api import Combiner, scan_observed
 from .codes import BIAS_SHIFT, LEAKY, RECYCLE, fixable_by
 from .engine import ops
+from .engine.batches import batch_samples, call_arguments
 from .engine.model_state import instrumented
-from .engine.observe import ForwardingMode, ObservedSite, call_arguments
-from .engine.runner import Progress, batch_samples
+from .engine.observe import ObservedSite
+from .engine.passes import ForwardingMode
+from .engine.runner import Progress
 from .engine.site_keys import SiteKey, SiteKeys
 from .engine.tracking import ModuleCallTracker
 from .errors import first_line

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from ..activations import site_op
 from ..engine.observe import ObservedSite
 from ..report import Site, Thresholds, UnitCounters, rate_summary
 
@@ -30,7 +29,7 @@ def site_names(observed: Sequence[ObservedSite]) -> list[str]:
         if site.kind != "functional":
             names.append(owner or "<root>")
             continue
-        op = "relu6" if site.op.startswith("hardtanh") else site.op.rstrip("_")
+        op = site.family.display
         suffix = f"#{site.ordinal}" if functional_per_call[(site.module_path, site.call_index)] > 1 else ""
         names.append(f"{owner}:{op}{suffix}")
     return _deduplicated(names)
@@ -50,7 +49,7 @@ def build_site(observed: ObservedSite, name: str, thresholds: Thresholds) -> Sit
         name=name,
         module_path=observed.module_path,
         call_index=observed.call_index,
-        op=site_op(observed.op),
+        op=observed.shown_op,
         kind=observed.kind,
         unit_axis=observed.unit_axis,
         layout=observed.layout,

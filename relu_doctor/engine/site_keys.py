@@ -10,7 +10,7 @@ from collections import Counter
 
 from torch import nn
 
-from ..activations import ACTIVATION_MODULES
+from ..activations import ACTIVATION_CLASS_NAMES, ACTIVATION_MODULES
 from .tracking import ModuleCallTracker
 
 SiteKey = tuple[str, int, int]
@@ -89,4 +89,4 @@ class SiteKeys:
         if isinstance(module, ACTIVATION_MODULES):
             return "module"
         original = getattr(module, "original_name", "")
-        return "module" if path and original in {"ReLU", "ReLU6", "Hardtanh", "Threshold"} else "functional"
+        return "module" if path and original in ACTIVATION_CLASS_NAMES else "functional"

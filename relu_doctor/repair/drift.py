@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from ..engine.batches import call_arguments
 from ..engine.model_state import evaluating
-from ..engine.observe import call_arguments
 from .records import Drift
 
 

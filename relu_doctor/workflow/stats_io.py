@@ -187,6 +187,7 @@ def merge_stats(paths: Sequence[str | Path], overrides: Mapping[str, Any] | None
 
 def _site_record(site: Any) -> dict[str, Any]:
     record = {name: getattr(site, name) for name in _SITE_FIELDS}
+    record["member"] = site.member
     record["producer"] = None if site.producer is None else dataclasses.asdict(site.producer)
     record["consumers"] = sorted([list(c[:2]) + [list(c[2])] for c in site.consumers])
     record["unknown_uses"] = sorted(site.unknown_uses)
@@ -194,6 +195,7 @@ def _site_record(site: Any) -> dict[str, Any]:
 
 
 def _site_from(record: dict[str, Any], tensors: dict[str, Any], k: int) -> Any:
+    from ..activations import member_for_op
     from ..engine.counters import UnitAccumulator
     from ..engine.observe import ObservedSite
 
@@ -201,7 +203,9 @@ def _site_from(record: dict[str, Any], tensors: dict[str, Any], k: int) -> Any:
     counters = UnitAccumulator.from_tensors({n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)})
     fields = {name: _tupled(record[name]) for name in _SITE_FIELDS}
     producer = None if record.get("producer") is None else _record(Producer, record["producer"])
-    site = ObservedSite(counters=counters, producer=producer, **fields)
+    # Files written before sites recorded their member: the op's first member, which is what the op meant then.
+    member = record.get("member") or member_for_op(record["op"]).name
+    site = ObservedSite(counters=counters, producer=producer, member=member, **fields)
     site.consumers.update((a, b, tuple(shape)) for a, b, shape in record.get("consumers", ()))
     site.unknown_uses.update(record.get("unknown_uses", ()))
     return site

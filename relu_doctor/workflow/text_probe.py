@@ -2,7 +2,7 @@
 
 Each text is one sample (the trials of the dead-rate bound are sequences, not tokens). Batches are padded to
 their longest text and carry the attention mask, so the model never attends to padding and the observer leaves
-padded positions out of every counter (:class:`relu_doctor.engine.observe.MaskedBatch`).
+padded positions out of every counter (:class:`relu_doctor.engine.batches.MaskedBatch`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engine.observe import MaskedBatch
+from ..engine.batches import MaskedBatch
 from ..errors import ProbeError
 from ..report import ProbeInfo
 from ..settings import DEFAULT_MAX_LENGTH
