@@ -16,7 +16,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArchitectureError, CheckpointError, ProbeError, UsageError
+from ..errors import ArchitectureError, CertifyError, CheckpointError, ProbeError, UsageError
 from ..report import Report, Thresholds
 from ..settings import (
     DEFAULT_BATCH_SIZE,
@@ -378,10 +378,12 @@ def check_inputs(request: ScanRequest, *, model: bool = True) -> None:
         ("--probe", request.probe_path, ProbeError),
         ("--probe-mask", request.probe_mask, ProbeError),
         ("--tokenizer", request.tokenizer, ProbeError),
-        ("--domain file:", _domain_file(request.certify), UsageError),
     ):
         if path is not None and not os.path.exists(path):
             raise error(f"{option} {str(path)!r} does not exist; check the path")
+    domain = _domain_file(request.certify)
+    if domain is not None and not os.path.isfile(domain):
+        raise CertifyError(f"--domain {request.certify}: {domain!r} is not a file")
     file = arch_file(request.arch)
     if file is not None and not os.path.isfile(file):
         raise ArchitectureError(f"--arch {request.arch!r}: no such file {file!r}; check the path before ':'")
