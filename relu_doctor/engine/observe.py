@@ -119,9 +119,9 @@ class ReluObserver:
             self._run_dispatched_once(args)
         self._after_pass()
 
-    def _after_pass(self) -> None:
+    def _after_pass(self, *, every_module_called: bool = True) -> None:
         self._passes += 1
-        if self._passes == 1 and self._static_module_sites():
+        if self._passes == 1 and self._static_module_sites(every_module_called):
             first: dict[str, ObservedSite] = {}
             for site in self.sites:
                 first.setdefault(site.module_path, site)  # one hook pair per module, however many calls
@@ -157,7 +157,10 @@ class ReluObserver:
             self._decide_undecided_axes()
         self.reducer.end_pass()
         self._raise_grad = None
-        self._after_pass()
+        # A training pass starts inside the model's own call (the root is never seen called) or spans a training
+        # step that calls only some children (a LightningModule's net, not its validation head): uncalled modules
+        # cannot be asked for. A relu one of them runs later is still noted (dispatch mode from then on).
+        self._after_pass(every_module_called=False)
 
     @contextlib.contextmanager
     def _dispatch_scope(self) -> Iterator[None]:
@@ -272,13 +275,13 @@ class ReluObserver:
     # per call, with every module called, needs only those modules' hooks for the counts of later passes: no
     # per-op overhead for any other op. A call key the first pass did not see (data-dependent control flow)
     # is still counted, and later passes go back to the dispatch mode.
-    def _static_module_sites(self) -> bool:
+    def _static_module_sites(self, every_module_called: bool = True) -> bool:
         modules = self.tracker.paths
         return (
             self.site_paths is None
             and bool(self.sites)
             and not self.other_activations
-            and set(modules) <= self.tracker.ever_called
+            and (not every_module_called or set(modules) <= self.tracker.ever_called)
             and not any(isinstance(m, torch.jit.ScriptModule) for m in self.model.modules())
             and all(
                 site.kind == "module"

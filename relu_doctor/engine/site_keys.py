@@ -1,7 +1,8 @@
-"""How a relu op of a forward pass is keyed: (owner path, call of the owner in the pass, relu op of that call).
+"""How a relu op of a forward pass gets its :data:`~relu_doctor.report.SiteKey` (owner path, call of the owner in
+the pass, relu op of that call) while the pass runs.
 
 The observer keys its sites with it, and the fix simulations key their re-runs with it, so a site there is the
-same site.
+same site; the key itself is the report's (``Site.key``), the one definition of site identity.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from collections import Counter
 from torch import nn
 
 from ..activations import ACTIVATION_CLASS_NAMES, ACTIVATION_MODULES
+from ..report import SiteKey
 from .tracking import ModuleCallTracker
 
-SiteKey = tuple[str, int, int]
-"""(owner module path, call of the owner in the pass, relu op of that call): how a site is keyed."""
+__all__ = ["SiteKey", "SiteKeys"]
 
 
 class SiteKeys:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..activations import MEMBERS_BY_NAME, Member
-from ..report import Producer
+from ..report import Producer, SiteIdentity, SiteRecord
 from .counters import UnitAccumulator
 from .site_keys import SiteKey
 
@@ -56,6 +56,28 @@ class ObservedSite:
     def shown_op(self) -> str:
         """The op as users know it (relu, relu6_, ...)."""
         return self.family.shown_as(self.op)
+
+    @property
+    def identity(self) -> SiteIdentity:
+        """What the same site must show on another rank (or in a stats file) to be combined with this one."""
+        return SiteIdentity(self.key, self.op, self.member, self.counters.units, self.unit_axis)
+
+    def record(self) -> SiteRecord:
+        """The site as plain data (its counters as tuples): what analysis judges and a stats file stores."""
+        return SiteRecord(
+            index=self.index,
+            module_path=self.module_path,
+            call_index=self.call_index,
+            ordinal=self.ordinal,
+            op=self.op,
+            member=self.member,
+            kind=self.kind,
+            unit_axis=self.unit_axis,
+            layout=self.layout,
+            activation_shape=self.activation_shape,
+            counters=self.counters.snapshot(),
+            producer=self.producer,
+        )
 
 
 def site_label(site: ObservedSite) -> str:
