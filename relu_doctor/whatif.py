@@ -37,7 +37,8 @@ from .analysis.diagnose import leaky_everywhere
 from .api import ScanOptions, scan_observed
 from .codes import BIAS_SHIFT, LEAKY, RECYCLE, fixable_by
 from .engine import ops
-from .engine.batches import batch_samples, call_arguments
+from .engine.batches import MaskedBatch, batch_samples, call_arguments
+from .engine.masking import batch_mask, token_view
 from .engine.model_state import instrumented
 from .engine.observe import ObservedSite
 from .engine.passes import ForwardingMode
@@ -103,8 +104,9 @@ class _Meter:
     classifier: bool = True
     fired: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
 
-    def add(self, before: Any, after: Any, fired: dict[SiteKey, torch.Tensor]) -> None:
-        self.drift.add(flat_floats(before), flat_floats(after))
+    def add(self, before: Any, after: Any, fired: dict[SiteKey, torch.Tensor], mask: torch.Tensor | None) -> None:
+        """Count one batch; ``mask`` (a token batch's attention mask) leaves padded positions out of the drift."""
+        self.drift.add(flat_floats(before, mask), flat_floats(after, mask))
         old, new = _float_leaves(before), _float_leaves(after)
         self.classifier = self.classifier and bool(old) and old[0].dim() == 2 and old[0].shape[1] >= 2
         if self.classifier:
@@ -148,6 +150,8 @@ class Rerun:
         self.keys = SiteKeys(model, self.tracker, site_paths)
         self.leaky: frozenset[SiteKey] = frozenset()
         self.fired: dict[SiteKey, torch.Tensor] = {}
+        self._mask: torch.Tensor | None = None
+        """The current token batch's attention mask: a unit firing only at padded positions did not fire."""
         self.hooked_modules = _hookable_sites(model, observed, site_paths)
         """Activation modules whose hooks see every site (None: passes run under the dispatch mode)."""
         self._names: dict[Any, str] = {}
@@ -167,7 +171,7 @@ class Rerun:
     def forward(self, batch: Any, leaky: frozenset[SiteKey] = frozenset()) -> Any:
         """One forward pass with ``leaky`` sites swapped; ``fired`` then holds this pass's fired units per site."""
         args, kwargs = call_arguments(batch)
-        self.leaky = leaky
+        self.leaky, self._mask = leaky, batch_mask(batch)
         if self.hooked_modules is not None:
             try:
                 return self._hooked(args, kwargs)
@@ -237,7 +241,13 @@ class Rerun:
     def _count(self, key: SiteKey, pre: torch.Tensor) -> None:
         view = pre.reshape(1, -1) if pre.dim() < 2 else pre
         axis = self.axes.get(key, 1 if view.dim() >= 4 else view.dim() - 1)
-        fired = _fired_units(view, tuple(d for d in range(view.dim()) if d != axis))
+        tokens = token_view(view, axis, self._mask) if self._mask is not None else None
+        if tokens is not None:  # padded positions read as 0: they never make a unit fire
+            assert self._mask is not None
+            real = torch.where(self._mask.to(tokens.device).unsqueeze(-1), tokens, 0)
+            fired = _fired_units(real, (0, 1))
+        else:
+            fired = _fired_units(view, tuple(d for d in range(view.dim()) if d != axis))
         self.fired[key] = self.fired[key] | fired if key in self.fired else fired
 
 
@@ -334,7 +344,7 @@ class Replay:
         self.references = []
         for batch in batches:
             reference = self._forward(batch)
-            meter.add(reference, reference, rerun.fired)
+            meter.add(reference, reference, rerun.fired, batch_mask(batch))
             self.references.append(reference)
         self.baseline = meter.outcome(Variant("unchanged"), self.units)
         self._fired = meter.fired
@@ -346,7 +356,7 @@ class Replay:
         edits = edited(self.rerun.model, dict(variant.edits)) if variant.edits else contextlib.nullcontext()
         with edits:
             for batch, reference in zip(self.batches, self.references):
-                meter.add(reference, self._forward(batch, variant.leaky_sites), self.rerun.fired)
+                meter.add(reference, self._forward(batch, variant.leaky_sites), self.rerun.fired, batch_mask(batch))
         newly_dead = _newly_dead(self._fired, meter.fired, variant.leaky_sites)
         return replace(meter.outcome(variant, self.units), newly_dead=newly_dead)
 
@@ -464,6 +474,8 @@ def _head(batch: Any, samples: int) -> Any:
     """The first ``samples`` samples of a batch (a tensor or a tuple of inputs), copied so the batch can go."""
     if isinstance(batch, torch.Tensor):
         return batch[:samples].clone()
+    if isinstance(batch, MaskedBatch):
+        return MaskedBatch(batch.input_ids[:samples].clone(), batch.attention_mask[:samples].clone())
     if isinstance(batch, (tuple, list)):
         return type(batch)(t[:samples].clone() if isinstance(t, torch.Tensor) and t.dim() > 0 else t for t in batch)
     return batch

@@ -190,6 +190,7 @@ def build_probe(request: ScanRequest, model: Any, example: Any = None) -> Any:
     synthetic probe its sample shape and, when the program fixes it, its batch size.
     """
     from .probe import file_probe, synthetic_probe
+    from .text_probe import with_token_rows
 
     static_batch = example.static_batch if example is not None else None
     if request.probe_path is not None and (is_text_probe(request.probe_path) or request.probe_mask is not None):
@@ -199,11 +200,11 @@ def build_probe(request: ScanRequest, model: Any, example: Any = None) -> Any:
         limit = request.samples if request.limit_samples else None
         probe = file_probe(request.probe_path, batch_size=request.batch_size, key=request.probe_key, limit=limit)
         _check_static_batch(probe.info.samples, probe.info.batch_size, static_batch, request.model_path)
-        return probe
+        return with_token_rows(probe, model)
     samples, batch_size = request.samples, request.batch_size
     if static_batch is not None:  # a synthetic probe can follow the program: whole batches of its size
         samples, batch_size = -(-samples // static_batch) * static_batch, static_batch
-    return synthetic_probe(
+    probe = synthetic_probe(
         model,
         samples=samples,
         seed=request.seed,
@@ -211,6 +212,7 @@ def build_probe(request: ScanRequest, model: Any, example: Any = None) -> Any:
         input_shape=request.input_shape,
         example_shape=example.sample_shape if example is not None else None,
     )
+    return with_token_rows(probe, model)
 
 
 def is_text_probe(path: str) -> bool:
@@ -281,7 +283,7 @@ def run_scan(
     if on_probe is not None:
         on_probe(probe.info.samples)
     stage("observing", probe.info.samples)
-    batches = _Replayable(probe, getattr(torch, request.dtype), _device(request))
+    batches = replay_probe(probe, getattr(torch, request.dtype), _device(request))
     simulating: list[bool] = []
 
     def simulated(done: int, planned: int) -> None:
@@ -428,14 +430,9 @@ def _combiner(request: ScanRequest, sharded: Any, probe: Any, model: Any) -> Any
     )
 
 
-class _Replayable:
-    """The probe's batches, read again from the file (or regenerated) each time they are iterated."""
+def replay_probe(probe: Any, dtype: Any, device: Any) -> Any:
+    """The probe's batches, read again from the file (or regenerated) each time they are iterated, with their
+    number (a :class:`~relu_doctor.engine.batches.Replayable`: what scan, fix and its verification iterate)."""
+    from ..engine.batches import Replayable
 
-    def __init__(self, probe: Any, dtype: Any, device: Any) -> None:
-        self.probe, self.dtype, self.device = probe, dtype, device
-
-    def __iter__(self) -> Any:
-        return self.probe.batches(self.dtype, self.device)
-
-    def __len__(self) -> int:
-        return -(-self.probe.info.samples // self.probe.info.batch_size)
+    return Replayable.sized(lambda: probe.batches(dtype, device), -(-probe.info.samples // probe.info.batch_size))
