@@ -32,21 +32,20 @@ from torch import nn
 
 from .. import activations
 from ..activations import Member
-from ..errors import ObservationError
 from ..settings import DEFAULT_REDUCER
 from . import ops
 from .batches import MaskedBatch, call_arguments, leading_size
-from .counters import UnitAccumulator
 from .graph import GraphRecorder
 from .model_state import instrumented
-from .ops import Layout, Role
+from .ops import Role
 from .passes import GRAD_SHOWING, ForwardingMode, Grad, autograd_state, stronger
 from .recording import CallRecorder
 from .reduce import Reducer, make_reducer
-from .replay import NotReplayable, OwnerCalls, ReplayMode
-from .site_keys import SiteKey, SiteKeys
-from .sites import ObservedSite, SiteTable, site_label
+from .replay import NotReplayable, OwnerCalls, Replay
+from .site_keys import SiteKeys
+from .sites import ObservedSite, SiteTable
 from .tracking import ModuleCallTracker
+from .unit_axes import UnitAxes
 
 __all__ = ["ObservedSite", "ReluObserver"]
 
@@ -81,16 +80,12 @@ class ReluObserver:
         self.sites = self.table.sites
         self.other_activations: Counter[str] = Counter()
         opaque = isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)) or site_paths is not None
-        self.graph = GraphRecorder(model, self.tracker, self.sites, opaque, self._decide_axis)
+        self.axes = UnitAxes(unit_dim, self.table, self.calls, self.warnings)
+        self.graph = GraphRecorder(model, self.tracker, self.sites, opaque, self.axes.decide)
         self.replaying = False
         """True while passes replay the first one (:mod:`.replay`) instead of running under the dispatch mode."""
         self._passes = 0
-        self._owners: OwnerCalls | None = None
-        self._replayed = 0
-        """Sites (in call order) the replay pass now running has counted."""
-        self._watching = False
-        """The replay pass is a training step's (:meth:`observed_pass`): a stray relu is noted, never re-run."""
-        self._stray = False
+        self._replay: Replay | None = None
         self._grad = Grad.INFERENCE
         """Autograd state of dispatched passes: raised when a fused kernel hid relus that another state shows."""
         self._raise_grad: Grad | None = None
@@ -126,7 +121,8 @@ class ReluObserver:
             modules = self.tracker.paths
             owners = {s.module_path: modules[s.module_path] for s in self.sites}
             uncalled = {path: m for path, m in modules.items() if path not in self.tracker.ever_called}
-            self._owners = OwnerCalls(self.model, owners, uncalled, self.tracker.ever_called)
+            calls = OwnerCalls(self.model, owners, uncalled, self.tracker.ever_called)
+            self._replay = Replay(self.sites, calls, self.calls)
             self.replaying = True
 
     @contextlib.contextmanager
@@ -143,19 +139,14 @@ class ReluObserver:
         outputs: list[Any] = []
         replaying = self.replaying
         self.reducer.start_pass()
-        self._watching, self._stray = True, False
-        try:
-            with self._replay_scope(persistent=False) if replaying else self._dispatch_scope():
-                yield outputs.append
-        finally:
-            self._watching = False
-        if replaying:
-            if self._stray or self._replayed != len(self.sites):
-                self._note_stray()
-                self.replaying = False
+        with self._replay_scope(persistent=False) if replaying else self._dispatch_scope():
+            yield outputs.append
+        if replaying and self._replay is not None and not self._replay.complete:
+            self._note_stray()
+            self.replaying = False
         else:
             self.graph.mark_outputs(outputs[-1] if outputs else None)
-            self._decide_undecided_axes()
+            self.axes.decide_undecided()
         self.reducer.end_pass()
         self._raise_grad = None
         self._after_pass()
@@ -194,7 +185,7 @@ class ReluObserver:
             with self._dispatch_scope(), autograd_state(self._grad, self.model):
                 output = self.model(*args, **self._kwargs)
             self.graph.mark_outputs(output)
-            self._decide_undecided_axes()
+            self.axes.decide_undecided()
         except BaseException:
             self.reducer.undo_pass()
             raise
@@ -265,7 +256,7 @@ class ReluObserver:
         origin = self.graph.origin(pre)
         key, kind = self.keys.next_key(origin.producer.module_path if origin and origin.producer else None)
         site = self.table.get(key)
-        return site if site is not None else self._new_site(key, name, member, kind, pre)
+        return site if site is not None else self.axes.new_site(key, name, member, kind, pre, origin)
 
     # -- replay passes ---------------------------------------------------------------------------------
     def _replayable(self) -> bool:
@@ -287,7 +278,7 @@ class ReluObserver:
         try:
             with torch.inference_mode(), self._replay_scope(persistent=True):
                 self.model(*args, **self._kwargs)
-            if self._replayed != len(self.sites):
+            if self._replay is not None and not self._replay.complete:
                 raise NotReplayable("the pass made fewer relu calls than the first")
         except NotReplayable:
             self.reducer.undo_pass()
@@ -301,114 +292,28 @@ class ReluObserver:
 
     @contextlib.contextmanager
     def _replay_scope(self, persistent: bool) -> Iterator[None]:
-        """``persistent``: the owner hooks stay until the observer closes (inactive between passes); otherwise
-        they are removed after the pass (a training watch leaves no hook on steps it does not observe)."""
-        owners = self._owners
-        assert owners is not None
+        """``persistent`` (a scan): the owner hooks stay until the observer closes (inactive between passes), and a
+        call that is not the first pass's stops the pass; otherwise (a training step, which cannot be run again)
+        the hooks are removed after the pass and such a call goes uncounted."""
+        replay = self._replay
+        assert replay is not None
+        owners = replay.owners
         if not owners.installed:
             owners.install()
             if persistent:
                 self._exit_stack.callback(owners.remove)
-        self._replayed = 0
         try:
-            with owners.counting(), ReplayMode(self._replay_relu):
+            with replay.replaying(tolerant=not persistent):
                 yield
         finally:
             if not persistent:
                 owners.remove()
-
-    def _replay_relu(self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """One relu-family function call of a replay pass: the next site of the first pass, counted."""
-        member = activations.member_of(activations.FUNCTION_ALIASES.get(name, name), args, kwargs)
-        if member is None:  # e.g. hardtanh(-1, 1): not a site (the first pass said what it is)
-            return func(*args, **kwargs)
-        try:
-            site = self._next_replayed(member)
-        except NotReplayable:
-            if not self._watching:
-                raise
-            self._stray = True  # a training step cannot be re-run: this call goes uncounted, with a warning
-            return func(*args, **kwargs)
-        token = self.calls.before_op(site, site.op, args[0].detach(), site.family)
-        output = func(*args, **kwargs)
-        self.calls.after_op(token, output)
-        return output
-
-    def _next_replayed(self, member: Member) -> ObservedSite:
-        assert self._owners is not None
-        key = self._owners.next_key()
-        if self._replayed >= len(self.sites):
-            raise NotReplayable("the pass made more relu calls than the first")
-        site = self.sites[self._replayed]
-        if site.key != key or site.family.cap != member.cap:
-            raise NotReplayable(f"relu call {self._replayed + 1} of the pass is not the first pass's")
-        self._replayed += 1
-        return site
 
     def _note_stray(self) -> None:
         self.warnings[
             "a training pass made relu calls the first observed pass did not (data-dependent control flow); "
             "calls that did not match went uncounted there, and later passes follow every op"
         ] = None
-
-    # -- sites and their unit axis ---------------------------------------------------------------------
-    def _new_site(self, key: SiteKey, name: str, member: Member, kind: str, pre: torch.Tensor) -> ObservedSite:
-        view_shape = (1, *pre.shape) if pre.dim() < 2 else tuple(pre.shape)
-        axis, layout = self._unit_axis(pre, len(view_shape))
-        undecided: list[Any] | None = [] if layout == "rank" and len(view_shape) >= 3 else None
-        origin = self.graph.origin(pre)
-        return self.table.add(
-            key,
-            op=name,
-            kind=kind,
-            unit_axis=axis,
-            layout=layout,
-            activation_shape=tuple(int(s) for s in pre.shape),
-            counters=UnitAccumulator(int(view_shape[axis]), pre.device),
-            producer=origin.producer if origin else None,
-            member=member.name,
-            undecided=undecided,
-        )
-
-    def _unit_axis(self, pre: torch.Tensor, ndim: int) -> tuple[int, str]:
-        if self.unit_dim is not None:
-            axis = self.unit_dim + ndim if self.unit_dim < 0 else self.unit_dim
-            if not 1 <= axis < ndim:
-                raise ObservationError(
-                    f"--unit-dim {self.unit_dim} does not fit an activation of shape {tuple(pre.shape)}; "
-                    f"use an axis from 1 to {ndim - 1} (0 is the batch axis)"
-                )
-            return axis, "override"
-        layout = self.graph.layout_of(pre)
-        if pre.dim() < 2:
-            return 1, "rank"
-        if layout is Layout.CHANNEL_FIRST:
-            return 1, layout.value
-        if layout is Layout.FEATURE_LAST:
-            return ndim - 1, layout.value
-        return (1 if ndim >= 4 else ndim - 1), "rank"
-
-    def _decide_axis(self, site: ObservedSite, axis: int, layout: str) -> None:
-        """Fix an undecided site's unit axis and count the calls it saw meanwhile."""
-        captured, site.undecided = site.undecided or [], None
-        site.unit_axis, site.layout = axis, layout
-        shape = captured[0][0].shape if captured else site.activation_shape
-        site.counters = UnitAccumulator(int(shape[axis]), site.counters.positive.device)
-        with torch.no_grad():
-            for pre, output, member in captured:
-                token = self.calls.before_op(site, site.op, pre, member)
-                self.calls.after_op(token, output)
-
-    def _decide_undecided_axes(self) -> None:
-        """At the end of a pass, sites that no conv, norm or linear read keep the axis their rank suggests."""
-        for site in self.sites:
-            if site.undecided is not None:
-                self._decide_axis(site, site.unit_axis, "rank")
-                self.warnings[
-                    f"{site_label(site)}: neither where its {list(site.activation_shape)} input came from nor what "
-                    f"reads its output tells the unit axis; axis {site.unit_axis} was guessed from its rank "
-                    "(pass --unit-dim to choose)"
-                ] = None
 
     def _forget_warnings_since(self, before: list[str]) -> None:
         for warning in [w for w in self.warnings if w not in before]:
