@@ -48,7 +48,7 @@ from .repair.drift import DriftMeter, flat_floats
 from .repair.edits import Edits, edited
 from .repair.plan import SitePlan, plan_bias_shift, plan_recycle
 from .repair.recycle import DEFAULT_SEED, recycle_until_alive
-from .report import Finding, ModelInfo, ProbeInfo, Report, Site, Thresholds
+from .report import Finding, ModelInfo, Prediction, ProbeInfo, Report, Site, Thresholds
 from .settings import DEFAULT_REDUCER, DEFAULT_SIMULATE_SAMPLES
 
 MAX_SIMULATED_SITES = 8
@@ -83,6 +83,8 @@ class Outcome:
     """Per site of ``Variant.watch``: its watched units that fired at least once."""
     newly_dead: int = 0
     """Units of unswapped relu sites that fired on the unmodified model and never fire with the variant."""
+    passes: int = 1
+    """Passes over the sub-probe it took (a recycle: one per round of re-drawn weights)."""
 
     def revived(self, key: SiteKey, units: Iterable[int]) -> int:
         """How many of ``units`` of site ``key`` fired (0 for a site the variant did not watch)."""
@@ -403,7 +405,7 @@ def _recycle(
         return [(plan, units) for plan, units in unfired if units]
 
     recycle_until_alive(model, plans, torch.Generator().manual_seed(DEFAULT_SEED), silent)
-    return measured[-1]  # silent() last ran on the final edits
+    return replace(measured[-1], passes=len(measured))  # silent() last ran on the final edits
 
 
 class SubProbe:
@@ -489,7 +491,7 @@ class _Planned:
     """A variant and the findings whose ``predicted`` it fills (-1: the model-wide RD301)."""
 
     variant: Variant
-    prefix: str
+    fix: str
     findings: tuple[int, ...]
 
 
@@ -556,23 +558,31 @@ def _with_predictions(
     if any(-1 in p.findings for p in chosen.variants):
         findings.append(leaky_everywhere(report.sites, report.summary.dead, report.summary.units))
     keys = _keys_by_name(report, observed)
-    predicted: dict[int, dict[str, float]] = {}
-    answers = [(item.prefix, outcome, i) for item, outcome in zip(chosen.variants, outcomes) for i in item.findings]
+    predicted: dict[int, list[Prediction]] = {}
+    answers = [(item.fix, outcome, i) for item, outcome in zip(chosen.variants, outcomes) for i in item.findings]
     answers += [
-        ("recycle", recycled, i)
-        for i in chosen.recycle
-        if recycled and keys[findings[i].site] in recycled.revived_units
+        (RECYCLE, recycled, i) for i in chosen.recycle if recycled and keys[findings[i].site] in recycled.revived_units
     ]
-    for prefix, outcome, index in answers:
+    for fix, outcome, index in answers:
         finding = findings[index]
-        revived = outcome.revived(keys.get(finding.site, ("", 0, 0)), finding.units)
-        numbers = predicted.setdefault(index % len(findings), {})
-        numbers.update(_numbers(prefix, outcome, baseline, revived))
-        numbers["simulated_samples"] = float(measured_on)
-    return tuple(
-        replace(f, predicted=tuple(predicted.get(i, {}).items())) if i in predicted else f
-        for i, f in enumerate(findings)
-    )
+        revived = None if fix == LEAKY else outcome.revived(keys.get(finding.site, ("", 0, 0)), finding.units)
+        scope = "site" if fix == LEAKY and finding.site else "model"
+        predicted.setdefault(index % len(findings), []).append(
+            Prediction(
+                fix=fix,
+                scope=scope,
+                output_drift=outcome.drift,
+                argmax_changed=outcome.argmax_changed,
+                newly_dead=outcome.newly_dead,
+                revived=revived,
+                targeted=len(finding.units),
+                units_with_gradient_before=baseline.units_with_gradient,
+                units_with_gradient=outcome.units_with_gradient,
+                simulated_samples=measured_on,
+                forward_passes=outcome.passes,
+            )
+        )
+    return tuple(replace(f, predicted=tuple(predicted[i])) if i in predicted else f for i, f in enumerate(findings))
 
 
 def plan(report: Report, model: nn.Module, observed: Sequence[ObservedSite]) -> SimulationPlan:
@@ -592,10 +602,10 @@ def plan(report: Report, model: nn.Module, observed: Sequence[ObservedSite]) -> 
         if site.name in shifted:  # fix shifts every dead unit of the site, whatever its cause
             shift_answers += causes
     if shift_answers:
-        planned.append(_Planned(bias_shift_variant(model, observed, shifts), "bias_shift", tuple(shift_answers)))
+        planned.append(_Planned(bias_shift_variant(model, observed, shifts), BIAS_SHIFT, tuple(shift_answers)))
     swappable = [site_key(s) for s in observed if s.op in SWAPPABLE_OPS]
     if dead_sites and swappable:
-        planned.append(_Planned(Variant("LeakyReLU everywhere", frozenset(swappable)), "leaky", (-1,)))
+        planned.append(_Planned(Variant("LeakyReLU everywhere", frozenset(swappable)), LEAKY, (-1,)))
     caveat = ""
     if left_out:
         caveat = (
@@ -621,24 +631,12 @@ def _site_variants(report: Report, seen: ObservedSite, name: str, causes: Sequen
     """A LeakyReLU swap of the site for all its causes."""
     if not causes or seen.op not in SWAPPABLE_OPS:
         return []
-    return [_Planned(Variant(f"LeakyReLU at {name}", frozenset([site_key(seen)])), "leaky", tuple(causes))]
+    return [_Planned(Variant(f"LeakyReLU at {name}", frozenset([site_key(seen)])), LEAKY, tuple(causes))]
 
 
 def _keys_by_name(report: Report, observed: Sequence[ObservedSite]) -> dict[str, SiteKey]:
     by_index = {s.index: s for s in observed}
     return {site.name: site_key(by_index[site.index]) for site in report.sites}
-
-
-def _numbers(prefix: str, outcome: Outcome, baseline: Outcome, revived: int) -> dict[str, float]:
-    numbers = {f"{prefix}_drift": outcome.drift, f"{prefix}_newly_dead": float(outcome.newly_dead)}
-    if outcome.argmax_changed is not None:
-        numbers[f"{prefix}_argmax_changed"] = outcome.argmax_changed
-    if prefix == "leaky":
-        numbers["units_with_gradient_before"] = float(baseline.units_with_gradient)
-        numbers["leaky_units_with_gradient"] = float(outcome.units_with_gradient)
-    else:
-        numbers[f"{prefix}_revived"] = float(revived)
-    return numbers
 
 
 # -- the public scan: the scan stage, then (asked for) this one ----------------------------------------------

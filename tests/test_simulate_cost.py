@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from relu_doctor import scan
 from relu_doctor.cli import app
 from relu_doctor.cli.app import StageDisplay
-from relu_doctor.report import Finding, Report
+from relu_doctor.report import Finding, Prediction, Report
 from relu_doctor.whatif import SubProbe
 from tests.test_simulate import SAMPLE, BiasKilledClassifier
 
@@ -27,8 +27,8 @@ def _probe(samples: int) -> list[torch.Tensor]:
     return list(x.split(32))
 
 
-def _predicted(report: Report) -> dict[tuple[str, str], dict[str, float]]:
-    return {(f.code, f.site): dict(f.predicted) for f in report.findings if f.predicted}
+def _predicted(report: Report) -> dict[tuple[str, str], tuple[Prediction, ...]]:
+    return {(f.code, f.site): f.predicted for f in report.findings if f.predicted}
 
 
 def _drift_on(samples: list[torch.Tensor]) -> float:
@@ -51,17 +51,18 @@ def test_predictions_equal_a_full_probe_simulation_when_the_sub_probe_holds_the_
     full = scan(BiasKilledClassifier(), probe, simulate=True, simulate_samples=96)
     larger = scan(BiasKilledClassifier(), iter(probe), simulate=True, simulate_samples=10_000)
     assert _predicted(full) and _predicted(full) == _predicted(larger)
-    assert dict(_cause(full, "act1").predicted)["simulated_samples"] == 96
+    assert {p.simulated_samples for p in _cause(full, "act1").predicted} == {96}
 
 
 def test_the_sub_probe_is_the_first_samples_and_its_size_is_honoured() -> None:
     probe = _probe(96)
     report = scan(BiasKilledClassifier(), probe, simulate=True, simulate_samples=40)
-    predicted = dict(_cause(report, "act1").predicted)
+    predicted = _cause(report, "act1").prediction("leaky")
+    assert predicted is not None
     # 40 samples = the first batch of 32 and 8 samples of the second
     first_40 = [torch.cat(probe)[:40]]
-    assert predicted["simulated_samples"] == 40
-    assert math.isclose(predicted["leaky_drift"], _drift_on(first_40), rel_tol=1e-6)
+    assert predicted.simulated_samples == 40
+    assert math.isclose(predicted.output_drift, _drift_on(first_40), rel_tol=1e-6)
     assert report.extra["simulation"]["samples"] == 40
     assert report.extra["simulation"]["batches"] == 2
     # the scan itself still saw all 96
@@ -95,7 +96,7 @@ def test_tuple_batches_are_cut_on_every_input() -> None:
 def test_cli_simulate_samples_is_in_the_json_and_verbose_counts_the_passes() -> None:
     result = CliRunner().invoke(app, ["scan", *SAMPLE, "--simulate-samples", "64", "-v"])
     cause = next(f for f in json.loads(result.stdout)["findings"] if f["predicted"])
-    assert cause["predicted"]["simulated_samples"] == 64
+    assert {p["simulated_samples"] for p in cause["predicted"]} == {64}
     assert "extra forward passes" in result.stderr and "first 64 samples" in result.stderr
 
 
