@@ -7,6 +7,7 @@ import io
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,3 +143,66 @@ def test_quiet_turns_the_display_off() -> None:
     display = StageDisplay(enabled=False)
     display.stage("loading", None)
     assert not display.live
+
+
+class RecordingDisplay(StageDisplay):
+    """The CLI's display, drawn on a fake terminal; records each stage it is told and whether it was shown."""
+
+    stages: list[tuple[str, int | None, bool]] = []
+
+    def __init__(self, enabled: bool, style: object = None) -> None:
+        class Terminal(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+        self.terminal = Terminal()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(type(sys.stderr), "isatty", lambda stream: True)
+            patch.setattr(
+                sys.modules["relu_doctor.cli.app"],
+                "stderr_console",
+                lambda style=None: Console(file=self.terminal, force_terminal=True, width=80),
+            )
+            super().__init__(enabled)
+        RecordingDisplay.stages = []
+
+    def stage(self, name: str, total: int | None) -> None:
+        RecordingDisplay.stages.append((name, total, self.live))
+        super().stage(name, total)
+        if self._bar is not None:
+            self._bar.refresh()  # what the terminal shows now
+            assert name in self.terminal.getvalue()
+
+
+@pytest.fixture
+def stderr_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI sees a terminal on stderr (CliRunner's stream is not one) and draws on a RecordingDisplay."""
+    cli_app = sys.modules["relu_doctor.cli.app"]
+    real = cli_app.output_style
+    monkeypatch.setattr(cli_app, "output_style", lambda **options: real(**{**options, "stderr_tty": True}))
+    monkeypatch.setattr("relu_doctor.cli.scan.StageDisplay", RecordingDisplay)
+
+
+@pytest.mark.usefixtures("stderr_terminal")
+def test_cli_names_every_stage_to_the_end_on_a_terminal(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(app, ["scan", *SAMPLE, "--certify", "-f", "json", "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert [(name, live) for name, _, live in RecordingDisplay.stages] == [
+        ("loading", True),
+        ("observing", True),
+        ("simulating", True),
+        ("certifying", True),
+        ("writing", True),
+    ]
+    # observing counts the probe's 512 samples; simulating its forward passes
+    assert RecordingDisplay.stages[1][1] == 512 and (RecordingDisplay.stages[2][1] or 0) > 0
+    assert json.loads(out.read_text())["findings"]
+
+
+@pytest.mark.usefixtures("stderr_terminal")
+def test_cli_shows_no_stage_under_quiet(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["scan", *SAMPLE, "-q", "-o", str(tmp_path / "r.txt")])
+    assert result.exit_code == 0, result.stderr
+    assert RecordingDisplay.stages and not any(live for _, _, live in RecordingDisplay.stages)
+    assert result.stderr == ""

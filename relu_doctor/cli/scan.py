@@ -167,30 +167,40 @@ def scan(
         display = StageDisplay(enabled=style.progress, style=style)
         try:
             report = _run_with_trust_prompt(request, style, display)
-            display.stop()
-            note(
-                style, f"scanned {len(report.sites)} sites in {time.perf_counter() - started:.2f} s", verbose_only=True
-            )
-            note(style, simulation_line(report), verbose_only=True)
+            scanned = f"scanned {len(report.sites)} sites in {time.perf_counter() - started:.2f} s"
+            display.stage("writing", None)  # rendering (a plot takes seconds), up to the first byte written
             if settings.values.get("strict"):
                 report = strict_report(report)
             if not is_primary():  # under torchrun every rank has the same report; rank 0 writes it
                 raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
-            emit_report(report, Format(settings.values["format"]), targets["output"], style)
+            fmt = Format(settings.values["format"])
+            text = render_report(report, fmt, style)
             if plot is not None:
                 from ..render.plot import report_png
 
-                write_output(report_png(report), targets["plot"])
+                png = report_png(report)
+            display.stop()  # before anything is printed: a live line and printed text must not interleave
+            note(style, scanned, verbose_only=True)
+            note(style, simulation_line(report), verbose_only=True)
+            emit_report(report, fmt, targets["output"], style, text)
+            if plot is not None:
+                write_output(png, targets["plot"])
         finally:
             display.stop()
     raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
 
 
-def emit_report(report: Report, fmt: Format, output: Any, style: OutputStyle) -> None:
-    """The report on stdout (or --output), the one-line verdict on stderr unless the table already shows it."""
+def render_report(report: Report, fmt: Format, style: OutputStyle) -> str:
+    """The report as text in ``fmt``, at the terminal's width and colour."""
     from ..render import render
 
-    text = render(report, fmt, width=style.width, color=style.color)
+    return render(report, fmt, width=style.width, color=style.color)
+
+
+def emit_report(report: Report, fmt: Format, output: Any, style: OutputStyle, text: str | None = None) -> None:
+    """The report (``text``, rendered here when None) on stdout or --output, the one-line verdict on stderr unless
+    the table already shows it."""
+    text = render_report(report, fmt, style) if text is None else text
     if output is not None or not style.quiet:
         write_output(text, output)
     if fmt is not Format.table or output is not None:
