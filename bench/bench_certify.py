@@ -48,13 +48,8 @@ def planted(build: Callable[[], nn.Module], shape: tuple[int, ...]) -> Callable[
 
 
 def resnet18_planted() -> tuple[nn.Module, torch.Tensor]:
-    import importlib.util
+    from bench_models import ResNet18Like
 
-    spec = importlib.util.spec_from_file_location("bench_models", ROOT / "bench" / "models.py")
-    assert spec is not None and spec.loader is not None
-    bench_models = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_models)
-    ResNet18Like = bench_models.ResNet18Like  # noqa: N806 (tests/models.py shadows bench/models.py on the path)
     torch.manual_seed(0)
     model = ResNet18Like().eval()
     with torch.no_grad():

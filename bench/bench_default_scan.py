@@ -7,7 +7,7 @@ less) and wall seconds, with its peak RSS. Runs are interleaved and the median o
 Default options except ``--reducer torch`` (no numba) and the output going to a file.
 
 Cases (each model gets dead units planted, so the scan has findings to simulate):
-- cnn: the ResNet-18-like CNN of bench/models.py, 3x32x32, at --samples (1,024) and 10,000 samples,
+- cnn: the ResNet-18-like CNN of bench/bench_models.py, 3x32x32, at --samples (1,024) and 10,000 samples,
   default scan vs plain forward vs --no-simulate;
 - mlp200: a 200-layer 256-wide Linear-ReLU stack, 512 samples;
 - memory: peak RSS of the default scan at 1x and 16x the probe, synthetic, .npy file, directory of shards.
@@ -34,13 +34,13 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from models import ResNet18Like, seeded  # noqa: E402
+from bench_models import ResNet18Like, seeded  # noqa: E402
 
 ARCHS = """
 import sys
 sys.path.insert(0, {here!r})
 from torch import nn
-from models import ResNet18Like
+from bench_models import ResNet18Like
 
 
 def deep_mlp(depth=200, width=256):

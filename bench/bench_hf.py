@@ -28,9 +28,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     config = OPTConfig(
-        vocab_size=50272, hidden_size=768, num_hidden_layers=12, ffn_dim=3072, num_attention_heads=12,
-        max_position_embeddings=2048, word_embed_proj_dim=768, activation_function="relu", pad_token_id=1,
-    )  # fmt: skip
+        vocab_size=50272,
+        hidden_size=768,
+        num_hidden_layers=12,
+        ffn_dim=3072,
+        num_attention_heads=12,
+        max_position_embeddings=2048,
+        word_embed_proj_dim=768,
+        activation_function="relu",
+        pad_token_id=1,
+    )
     model = OPTForCausalLM(config).eval().to(args.device)
     params = sum(p.numel() for p in model.parameters())
     ids = torch.randint(2, config.vocab_size, (args.texts, args.tokens))
@@ -60,13 +67,19 @@ def main() -> None:
     sync()
     scanned = time.perf_counter() - start
     real = int(mask.sum())
-    print(f"model: OPTForCausalLM, {params / 1e6:.1f}M parameters, relu FFN, device {args.device}, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
-    print(f"probe: {args.texts} texts x {args.tokens} tokens ({real} real, {mask.numel() - real} padded), "
-          f"batch {args.batch_size}")  # fmt: skip
+    print(
+        f"model: OPTForCausalLM, {params / 1e6:.1f}M parameters, relu FFN, device {args.device}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"probe: {args.texts} texts x {args.tokens} tokens ({real} real, {mask.numel() - real} padded), "
+        f"batch {args.batch_size}"
+    )
     print(f"plain forward: {forward:.2f} s")
-    print(f"relu-doctor scan: {scanned:.2f} s ({scanned / forward:.2f}x the forward), {len(report.sites)} sites, "
-          f"{report.summary.dead} dead units")  # fmt: skip
+    print(
+        f"relu-doctor scan: {scanned:.2f} s ({scanned / forward:.2f}x the forward), {len(report.sites)} sites, "
+        f"{report.summary.dead} dead units"
+    )
 
 
 if __name__ == "__main__":

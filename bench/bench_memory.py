@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 CHILD = """
 import resource, sys, torch
 sys.path.insert(0, {here!r})
-from models import ResNet18Like, seeded
+from bench_models import ResNet18Like, seeded
 from relu_doctor import scan
 from relu_doctor.workflow.probe import file_probe, synthetic_probe
 torch.set_num_threads(1)

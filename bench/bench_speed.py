@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import ReluTransformer, ResNet18Like, mlp, seeded  # noqa: E402
+from bench_models import ReluTransformer, ResNet18Like, mlp, seeded  # noqa: E402
 
 from relu_doctor import scan  # noqa: E402
 from relu_doctor.engine import fused

@@ -61,8 +61,9 @@ class Box:
             raise CertifyError(f"domain {self.spec}: some lower bounds exceed their upper bounds")
 
 
-def box_from_spec(spec: DomainSpec | str, *, input_shape: Sequence[int] | None = None,
-                  samples: Iterable[torch.Tensor] | None = None) -> Box:  # fmt: skip
+def box_from_spec(
+    spec: DomainSpec | str, *, input_shape: Sequence[int] | None = None, samples: Iterable[torch.Tensor] | None = None
+) -> Box:
     """The box a ``--domain`` names: ``probe`` needs ``samples`` (batches), ``box:LO,HI`` the ``input_shape``."""
     spec = parse_domain(spec) if isinstance(spec, str) else spec
     if spec.kind == "probe":
@@ -92,8 +93,7 @@ def _probe_box(spec: DomainSpec, samples: Iterable[torch.Tensor]) -> Box:
     if lo is None or hi is None:
         raise CertifyError("--domain probe: the probe has no samples")
     widened = f", widened by {spec.margin:g} on each side" if spec.margin else ""
-    return Box(lo - spec.margin, hi + spec.margin, spec.text,
-               f"per-feature min/max of {count} probe samples{widened}")  # fmt: skip
+    return Box(lo - spec.margin, hi + spec.margin, spec.text, f"per-feature min/max of {count} probe samples{widened}")
 
 
 def _file_box(spec: DomainSpec, input_shape: Sequence[int] | None) -> Box:
@@ -180,11 +180,16 @@ def certify(
         _certified_site(name, site, bound_pass.sites[key], refined.get(key), margin)
         for site, name in zip(observed, names)
         if (key := (site.module_path, site.call_index, site.ordinal)) in bound_pass.sites
-    )  # fmt: skip
+    )
     return Certification(
-        domain=box.spec, description=_describe(box), input_shape=tuple(box.lo.shape), methods=tuple(methods),
-        sites=sites, seconds=tuple(seconds), notes=tuple(bound_pass.notes),
-    )  # fmt: skip
+        domain=box.spec,
+        description=_describe(box),
+        input_shape=tuple(box.lo.shape),
+        methods=tuple(methods),
+        sites=sites,
+        seconds=tuple(seconds),
+        notes=tuple(bound_pass.notes),
+    )
 
 
 def with_certification(report: Report, certification: Certification) -> Report:
@@ -206,8 +211,9 @@ def _batched(model: nn.Module, box: Box) -> tuple[torch.Tensor, Interval]:
     return ((lo + hi) / 2).to(dtype), Interval(lo, hi)
 
 
-def _observed_sites(model: nn.Module, centre: torch.Tensor, unit_dim: int | None,
-                    site_paths: tuple[str, ...] | None) -> tuple[list[ObservedSite], list[str], float]:  # fmt: skip
+def _observed_sites(
+    model: nn.Module, centre: torch.Tensor, unit_dim: int | None, site_paths: tuple[str, ...] | None
+) -> tuple[list[ObservedSite], list[str], float]:
     """The scan's sites (keys, unit axes, names) from one observed pass of the centre, and a plain forward's time."""
     with restored_model_state(model, {}), torch.inference_mode():
         started = time.perf_counter()
@@ -248,8 +254,19 @@ def _certified_site(
 ) -> CertifiedSite:
     if found.pre is None:
         unbounded = (math.inf,) * site.counters.units
-        return CertifiedSite(name, site.counters.units, unbounded, tuple(-v for v in unbounded), unbounded,
-                             (), (), (), (), False, found.notes)  # fmt: skip
+        return CertifiedSite(
+            name,
+            site.counters.units,
+            unbounded,
+            tuple(-v for v in unbounded),
+            unbounded,
+            (),
+            (),
+            (),
+            (),
+            False,
+            found.notes,
+        )
     interval_lo, interval_hi = _per_unit(found.pre, site.unit_axis)
     lo, hi = interval_lo, interval_hi
     notes = list(found.notes)
@@ -260,11 +277,22 @@ def _certified_site(
     dead = [u for u in range(len(hi)) if _below_zero(hi[u], lo[u], margin)]
     active = [u for u in range(len(lo)) if _below_zero(-lo[u], -hi[u], margin)]
     return CertifiedSite(
-        name=name, units=len(hi), upper_bound=tuple(hi), lower_bound=tuple(lo), interval_upper_bound=tuple(interval_hi),
-        certified_dead=tuple(dead), dead_method=tuple("interval" if _below_zero(interval_hi[u], interval_lo[u], margin) else "linear" for u in dead),
-        certified_active=tuple(active), active_method=tuple("interval" if _below_zero(-interval_lo[u], -interval_hi[u], margin) else "linear" for u in active),
-        relaxed=refined is not None and refined.skipped is None, notes=tuple(notes),
-    )  # fmt: skip
+        name=name,
+        units=len(hi),
+        upper_bound=tuple(hi),
+        lower_bound=tuple(lo),
+        interval_upper_bound=tuple(interval_hi),
+        certified_dead=tuple(dead),
+        dead_method=tuple(
+            "interval" if _below_zero(interval_hi[u], interval_lo[u], margin) else "linear" for u in dead
+        ),
+        certified_active=tuple(active),
+        active_method=tuple(
+            "interval" if _below_zero(-interval_lo[u], -interval_hi[u], margin) else "linear" for u in active
+        ),
+        relaxed=refined is not None and refined.skipped is None,
+        notes=tuple(notes),
+    )
 
 
 def _per_unit(interval: Interval, unit_axis: int) -> tuple[list[float], list[float]]:

@@ -34,9 +34,16 @@ def make(folder: Path) -> Path:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="[PAD]", unk_token="[UNK]", eos_token="</s>")
     torch.manual_seed(0)
     config = OPTConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, ffn_dim=128, num_attention_heads=4,
-        max_position_embeddings=128, word_embed_proj_dim=32, activation_function="relu", pad_token_id=0,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=4,
+        ffn_dim=128,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        word_embed_proj_dim=32,
+        activation_function="relu",
+        pad_token_id=0,
+    )
     model = OPTForCausalLM(config)
     with torch.no_grad():  # a few dead feed-forward units in the first layer, as relu LMs have
         model.model.decoder.layers[0].fc1.bias[:16] = -50.0

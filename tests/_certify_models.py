@@ -134,8 +134,16 @@ def per_unit(pre: torch.Tensor, reduce: str) -> torch.Tensor:
     return flat.amax(2) if reduce == "max" else flat.amin(2)
 
 
-def gradient_search(model: CapturingNet, lo: torch.Tensor, hi: torch.Tensor, *, maximise: bool,
-                    restarts: int = 16, steps: int = 40, seed: int = 0) -> list[torch.Tensor]:  # fmt: skip
+def gradient_search(
+    model: CapturingNet,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    *,
+    maximise: bool,
+    restarts: int = 16,
+    steps: int = 40,
+    seed: int = 0,
+) -> list[torch.Tensor]:
     """Per site, per unit: the most extreme pre-activation (max if ``maximise``, else min) a projected-gradient
     search finds inside ``lo <= x <= hi``, over random restarts, the centre and every step."""
     g = torch.Generator().manual_seed(seed)

@@ -23,11 +23,20 @@ from relu_doctor.errors import CertifyError, UsageError
 
 # (model, shape of one sample) for every test model whose forward takes one float tensor.
 TEST_MODELS = [
-    (m.ReusedReluBlock, (8,)), (m.FunctionalReluNet, (6,)), (m.InplaceReluThenAdd, (8,)),
-    (m.ConvBNReluShifted, (3, 6, 6)), (m.TokenFFN, (5, 8)), (m.Conv1dNet, (4, 9)), (m.TransformerReluLayer, (4, 16)),
-    (m.DropoutBeforeRelu, (4,)), (m.NaNUnit, (4,)), (m.EveryReluForm, (3,)), (m.ConvNet2d, (2, 6, 6)),
-    (m.GoldenReportNet, (4,)), (TinyResNet, (2, 8, 8)),
-]  # fmt: skip
+    (m.ReusedReluBlock, (8,)),
+    (m.FunctionalReluNet, (6,)),
+    (m.InplaceReluThenAdd, (8,)),
+    (m.ConvBNReluShifted, (3, 6, 6)),
+    (m.TokenFFN, (5, 8)),
+    (m.Conv1dNet, (4, 9)),
+    (m.TransformerReluLayer, (4, 16)),
+    (m.DropoutBeforeRelu, (4,)),
+    (m.NaNUnit, (4,)),
+    (m.EveryReluForm, (3,)),
+    (m.ConvNet2d, (2, 6, 6)),
+    (m.GoldenReportNet, (4,)),
+    (TinyResNet, (2, 8, 8)),
+]
 
 
 def _probe(shape: tuple[int, ...], samples: int = 256, seed: int = 0) -> torch.Tensor:
@@ -63,8 +72,11 @@ def test_planted_units_are_certified_on_the_probe_box():
     head = next(s for s in cert.sites if s.name == ":relu#2")
     assert set(TinyResNet.PLANTED_HEAD) <= set(head.certified_dead)
     assert all(method == "interval" for s in cert.sites for method in s.dead_method)
-    for build, dead_of in ((m.ReusedReluBlock, {"relu#1": (0, 3), "relu#2": (1, 2, 5)}),
-                           (m.ConvBNReluShifted, {"relu": (1, 4)}), (m.TokenFFN, {"relu": (3, 9)})):  # fmt: skip
+    for build, dead_of in (
+        (m.ReusedReluBlock, {"relu#1": (0, 3), "relu#2": (1, 2, 5)}),
+        (m.ConvBNReluShifted, {"relu": (1, 4)}),
+        (m.TokenFFN, {"relu": (3, 9)}),
+    ):
         torch.manual_seed(0)
         model = build().eval()
         shape = {m.ReusedReluBlock: (8,), m.ConvBNReluShifted: (3, 6, 6), m.TokenFFN: (5, 8)}[build]
@@ -155,8 +167,12 @@ def test_an_op_without_a_rule_voids_claims_downstream_and_is_named():
     assert any("no bound through cos" in note for note in cert.notes)
     # With a rule for cos (values in [-1, 1]) the planted unit is proved dead.
     rules = default_rules()
-    rules.register(["cos"], lambda call: [Interval(-torch.ones_like(call.interval(call.args[0]).lo),
-                                                   torch.ones_like(call.interval(call.args[0]).lo))])  # fmt: skip
+    rules.register(
+        ["cos"],
+        lambda call: [
+            Interval(-torch.ones_like(call.interval(call.args[0]).lo), torch.ones_like(call.interval(call.args[0]).lo))
+        ],
+    )
     assert certify(UnknownOpNet().eval(), "box:-1,1", input_shape=(3,), rules=rules).sites[1].certified_dead == (1,)
 
 
@@ -251,9 +267,16 @@ def test_bounds_hold_on_the_gradient_search_for_the_tiny_resnet():
 
 @pytest.mark.parametrize(
     ("spec", "message"),
-    [("box:1", "two numbers"), ("box:2,1", "LO <= HI"), ("box:a,1", "not a number"), ("probe:-1", ">= 0"),
-     ("cube", "must be one of"), ("file:bounds.txt", ".npy or .npz"), ("box:0,inf", "finite")],
-)  # fmt: skip
+    [
+        ("box:1", "two numbers"),
+        ("box:2,1", "LO <= HI"),
+        ("box:a,1", "not a number"),
+        ("probe:-1", ">= 0"),
+        ("cube", "must be one of"),
+        ("file:bounds.txt", ".npy or .npz"),
+        ("box:0,inf", "finite"),
+    ],
+)
 def test_bad_domain_specs_are_usage_errors(spec, message):
     with pytest.raises(UsageError, match=message):
         box_from_spec(spec, input_shape=(2,))
@@ -283,18 +306,31 @@ def test_public_name():
 
 # Each op's rule, checked elementwise against 2,000 random inputs of its box (and the box's corners).
 OPS = {
-    "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu, "hardswish": F.hardswish,
-    "sigmoid": torch.sigmoid, "tanh": torch.tanh, "leaky_relu": F.leaky_relu, "elu": F.elu, "softplus": F.softplus,
-    "abs": torch.abs, "square": lambda x: x * x, "divide": lambda x: x / (2.0 + x[..., :1].abs()),
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "hardswish": F.hardswish,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "leaky_relu": F.leaky_relu,
+    "elu": F.elu,
+    "softplus": F.softplus,
+    "abs": torch.abs,
+    "square": lambda x: x * x,
+    "divide": lambda x: x / (2.0 + x[..., :1].abs()),
     "layer_norm": lambda x: F.layer_norm(
         x, (x.shape[-1],), torch.linspace(-1, 2, x.shape[-1], dtype=x.dtype), torch.ones(x.shape[-1], dtype=x.dtype)
     ),
-    "avg_pool": lambda x: F.avg_pool1d(x.unsqueeze(1), 2).squeeze(1), "max_pool": lambda x: F.max_pool1d(x.unsqueeze(1), 2).squeeze(1),
+    "avg_pool": lambda x: F.avg_pool1d(x.unsqueeze(1), 2).squeeze(1),
+    "max_pool": lambda x: F.max_pool1d(x.unsqueeze(1), 2).squeeze(1),
     "mean_cat": lambda x: torch.cat([x.mean(-1, keepdim=True), x[..., 1:] - x[..., :-1]], -1),
-    "where_on_input": lambda x: torch.where(x > 0, x, -2 * x), "sort": lambda x: x.sort(-1).values,
-    "outer": lambda x: x.unsqueeze(-1) @ x.unsqueeze(-2), "threshold": lambda x: F.threshold(x, 0.5, -3.0),
-    "clamp": lambda x: x.clamp(-0.5, 0.7), "sub_neg": lambda x: 1.0 - (-x).exp(),
-}  # fmt: skip
+    "where_on_input": lambda x: torch.where(x > 0, x, -2 * x),
+    "sort": lambda x: x.sort(-1).values,
+    "outer": lambda x: x.unsqueeze(-1) @ x.unsqueeze(-2),
+    "threshold": lambda x: F.threshold(x, 0.5, -3.0),
+    "clamp": lambda x: x.clamp(-0.5, 0.7),
+    "sub_neg": lambda x: 1.0 - (-x).exp(),
+}
 
 
 class OneOp(nn.Module):

@@ -13,8 +13,13 @@ from relu_doctor.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
-BASE = ["scan", str(SAMPLES / "dying_mlp.safetensors"), "--arch", f"{SAMPLES / 'digits_mlp.py'}:build_mlp",
-        "--no-simulate"]  # fmt: skip
+BASE = [
+    "scan",
+    str(SAMPLES / "dying_mlp.safetensors"),
+    "--arch",
+    f"{SAMPLES / 'digits_mlp.py'}:build_mlp",
+    "--no-simulate",
+]
 PROBE = ["--probe", str(SAMPLES / "digits_probe.npy")]
 
 

@@ -12,7 +12,7 @@ from typer.main import get_command
 from relu_doctor import scan
 from relu_doctor.cli import app
 from relu_doctor.codes import describe_codes
-from relu_doctor.render import Format
+from relu_doctor.render import FIX_FORMATS, REPORT_FORMATS, TREND_FORMATS
 from relu_doctor.render.json_format import report_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,8 +40,9 @@ def test_every_option_is_in_the_readme(name: str) -> None:
 
 
 def test_every_format_and_finding_code_is_in_the_readme() -> None:
-    for fmt in Format:
-        assert f"`{fmt.value}`" in README
+    for formats in (REPORT_FORMATS, TREND_FORMATS, FIX_FORMATS):
+        for fmt in formats.names():
+            assert f"`{fmt}`" in README, fmt
     codes = list(describe_codes())
     assert codes and all(f"| {code} |" in README for code in codes), [c for c in codes if f"| {c} |" not in README]
 

@@ -81,9 +81,18 @@ def test_leaky_on_a_state_dict_is_not_applied(tmp_path: Path) -> None:
     source = tmp_path / "weights.safetensors"
     save_file(LeakyKillsNextSite().state_dict(), source)
     result = invoke(
-        "fix", str(source), "--arch", f"{tmp_path / 'arch.py'}:LeakyKillsNextSite", "--probe",
-        probe_file(tmp_path, 8), "-s", "leaky", "-o", str(tmp_path / "out.safetensors"), "--no-color",
-    )  # fmt: skip
+        "fix",
+        str(source),
+        "--arch",
+        f"{tmp_path / 'arch.py'}:LeakyKillsNextSite",
+        "--probe",
+        probe_file(tmp_path, 8),
+        "-s",
+        "leaky",
+        "-o",
+        str(tmp_path / "out.safetensors"),
+        "--no-color",
+    )
     assert not (tmp_path / "out.safetensors").exists()
     assert "✓" not in result.stdout and "units repaired" not in result.stdout, result.stdout
     assert "not applied" in result.stdout

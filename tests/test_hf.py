@@ -43,9 +43,16 @@ def _opt_folder(root: Path, *, shard: bool = False) -> Path:
     tokenizer = _tokenizer()
     torch.manual_seed(0)
     config = transformers.OPTConfig(
-        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, ffn_dim=32, num_attention_heads=2,
-        max_position_embeddings=64, word_embed_proj_dim=16, activation_function="relu", pad_token_id=0,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=2,
+        ffn_dim=32,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        word_embed_proj_dim=16,
+        activation_function="relu",
+        pad_token_id=0,
+    )
     model = transformers.OPTForCausalLM(config)
     with torch.no_grad():
         model.model.decoder.layers[0].fc1.bias[:4] = -100.0
@@ -162,9 +169,14 @@ def test_sharded_folder_and_token_id_probe_with_mask(tmp_path: Path) -> None:
 def test_gelu_encoder_is_reported_honestly(tmp_path: Path) -> None:
     tokenizer = _tokenizer()
     config = transformers.BertConfig(
-        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=64, hidden_act="gelu",
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        hidden_act="gelu",
+    )
     folder = tmp_path / "bert"
     transformers.BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

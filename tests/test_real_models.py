@@ -100,9 +100,16 @@ def test_scan_matches_the_oracle(saved: dict[str, Saved], name: str, fmt: str) -
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=[pytest.mark.xfail(strict=True, reason=f"issue 11 item {CROSS_FORMAT_FAILURES[n]}")]
-                  if n in CROSS_FORMAT_FAILURES else []) for n in CORPUS],
-)  # fmt: skip
+    [
+        pytest.param(
+            n,
+            marks=[pytest.mark.xfail(strict=True, reason=f"issue 11 item {CROSS_FORMAT_FAILURES[n]}")]
+            if n in CROSS_FORMAT_FAILURES
+            else [],
+        )
+        for n in CORPUS
+    ],
+)
 def test_every_format_gives_the_same_sites_and_findings(saved: dict[str, Saved], name: str) -> None:
     entry = saved[name]
     formats = [f for f in FORMATS if f in entry.args]
@@ -194,12 +201,16 @@ def test_import_finds_a_module_in_the_current_folder(tmp_path: Path, monkeypatch
         "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(4, 3)\n\n"
         "    def forward(self, x):\n        return torch.relu(self.fc(x))\n"
     )
-    subprocess.run([sys.executable, "-c", "import torch, localnet; torch.save(localnet.LocalNet(), 'whole.pt')"],
-                   cwd=tmp_path, check=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-c", "import torch, localnet; torch.save(localnet.LocalNet(), 'whole.pt')"],
+        cwd=tmp_path,
+        check=True,
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
-    result = _invoke("whole.pt", "--trust", "--import", "localnet", "--input-shape", "4", "--samples", "8",
-                     "--format", "json")  # fmt: skip
+    result = _invoke(
+        "whole.pt", "--trust", "--import", "localnet", "--input-shape", "4", "--samples", "8", "--format", "json"
+    )
     sys.modules.pop("localnet", None)
     assert result.exit_code in (0, 1), result.stderr
     assert [s["name"] for s in json.loads(result.stdout)["sites"]] == [":relu"]

@@ -16,7 +16,7 @@ from torch import nn
 
 import relu_doctor
 from relu_doctor.errors import UsageError
-from relu_doctor.render import Format, render
+from relu_doctor.render import REPORT_FORMATS, render
 from relu_doctor.watching import Watch
 
 EVERY, WINDOW, STEPS = 3, 2, 20
@@ -102,8 +102,10 @@ def test_window_counts_equal_a_brute_force_count_of_the_same_training_forwards(f
     assert [r.samples for r in watch.history] == [32, 32, 32, 16]
     third = ":relu" if functional else "act3"  # a functional relu in the root's forward is named ":relu"
     for record, oracle in zip(watch.history, expected):
-        got = {name: (record.site(name).dead, record.site(name).dying, record.site(name).dormant)
-               for name in ("act#1", "act#2", third)}  # fmt: skip
+        got = {
+            name: (record.site(name).dead, record.site(name).dying, record.site(name).dormant)
+            for name in ("act#1", "act#2", third)
+        }
         assert got == {"act#1": oracle["act#1"], "act#2": oracle["act#2"], third: oracle["fc3_relu"]}
     assert sum(r.dead for r in watch.history) > 0  # the planted units make the comparison non-trivial
 
@@ -134,7 +136,7 @@ def test_the_report_is_a_scan_report_that_says_it_counted_training_forwards() ->
     assert report.probe.source == "training" and report.probe.samples == 32
     assert "training mode" in report.warnings[0] and "steps 0..3" in report.warnings[0]
     assert report.summary.dead == watch.history[-1].dead
-    for fmt in Format:  # every renderer works on it unchanged
+    for fmt in REPORT_FORMATS.names():  # every renderer works on it unchanged
         assert render(report, fmt)
     assert not any("even in eval mode" in w for w in report.warnings)  # training-mode dropout is no blind spot here
 

@@ -49,9 +49,15 @@ def _lightning_fit(tmp_path: Path, callback, max_steps: int = 8):  # type: ignor
     x, y = _data()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
     trainer = L.Trainer(
-        max_steps=max_steps, logger=CSVLogger(tmp_path), log_every_n_steps=1, callbacks=[callback],
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, accelerator="cpu",
-    )  # fmt: skip
+        max_steps=max_steps,
+        logger=CSVLogger(tmp_path),
+        log_every_n_steps=1,
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(Classifier(), loader)
@@ -132,9 +138,15 @@ def test_transformers_callback_adds_the_metrics_to_the_trainers_log_history(tmp_
             return {"x": self.x[i], "labels": self.y[i]}
 
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=8, logging_steps=2, report_to=[],
-        save_strategy="no", use_cpu=True, disable_tqdm=True,
-    )  # fmt: skip
+        output_dir=str(tmp_path),
+        max_steps=6,
+        per_device_train_batch_size=8,
+        logging_steps=2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     callback = ReluDoctorCallback(every=1, window=2)
     trainer = transformers.Trainer(
         model=TinyReluModel(TinyConfig()), args=args, train_dataset=Pairs(), callbacks=[callback]

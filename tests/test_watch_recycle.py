@@ -21,8 +21,12 @@ class PlantedMLP(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc1, self.act, self.fc2, self.act2, self.head = (
-            nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)
-        )  # fmt: skip
+            nn.Linear(6, 16),
+            nn.ReLU(),
+            nn.Linear(16, 16),
+            nn.ReLU(),
+            nn.Linear(16, 3),
+        )
         with torch.no_grad():
             self.fc1.bias[list(DEAD)] = -100.0
             self.fc1.weight[list(DORMANT)] *= 1e-3
@@ -58,10 +62,14 @@ def _state(optimizer: torch.optim.Optimizer, parameter: torch.Tensor) -> dict[st
     return {k: v.clone() for k, v in optimizer.state[parameter].items() if v.shape == parameter.shape}
 
 
-@pytest.mark.parametrize("make_optimizer", [
-    lambda p: torch.optim.Adam(p, lr=1e-3),
-    lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9),
-], ids=["adam", "sgd-momentum"])  # fmt: skip
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda p: torch.optim.Adam(p, lr=1e-3),
+        lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9),
+    ],
+    ids=["adam", "sgd-momentum"],
+)
 def test_recycle_keeps_the_output_and_resets_the_optimizer_state_of_the_changed_weights(make_optimizer) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     model = PlantedMLP()

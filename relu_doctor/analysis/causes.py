@@ -329,9 +329,20 @@ def _layer(model: nn.Module, site: Site) -> tuple[_Layer | None, str]:
 
 
 _LAYER_OPS = frozenset(
-    {"linear", "addmm", "mm", "matmul", "conv1d", "conv2d", "conv3d", "convolution", "_convolution",
-     "mkldnn_convolution", "cudnn_convolution"}
-)  # fmt: skip
+    {
+        "linear",
+        "addmm",
+        "mm",
+        "matmul",
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "convolution",
+        "_convolution",
+        "mkldnn_convolution",
+        "cudnn_convolution",
+    }
+)
 """Ops that compute a Linear/Conv layer: in an opaque graph (TorchScript, torch.export) they identify the layer the
 op's weights belong to, which is no nn.Linear/nn.Conv instance there."""
 _OPAQUE_LAYER_NAMES = frozenset({"Linear", "Conv1d", "Conv2d", "Conv3d"})

@@ -22,8 +22,9 @@ def site_limit(name: str, thresholds: Thresholds) -> float | None:
     return limit
 
 
-def evaluate(sites: Sequence[Site], summary: Summary, thresholds: Thresholds,
-             certification: Certification | None = None) -> GateResult:  # fmt: skip
+def evaluate(
+    sites: Sequence[Site], summary: Summary, thresholds: Thresholds, certification: Certification | None = None
+) -> GateResult:
     """Pass/fail with one line per exceeded threshold (a fraction equal to its limit passes).
 
     With ``thresholds.gate_on == "certified"`` the limits count certified-dead units (none without a

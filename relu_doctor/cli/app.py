@@ -10,13 +10,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path, PurePath
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 
 from .._version import __version__
 from ..errors import ReluDoctorError, UsageError
+from ..render.registry import Registry
 from ..report import GateResult, Report, Violation
 from .config import Resolved
 
@@ -268,6 +269,21 @@ def plan_outputs(inputs: Collection[str | Path | None], force: bool, **outputs: 
                 raise UsageError(f"{flag} {str(path)!r} is also {other.option}; give each output its own file")
         planned[option] = target
     return planned
+
+
+RecordT = TypeVar("RecordT")
+
+
+def emit(
+    formats: Registry[RecordT], record: RecordT, name: str, output: Any, style: OutputStyle, text: str | None = None
+) -> None:
+    """``record`` in the format ``name`` (``text``, when already rendered) on stdout (or --output), and its one-line
+    verdict on stderr unless that text, shown on the terminal, says it already."""
+    text = formats.render(record, name, width=style.width, color=style.color) if text is None else text
+    if output is not None or not style.quiet:
+        write_output(text, output)
+    if not formats.get(name).terminal or output is not None:
+        note(style, formats.verdict(record))
 
 
 def write_output(content: str | bytes, target: Any = None) -> None:

@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import ConfigError
-from ..render import Format
+from ..render import REPORT_FORMATS
 from ..report import Thresholds
 from ..settings import DEVICES, DTYPES, REDUCERS
 
@@ -80,7 +80,7 @@ KEYS: dict[str, Key] = {
         Key("max_layer_dead_fraction", "fraction"),
         Key("ignore", "list"),
         Key("sites", "sites"),
-        Key("format", "choice", tuple(f.value for f in Format)),
+        Key("format", "choice", REPORT_FORMATS.names()),
         Key("strict", "bool"),
     )
 }

@@ -7,12 +7,12 @@ repair (bad option, OUT exists without --force, unreadable or unwritable checkpo
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ..render import FIX_FORMATS
 from ..repair.records import Strategy
 from ..settings import (
     DEFAULT_BATCH_SIZE,
@@ -24,16 +24,9 @@ from ..settings import (
     DEFAULT_SEED,
 )
 from . import options as opt
-from .app import app, configure, describe_settings, error_boundary, note, style_from_options, warn, write_output
+from .app import app, configure, describe_settings, emit, error_boundary, note, style_from_options, warn
 
 REPAIR = "Repair"
-
-
-class FixFormat(str, enum.Enum):
-    """Output formats of `fix --format`."""
-
-    table = "table"
-    json = "json"
 
 
 @app.command()
@@ -106,15 +99,7 @@ def fix(
     config: opt.Config = None,
     isolated: opt.Isolated = False,
     # Output
-    fmt: Annotated[
-        FixFormat,
-        typer.Option(
-            "--format",
-            "-f",
-            help="table for people, json for scripts (stdout holds only the JSON).",
-            rich_help_panel=opt.OUTPUT,
-        ),
-    ] = FixFormat.table,
+    fmt: opt.FixFormat = FIX_FORMATS.default.name,
     verbose: opt.Verbose = False,
     color: opt.Color = opt.ColorMode.auto,
     no_color: opt.NoColor = False,
@@ -127,7 +112,6 @@ def fix(
     """
     style = style_from_options(False, verbose, no_color, None, color)
     with error_boundary(debug):
-        from ..render.fix import render_fix_json, render_fix_text, verdict
         from ..workflow.fix import FixRequest, run_fix
 
         # seed is the re-draw seed here; format has other choices: neither comes from scan's config keys
@@ -147,9 +131,5 @@ def fix(
         )
         request = FixRequest(scan, str(output), strategy, seed, include_dying, force, max_drift)
         outcome = run_fix(request)
-        if fmt is FixFormat.json:
-            write_output(render_fix_json(outcome), None)
-            note(style, verdict(outcome))
-        else:
-            write_output(render_fix_text(outcome, width=style.width, color=style.color), None)
+        emit(FIX_FORMATS, outcome, fmt, None, style)
     raise typer.Exit(outcome.exit_code)

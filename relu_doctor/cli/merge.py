@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from ..render import Format
+from ..render import REPORT_FORMATS
 from . import options as opt
-from .app import app, error_boundary, exit_code, plan_outputs, style_from_options
+from .app import app, emit, error_boundary, exit_code, plan_outputs, style_from_options
 
 
 @app.command()
@@ -18,9 +18,7 @@ def merge(
         list[Path],
         typer.Argument(help="Stats files written by `scan --save-stats` (one per shard).", show_default=False),
     ],
-    fmt: Annotated[
-        Format, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)
-    ] = Format.table,
+    fmt: opt.ReportFormat = REPORT_FORMATS.default.name,
     output: opt.Output = None,
     dying_rate: Annotated[
         float | None, typer.Option(help="Override the saved dying rate.", rich_help_panel=opt.GATE)
@@ -51,7 +49,6 @@ def merge(
     style = style_from_options(quiet, False, no_color, output, color)
     with error_boundary(debug):
         from ..workflow.stats_io import merge_stats
-        from .scan import emit_report
 
         overrides = {
             "dying_rate": dying_rate,
@@ -61,7 +58,7 @@ def merge(
         }
         targets = plan_outputs(files, force, output=output)
         report = merge_stats(files, _checked(overrides))
-        emit_report(report, fmt, targets["output"], style)
+        emit(REPORT_FORMATS, report, fmt, targets["output"], style)
     raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
 
 

@@ -16,6 +16,8 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import UsageError
+from ..render import FIX_FORMATS, REPORT_FORMATS, TREND_FORMATS
+from ..render.registry import Registry
 from ..settings import DEFAULT_REDUCER
 
 LOAD, PROBE, GATE, OUTPUT = "Loading", "Probe", "Gate", "Output"
@@ -218,6 +220,33 @@ NoColor = Annotated[
     typer.Option("--no-color", help="Same as --color never.", rich_help_panel=OUTPUT),
 ]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.", rich_help_panel=OUTPUT)]
+
+
+def format_option(formats: Registry[Any], help: str) -> Any:
+    """``--format/-f``: one of the registry's format names (its choices are listed in ``--help``)."""
+    names = formats.names()
+
+    def parse(value: str) -> str:
+        if value not in formats:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(map(repr, names))}.")
+        return value
+
+    return typer.Option(
+        "--format",
+        "-f",
+        help=help,
+        parser=parse,
+        metavar=f"[{'|'.join(names)}]",
+        autocompletion=lambda: list(names),
+        rich_help_panel=OUTPUT,
+    )
+
+
+ReportFormat = Annotated[str, format_option(REPORT_FORMATS, "Report format.")]
+TrendFormat = Annotated[str, format_option(TREND_FORMATS, "Report format.")]
+FixFormat = Annotated[
+    str, format_option(FIX_FORMATS, "table for people, json for scripts (stdout holds only the JSON).")
+]
 
 Certify = Annotated[
     bool,

@@ -16,8 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import UntrustedCodeError
-from ..render import Format
-from ..render.common import summary_line
+from ..render import REPORT_FORMATS
 from ..report import Report
 from ..settings import (
     DEFAULT_BATCH_SIZE,
@@ -40,6 +39,7 @@ from .app import (
     app,
     configure,
     describe_settings,
+    emit,
     error_boundary,
     exit_code,
     note,
@@ -90,9 +90,7 @@ def scan(
     domain: opt.Domain = None,
     gate_on: opt.GateOn = "probe",
     # Output
-    fmt: Annotated[
-        Format, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)
-    ] = Format.table,
+    fmt: opt.ReportFormat = REPORT_FORMATS.default.name,
     output: opt.Output = None,
     plot: opt.Plot = None,
     save_stats: Annotated[
@@ -173,8 +171,8 @@ def scan(
                 report = strict_report(report)
             if not is_primary():  # under torchrun every rank has the same report; rank 0 writes it
                 raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
-            fmt = Format(settings.values["format"])
-            text = render_report(report, fmt, style)
+            name = settings.values["format"]
+            text = REPORT_FORMATS.render(report, name, width=style.width, color=style.color)
             if plot is not None:
                 from ..render.plot import report_png
 
@@ -182,29 +180,12 @@ def scan(
             display.stop()  # before anything is printed: a live line and printed text must not interleave
             note(style, scanned, verbose_only=True)
             note(style, simulation_line(report), verbose_only=True)
-            emit_report(report, fmt, targets["output"], style, text)
+            emit(REPORT_FORMATS, report, name, targets["output"], style, text=text)
             if plot is not None:
                 write_output(png, targets["plot"])
         finally:
             display.stop()
     raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
-
-
-def render_report(report: Report, fmt: Format, style: OutputStyle) -> str:
-    """The report as text in ``fmt``, at the terminal's width and colour."""
-    from ..render import render
-
-    return render(report, fmt, width=style.width, color=style.color)
-
-
-def emit_report(report: Report, fmt: Format, output: Any, style: OutputStyle, text: str | None = None) -> None:
-    """The report (``text``, rendered here when None) on stdout or --output, the one-line verdict on stderr unless
-    the table already shows it."""
-    text = render_report(report, fmt, style) if text is None else text
-    if output is not None or not style.quiet:
-        write_output(text, output)
-    if fmt is not Format.table or output is not None:
-        note(style, summary_line(report))
 
 
 def can_ask() -> bool:

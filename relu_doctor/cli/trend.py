@@ -3,13 +3,13 @@ moves, and when each unit died. Thresholds and the exit code apply to the last c
 
 from __future__ import annotations
 
-import enum
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..render import TREND_FORMATS
 from ..settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DEVICE,
@@ -26,6 +26,7 @@ from .app import (
     app,
     configure,
     describe_settings,
+    emit,
     error_boundary,
     exit_code,
     note,
@@ -38,13 +39,6 @@ from .app import (
 
 if TYPE_CHECKING:
     from ..report import TrendReport
-
-
-class TrendFormat(str, enum.Enum):
-    """Output formats of ``trend --format``."""
-
-    table = "table"
-    json = "json"
 
 
 @app.command()
@@ -85,9 +79,7 @@ def trend(
     config: opt.Config = None,
     isolated: opt.Isolated = False,
     # Output
-    fmt: Annotated[
-        TrendFormat, typer.Option("--format", "-f", help="Report format.", rich_help_panel=opt.OUTPUT)
-    ] = TrendFormat.table,
+    fmt: opt.TrendFormat = TREND_FORMATS.default.name,
     output: opt.Output = None,
     plot: opt.Plot = None,
     force: opt.Force = False,
@@ -136,20 +128,9 @@ def trend(
     raise typer.Exit(exit_code(result.gate, exit_zero=exit_zero))
 
 
-def emit_trend(result: TrendReport, fmt: TrendFormat, output: Any, plot: Any, style: OutputStyle) -> None:
+def emit_trend(result: TrendReport, fmt: str, output: Any, plot: Any, style: OutputStyle) -> None:
     """The trend on stdout (or --output), the last checkpoint's verdict on stderr, and the picture if asked for."""
-    from ..render.common import summary_line
-    from ..render.trend import render_trend_json, render_trend_table
-
-    text = (
-        render_trend_json(result)
-        if fmt is TrendFormat.json
-        else render_trend_table(result, width=style.width, color=style.color)
-    )
-    if output is not None or not style.quiet:
-        write_output(text, output)
-    if fmt is TrendFormat.json or output is not None:
-        note(style, f"last checkpoint: {summary_line(result.last)}")
+    emit(TREND_FORMATS, result, fmt, output, style)
     if plot is not None:
         from ..render.plot import trend_png
 

@@ -687,8 +687,10 @@ class _UnhookedReluNoted(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         if not self.observer._inside_hooked and getattr(func, "__name__", "") in _RELU_FUNCTIONS:
             self.observer._dynamic = True
-            self.observer.warnings["a relu ran outside the observed activation modules in one training pass and "
-                                   "was not counted there; later passes follow every op"] = None  # fmt: skip
+            self.observer.warnings[
+                "a relu ran outside the observed activation modules in one training pass and "
+                "was not counted there; later passes follow every op"
+            ] = None
         return func(*args, **(kwargs or {}))
 
 

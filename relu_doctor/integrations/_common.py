@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..render import Format, render
+from ..render import REPORT_FORMATS, render
 from ..report import Report, Thresholds
 from ..watching.records import RecycleEvent, WindowRecord
 
@@ -35,8 +35,8 @@ class CallbackSettings:
     """warn, or stop (warn and stop training)."""
     per_site: bool
     """Log every site's fractions, not only the model's."""
-    report_format: Format | None
-    """Format of the end-of-fit report (None: no report is written)."""
+    report_format: str | None
+    """Format of the end-of-fit report, a name in :data:`~relu_doctor.render.REPORT_FORMATS` (None: no report)."""
     report_path: str | None
     """Where the end-of-fit report goes: a file path, or ``-`` for standard output."""
     recycle_every: int | None
@@ -49,41 +49,65 @@ class CallbackSettings:
     def watch_settings(self) -> dict[str, Any]:
         """The keyword arguments of :class:`~relu_doctor.watching.Watch` these settings make."""
         return {
-            "every": self.every, "window": self.window, "thresholds": self.thresholds,
-            "recycle_every": self.recycle_every, "recycle": self.recycle, "seed": self.seed,
-        }  # fmt: skip
+            "every": self.every,
+            "window": self.window,
+            "thresholds": self.thresholds,
+            "recycle_every": self.recycle_every,
+            "recycle": self.recycle,
+            "seed": self.seed,
+        }
 
 
 def callback_settings(
-    *, every: int, window: int, max_layer_dead_fraction: float | None, max_dead_fraction: float | None,
-    on_threshold: str, per_site: bool, report_format: str | None, report_path: str | None,
-    recycle_every: int | None, recycle: str, seed: int, thresholds: Thresholds | None,
-) -> CallbackSettings:  # fmt: skip
+    *,
+    every: int,
+    window: int,
+    max_layer_dead_fraction: float | None,
+    max_dead_fraction: float | None,
+    on_threshold: str,
+    per_site: bool,
+    report_format: str | None,
+    report_path: str | None,
+    recycle_every: int | None,
+    recycle: str,
+    seed: int,
+    thresholds: Thresholds | None,
+) -> CallbackSettings:
     """Checked settings; a bad value raises :class:`~relu_doctor.errors.UsageError` naming it."""
     if on_threshold not in ON_THRESHOLD:
         raise UsageError(f"on_threshold must be one of {', '.join(ON_THRESHOLD)}, got {on_threshold!r}")
     for name, value in (("max_layer_dead_fraction", max_layer_dead_fraction), ("max_dead_fraction", max_dead_fraction)):
         if value is not None and not 0 <= value <= 1:
             raise UsageError(f"{name} must be a fraction from 0 to 1 or None, got {value!r}")
-    choices = ", ".join(f.value for f in Format)
-    if report_format is not None and report_format not in {f.value for f in Format}:
+    if report_format is not None and report_format not in REPORT_FORMATS:
+        choices = ", ".join(REPORT_FORMATS.names())
         raise UsageError(f"report_format must be one of {choices}, got {report_format!r}")
     if report_path is not None and report_format is None:
-        report_format = Format.table.value
-    limits = replace(thresholds or Thresholds(), max_layer_dead_fraction=max_layer_dead_fraction,
-                     max_dead_fraction=max_dead_fraction)  # fmt: skip
+        report_format = REPORT_FORMATS.default.name
+    limits = replace(
+        thresholds or Thresholds(), max_layer_dead_fraction=max_layer_dead_fraction, max_dead_fraction=max_dead_fraction
+    )
     return CallbackSettings(
-        every, window, limits, on_threshold, per_site, Format(report_format) if report_format else None,
-        report_path if report_path is not None else ("-" if report_format else None), recycle_every, recycle, seed,
-    )  # fmt: skip
+        every,
+        window,
+        limits,
+        on_threshold,
+        per_site,
+        report_format,
+        report_path if report_path is not None else ("-" if report_format else None),
+        recycle_every,
+        recycle,
+        seed,
+    )
 
 
 def threshold_message(record: WindowRecord) -> str | None:
     """One line naming every broken threshold of a window, or None when it is within them."""
     if record.gate_passed:
         return None
-    return (f"relu-doctor: steps {record.first_step}..{record.last_step} (window {record.index}): "
-            + "; ".join(record.violations))  # fmt: skip
+    return f"relu-doctor: steps {record.first_step}..{record.last_step} (window {record.index}): " + "; ".join(
+        record.violations
+    )
 
 
 def metrics_of(record: WindowRecord, events: tuple[RecycleEvent, ...], per_site: bool) -> dict[str, float]:

@@ -37,18 +37,36 @@ class ReluDoctorCallback(Callback):
     """Counts dead, dying and dormant relu units during ``fit`` and logs them; see the module docstring."""
 
     def __init__(
-        self, *, every: int = 10, window: int = 10, max_layer_dead_fraction: float | None = 0.5,
-        max_dead_fraction: float | None = None, on_threshold: str = "warn", per_site: bool = True,
-        report_format: str | None = None, report_path: str | None = None, recycle_every: int | None = None,
-        recycle: str = "dormant", seed: int = 0, thresholds: Thresholds | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        *,
+        every: int = 10,
+        window: int = 10,
+        max_layer_dead_fraction: float | None = 0.5,
+        max_dead_fraction: float | None = None,
+        on_threshold: str = "warn",
+        per_site: bool = True,
+        report_format: str | None = None,
+        report_path: str | None = None,
+        recycle_every: int | None = None,
+        recycle: str = "dormant",
+        seed: int = 0,
+        thresholds: Thresholds | None = None,
+    ) -> None:
         super().__init__()
         self.settings = callback_settings(
-            every=every, window=window, max_layer_dead_fraction=max_layer_dead_fraction,
-            max_dead_fraction=max_dead_fraction, on_threshold=on_threshold, per_site=per_site,
-            report_format=report_format, report_path=report_path, recycle_every=recycle_every, recycle=recycle,
-            seed=seed, thresholds=thresholds,
-        )  # fmt: skip
+            every=every,
+            window=window,
+            max_layer_dead_fraction=max_layer_dead_fraction,
+            max_dead_fraction=max_dead_fraction,
+            on_threshold=on_threshold,
+            per_site=per_site,
+            report_format=report_format,
+            report_path=report_path,
+            recycle_every=recycle_every,
+            recycle=recycle,
+            seed=seed,
+            thresholds=thresholds,
+        )
         self.watch: Watch | None = None
         """The watch of the current fit (None before ``fit`` starts)."""
         self.report: Report | None = None
@@ -60,8 +78,14 @@ class ReluDoctorCallback(Callback):
 
     # -- fit lifecycle ---------------------------------------------------------------------------------------
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        self.watch = Watch(pl_module, attach="manual", optimizer=list(trainer.optimizers), count_optimizer_steps=False,
-                           start_step=trainer.global_step, **self.settings.watch_settings())  # fmt: skip
+        self.watch = Watch(
+            pl_module,
+            attach="manual",
+            optimizer=list(trainer.optimizers),
+            count_optimizer_steps=False,
+            start_step=trainer.global_step,
+            **self.settings.watch_settings(),
+        )
         self.watch.start()
         self._handled = 0
 

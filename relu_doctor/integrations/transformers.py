@@ -34,17 +34,35 @@ class ReluDoctorCallback(TrainerCallback):
     """Counts dead, dying and dormant relu units during ``train()`` and logs them; see the module docstring."""
 
     def __init__(
-        self, *, every: int = 10, window: int = 10, max_layer_dead_fraction: float | None = 0.5,
-        max_dead_fraction: float | None = None, on_threshold: str = "warn", per_site: bool = True,
-        report_format: str | None = None, report_path: str | None = None, recycle_every: int | None = None,
-        recycle: str = "dormant", seed: int = 0, thresholds: Thresholds | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        *,
+        every: int = 10,
+        window: int = 10,
+        max_layer_dead_fraction: float | None = 0.5,
+        max_dead_fraction: float | None = None,
+        on_threshold: str = "warn",
+        per_site: bool = True,
+        report_format: str | None = None,
+        report_path: str | None = None,
+        recycle_every: int | None = None,
+        recycle: str = "dormant",
+        seed: int = 0,
+        thresholds: Thresholds | None = None,
+    ) -> None:
         self.settings = callback_settings(
-            every=every, window=window, max_layer_dead_fraction=max_layer_dead_fraction,
-            max_dead_fraction=max_dead_fraction, on_threshold=on_threshold, per_site=per_site,
-            report_format=report_format, report_path=report_path, recycle_every=recycle_every, recycle=recycle,
-            seed=seed, thresholds=thresholds,
-        )  # fmt: skip
+            every=every,
+            window=window,
+            max_layer_dead_fraction=max_layer_dead_fraction,
+            max_dead_fraction=max_dead_fraction,
+            on_threshold=on_threshold,
+            per_site=per_site,
+            report_format=report_format,
+            report_path=report_path,
+            recycle_every=recycle_every,
+            recycle=recycle,
+            seed=seed,
+            thresholds=thresholds,
+        )
         self.watch: Watch | None = None
         """The watch of the current training run (None before it starts)."""
         self.report: Report | None = None
@@ -53,11 +71,17 @@ class ReluDoctorCallback(TrainerCallback):
         """The end-of-training report as written (None when no report_format was given)."""
         self._handled = 0
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
-                       **kwargs: Any) -> None:  # fmt: skip
+    def on_train_begin(
+        self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any
+    ) -> None:
         optimizers = [optimizer] if optimizer is not None else []
-        self.watch = Watch(model, optimizer=optimizers, count_optimizer_steps=False, start_step=state.global_step,
-                           **self.settings.watch_settings())  # fmt: skip
+        self.watch = Watch(
+            model,
+            optimizer=optimizers,
+            count_optimizer_steps=False,
+            start_step=state.global_step,
+            **self.settings.watch_settings(),
+        )
         self.watch.start()
         self._handled = 0
 

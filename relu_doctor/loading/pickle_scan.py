@@ -95,11 +95,14 @@ _DANGEROUS_BUILTINS = frozenset(
         "quit",
     }
 )
+# A table of names: filled lines read better than one name per line.
+# fmt: off
 _DANGEROUS_PREFIXES = (
     "torch.hub.", "torch._C._jit", "torch.jit._", "torch.load", "numpy.load", "torch.utils.collect_env.",
     "torch.utils.cpp_extension.", "torch._inductor.", "torch._dynamo.", "torch.package.", "operator.methodcaller",
     "operator.attrgetter",
-)  # fmt: skip
+)
+# fmt: on
 _MODULE_CLASS_PREFIXES = ("torch.nn.modules.", "torch.nn.parallel.", "torch.ao.nn.", "torch.fx.graph_module.")
 _STRING_OPS = frozenset(
     {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING"}
@@ -119,11 +122,14 @@ MAX_TENSORS = 100_000
 """Tensors (and storages) one pickle may rebuild; loading costs ~0.1 ms each, so this is ~10 s of work."""
 # Rebuilders of tensors that are not plain dense (strided) CPU tensors: torch checks sparse invariants only when
 # asked, so an out-of-range index reaches the kernels; quantized, nested and meta tensors are no weights we read.
+# A table of names: filled lines read better than one name per line.
+# fmt: off
 NON_DENSE_GLOBALS = frozenset(
     {"torch._utils._rebuild_sparse_tensor", "torch._utils._rebuild_nested_tensor", "torch._utils._rebuild_qtensor",
      "torch._utils._rebuild_meta_tensor_no_storage", "torch._utils._rebuild_wrapper_subclass",
      "torch.serialization._get_layout"}
-)  # fmt: skip
+)
+# fmt: on
 _NON_DENSE_PREFIXES = ("torch.sparse.", "torch.cuda.sparse.", "torch.QInt", "torch.QUInt")
 _TENSOR_REBUILDS = ("torch._utils._rebuild_", "torch._tensor._rebuild_from_type")
 _MUTATORS = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})
@@ -157,9 +163,12 @@ class _Item:
 
 # How each opcode moves the stack, from pickletools' own table: (kind, values popped below a mark or plainly).
 _PLAIN, _MARKED, _SPECIAL = 0, 1, 2
+# A table of names: filled lines read better than one name per line.
+# fmt: off
 _SPECIAL_OPS = _STRING_OPS | _PUT_OPS | _GET_OPS | {
     "GLOBAL", "STACK_GLOBAL", "MEMOIZE", "DUP", "POP", "MARK", "PERSID", "BINPERSID", "EXT1", "EXT2", "EXT4", "STOP",
-}  # fmt: skip
+}
+# fmt: on
 _SHAPE = {
     op.name: (
         _SPECIAL if op.name in _SPECIAL_OPS else _MARKED if pickletools.markobject in op.stack_before else _PLAIN,

@@ -161,9 +161,10 @@ class _TorchScriptWalk:
             if candidate not in self.modules:
                 prefix = f"{path}." if path else ""
                 nested = [
-                    c for c in self.modules
+                    c
+                    for c in self.modules
                     if c.startswith(prefix) and c[len(prefix) :].count(".") == 1 and c.endswith(f".{name}")
-                ]  # fmt: skip
+                ]
                 if len(nested) != 1:
                     raise _Unsure(f"module {candidate}")
                 candidate = nested[0]

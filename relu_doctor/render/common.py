@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from typing import Any
 
@@ -46,8 +47,13 @@ def summary_line(report: Report) -> str:
 
 
 _CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))} | {
-    0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\x85",
-}  # fmt: skip
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x09: "\\t",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+    0x85: "\\x85",
+}
 WORKFLOW_COMMAND_GUARD = "\u200b"
 """Put in front of a data line that would start with ``::`` (GitHub Actions reads those as workflow commands)."""
 
@@ -58,7 +64,10 @@ def printable(text: str) -> str:
 
 
 def printable_report(value: Any) -> Any:
-    """A copy of a report (any frozen record) with :func:`printable` applied to every string in it."""
+    """A copy of a report (any frozen record) with :func:`printable` applied to every string in it (enum members,
+    which are choices of ours, are kept)."""
+    if isinstance(value, enum.Enum):
+        return value
     if isinstance(value, str):
         return printable(value)
     if isinstance(value, tuple):

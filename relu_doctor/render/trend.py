@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..report import SiteTrend, TrendReport
-from .common import defuse_workflow_commands, percent, plural, printable_report, summary_line
+from .common import percent, plural, summary_line
 from .json_format import report_dict
 from .table import print_to_text
 
@@ -71,8 +71,9 @@ def trend_table(trend: TrendReport) -> Table:
 
 
 def render_trend_table(trend: TrendReport, *, width: int | None = 100, color: bool = False) -> str:
-    """The trend as terminal text, with or without ANSI colour (``width`` None: a pipe or file, no wrapping)."""
-    trend = printable_report(trend)  # names from files: control characters escaped
+    """The trend as terminal text, with or without ANSI colour (``width`` None: a pipe or file, no wrapping).
+
+    Names are shown as they are: :data:`~relu_doctor.render.TREND_FORMATS` escapes them before rendering."""
     last = trend.last
     parts: list[RenderableType] = [
         trend_table(trend),
@@ -81,7 +82,7 @@ def render_trend_table(trend: TrendReport, *, width: int | None = 100, color: bo
     parts += [Text(f"✗ {v.text}", style="red") for v in last.gate.violations]
     strict = {v.text for v in last.gate.violations}
     parts += [Text(f"! {warning}", style="yellow") for warning in last.warnings if f"strict: {warning}" not in strict]
-    return defuse_workflow_commands(print_to_text(Group(*parts), width=width, color=color))
+    return print_to_text(Group(*parts), width=width, color=color)
 
 
 def trend_dict(trend: TrendReport) -> dict[str, Any]:

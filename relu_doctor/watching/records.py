@@ -142,8 +142,16 @@ def window_record(index: int, first_step: int, last_step: int, observed_steps: i
     """The record of one window from its report."""
     summary = report.summary
     return WindowRecord(
-        index=index, first_step=first_step, last_step=last_step, observed_steps=observed_steps,
-        samples=report.probe.samples, sites=tuple(site_window(site) for site in report.sites), units=summary.units,
-        dead=summary.dead, dying=summary.dying, dormant=summary.dormant, gate_passed=report.gate.passed,
+        index=index,
+        first_step=first_step,
+        last_step=last_step,
+        observed_steps=observed_steps,
+        samples=report.probe.samples,
+        sites=tuple(site_window(site) for site in report.sites),
+        units=summary.units,
+        dead=summary.dead,
+        dying=summary.dying,
+        dormant=summary.dormant,
+        gate_passed=report.gate.passed,
         violations=tuple(str(violation) for violation in report.gate.violations),
-    )  # fmt: skip
+    )

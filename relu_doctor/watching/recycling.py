@@ -41,9 +41,14 @@ class Recycled:
 
 
 def recycle_live(
-    model: nn.Module, observed: Sequence[ObservedSite], sites: Sequence[Site], *, units: str,
-    generator: torch.Generator, optimizers: Sequence[torch.optim.Optimizer] = (),
-) -> Recycled:  # fmt: skip
+    model: nn.Module,
+    observed: Sequence[ObservedSite],
+    sites: Sequence[Site],
+    *,
+    units: str,
+    generator: torch.Generator,
+    optimizers: Sequence[torch.optim.Optimizer] = (),
+) -> Recycled:
     """Recycle the chosen units of ``model`` in place and reset their optimizer state; nothing else changes."""
     chosen = [_choose(site, units) for site in sites]
     plans, skipped = plan_recycle(model, observed, chosen, include_dying=True)

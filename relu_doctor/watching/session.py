@@ -52,12 +52,22 @@ class Watch:
     """
 
     def __init__(
-        self, model: nn.Module, *, every: int = 10, window: int = 10,
+        self,
+        model: nn.Module,
+        *,
+        every: int = 10,
+        window: int = 10,
         optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
-        thresholds: Thresholds | None = None, recycle_every: int | None = None, recycle: str = "dormant",
-        seed: int = 0, unit_dim: int | None = None, reducer: str = "auto", start_step: int = 0,
-        attach: str = "forward", count_optimizer_steps: bool = True,
-    ) -> None:  # fmt: skip
+        thresholds: Thresholds | None = None,
+        recycle_every: int | None = None,
+        recycle: str = "dormant",
+        seed: int = 0,
+        unit_dim: int | None = None,
+        reducer: str = "auto",
+        start_step: int = 0,
+        attach: str = "forward",
+        count_optimizer_steps: bool = True,
+    ) -> None:
         _check_settings(every, window, recycle_every, recycle, start_step, attach)
         self.model = model
         self.every, self.window = every, window
@@ -236,8 +246,15 @@ class Watch:
 
     def _build_report(self, window: _WindowState, samples: int) -> Report:
         probe = ProbeInfo("training", samples, window.batch_size)
-        report = build_report(self._observer.sites, self._observer, self.model, self.thresholds, probe,
-                              ModelInfo("", "in-memory", None), self.unit_dim)  # fmt: skip
+        report = build_report(
+            self._observer.sites,
+            self._observer,
+            self.model,
+            self.thresholds,
+            probe,
+            ModelInfo("", "in-memory", None),
+            self.unit_dim,
+        )
         note = (
             f"counted on the training forward passes of steps {window.first}..{window.last} "
             f"({window.steps} observed steps, every {self.every}): in training mode, so dropout and BatchNorm "
@@ -248,11 +265,20 @@ class Watch:
     def _recycle(self, report: Report) -> None:
         self._last_recycle_end = self._step + 1
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + len(self._events))
-        done = recycle_live(self.model, self._observer.sites, report.sites, units=self.recycle, generator=generator,
-                            optimizers=self.optimizers)  # fmt: skip
+        done = recycle_live(
+            self.model,
+            self._observer.sites,
+            report.sites,
+            units=self.recycle,
+            generator=generator,
+            optimizers=self.optimizers,
+        )
         if done.recycled or done.skipped:
-            self._events.append(RecycleEvent(self._step, len(self._history) - 1, done.recycled, done.skipped,
-                                             done.optimizer_values_reset))  # fmt: skip
+            self._events.append(
+                RecycleEvent(
+                    self._step, len(self._history) - 1, done.recycled, done.skipped, done.optimizer_values_reset
+                )
+            )
 
 
 class _WindowState:
@@ -275,8 +301,12 @@ class _WindowState:
     def with_step(self, step: int, samples: int) -> _WindowState:
         copy = _WindowState()
         copy.steps, copy.samples, copy.batch_size, copy.first, copy.last = (
-            self.steps, self.samples, self.batch_size, self.first, self.last
-        )  # fmt: skip
+            self.steps,
+            self.samples,
+            self.batch_size,
+            self.first,
+            self.last,
+        )
         copy.add_step(step, samples)
         return copy
 
@@ -312,14 +342,16 @@ def _as_tuple(optimizer: Any) -> tuple[torch.optim.Optimizer, ...]:
     return (optimizer,)
 
 
-def _check_settings(every: int, window: int, recycle_every: int | None, recycle: str, start_step: int,
-                    attach: str) -> None:  # fmt: skip
+def _check_settings(
+    every: int, window: int, recycle_every: int | None, recycle: str, start_step: int, attach: str
+) -> None:
     """Every setting checked before any hook is installed, naming the bad value."""
     for name, value in (("every", every), ("window", window)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"watch {name}= must be an integer >= 1, got {value!r}")
-    if recycle_every is not None and (isinstance(recycle_every, bool) or not isinstance(recycle_every, int)
-                                      or recycle_every < 1):  # fmt: skip
+    if recycle_every is not None and (
+        isinstance(recycle_every, bool) or not isinstance(recycle_every, int) or recycle_every < 1
+    ):
         raise UsageError(f"watch recycle_every= must be an integer >= 1 or None (off), got {recycle_every!r}")
     if recycle not in RECYCLE_CHOICES:
         raise UsageError(f"watch recycle= must be one of {', '.join(RECYCLE_CHOICES)}, got {recycle!r}")

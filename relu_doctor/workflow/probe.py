@@ -97,8 +97,11 @@ def synthetic_probe(
 
     # Samples of the default size keep chunks of 256 (the probe does not depend on --batch-size); huge samples
     # get smaller chunks so one draw never holds gigabytes.
-    size = SYNTHETIC_CHUNK if math.prod(shape) * 4 * SYNTHETIC_CHUNK <= SYNTHETIC_CHUNK_BYTES else (
-        max(1, SYNTHETIC_CHUNK_BYTES // max(1, math.prod(shape) * 4)))  # fmt: skip
+    size = (
+        SYNTHETIC_CHUNK
+        if math.prod(shape) * 4 * SYNTHETIC_CHUNK <= SYNTHETIC_CHUNK_BYTES
+        else (max(1, SYNTHETIC_CHUNK_BYTES // max(1, math.prod(shape) * 4)))
+    )
 
     def read(start: int, stop: int) -> torch.Tensor:
         parts = []

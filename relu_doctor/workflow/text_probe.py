@@ -124,8 +124,10 @@ def token_probe(path: str, mask_path: str, *, batch_size: int, limit: int | None
         except (OSError, ValueError) as error:
             raise ProbeError(f"{what} {name!r} is not a readable .npy file ({error})") from None
         if array.ndim != 2 or array.dtype.kind not in "iub":
-            raise ProbeError(f"{what} {name!r} must be a 2-D integer array (sequences x tokens), got {array.dtype} "
-                             f"{tuple(array.shape)}")  # fmt: skip
+            raise ProbeError(
+                f"{what} {name!r} must be a 2-D integer array (sequences x tokens), got {array.dtype} "
+                f"{tuple(array.shape)}"
+            )
         arrays.append(array)
     if arrays[0].shape != arrays[1].shape:
         raise ProbeError(

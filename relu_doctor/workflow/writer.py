@@ -63,11 +63,14 @@ def plan_output(
     existing = [Path(p) for p in inputs if p is not None and Path(p).exists()]
     for source in existing:
         if _same(target, source):
-            raise UsageError(f"{option} {shown(given)} is the input {shown(source)}; outputs never replace an input, "
-                             "choose another path")  # fmt: skip
+            raise UsageError(
+                f"{option} {shown(given)} is the input {shown(source)}; outputs never replace an input, "
+                "choose another path"
+            )
         if source.is_dir() and target.exists() and Path(os.path.realpath(source)) in target.parents:
-            raise UsageError(f"{option} {shown(given)} is a file inside the input folder {shown(source)}; "
-                             "choose a path outside it")  # fmt: skip
+            raise UsageError(
+                f"{option} {shown(given)} is a file inside the input folder {shown(source)}; choose a path outside it"
+            )
     if target.is_dir():
         raise UsageError(f"{option} {shown(given)} is a directory; give a file path inside it")
     if target.exists() and not force:
@@ -131,8 +134,10 @@ def _claim_then_replace(target: OutputTarget, temporary: str) -> None:
     try:
         os.close(os.open(target.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
-        raise UsageError(f"{target.option} {shown(target.given)} was created by something else while writing; "
-                         "nothing was replaced (pass --force to replace it)") from None  # fmt: skip
+        raise UsageError(
+            f"{target.option} {shown(target.given)} was created by something else while writing; "
+            "nothing was replaced (pass --force to replace it)"
+        ) from None
     os.replace(temporary, target.path)
 
 
@@ -158,8 +163,9 @@ def _identity(path: Path) -> tuple[int, int]:
 
 def _write_error(target: OutputTarget, error: OSError) -> UsageError:
     reason = error.strerror or type(error).__name__
-    return UsageError(f"cannot write {target.option} {shown(target.given)} ({reason}); check the folder's "
-                      "permissions and free space")  # fmt: skip
+    return UsageError(
+        f"cannot write {target.option} {shown(target.given)} ({reason}); check the folder's permissions and free space"
+    )
 
 
 @contextlib.contextmanager

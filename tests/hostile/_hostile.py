@@ -52,8 +52,14 @@ def run_subprocess(*args: str, timeout: float = 60) -> Outcome:
     """The CLI in a child process: a SIGSEGV there is a failed test, not a dead suite."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]), "COLUMNS": "100"}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "relu_doctor", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "relu_doctor", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
     return Outcome(done.returncode, done.stdout, done.stderr, time.perf_counter() - started)
 
 
@@ -78,8 +84,15 @@ def run_isolated(cases: dict[str, list[str]], timeout: float = 120) -> dict[str,
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]), "COLUMNS": "100"}
     outcomes: dict[str, Outcome] = {}
     while pending := [(name, args) for name, args in cases.items() if name not in outcomes]:
-        done = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps(pending), capture_output=True,
-                              text=True, timeout=timeout, env=env, check=False)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD],
+            input=json.dumps(pending),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
         started: str | None = None
         for line in done.stdout.splitlines():
             record = json.loads(line)
@@ -159,8 +172,10 @@ def sparse_weight(layout: str) -> torch.Tensor:
     if layout == "csr":
         return torch.sparse_csr_tensor(compressed, plain, values, (8, 4), check_invariants=False)
     if layout == "csc":
-        return torch.sparse_csc_tensor(compressed[:5], torch.tensor([0, 1_000_000, 7, 2]), values, (8, 4),
-                                       check_invariants=False)  # fmt: skip
+        return torch.sparse_csc_tensor(
+            compressed[:5], torch.tensor([0, 1_000_000, 7, 2]), values, (8, 4), check_invariants=False
+        )
     blocks = torch.ones(2, 2, 2)
-    return torch.sparse_bsr_tensor(torch.tensor([0, 1, 2, 2, 2]), torch.tensor([0, 500_000]), blocks, (8, 4),
-                                   check_invariants=False)  # fmt: skip
+    return torch.sparse_bsr_tensor(
+        torch.tensor([0, 1, 2, 2, 2]), torch.tensor([0, 500_000]), blocks, (8, 4), check_invariants=False
+    )

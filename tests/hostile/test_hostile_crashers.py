@@ -74,8 +74,9 @@ def crashers(
         ("deep-key", ("refusing", "more than 200 levels deep")),
     ],
 )
-def test_crashing_inputs_are_one_line_and_exit_2(crashers: tuple[dict[str, Outcome], Path, dict[str, str], dict[str, str]],
-                                                 case: str, words: tuple[str, ...]) -> None:  # fmt: skip
+def test_crashing_inputs_are_one_line_and_exit_2(
+    crashers: tuple[dict[str, Outcome], Path, dict[str, str], dict[str, str]], case: str, words: tuple[str, ...]
+) -> None:
     outcomes, _, _, _ = crashers
     assert_refused(outcomes[case], *words)
 

@@ -20,15 +20,31 @@ def project(tmp_path: Path) -> Path:
     """A model, a probe and a stats file, as a user's folder holds them."""
     torch.save(reference_model().state_dict(), tmp_path / "model.pt")
     torch.save(torch.randn(16, 4), tmp_path / "probe.pt")
-    outcome = run_inprocess("scan", str(tmp_path / "model.pt"), "--arch", ARCH, "--no-simulate", "-q",
-                            "--save-stats", str(tmp_path / "stats.safetensors"))  # fmt: skip
+    outcome = run_inprocess(
+        "scan",
+        str(tmp_path / "model.pt"),
+        "--arch",
+        ARCH,
+        "--no-simulate",
+        "-q",
+        "--save-stats",
+        str(tmp_path / "stats.safetensors"),
+    )
     assert outcome.code in (0, 1), outcome.stderr
     return tmp_path
 
 
 def _scan(project: Path, *extra: str) -> list[str]:
-    return ["scan", str(project / "model.pt"), "--arch", ARCH, "--no-simulate", "--probe", str(project / "probe.pt"),
-            *extra]  # fmt: skip
+    return [
+        "scan",
+        str(project / "model.pt"),
+        "--arch",
+        ARCH,
+        "--no-simulate",
+        "--probe",
+        str(project / "probe.pt"),
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize(

@@ -67,8 +67,9 @@ def test_nesting_within_the_bound_is_scanned_through(depth: int) -> None:
 
 def test_a_real_checkpoint_scans_in_bounds(tmp_path: Path) -> None:
     state = reference_model().state_dict()
-    torch.save({"state_dict": state, "optimizer_states": [{"state": {}, "param_groups": []}], "epoch": 3},
-               tmp_path / "c.pt")  # fmt: skip
+    torch.save(
+        {"state_dict": state, "optimizer_states": [{"state": {}, "param_groups": []}], "epoch": 3}, tmp_path / "c.pt"
+    )
     facts = pickle_scan.scan_torch_file(tmp_path / "c.pt")
     # 11 tensors, each one rebuild call and one storage
     assert facts.tensors == 2 * len(state)

@@ -43,8 +43,17 @@ def test_a_dense_view_probe_still_works(tmp_path: Path) -> None:
     # The control: a probe saved as a view of a bigger tensor holds every element it claims.
     torch.save(reference_model().state_dict(), tmp_path / "model.pt")
     torch.save(torch.randn(64, 4)[8:40], tmp_path / "probe.pt")
-    outcome = run_inprocess("scan", str(tmp_path / "model.pt"), "--arch", ARCH, "--probe", str(tmp_path / "probe.pt"),
-                            "--no-simulate", "-f", "json")  # fmt: skip
+    outcome = run_inprocess(
+        "scan",
+        str(tmp_path / "model.pt"),
+        "--arch",
+        ARCH,
+        "--probe",
+        str(tmp_path / "probe.pt"),
+        "--no-simulate",
+        "-f",
+        "json",
+    )
     assert outcome.code in (0, 1), outcome.stderr
     assert '"samples": 32' in outcome.stdout
 

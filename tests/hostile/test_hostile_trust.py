@@ -94,8 +94,9 @@ def test_arch_files_are_imported_without_writing_bytecode(tmp_path: Path) -> Non
         "import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())\n"
     )
     torch.save(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU()).state_dict(), project / "w.pt")
-    outcome = run_inprocess("scan", str(project / "w.pt"), "--arch", f"{project / 'netdef_nobytecode.py'}:build",
-                            "--no-simulate")  # fmt: skip
+    outcome = run_inprocess(
+        "scan", str(project / "w.pt"), "--arch", f"{project / 'netdef_nobytecode.py'}:build", "--no-simulate"
+    )
     assert outcome.code in (0, 1), outcome.stderr
     assert not (project / "__pycache__").exists()
 

@@ -49,17 +49,55 @@ CORPUS: dict[str, RealModel] = {
     model.name: model
     for model in (
         RealModel("crepe", crepe.build_crepe, _arch("crepe.py", "build_crepe"), crepe.plant, crepe.probe, 1, "trace"),
-        RealModel("silero_vad", silero_vad.build_vad, _arch("silero_vad.py", "build_vad"), silero_vad.plant,
-                  silero_vad.probe, 1, "script"),
-        RealModel("resnet", resnet.build_resnet, _arch("resnet.py", "build_resnet"), resnet.plant, resnet.probe, 1,
-                  "script"),
-        RealModel("speaker", speaker.build_encoder, _arch("speaker.py", "build_encoder"), speaker.plant,
-                  speaker.probe, -1, "script"),
-        RealModel("transformer", small.build_transformer, _arch("small.py", "build_transformer"),
-                  small.plant_transformer, small.transformer_probe, -1, "script"),
-        RealModel("rnn", small.build_rnn, _arch("small.py", "build_rnn"), small.plant_rnn, small.rnn_probe, -1,
-                  "script", taps=(rnn_relu_tap("rnn"),)),
-        RealModel("experts", small.build_experts, _arch("small.py", "build_experts"), small.plant_experts,
-                  small.experts_probe, -1, "script", export=False),
+        RealModel(
+            "silero_vad",
+            silero_vad.build_vad,
+            _arch("silero_vad.py", "build_vad"),
+            silero_vad.plant,
+            silero_vad.probe,
+            1,
+            "script",
+        ),
+        RealModel(
+            "resnet", resnet.build_resnet, _arch("resnet.py", "build_resnet"), resnet.plant, resnet.probe, 1, "script"
+        ),
+        RealModel(
+            "speaker",
+            speaker.build_encoder,
+            _arch("speaker.py", "build_encoder"),
+            speaker.plant,
+            speaker.probe,
+            -1,
+            "script",
+        ),
+        RealModel(
+            "transformer",
+            small.build_transformer,
+            _arch("small.py", "build_transformer"),
+            small.plant_transformer,
+            small.transformer_probe,
+            -1,
+            "script",
+        ),
+        RealModel(
+            "rnn",
+            small.build_rnn,
+            _arch("small.py", "build_rnn"),
+            small.plant_rnn,
+            small.rnn_probe,
+            -1,
+            "script",
+            taps=(rnn_relu_tap("rnn"),),
+        ),
+        RealModel(
+            "experts",
+            small.build_experts,
+            _arch("small.py", "build_experts"),
+            small.plant_experts,
+            small.experts_probe,
+            -1,
+            "script",
+            export=False,
+        ),
     )
-}  # fmt: skip
+}

@@ -77,14 +77,24 @@ class Crepe(nn.Module):
         # Partial forward pass through layer five
         return self.layer_no_dropout(x, self.conv5, self.conv5_BN)
 
-    def layer(self, x: torch.Tensor, conv: nn.Module, batch_norm: nn.Module,
-              padding: tuple[int, int, int, int] = (0, 0, 31, 32)) -> torch.Tensor:  # fmt: skip
+    def layer(
+        self,
+        x: torch.Tensor,
+        conv: nn.Module,
+        batch_norm: nn.Module,
+        padding: tuple[int, int, int, int] = (0, 0, 31, 32),
+    ) -> torch.Tensor:
         """Forward pass through one layer"""
         x = self.layer_no_dropout(x, conv, batch_norm, padding)
         return F.dropout(x, 0.25, self.training, inplace=True)
 
-    def layer_no_dropout(self, x: torch.Tensor, conv: nn.Module, batch_norm: nn.Module,
-                         padding: tuple[int, int, int, int] = (0, 0, 31, 32)) -> torch.Tensor:  # fmt: skip
+    def layer_no_dropout(
+        self,
+        x: torch.Tensor,
+        conv: nn.Module,
+        batch_norm: nn.Module,
+        padding: tuple[int, int, int, int] = (0, 0, 31, 32),
+    ) -> torch.Tensor:
         """Forward pass through one layer, without final dropout layer"""
         x = F.pad(x, padding)
         x = conv(x)

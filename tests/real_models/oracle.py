@@ -88,8 +88,9 @@ def oracle_scan(
         state = _Pass()
         captured: list[tuple[tuple[str, int, int], torch.Tensor]] = []
 
-        def record(owner: str, op: str, kind: str, pre: torch.Tensor, state: _Pass = state,
-                   captured: list[Any] = captured) -> None:  # fmt: skip
+        def record(
+            owner: str, op: str, kind: str, pre: torch.Tensor, state: _Pass = state, captured: list[Any] = captured
+        ) -> None:
             path, call = _owner_call(state, owner)
             state.ordinals[(path, call)] += 1
             key = (path, call, state.ordinals[(path, call)])

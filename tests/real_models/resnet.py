@@ -21,9 +21,15 @@ from torch import Tensor
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Conv2d:
     """3x3 convolution with padding"""
     return nn.Conv2d(
-        in_planes, out_planes, kernel_size=3, stride=stride, padding=dilation, groups=groups, bias=False,
+        in_planes,
+        out_planes,
+        kernel_size=3,
+        stride=stride,
+        padding=dilation,
+        groups=groups,
+        bias=False,
         dilation=dilation,
-    )  # fmt: skip
+    )
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -35,9 +41,13 @@ class BasicBlock(nn.Module):
     expansion: int = 1
 
     def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
         norm_layer: Callable[..., nn.Module] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         if norm_layer is None:
             norm_layer = nn.BatchNorm2d
@@ -71,9 +81,12 @@ class BasicBlock(nn.Module):
 
 class ResNet(nn.Module):
     def __init__(
-        self, layers: list[int], num_classes: int = 10, widths: tuple[int, int, int, int] = (8, 16, 32, 64),
+        self,
+        layers: list[int],
+        num_classes: int = 10,
+        widths: tuple[int, int, int, int] = (8, 16, 32, 64),
         zero_init_residual: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         norm_layer = nn.BatchNorm2d
         self._norm_layer = norm_layer

@@ -23,8 +23,9 @@ class ReluTransformer(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        layer = nn.TransformerEncoderLayer(D_MODEL, nhead=2, dim_feedforward=32, dropout=0.1, activation="relu",
-                                           batch_first=True)  # fmt: skip
+        layer = nn.TransformerEncoderLayer(
+            D_MODEL, nhead=2, dim_feedforward=32, dropout=0.1, activation="relu", batch_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
         self.head = nn.Linear(D_MODEL, 3)
 

@@ -35,11 +35,14 @@ from ..site_keys import SiteKey, SiteKeys
 from ..tracking import ModuleCallTracker
 from .rules import Interval, OpCall, RuleTable, Scratch, is_plain_relu
 
+# A table of names: filled lines read better than one name per line.
+# fmt: off
 DATA_DEPENDENT = frozenset({
     "_local_scalar_dense", "item", "is_nonzero", "equal", "allclose", "nonzero", "nonzero_static", "argwhere",
     "unique", "_unique", "_unique2", "unique_dim", "unique_consecutive", "unique_dim_consecutive",
     "masked_select", "repeat_interleave", "bincount", "histc", "_assert_async", "masked_scatter",
-})  # fmt: skip
+})
+# fmt: on
 """Ops whose result (a Python value, or an output's shape) depends on the values of their input."""
 
 
@@ -164,9 +167,13 @@ class BoundPass:
         self, func: Any, name: str, args: Any, kwargs: dict[str, Any], output: Any, bounded: dict[int, _Entry]
     ) -> None:
         call = OpCall(
-            func, name, args, kwargs, lambda t: e.interval if (e := bounded.get(id(t))) is not None else None,
+            func,
+            name,
+            args,
+            kwargs,
+            lambda t: e.interval if (e := bounded.get(id(t))) is not None else None,
             self._scratch,
-        )  # fmt: skip
+        )
         rule = self.rules.get(name)
         intervals = None
         if rule is not None:

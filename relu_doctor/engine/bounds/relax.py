@@ -109,8 +109,13 @@ class Relaxation:
                 total = total + _maximise_on_box(coefficients, node.interval)
         return torch.where(unknown | torch.isnan(total), math.inf, total)
 
-    def _through_affine(self, node: Node, backward: tuple[object, torch.Tensor], coefficients: torch.Tensor,
-                        pending: dict[int, torch.Tensor]) -> torch.Tensor:  # fmt: skip
+    def _through_affine(
+        self,
+        node: Node,
+        backward: tuple[object, torch.Tensor],
+        coefficients: torch.Tensor,
+        pending: dict[int, torch.Tensor],
+    ) -> torch.Tensor:
         vjp, offset = backward
         grads: tuple[torch.Tensor, ...] = torch.func.vmap(vjp)(coefficients)  # type: ignore[arg-type]
         for source, grad in zip(node.inputs, grads):

@@ -68,8 +68,10 @@ class Interval:
 
     def sanitized(self) -> Interval:
         """NaN bounds (inf - inf, 0 * inf) widened to infinite ones: a NaN bound would claim nothing safely."""
-        return Interval(torch.nan_to_num(self.lo, nan=-math.inf, posinf=math.inf, neginf=-math.inf),
-                        torch.nan_to_num(self.hi, nan=math.inf, posinf=math.inf, neginf=-math.inf))  # fmt: skip
+        return Interval(
+            torch.nan_to_num(self.lo, nan=-math.inf, posinf=math.inf, neginf=-math.inf),
+            torch.nan_to_num(self.hi, nan=math.inf, posinf=math.inf, neginf=-math.inf),
+        )
 
 
 class Scratch:
@@ -266,8 +268,9 @@ def add(call: OpCall) -> list[Interval | None]:
 
 def _product(a: Interval, b: Interval) -> Interval:
     corners = [_mul(x, y) for x in (a.lo, a.hi) for y in (b.lo, b.hi)]
-    return Interval(torch.stack(torch.broadcast_tensors(*corners)).amin(0),
-                    torch.stack(torch.broadcast_tensors(*corners)).amax(0))  # fmt: skip
+    return Interval(
+        torch.stack(torch.broadcast_tensors(*corners)).amin(0), torch.stack(torch.broadcast_tensors(*corners)).amax(0)
+    )
 
 
 def mul(call: OpCall) -> list[Interval | None]:
@@ -335,8 +338,12 @@ def linear(call: OpCall) -> list[Interval | None]:
     """x W^T + b."""
     x, weight, bias = call.args[0], call.args[1], call.arg(2, "bias")
     w = call.interval(weight)
-    out = _matmul(call.interval(x), Interval(w.lo.transpose(-1, -2), w.hi.transpose(-1, -2)),
-                  not call.is_bounded(x), not call.is_bounded(weight))  # fmt: skip
+    out = _matmul(
+        call.interval(x),
+        Interval(w.lo.transpose(-1, -2), w.hi.transpose(-1, -2)),
+        not call.is_bounded(x),
+        not call.is_bounded(weight),
+    )
     return [out if bias is None else out + call.interval(bias)]
 
 
@@ -527,6 +534,8 @@ def _with_inplace(names: Iterable[str]) -> list[str]:
     return [form for name in names for form in (name, name + "_")]
 
 
+# A table of names: filled lines read better than one name per line.
+# fmt: off
 _VIEWS = (
     "view", "_unsafe_view", "reshape", "_reshape_alias", "flatten", "unflatten", "permute", "transpose", "t",
     "squeeze", "unsqueeze", "expand", "expand_as", "clone", "contiguous", "alias", "detach", "lift_fresh",
@@ -540,9 +549,12 @@ _VIEWS = (
     "upsample_trilinear3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
     "adaptive_avg_pool3d", "_adaptive_avg_pool2d", "_adaptive_avg_pool3d", "mean", "sum", "cumsum", "trace",
     "fill", "zero",
-)  # fmt: skip
+)
+# fmt: on
 """Affine ops (given fixed indices / masks) that are also nondecreasing: monotone bounds, and affine."""
 
+# A table of names: filled lines read better than one name per line.
+# fmt: off
 _MONOTONE_NONLINEAR = (
     "relu", "relu6", "hardtanh", "clamp", "clamp_min", "clamp_max", "maximum", "minimum", "max", "min", "amax",
     "amin", "max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "max_pool3d_with_indices",
@@ -550,7 +562,8 @@ _MONOTONE_NONLINEAR = (
     "cummax", "cummin", "logcumsumexp", "logsumexp", "sigmoid", "tanh", "exp", "exp2", "expm1", "log", "log2",
     "log10", "log1p", "sqrt", "erf", "hardsigmoid", "log_sigmoid", "selu", "floor", "ceil",
     "round", "trunc", "sign", "atan", "asinh", "softsign",
-)  # fmt: skip
+)
+# fmt: on
 """Ops nondecreasing in every floating input (with fixed other arguments), not affine."""
 
 
@@ -560,8 +573,11 @@ def default_rules() -> RuleTable:
     table = RuleTable()
     table.register(_with_inplace(_VIEWS), monotone, _selection_affine)
     table.register(_with_inplace(_MONOTONE_NONLINEAR), monotone)
-    table.register(_with_inplace(["dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout"]),
-                   _when(_eval_dropout, monotone), _eval_dropout)  # fmt: skip
+    table.register(
+        _with_inplace(["dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout"]),
+        _when(_eval_dropout, monotone),
+        _eval_dropout,
+    )
     table.register(_with_inplace(["add", "sub", "subtract", "rsub"]), add, always)
     table.register(_with_inplace(["mul", "multiply"]), mul, _mul_affine)
     table.register(_with_inplace(["div", "divide", "true_divide"]), div, _div_affine)
@@ -570,8 +586,18 @@ def default_rules() -> RuleTable:
     table.register(["mm", "bmm", "matmul"], matmul, _matmul_affine)
     table.register(["linear"], linear, _linear_affine)
     table.register(_with_inplace(["addmm", "baddbmm", "addbmm"]), addmm, _addmm_affine)
-    convs = ["conv1d", "conv2d", "conv3d", "convolution", "_convolution", "conv_transpose1d", "conv_transpose2d",
-             "conv_transpose3d", "mkldnn_convolution", "_conv_depthwise2d"]  # fmt: skip
+    convs = [
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "convolution",
+        "_convolution",
+        "conv_transpose1d",
+        "conv_transpose2d",
+        "conv_transpose3d",
+        "mkldnn_convolution",
+        "_conv_depthwise2d",
+    ]
     table.register(
         convs, convolution, lambda call: not call.is_bounded(call.args[1]) and not call.is_bounded(call.arg(2, "bias"))
     )
