@@ -16,7 +16,7 @@ import torch
 from transformers import OPTConfig, OPTForCausalLM
 
 from relu_doctor.api import scan
-from relu_doctor.engine.observe import MaskedBatch
+from relu_doctor.engine.batches import MaskedBatch
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from relu_doctor.engine import fused
+from relu_doctor.engine.reduce import fused
 
 HERE = Path(__file__).resolve().parent
 

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import ReluTransformer, ResNet18Like, mlp, seeded  # noqa: E402
 
 from relu_doctor import scan  # noqa: E402
-from relu_doctor.engine import fused
 from relu_doctor.engine.observe import ReluObserver  # noqa: E402
+from relu_doctor.engine.reduce import fused
 
 Probe = list[torch.Tensor]
 

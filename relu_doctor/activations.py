@@ -17,10 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 FIRES_ABOVE = 0.0
-"""A unit fires at a position when its pre-activation is above this (every member passes x > 0 unchanged)."""
+"""A unit fires at a position when its pre-activation is above this. Every member outputs 0 exactly where its unit
+does not fire, so the reducers count firings on the output as well as on the input (an in-place op leaves only
+the output); ``tests/test_activations.py`` holds every member to it."""
 LEAKY_SLOPE = 0.01
 """Negative slope of the LeakyReLU a swappable member becomes (PyTorch's default)."""
 
@@ -60,6 +63,21 @@ class Member:
     swappable: bool = False
     """May become a LeakyReLU (fix --strategy leaky, the simulations): false when that would drop an upper clip."""
 
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        """The member's output for a finite pre-activation, ``clamp(pre, FIRES_ABOVE, cap)`` (what reducers sum)."""
+        return pre.clamp(min=FIRES_ABOVE) if math.isinf(self.cap) else pre.clamp(min=FIRES_ABOVE, max=self.cap)
+
+    def shown_as(self, aten_name: str) -> str:
+        """The op as users know it, a trailing ``_`` marking an in-place call: aten's hardtanh_(0, 6) is relu6_."""
+        return f"{self.display}_" if aten_name.endswith("_") else self.display
+
+    def matches_module(self, module: nn.Module) -> bool:
+        """True when ``module`` runs this member (its class is one of :attr:`modules`, with the required params)."""
+        if not isinstance(module, self.modules):
+            return False
+        values = tuple(getattr(module, name, None) for name in self.module_params)
+        return all(value == p.required for value, p in zip(values, self.params))
+
     def matches(self, args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
         """True when a call of one of :attr:`ops` with these arguments is this member."""
         return all(_arg(args, kwargs, p.index, p.key, p.default) == p.required for p in self.params)
@@ -86,6 +104,15 @@ FAMILY: tuple[Member, ...] = (
         module_params=("min_val", "max_val"),
     ),
     Member(
+        "hardtanh(0, 1)",
+        frozenset({"hardtanh", "hardtanh_"}),
+        "hardtanh(0,1)",
+        1.0,
+        (nn.Hardtanh,),
+        params=(Param(1, "min_val", -1.0, 0.0), Param(2, "max_val", 1.0, 1.0)),
+        module_params=("min_val", "max_val"),
+    ),
+    Member(
         "threshold(0, 0)",
         frozenset({"threshold", "threshold_"}),
         "threshold",
@@ -102,8 +129,17 @@ FAMILY_OPS = frozenset(op for member in FAMILY for op in member.ops)
 """Every aten op name that may be a site (its arguments decide)."""
 SWAPPABLE_OPS = frozenset(op for member in FAMILY if member.swappable for op in member.ops)
 """Ops a LeakyReLU can replace (relu6/hardtanh are not: a LeakyReLU would also remove their upper clip)."""
-ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Threshold)
+ACTIVATION_MODULES: tuple[type[nn.Module], ...] = tuple(dict.fromkeys(c for m in FAMILY for c in m.modules))
 """Module classes that may run a member (an instance is a site only when its op call is one)."""
+ACTIVATION_CLASS_NAMES = frozenset(c.__name__ for c in ACTIVATION_MODULES)
+"""Their class names, as a TorchScript module keeps them (``original_name``)."""
+MEMBERS_BY_NAME = {member.name: member for member in FAMILY}
+"""Each member by its :attr:`Member.name` (what an observed site and a stats file record)."""
+FUNCTION_ALIASES = {"_threshold": "threshold"}
+"""Torch functions named unlike their aten op (``F.threshold`` is the Python function ``_threshold``)."""
+FUNCTION_NAMES = FAMILY_OPS | FUNCTION_ALIASES.keys()
+"""Names of the torch functions and tensor methods that may run a member, as a TorchFunctionMode sees them; their
+arguments sit where the aten op's do, so :func:`member_of` reads them alike."""
 SWAP_MODULES: tuple[type[nn.Module], ...] = (nn.ReLU,)
 """Module classes ``fix --strategy leaky`` replaces by nn.LeakyReLU (exact type; subclasses may do more)."""
 
@@ -210,15 +246,19 @@ def member_of(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> Member 
     return next((m for m in FAMILY if name in m.ops and m.matches(args, kwargs)), None)
 
 
+def member_of_module(module: nn.Module) -> Member | None:
+    """The member an activation module runs, or None (an nn.Hardtanh(-1, 1) runs none)."""
+    return next((m for m in FAMILY if m.matches_module(module)), None)
+
+
+def member_for_op(name: str) -> Member:
+    """The first member an aten op can be: what a stats file written before sites recorded their member meant."""
+    return next(m for m in FAMILY if name in m.ops)
+
+
 def is_relu_site(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
     """True for relu-family calls: relu, relu6, hardtanh(0, 6) and threshold(0, 0)."""
     return name in FAMILY_OPS and member_of(name, args, kwargs) is not None
-
-
-def relu_cap(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> float:
-    """The upper clamp of a relu site's output: 6 for relu6 and hardtanh(0, 6), infinity for the others."""
-    member = member_of(name, args, kwargs)
-    return member.cap if member is not None else math.inf
 
 
 def is_relu_family(op: str, scalars: Sequence[Any]) -> bool | None:
@@ -235,13 +275,6 @@ def is_relu_family(op: str, scalars: Sequence[Any]) -> bool | None:
 def params_of(op: str) -> tuple[Param, ...]:
     """The scalar arguments that decide whether aten ``op`` is a member (empty when none does, or none is needed)."""
     return next((m.params for m in FAMILY if op in m.ops), ())
-
-
-def module_cap(module: nn.Module) -> float:
-    """The upper clamp of an activation module's output (see :func:`relu_cap`)."""
-    if isinstance(module, nn.Hardtanh):  # nn.ReLU6 is a Hardtanh(0, 6)
-        return float(module.max_val)
-    return math.inf
 
 
 def uncounted_relu_like(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> UncountedRule | None:
@@ -262,15 +295,11 @@ def fused_relu_blind_spot(name: str, args: Sequence[Any], kwargs: dict[str, Any]
     return FUSED_RELU.get(name)
 
 
-def display_op(name: str) -> str:
-    """The op as users write it: relu_ -> relu (in-place), hardtanh -> relu6."""
-    base = name.rstrip("_")
-    return "relu6" if base == "hardtanh" else base
-
-
-def site_op(aten_name: str) -> str:
-    """A site's op as users know it, keeping in-place: aten's hardtanh(0, 6) is relu6, hardtanh_ is relu6_."""
-    return aten_name.replace("hardtanh", "relu6")
+def display_op(name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None) -> str:
+    """An op as users write it, without the in-place ``_``: a member's display name (aten's hardtanh(0, 6) is
+    relu6), any other op its aten name."""
+    member = member_of(name, args, kwargs or {}) if name in FAMILY_OPS else None
+    return member.display if member is not None else name.rstrip("_")
 
 
 def _arg(args: Sequence[Any], kwargs: dict[str, Any], index: int, key: str, default: Any) -> Any:

@@ -179,7 +179,7 @@ def certify(
     sites = tuple(
         _certified_site(name, site, bound_pass.sites[key], refined.get(key), margin)
         for site, name in zip(observed, names)
-        if (key := (site.module_path, site.call_index, site.ordinal)) in bound_pass.sites
+        if (key := site.key) in bound_pass.sites
     )
     return Certification(
         domain=box.spec,

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePath
+from typing import Any
 
 from .settings import DEFAULT_DYING_RATE, DEFAULT_TAU
 
@@ -37,6 +38,26 @@ class UnitCounters:
     """How many positions had a NaN pre-activation, per unit."""
     inf: tuple[int, ...]
     """How many positions had an infinite pre-activation, per unit."""
+
+    def merged(self, other: UnitCounters) -> UnitCounters:
+        """These counters and ``other``'s (the same site on another probe shard) as one: counts and sums added,
+        maxima maxed, as the engine merges batches and ranks (exact: sums are float64 on both sides)."""
+        if len(other.positive) != len(self.positive):
+            raise ValueError(f"cannot merge a site of {len(other.positive)} units into one of {len(self.positive)}")
+        return UnitCounters(
+            positive=_added(self.positive, other.positive),
+            positions=self.positions + other.positions,
+            samples_fired=_added(self.samples_fired, other.samples_fired),
+            samples=self.samples + other.samples,
+            max_preactivation=tuple(map(max, self.max_preactivation, other.max_preactivation)),
+            activation_sum=_added(self.activation_sum, other.activation_sum),
+            nan=_added(self.nan, other.nan),
+            inf=_added(self.inf, other.inf),
+        )
+
+
+def _added(ours: tuple[Any, ...], theirs: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(a + b for a, b in zip(ours, theirs))
 
 
 @dataclass(frozen=True)
@@ -83,6 +104,74 @@ class RateInterval:
     """Upper end of the 95% Wilson interval of ``rate``, with the site's samples as trials."""
 
 
+SiteKey = tuple[str, int, int]
+"""Which relu op of a forward pass a site is: (owner module path, call of the owner in the pass, relu op of that
+call, each from 1). It is the same in every pass, rank and stats file: the observer keys its sites with it, the fix
+simulations key their re-runs with it, and :attr:`Site.key` gives it back."""
+
+
+@dataclass(frozen=True)
+class SiteIdentity:
+    """What makes two observations (torchrun ranks, probe shards, stats files) one site: the same relu op, with
+    as many units on the same axis."""
+
+    key: SiteKey
+    """Owner path, call of the owner, relu op of that call."""
+    op: str
+    """The aten op as observed (:attr:`SiteRecord.op`)."""
+    member: str
+    """The relu-family member it runs (:attr:`SiteRecord.member`)."""
+    units: int
+    """Number of units."""
+    unit_axis: int
+    """Axis of the activation that indexes units."""
+
+
+@dataclass(frozen=True)
+class SiteRecord:
+    """A site as a scan observed it, before any threshold judged it: what a stats file stores, and what a
+    report's :class:`Site` is built from. Fields have the Site's names and meanings."""
+
+    index: int
+    """Position in call order, from 0."""
+    module_path: str
+    """State-dict path of the module whose forward made the call (the root is "")."""
+    call_index: int
+    """Which call of that module this is, from 1."""
+    ordinal: int
+    """Which relu op of that call this is, from 1."""
+    op: str
+    """The aten op as observed (``hardtanh`` for relu6; :attr:`Site.op` shows it as users know it)."""
+    member: str
+    """The relu-family member it runs (a name in the activations table: its display name, cap, ...)."""
+    kind: str
+    """"module" when the op ran inside an activation module (nn.ReLU, ...), else "functional"."""
+    unit_axis: int
+    """Axis of the activation tensor that indexes units."""
+    layout: str
+    """How the unit axis was chosen: channel-first, feature-last, rank, or override."""
+    activation_shape: tuple[int, ...]
+    """Shape of the activation in the first batch that reached the site."""
+    counters: UnitCounters
+    """The raw counters."""
+    producer: Producer | None = None
+    """The layer computing this site's input, when the forward pass shows one."""
+
+    @property
+    def key(self) -> SiteKey:
+        """Which relu op of the forward pass this is."""
+        return (self.module_path, self.call_index, self.ordinal)
+
+    @property
+    def identity(self) -> SiteIdentity:
+        """What another run's record must equal to be merged with this one."""
+        return SiteIdentity(self.key, self.op, self.member, len(self.counters.positive), self.unit_axis)
+
+    def merged(self, other: SiteRecord) -> SiteRecord:
+        """This record with ``other``'s counters added (the same site, another probe shard)."""
+        return replace(self, counters=self.counters.merged(other.counters))
+
+
 @dataclass(frozen=True)
 class Site:
     """One relu-family call in the forward pass and what its units did on the probe."""
@@ -95,6 +184,8 @@ class Site:
     """State-dict path of the module whose forward made the call (the root is "")."""
     call_index: int
     """Which call of that module this is, from 1."""
+    ordinal: int
+    """Which relu op of that call this is, from 1 (a functional site's ``#k`` when a call makes several)."""
     op: str
     """The relu-family operation as users know it: relu, relu6, threshold; a trailing ``_`` means in-place."""
     kind: str
@@ -139,6 +230,11 @@ class Site:
     """95% upper bound on the firing rate of a unit that never fired on this site's samples."""
     dying_intervals: tuple[RateInterval, ...] = ()
     """A Wilson 95% interval for each dying unit's rate (trials: the site's samples)."""
+
+    @property
+    def key(self) -> SiteKey:
+        """Which relu op of the forward pass this is (:data:`SiteKey`)."""
+        return (self.module_path, self.call_index, self.ordinal)
 
     @property
     def dead(self) -> int:

@@ -30,8 +30,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 """Model and probe dtype; counters accumulate in float32 or wider regardless."""
 DEFAULT_DTYPE = "float32"
 REDUCERS = ("auto", "torch", "fused")
-"""How each site's activation is reduced to counters: fused (numba, :mod:`relu_doctor.engine.fused`) wherever the
-layout allows, torch never, auto when it pays off (:func:`relu_doctor.engine.fused.worth_loading`)."""
+"""How each site's activation is reduced to counters: fused (numba, :mod:`relu_doctor.engine.reduce.fused`) wherever the
+layout allows, torch never, auto when it pays off (:func:`relu_doctor.engine.reduce.fused.worth_loading`)."""
 DEFAULT_REDUCER = "auto"
 
 

@@ -25,7 +25,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -35,12 +35,14 @@ from torch.utils._pytree import tree_flatten
 from . import activations
 from .activations import ACTIVATION_MODULES, LEAKY_SLOPE, SWAPPABLE_OPS
 from .analysis.diagnose import leaky_everywhere
-from .api import Combiner, scan_observed
+from .api import ScanOptions, scan_observed
 from .codes import BIAS_SHIFT, LEAKY, RECYCLE, fixable_by
 from .engine import ops
+from .engine.batches import MaskedBatch, batch_samples, call_arguments
+from .engine.masking import batch_mask, token_view
 from .engine.model_state import instrumented
-from .engine.observe import ForwardingMode, ObservedSite, call_arguments
-from .engine.runner import Progress, batch_samples
+from .engine.observe import ObservedSite
+from .engine.passes import ForwardingMode
 from .engine.site_keys import SiteKey, SiteKeys
 from .engine.tracking import ModuleCallTracker
 from .errors import first_line
@@ -49,8 +51,11 @@ from .repair.drift import DriftMeter, flat_floats
 from .repair.edits import Edits, edited
 from .repair.plan import SitePlan, plan_bias_shift, plan_recycle
 from .repair.recycle import DEFAULT_SEED, recycle_until_alive
-from .report import Finding, ModelInfo, Prediction, ProbeInfo, Report, Site, Thresholds
-from .settings import DEFAULT_REDUCER, DEFAULT_SIMULATE_SAMPLES
+from .report import Finding, Prediction, Report, Site
+from .settings import DEFAULT_SIMULATE_SAMPLES
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 MAX_SIMULATED_SITES = 8
 """Sites with the most dead units that get per-site simulations; each costs a few forward passes of the probe."""
@@ -102,8 +107,9 @@ class _Meter:
     classifier: bool = True
     fired: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
 
-    def add(self, before: Any, after: Any, fired: dict[SiteKey, torch.Tensor]) -> None:
-        self.drift.add(flat_floats(before), flat_floats(after))
+    def add(self, before: Any, after: Any, fired: dict[SiteKey, torch.Tensor], mask: torch.Tensor | None) -> None:
+        """Count one batch; ``mask`` (a token batch's attention mask) leaves padded positions out of the drift."""
+        self.drift.add(flat_floats(before, mask), flat_floats(after, mask))
         old, new = _float_leaves(before), _float_leaves(after)
         self.classifier = self.classifier and bool(old) and old[0].dim() == 2 and old[0].shape[1] >= 2
         if self.classifier:
@@ -141,12 +147,14 @@ class Rerun:
         self, model: nn.Module, observed: Sequence[ObservedSite], site_paths: tuple[str, ...] | None = None
     ) -> None:
         self.model = model
-        self.axes = {site_key(s): s.unit_axis for s in observed}
-        self.units = {site_key(s): s.counters.units for s in observed}
+        self.axes = {s.key: s.unit_axis for s in observed}
+        self.units = {s.key: s.counters.units for s in observed}
         self.tracker = ModuleCallTracker(model)
         self.keys = SiteKeys(model, self.tracker, site_paths)
         self.leaky: frozenset[SiteKey] = frozenset()
         self.fired: dict[SiteKey, torch.Tensor] = {}
+        self._mask: torch.Tensor | None = None
+        """The current token batch's attention mask: a unit firing only at padded positions did not fire."""
         self.hooked_modules = _hookable_sites(model, observed, site_paths)
         """Activation modules whose hooks see every site (None: passes run under the dispatch mode)."""
         self._names: dict[Any, str] = {}
@@ -166,7 +174,7 @@ class Rerun:
     def forward(self, batch: Any, leaky: frozenset[SiteKey] = frozenset()) -> Any:
         """One forward pass with ``leaky`` sites swapped; ``fired`` then holds this pass's fired units per site."""
         args, kwargs = call_arguments(batch)
-        self.leaky = leaky
+        self.leaky, self._mask = leaky, batch_mask(batch)
         if self.hooked_modules is not None:
             try:
                 return self._hooked(args, kwargs)
@@ -236,7 +244,13 @@ class Rerun:
     def _count(self, key: SiteKey, pre: torch.Tensor) -> None:
         view = pre.reshape(1, -1) if pre.dim() < 2 else pre
         axis = self.axes.get(key, 1 if view.dim() >= 4 else view.dim() - 1)
-        fired = _fired_units(view, axis)
+        tokens = token_view(view, axis, self._mask) if self._mask is not None else None
+        if tokens is not None:  # padded positions read as 0: they never make a unit fire
+            assert self._mask is not None
+            real = torch.where(self._mask.to(tokens.device).unsqueeze(-1), tokens, 0)
+            fired = _fired_units(real, 2)
+        else:
+            fired = _fired_units(view, axis)
         self.fired[key] = self.fired[key] | fired if key in self.fired else fired
 
 
@@ -302,11 +316,6 @@ def _hookable_sites(
     return hooked
 
 
-def site_key(site: ObservedSite) -> SiteKey:
-    """The key the observer gave ``site``."""
-    return (site.module_path, site.call_index, site.ordinal)
-
-
 def run_variants(
     model: nn.Module,
     observed: Sequence[ObservedSite],
@@ -343,7 +352,7 @@ class Replay:
         self.references = []
         for batch in batches:
             reference = self._forward(batch)
-            meter.add(reference, reference, rerun.fired)
+            meter.add(reference, reference, rerun.fired, batch_mask(batch))
             self.references.append(reference)
         self.baseline = meter.outcome(Variant("unchanged"), self.units)
         self._fired = meter.fired
@@ -355,7 +364,7 @@ class Replay:
         edits = edited(self.rerun.model, dict(variant.edits)) if variant.edits else contextlib.nullcontext()
         with edits:
             for batch, reference in zip(self.batches, self.references):
-                meter.add(reference, self._forward(batch, variant.leaky_sites), self.rerun.fired)
+                meter.add(reference, self._forward(batch, variant.leaky_sites), self.rerun.fired, batch_mask(batch))
         newly_dead = _newly_dead(self._fired, meter.fired, variant.leaky_sites)
         return replace(meter.outcome(variant, self.units), newly_dead=newly_dead)
 
@@ -399,8 +408,7 @@ def _recycle(
     plans, _ = plan_recycle(model, observed, sites, include_dying=False)
     if not plans:
         return None
-    by_index = {s.index: s for s in observed}
-    keys = [site_key(by_index[plan.site.index]) for plan in plans]
+    keys = [plan.site.key for plan in plans]
     watch = tuple(zip(keys, (plan.units for plan in plans)))
     measured: list[Outcome] = []
 
@@ -474,6 +482,8 @@ def _head(batch: Any, samples: int) -> Any:
     """The first ``samples`` samples of a batch (a tensor or a tuple of inputs), copied so the batch can go."""
     if isinstance(batch, torch.Tensor):
         return batch[:samples].clone()
+    if isinstance(batch, MaskedBatch):
+        return MaskedBatch(batch.input_ids[:samples].clone(), batch.attention_mask[:samples].clone())
     if isinstance(batch, (tuple, list)):
         return type(batch)(t[:samples].clone() if isinstance(t, torch.Tensor) and t.dim() > 0 else t for t in batch)
     return batch
@@ -563,7 +573,7 @@ def _with_predictions(
     findings = list(report.findings)
     if any(-1 in p.findings for p in chosen.variants):
         findings.append(leaky_everywhere(report.sites, report.summary.dead, report.summary.units))
-    keys = _keys_by_name(report, observed)
+    keys = _keys_by_name(report)
     predicted: dict[int, list[Prediction]] = {}
     answers = [(item.fix, outcome, i) for item, outcome in zip(chosen.variants, outcomes) for i in item.findings]
     answers += [
@@ -608,8 +618,8 @@ def plan(report: Report, model: nn.Module, observed: Sequence[ObservedSite]) -> 
         if site.name in shifted:  # fix shifts every dead unit of the site, whatever its cause
             shift_answers += causes
     if shift_answers:
-        planned.append(_Planned(bias_shift_variant(model, observed, shifts), BIAS_SHIFT, tuple(shift_answers)))
-    swappable = [site_key(s) for s in observed if s.op in SWAPPABLE_OPS]
+        planned.append(_Planned(bias_shift_variant(model, shifts), BIAS_SHIFT, tuple(shift_answers)))
+    swappable = [s.key for s in observed if s.op in SWAPPABLE_OPS]
     if dead_sites and swappable:
         planned.append(_Planned(Variant("LeakyReLU everywhere", frozenset(swappable)), LEAKY, (-1,)))
     caveat = ""
@@ -622,14 +632,13 @@ def plan(report: Report, model: nn.Module, observed: Sequence[ObservedSite]) -> 
     return SimulationPlan(tuple(planned), tuple(recycle), caveat)
 
 
-def bias_shift_variant(model: nn.Module, observed: Sequence[ObservedSite], plans: Sequence[SitePlan]) -> Variant:
+def bias_shift_variant(model: nn.Module, plans: Sequence[SitePlan]) -> Variant:
     """``fix --strategy bias-shift`` as one variant: every site's shift at once, as fix applies them.
 
     Shifts interact across layers (a shifted unit feeds the next site, whose shift was sized without it), so the
     prediction is the whole fix measured on the probe, never one site's shift on its own.
     """
-    by_index = {s.index: s for s in observed}
-    watch = tuple((site_key(by_index[p.site.index]), tuple(p.units)) for p in plans)
+    watch = tuple((p.site.key, tuple(p.units)) for p in plans)
     return Variant("bias shift", edits=tuple(bias_shift_edits(model, plans).items()), watch=watch)
 
 
@@ -637,12 +646,11 @@ def _site_variants(report: Report, seen: ObservedSite, name: str, causes: Sequen
     """A LeakyReLU swap of the site for all its causes."""
     if not causes or seen.op not in SWAPPABLE_OPS:
         return []
-    return [_Planned(Variant(f"LeakyReLU at {name}", frozenset([site_key(seen)])), LEAKY, tuple(causes))]
+    return [_Planned(Variant(f"LeakyReLU at {name}", frozenset([seen.key])), LEAKY, tuple(causes))]
 
 
-def _keys_by_name(report: Report, observed: Sequence[ObservedSite]) -> dict[str, SiteKey]:
-    by_index = {s.index: s for s in observed}
-    return {site.name: site_key(by_index[site.index]) for site in report.sites}
+def _keys_by_name(report: Report) -> dict[str, SiteKey]:
+    return {site.name: site.key for site in report.sites}
 
 
 # -- the public scan: the scan stage, then (asked for) this one ----------------------------------------------
@@ -650,17 +658,10 @@ def scan(
     model: nn.Module,
     batches: Iterable[Any],
     *,
-    thresholds: Thresholds | None = None,
-    unit_dim: int | None = None,
-    site_paths: tuple[str, ...] | None = None,
-    model_info: ModelInfo | None = None,
-    probe_info: ProbeInfo | None = None,
-    progress: Progress | None = None,
     simulate: bool = False,
     simulate_samples: int = DEFAULT_SIMULATE_SAMPLES,
     simulate_progress: SimulationProgress | None = None,
-    combiner: Combiner | None = None,
-    reducer: str = DEFAULT_REDUCER,
+    **options: Unpack[ScanOptions],
 ) -> Report:
     """:func:`relu_doctor.api.scan`, then with ``simulate=True`` the fix simulations (:func:`simulate_findings`).
 
@@ -668,21 +669,11 @@ def scan(
     them; nothing else is kept, and under torchrun every rank keeps the same ones) through modified versions of
     the model (LeakyReLU swaps, bias shifts, recycled units) and fills each finding's ``predicted``; it is off
     by default here (the CLI turns it on). ``simulate_progress(done, planned)`` follows its forward passes.
-    Every other argument is :func:`relu_doctor.api.scan`'s.
+    Every other argument is :func:`relu_doctor.api.scan`'s (:class:`~relu_doctor.api.ScanOptions`).
     """
     head = SubProbe(simulate_samples)
-    report, observed = scan_observed(
-        model,
-        head.tap(batches) if simulate else batches,
-        thresholds=thresholds,
-        unit_dim=unit_dim,
-        site_paths=site_paths,
-        model_info=model_info,
-        probe_info=probe_info,
-        progress=progress,
-        combiner=combiner,
-        reducer=reducer,
-    )
+    report, observed = scan_observed(model, head.tap(batches) if simulate else batches, **options)
     if not simulate:
         return report
-    return simulate_findings(report, model, observed, head.batches, site_paths=site_paths, progress=simulate_progress)
+    paths = options.get("site_paths")
+    return simulate_findings(report, model, observed, head.batches, site_paths=paths, progress=simulate_progress)

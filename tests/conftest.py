@@ -9,6 +9,15 @@ then review the diff of tests/golden/ before committing.
 
 from __future__ import annotations
 
+import os
+
+# Every test model is tiny: torch's intra-op threads only add start-up and spin-wait costs, and on a machine whose
+# cores are shared (CI runners, parallel jobs) two spinning threads per process made the suite twice as slow.
+# Set before torch is imported, so this process and every subprocess a test starts (CLI runs, torchrun ranks)
+# use one thread; no count or verdict depends on it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 from collections.abc import Callable
 from pathlib import Path
 

@@ -52,6 +52,7 @@ def test_the_package_keeps_every_contract() -> None:
         ("render/table.py", "import torch", "Renderers never import torch"),
         ("workflow/scan.py", "import typer", "Only the CLI imports typer"),
         ("cli/scan.py", "from ..render.table import render_table", "Commands pick an output format by name"),
+        ("workflow/stats_io.py", "from ..engine.observe import ObservedSite", "Stats files hold the report's"),
     ],
 )
 def test_a_back_edge_breaks_a_contract(tmp_path: Path, module: str, back_edge: str, contract: str) -> None:

@@ -7,8 +7,13 @@ import torch
 from models import ConvBNReluShifted, NaNUnit, TokenFFN
 
 from relu_doctor import scan
-from relu_doctor.engine.counters import UnitAccumulator, reduce_sample_max
+from relu_doctor.activations import MEMBERS_BY_NAME
+from relu_doctor.engine.counters import UnitAccumulator
+from relu_doctor.engine.reduce import count_batch
+from relu_doctor.engine.reduce.torch_reducer import TorchReducer, count_and_sum, reduce_sample_max
 from relu_doctor.report import UnitCounters
+
+RELU = MEMBERS_BY_NAME["relu"]
 
 
 def _probe(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
@@ -62,7 +67,7 @@ def test_firing_rate_is_positive_over_positions() -> None:
     pre = torch.tensor(
         [[1.0, -1.0], [2.0, -1.0], [-3.0, 0.5], [-1.0, -2.0], [4.0, -1.0], [-1.0, -1.0], [0.0, -1.0], [1.0, -1.0]]
     )
-    acc.add_finite(reduce_sample_max(pre, 1, 0), pre.clamp(min=0), 1)
+    count_batch(TorchReducer(), acc, pre, RELU)
     # unit 0 is > 0 in 4 of 8 rows -> 0.5; unit 1 in 1 of 8 -> 0.125 (0.0 is not > 0)
     assert acc.snapshot().positive == (4, 1)
     assert acc.snapshot().positions == 8
@@ -72,8 +77,8 @@ def test_merge_of_accumulators_equals_accumulating_both() -> None:
     pre = _probe((12, 3, 5))
     parts = [UnitAccumulator(3, torch.device("cpu")) for _ in range(3)]
     for acc, chunk in zip(parts[:2], (pre[:5], pre[5:])):
-        acc.add_finite(reduce_sample_max(chunk, 1, 0), chunk.clamp(min=0), 1)
-    parts[2].add_finite(reduce_sample_max(pre, 1, 0), pre.clamp(min=0), 1)
+        count_batch(TorchReducer(), acc, chunk, RELU)
+    count_batch(TorchReducer(), parts[2], pre, RELU)
     parts[0].merge(parts[1])
     _assert_same_counters(parts[0].snapshot(), parts[2].snapshot())
 
@@ -86,7 +91,7 @@ def test_merge_refuses_a_different_unit_count() -> None:
 def test_tensors_round_trip() -> None:
     pre = _probe((6, 4))
     acc = UnitAccumulator(4, torch.device("cpu"))
-    acc.add_finite(reduce_sample_max(pre, 1, 0), pre.clamp(min=0), 1)
+    count_batch(TorchReducer(), acc, pre, RELU)
     assert UnitAccumulator.from_tensors(acc.tensors()).snapshot() == acc.snapshot()
 
 
@@ -101,8 +106,6 @@ def test_reduce_sample_max_never_aliases_its_input() -> None:
 
 
 def test_count_and_sum_reuses_its_scratch_buffer_inside_and_outside_inference_mode() -> None:
-    from relu_doctor.engine.counters import count_and_sum
-
     x = torch.relu(_probe((6, 4, 5, 5)))
     expected = ((x > 0).sum(dim=(0, 2, 3)).tolist(), x.sum(dim=(0, 2, 3)))
     with torch.inference_mode():

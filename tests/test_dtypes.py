@@ -12,8 +12,11 @@ from torch import nn
 from typer.testing import CliRunner
 
 from relu_doctor import scan
+from relu_doctor.activations import MEMBERS_BY_NAME
 from relu_doctor.cli import app
 from relu_doctor.engine.counters import UnitAccumulator
+from relu_doctor.engine.reduce import count_batch
+from relu_doctor.engine.reduce.torch_reducer import TorchReducer
 
 HALF = [torch.bfloat16, torch.float16]
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -57,7 +60,7 @@ def test_sums_do_not_saturate_in_half_precision(dtype: torch.dtype) -> None:
     # 4096 ones: a bfloat16 running sum stops at 256 (8-bit mantissa), a float16 one at 2048
     ones = torch.ones(1, 4096, 3, dtype=dtype)
     acc = UnitAccumulator(3, torch.device("cpu"))
-    acc.add_finite(ones.amax(dim=1), ones, 2)
+    count_batch(TorchReducer(), acc, ones, MEMBERS_BY_NAME["relu"], unit_axis=2)
     assert acc.snapshot().activation_sum == (4096.0, 4096.0, 4096.0)
     assert acc.snapshot().positive == (4096, 4096, 4096)
     assert acc.activation_sum.dtype == torch.float64 and acc.max_preactivation.dtype == torch.float32

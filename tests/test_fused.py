@@ -14,10 +14,12 @@ from torch import nn
 from typer.testing import CliRunner
 
 from relu_doctor import scan
+from relu_doctor.activations import MEMBERS_BY_NAME
 from relu_doctor.cli import app
-from relu_doctor.engine import fused
 from relu_doctor.engine.counters import UnitAccumulator
 from relu_doctor.engine.observe import ReluObserver
+from relu_doctor.engine.reduce import count_batch, fused
+from relu_doctor.engine.reduce.torch_reducer import TorchReducer
 from relu_doctor.errors import UsageError
 
 needs_numba = pytest.mark.skipif(not fused.available(), reason="numba (relu-doctor[fast]) is not installed")
@@ -87,9 +89,7 @@ def test_batches_accumulate_like_the_torch_reducer() -> None:
     for seed in range(3):
         x = _data((4, 5, 6, 6), seed)
         assert fused.add_batch(fused_counters, x, 1, 0, math.inf)
-        from relu_doctor.engine.counters import reduce_sample_max
-
-        torch_counters.add_finite(reduce_sample_max(x, 1, 0), torch.relu(x), 1)
+        count_batch(TorchReducer(), torch_counters, x, MEMBERS_BY_NAME["relu"])
     a, b = fused_counters.snapshot(), torch_counters.snapshot()
     assert (a.positive, a.samples_fired, a.max_preactivation) == (b.positive, b.samples_fired, b.max_preactivation)
     assert (a.positions, a.samples) == (b.positions, b.samples)

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from relu_doctor.api import scan  # noqa: E402
-from relu_doctor.engine.observe import MaskedBatch  # noqa: E402
+from relu_doctor.engine.batches import MaskedBatch  # noqa: E402
 from relu_doctor.loading import load_model  # noqa: E402
 from relu_doctor.workflow.scan import ScanRequest, run_scan  # noqa: E402
 

@@ -4,13 +4,18 @@ the first pass did not see turns up."""
 
 from __future__ import annotations
 
+import copy
+import math
+from collections import Counter
+
 import pytest
 import torch
 from models import ConvBNReluShifted, FunctionalReluNet, ReusedReluBlock
 from torch import nn
 
-from relu_doctor.engine import fused
 from relu_doctor.engine.observe import ReluObserver
+from relu_doctor.engine.passes import ForwardingMode
+from relu_doctor.engine.reduce import fused
 
 
 class Residual(nn.Module):
@@ -45,25 +50,48 @@ class SometimesTwice(nn.Module):
         return h
 
 
-def _observe(
-    model: nn.Module, batches: list[torch.Tensor], hooks: bool, monkeypatch: pytest.MonkeyPatch, reducer: str = "torch"
-) -> list:
-    with monkeypatch.context() as patch:
-        if not hooks:
-            patch.setattr(ReluObserver, "_static_module_sites", lambda self: False)
-        with ReluObserver(model, reducer=reducer) as observer:
-            for batch in batches:
-                observer.run(batch)
-            assert observer._hooked is hooks
-    return [((s.module_path, s.call_index, s.op), s.counters.snapshot()) for s in observer.sites]
+def _observe(model: nn.Module, batches: list[torch.Tensor], reducer: str = "torch") -> dict:
+    with ReluObserver(model, reducer=reducer) as observer:
+        for batch in batches:
+            observer.run(batch)
+        assert observer.hooked  # every pass after the first ran on the activation modules' hooks
+    return {(s.module_path, s.call_index): s.counters.snapshot() for s in observer.sites}
 
 
-def _assert_same(a: list, b: list) -> None:
-    assert [key for key, _ in a] == [key for key, _ in b]
-    for (_, x), (_, y) in zip(a, b):
-        assert (x.positive, x.samples_fired, x.max_preactivation) == (y.positive, y.samples_fired, y.max_preactivation)
-        assert (x.positions, x.samples, x.nan, x.inf) == (y.positions, y.samples, y.nan, y.inf)
-        assert x.activation_sum == pytest.approx(y.activation_sum, rel=1e-6, abs=1e-6)
+def _brute_force(model: nn.Module, batches: list[torch.Tensor]) -> dict:
+    """Per (module path, call): counts from the pre-activations that plain forward pre-hooks see (unit axis 1)."""
+    seen: dict[tuple[str, int], list[torch.Tensor]] = {}
+    calls: Counter[str] = Counter()
+
+    def keep(path: str):  # type: ignore[no-untyped-def]
+        def hook(module: nn.Module, args: tuple) -> None:
+            calls[path] += 1
+            seen.setdefault((path, calls[path]), []).append(args[0].detach().clone().double())
+
+        return hook
+
+    twin = copy.deepcopy(model).eval()
+    for path, module in twin.named_modules():
+        if isinstance(module, (nn.ReLU, nn.Hardtanh)):
+            module.register_forward_pre_hook(keep(path))
+    with torch.no_grad():
+        for batch in batches:
+            calls.clear()
+            twin(batch)
+    counts = {}
+    for key, pres in seen.items():
+        other = [d for d in range(pres[0].dim()) if d != 1]
+        positions = [d for d in other if d != 0]
+        finite = [torch.where(p.isfinite(), p, -math.inf) for p in pres]
+        sample_max = [p.amax(dim=positions) if positions else p for p in finite]
+        counts[key] = (
+            tuple(sum(((p > 0) & p.isfinite()).sum(dim=other) for p in pres).tolist()),
+            tuple(sum((m > 0).sum(dim=0) for m in sample_max).tolist()),
+            tuple(torch.stack([p.amax(dim=other) for p in finite]).amax(dim=0).float().tolist()),
+            tuple(sum(p.isnan().sum(dim=other) for p in pres).tolist()),
+            sum(p.shape[0] for p in pres),
+        )
+    return counts
 
 
 REDUCERS = ["torch", pytest.param("fused", marks=pytest.mark.skipif(not fused.available(), reason="no numba"))]
@@ -75,30 +103,38 @@ REDUCERS = ["torch", pytest.param("fused", marks=pytest.mark.skipif(not fused.av
     [(Residual, (4, 3, 6, 6)), (ReusedReluBlock, (5, 8)), (ConvBNReluShifted, (4, 3, 5, 5))],
     ids=["residual", "reused-relu", "conv-bn"],
 )
-def test_hook_passes_count_what_the_dispatch_mode_counts(
-    make: type, shape: tuple[int, ...], reducer: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_hook_passes_count_what_a_brute_force_counts(make: type, shape: tuple[int, ...], reducer: str) -> None:
     torch.manual_seed(0)
     model = make()
     gen = torch.Generator().manual_seed(1)
     batches = [torch.randn(shape, generator=gen) for _ in range(3)]
     batches[2].view(-1)[0] = float("nan")  # the exact path, on hooks too
-    hooked = _observe(model, batches, True, monkeypatch, reducer)
-    _assert_same(hooked, _observe(model, batches, False, monkeypatch, reducer))
+    hooked, expected = _observe(model, batches, reducer), _brute_force(model, batches)
+    assert list(hooked) == list(expected)
+    for key, counters in hooked.items():
+        positive, fired, highest, nan, samples = expected[key]
+        assert (counters.positive, counters.samples_fired, counters.nan, counters.samples) == (
+            positive,
+            fired,
+            nan,
+            samples,
+        )
+        assert counters.max_preactivation == pytest.approx(highest, abs=1e-6)
     if make is Residual:  # ReLU6 saturates, so a wrong cap would show in the sums
-        six = [counters for (path, _, _), counters in hooked if path == "six"][0]
+        six = hooked[("six", 1)]
         assert max(six.max_preactivation) > 6
+        assert max(six.activation_sum) <= 6 * six.positions
 
 
 def test_no_op_reaches_python_after_the_first_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
-    real = ReluObserver._dispatch
+    real = ForwardingMode.__torch_dispatch__
 
-    def spy(self, func, args, kwargs):  # type: ignore[no-untyped-def]
+    def spy(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         seen.append(str(func))
-        return real(self, func, args, kwargs)
+        return real(self, func, types, args, kwargs)
 
-    monkeypatch.setattr(ReluObserver, "_dispatch", spy)
+    monkeypatch.setattr(ForwardingMode, "__torch_dispatch__", spy)
     model, x = Residual(), torch.randn(2, 3, 6, 6)
     with ReluObserver(model) as observer:
         observer.run(x)
@@ -112,7 +148,7 @@ def test_no_op_reaches_python_after_the_first_pass(monkeypatch: pytest.MonkeyPat
 def test_functional_relus_keep_the_dispatch_mode() -> None:
     with ReluObserver(FunctionalReluNet()) as observer:
         observer.run(torch.randn(3, 6))
-        assert not observer._hooked
+        assert not observer.hooked
 
 
 def test_a_call_first_seen_in_a_later_batch_is_counted_and_ends_the_hook_passes() -> None:
@@ -121,9 +157,9 @@ def test_a_call_first_seen_in_a_later_batch_is_counted_and_ends_the_hook_passes(
     negative, positive = -torch.rand(3, 4) - 1, torch.rand(3, 4) + 1
     with ReluObserver(model) as observer:
         observer.run(negative)  # one call: one site
-        assert observer._hooked and len(observer.sites) == 1
+        assert observer.hooked and len(observer.sites) == 1
         observer.run(positive)  # a second call of the same module: a new site, on hooks
-        assert not observer._hooked and len(observer.sites) == 2
+        assert not observer.hooked and len(observer.sites) == 2
         observer.run(positive)  # back on the dispatch mode
     second = observer.sites[1]
     with torch.no_grad():

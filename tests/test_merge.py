@@ -74,7 +74,7 @@ def test_stats_file_round_trips_counters_and_identity(tmp_path: Path) -> None:
     torch.manual_seed(0)
     report = _scan_saving(ReusedReluBlock(), [torch.randn(6, 8)], tmp_path / "one.stats")
     saved = load_stats(tmp_path / "one.stats")
-    assert [s.counters.snapshot() for s in saved.sites] == [s.counters for s in report.sites]
+    assert [s.counters for s in saved.sites] == [s.counters for s in report.sites]
     assert [(s.module_path, s.call_index) for s in saved.sites] == [("relu", 1), ("relu", 2)]  # one nn.ReLU, two calls
     assert saved.model == INFO and saved.probe.samples == 6
 
@@ -125,7 +125,7 @@ def test_cli_merge_override_changes_the_gate(tmp_path: Path) -> None:
         app, ["scan", MODEL, "--arch", ARCH, "--probe", str(first), "--no-simulate", "-q", "--save-stats", str(stats)]
     )
     dead = load_stats(stats).sites
-    assert any(int(s.counters.positive.eq(0).sum()) for s in dead)  # the dying sample has dead units
+    assert any(s.counters.positive.count(0) for s in dead)  # the dying sample has dead units
     assert runner.invoke(app, ["merge", str(stats), "-q", "--max-dead-fraction", "0"]).exit_code == 1
     assert runner.invoke(app, ["merge", str(stats), "-q", "--max-dead-fraction", "1"]).exit_code == 0
 
@@ -146,3 +146,44 @@ def test_cli_merge_bad_file_is_one_line_and_exit_2(tmp_path: Path, content: str)
 def test_cli_merge_bad_override_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["merge", str(tmp_path / "x.stats"), "--max-dead-fraction", "2"])
     assert result.exit_code == 2 and "--max-dead-fraction must be between 0 and 1, got 2.0" in result.stderr
+
+
+def _rewrite_as_version_1(path: Path, target: Path) -> None:
+    """The file as relu-doctor 0.1 wrote it: layout version 1, with the observer's graph facts in each site."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        document = json.loads((handle.metadata() or {})["relu_doctor"])
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+    document["version"] = 1
+    for site in document["sites"]:
+        site.update(feeds_sum=False, feeds_concat=False, reaches_output=True, consumers=[], unknown_uses=[])
+    save_file(tensors, str(target), metadata={"relu_doctor": json.dumps(document)})
+
+
+def test_files_of_layout_version_1_still_merge(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = ReusedReluBlock()
+    batches = list(torch.randn((24, 8), generator=torch.Generator().manual_seed(1)).split(8))
+    _scan_saving(model, batches[:1], tmp_path / "a.stats")
+    _scan_saving(model, batches[1:], tmp_path / "b.stats")
+    _rewrite_as_version_1(tmp_path / "a.stats", tmp_path / "a1.stats")
+    saved = load_stats(tmp_path / "a1.stats")
+    assert [s.key for s in saved.sites] == [("relu", 1, 1), ("relu", 2, 1)]  # one nn.ReLU called twice
+    old_and_new = merge_stats([tmp_path / "a1.stats", tmp_path / "b.stats"])
+    _assert_same_sites(old_and_new, merge_stats([tmp_path / "a.stats", tmp_path / "b.stats"]))
+    _assert_same_sites(old_and_new, scan(model, batches, model_info=INFO))
+
+
+def test_a_site_has_one_key_in_the_engine_the_report_and_a_stats_file(tmp_path: Path) -> None:
+    from relu_doctor.api import scan_observed
+
+    torch.manual_seed(0)
+    model, batches = ReusedReluBlock(), [torch.randn(6, 8)]
+    report, observed = scan_observed(model, batches)
+    _scan_saving(model, batches, tmp_path / "one.stats")
+    saved = load_stats(tmp_path / "one.stats").sites
+    # one nn.ReLU called twice: (owner path, call of the owner, relu op of that call)
+    assert [s.key for s in observed] == [s.key for s in report.sites] == [s.key for s in saved]
+    assert [s.key for s in report.sites] == [("relu", 1, 1), ("relu", 2, 1)]
+    assert [s.identity for s in observed] == [s.identity for s in saved]

@@ -30,7 +30,7 @@ def _data(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # -- Lightning ---------------------------------------------------------------------------------------------------
-def _lightning_fit(tmp_path: Path, callback, max_steps: int = 8):  # type: ignore[no-untyped-def]
+def _lightning_fit(tmp_path: Path, callback, max_steps: int = 8, log_every: int = 1):  # type: ignore[no-untyped-def]
     L = pytest.importorskip("lightning")
     from lightning.pytorch.loggers import CSVLogger
 
@@ -51,7 +51,7 @@ def _lightning_fit(tmp_path: Path, callback, max_steps: int = 8):  # type: ignor
     trainer = L.Trainer(
         max_steps=max_steps,
         logger=CSVLogger(tmp_path),
-        log_every_n_steps=1,
+        log_every_n_steps=log_every,
         callbacks=[callback],
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -71,11 +71,15 @@ def test_lightning_callback_logs_every_window_to_the_csv_logger_and_warns(tmp_pa
 
     report_path = tmp_path / "report.json"
     callback = ReluDoctorCallback(every=2, window=2, report_format="json", report_path=str(report_path))
-    trainer, rows, messages = _lightning_fit(tmp_path, callback)
+    trainer, rows, messages = _lightning_fit(tmp_path, callback, log_every=5)
     logged = [r for r in rows if r.get("relu_doctor/dead_fraction")]
     # 8 steps, every 2nd observed (0, 2, 4, 6), windows of 2 -> 2 windows, each 10 of 16 dead
     assert [(h.first_step, h.last_step, h.samples) for h in callback.watch.history] == [(0, 2, 16), (4, 6, 16)]
-    assert logged and all(float(r["relu_doctor/dead_fraction"]) == 10 / 16 for r in logged)
+    # each window logged once, at the global_step after its last step, though neither 3 nor 7 is a multiple of
+    # log_every_n_steps=5 (the Trainer's own flushes)
+    assert [int(r["step"]) for r in logged] == [3, 7]
+    assert all(float(r["relu_doctor/dead_fraction"]) == 10 / 16 for r in logged)
+    assert float(trainer.callback_metrics["relu_doctor/dead_fraction"]) == 10 / 16  # what EarlyStopping can monitor
     assert all(float(r["relu_doctor/net.1/dead_fraction"]) == 10 / 16 for r in logged)
     assert {"relu_doctor/dying_fraction", "relu_doctor/dormant_fraction", "relu_doctor/net.1/dormant_fraction"} <= set(
         rows[0]
@@ -168,3 +172,40 @@ def test_transformers_callback_adds_the_metrics_to_the_trainers_log_history(tmp_
         (4, 5, 16),
     ]
     assert sum("relu-doctor" in str(w.message) for w in caught) == 3
+
+
+# -- shared settings -------------------------------------------------------------------------------------------
+def test_one_settings_object_serves_both_callbacks_and_checks_every_value() -> None:
+    from relu_doctor.errors import UsageError
+    from relu_doctor.integrations.settings import CallbackSettings, settings_from
+
+    settings = CallbackSettings(every=5, window=4, max_dead_fraction=0.25, report_path="-")
+    assert settings_from(None, {"every": 5, "window": 4, "max_dead_fraction": 0.25, "report_path": "-"}) == settings
+    assert settings_from(settings, {}) is settings
+    assert settings.limits.max_dead_fraction == 0.25 and settings.limits.max_layer_dead_fraction == 0.5
+    assert settings.output is not None and settings.output[0] == "table"  # a path alone: the table
+    assert settings.watch_options()["thresholds"] == settings.limits
+    for bad, message in (
+        ({"every": 0}, "every= must be an integer >= 1"),
+        ({"on_threshold": "panic"}, "on_threshold must be one of warn, stop"),
+        ({"max_layer_dead_fraction": 1.5}, "max_layer_dead_fraction must be a fraction"),
+        ({"report_format": "pdf"}, "report_format must be one of"),
+        ({"recycle": "all"}, "recycle= must be one of dormant, dead"),
+        ({"evry": 3}, "unknown callback option 'evry'"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            settings_from(None, bad)
+    with pytest.raises(UsageError, match="not both"):
+        settings_from(settings, {"every": 3})
+
+
+def test_both_callbacks_take_the_settings_object_or_its_fields(tmp_path: Path) -> None:
+    pytest.importorskip("lightning")
+    pytest.importorskip("transformers")
+    from relu_doctor.integrations import lightning, transformers
+    from relu_doctor.integrations.settings import CallbackSettings
+
+    settings = CallbackSettings(every=3, window=2, on_threshold="stop")
+    for module in (lightning, transformers):
+        assert module.ReluDoctorCallback(settings).settings is settings
+        assert module.ReluDoctorCallback(every=3, window=2, on_threshold="stop").settings == settings

@@ -10,7 +10,7 @@ from torch import nn
 from .._version import __version__
 from ..activations import ACTIVATION_MODULES
 from ..engine.observe import ObservedSite, ReluObserver
-from ..report import GateResult, ModelInfo, ProbeInfo, Report, Site, Thresholds
+from ..report import GateResult, ModelInfo, ProbeInfo, Report, Site, SiteRecord, Thresholds
 from .causes import InputScale, explain
 from .confidence import dead_rate_bound_95, dying_intervals, probe_size_warning, samples_needed
 from .diagnose import Evidence, constant_units, diagnose, is_constant_output
@@ -33,8 +33,36 @@ def build_report(
 
     With the model and its observer at hand, each dead unit also gets a cause (:mod:`relu_doctor.causes`).
     """
-    names = site_names(observed)
-    sites = tuple(_with_constant_units(build_site(site, name, thresholds)) for site, name in zip(observed, names))
+    records = [site.record() for site in observed]
+    return _report(records, thresholds, probe, model_info, unit_dim, observed, observer, model, input_scale)
+
+
+def report_from_records(
+    records: Sequence[SiteRecord], thresholds: Thresholds, probe: ProbeInfo, model_info: ModelInfo, unit_dim: int | None
+) -> Report:
+    """A report from sites as saved (stats files, merged ones): classified, totalled, diagnosed and gated. Without
+    the model there are no per-unit causes and no observer warnings."""
+    return _report(records, thresholds, probe, model_info, unit_dim, (), None, None, None)
+
+
+def judged_sites(records: Sequence[SiteRecord], thresholds: Thresholds) -> tuple[Site, ...]:
+    """The report's sites of ``records`` (in call order), named and classified, before the gate's verdicts."""
+    names = site_names(records)
+    return tuple(_with_constant_units(build_site(record, name, thresholds)) for record, name in zip(records, names))
+
+
+def _report(
+    records: Sequence[SiteRecord],
+    thresholds: Thresholds,
+    probe: ProbeInfo,
+    model_info: ModelInfo,
+    unit_dim: int | None,
+    observed: Sequence[ObservedSite],
+    observer: ReluObserver | None,
+    model: nn.Module | None,
+    input_scale: InputScale | None,
+) -> Report:
+    sites = judged_sites(records, thresholds)
     summary = summarize(sites, thresholds)
     gate = evaluate(sites, summary, thresholds)
     sites = tuple(_with_verdicts(site, thresholds, gate) for site in sites)

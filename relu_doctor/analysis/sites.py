@@ -10,13 +10,28 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Protocol
 
-from ..activations import site_op
-from ..engine.observe import ObservedSite
-from ..report import Site, Thresholds, UnitCounters, rate_summary
+from ..activations import MEMBERS_BY_NAME
+from ..report import Site, SiteRecord, Thresholds, UnitCounters, rate_summary
 
 
-def site_names(observed: Sequence[ObservedSite]) -> list[str]:
+class Called(Protocol):
+    """Where a site's relu op ran: all its name needs (an engine ObservedSite or a SiteRecord)."""
+
+    @property
+    def module_path(self) -> str: ...
+    @property
+    def call_index(self) -> int: ...
+    @property
+    def ordinal(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def member(self) -> str: ...
+
+
+def site_names(observed: Sequence[Called]) -> list[str]:
     """Unique, stable names in call order.
 
     A module site is named by its path, with ``#k`` when the module ran more than once per pass; a functional
@@ -30,15 +45,15 @@ def site_names(observed: Sequence[ObservedSite]) -> list[str]:
         if site.kind != "functional":
             names.append(owner or "<root>")
             continue
-        op = "relu6" if site.op.startswith("hardtanh") else site.op.rstrip("_")
+        op = MEMBERS_BY_NAME[site.member].display
         suffix = f"#{site.ordinal}" if functional_per_call[(site.module_path, site.call_index)] > 1 else ""
         names.append(f"{owner}:{op}{suffix}")
     return _deduplicated(names)
 
 
-def build_site(observed: ObservedSite, name: str, thresholds: Thresholds) -> Site:
+def build_site(observed: SiteRecord, name: str, thresholds: Thresholds) -> Site:
     """The report record of one observed site, classified with the given thresholds."""
-    counters = observed.counters.snapshot()
+    counters = observed.counters
     rates = tuple(p / counters.positions if counters.positions else 0.0 for p in counters.positive)
     nan_units = tuple(u for u in range(len(rates)) if counters.nan[u] or counters.inf[u])
     bad = set(nan_units)
@@ -50,7 +65,8 @@ def build_site(observed: ObservedSite, name: str, thresholds: Thresholds) -> Sit
         name=name,
         module_path=observed.module_path,
         call_index=observed.call_index,
-        op=site_op(observed.op),
+        ordinal=observed.ordinal,
+        op=MEMBERS_BY_NAME[observed.member].shown_as(observed.op),
         kind=observed.kind,
         unit_axis=observed.unit_axis,
         layout=observed.layout,

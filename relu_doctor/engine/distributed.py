@@ -55,7 +55,7 @@ def agree_on_failure(error: BaseException | None, group: Any = None) -> None:
 def _check_same_sites(sites: Sequence[ObservedSite], group: Any = None) -> None:
     import torch.distributed as dist
 
-    keys = [site_key(s) for s in sites]
+    keys = [s.identity for s in sites]
     everyone: list[Any] = [None] * dist.get_world_size(group)
     dist.all_gather_object(everyone, keys, group=group)
     for rank, other in enumerate(everyone):
@@ -65,11 +65,6 @@ def _check_same_sites(sites: Sequence[ObservedSite], group: Any = None) -> None:
                 f"(first difference: {_first_difference(everyone[0], other)}); the forward pass depends on the data, "
                 "so shards cannot be combined: scan in one process, or use --save-stats per shard and check the sites"
             )
-
-
-def site_key(site: ObservedSite) -> tuple[str, int, int, str, int, int]:
-    """What identifies a site across ranks and files: owner path, call, ordinal, op, units, unit axis."""
-    return (site.module_path, site.call_index, site.ordinal, site.op, site.counters.units, site.unit_axis)
 
 
 def _first_difference(ours: list[Any], theirs: list[Any]) -> str:

@@ -10,8 +10,9 @@ from torch import nn
 
 from ..errors import ObservationError, ReluDoctorError, first_line
 from ..settings import DEFAULT_REDUCER
+from .batches import batch_samples
 from .layers import first_layer_hint
-from .observe import MaskedBatch, ReluObserver
+from .observe import ReluObserver
 
 Progress = Callable[[int], None]
 """Called after each batch with the number of samples in it."""
@@ -61,11 +62,3 @@ def _forward(observer: ReluObserver, batch: Any) -> None:
             f"the forward pass failed on a probe batch of shape {shape}: {type(exc).__name__}: {message}; "
             f"check --probe / --input-shape against what the model expects{f' ({hint})' if hint else ''}"
         ) from exc
-
-
-def batch_samples(batch: Any) -> int:
-    """Samples in one batch: the first axis of its first tensor (1 for a batch without one)."""
-    first = batch[0] if isinstance(batch, (tuple, list)) else batch
-    if isinstance(first, MaskedBatch):
-        return int(first.input_ids.shape[0])
-    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1

@@ -1,7 +1,8 @@
-"""How a relu op of a forward pass is keyed: (owner path, call of the owner in the pass, relu op of that call).
+"""How a relu op of a forward pass gets its :data:`~relu_doctor.report.SiteKey` (owner path, call of the owner in
+the pass, relu op of that call) while the pass runs.
 
 The observer keys its sites with it, and the fix simulations key their re-runs with it, so a site there is the
-same site.
+same site; the key itself is the report's (``Site.key``), the one definition of site identity.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from collections import Counter
 
 from torch import nn
 
-from ..activations import ACTIVATION_MODULES
+from ..activations import ACTIVATION_CLASS_NAMES, ACTIVATION_MODULES
+from ..report import SiteKey
 from .tracking import ModuleCallTracker
 
-SiteKey = tuple[str, int, int]
-"""(owner module path, call of the owner in the pass, relu op of that call): how a site is keyed."""
+__all__ = ["SiteKey", "SiteKeys"]
 
 
 class SiteKeys:
@@ -89,4 +90,4 @@ class SiteKeys:
         if isinstance(module, ACTIVATION_MODULES):
             return "module"
         original = getattr(module, "original_name", "")
-        return "module" if path and original in {"ReLU", "ReLU6", "Hardtanh", "Threshold"} else "functional"
+        return "module" if path and original in ACTIVATION_CLASS_NAMES else "functional"

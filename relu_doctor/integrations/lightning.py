@@ -1,11 +1,12 @@
 """Lightning 2.x callback: watch relu units while ``Trainer.fit`` runs (``pip install 'relu-doctor[lightning]'``).
 
-``Trainer(callbacks=[ReluDoctorCallback(every=10, window=10)])``. Each optimizer step whose ``global_step`` is a
+``Trainer(callbacks=[ReluDoctorCallback(every=10, window=10)])`` (or ``ReluDoctorCallback(CallbackSettings(...))``). Each optimizer step whose ``global_step`` is a
 multiple of ``every`` is observed: the training step's forward (``on_train_batch_start`` to ``on_before_backward``,
 so whatever modules ``training_step`` calls) is counted in training mode. When a window of ``window`` observed steps
-closes, the model's and every site's ``dead_fraction``, ``dying_fraction`` and ``dormant_fraction`` go to
-``pl_module.log_dict`` (hence to every logger, at the Trainer's ``log_every_n_steps``, and to ``callback_metrics``);
-a window over ``max_layer_dead_fraction`` / ``max_dead_fraction`` warns (:class:`DyingReluWarning`) or, with
+closes, the model's and every site's ``dead_fraction``, ``dying_fraction`` and ``dormant_fraction`` go to every
+logger of the Trainer (``Logger.log_metrics`` at that ``global_step``, so each window is logged once, whatever
+``log_every_n_steps`` is) and to ``callback_metrics`` (``pl_module.log_dict(..., logger=False)``, so
+``EarlyStopping`` or ``ModelCheckpoint`` can monitor them); a window over ``max_layer_dead_fraction`` / ``max_dead_fraction`` warns (:class:`DyingReluWarning`) or, with
 ``on_threshold="stop"``, also sets ``trainer.should_stop``. At the end of fit the last window's report is written
 in ``report_format`` to ``report_path`` (``-``: standard output) and kept as :attr:`ReluDoctorCallback.report`.
 """
@@ -16,9 +17,9 @@ import contextlib
 import warnings
 from typing import Any
 
-from ..report import Report, Thresholds
+from ..report import Report
 from ..watching import Watch
-from ._common import DyingReluWarning, callback_settings, metrics_of, threshold_message, write_report
+from .settings import CallbackSettings, DyingReluWarning, alerts, metrics_of, settings_from, write_report
 
 try:
     from lightning.pytorch import Callback
@@ -30,43 +31,17 @@ except ImportError:  # pragma: no cover - the standalone package name
             "relu_doctor.integrations.lightning needs Lightning 2.x: pip install 'relu-doctor[lightning]'"
         ) from error
 
-__all__ = ["DyingReluWarning", "ReluDoctorCallback"]
+__all__ = ["CallbackSettings", "DyingReluWarning", "ReluDoctorCallback"]
 
 
 class ReluDoctorCallback(Callback):
-    """Counts dead, dying and dormant relu units during ``fit`` and logs them; see the module docstring."""
+    """Counts dead, dying and dormant relu units during ``fit`` and logs them; see the module docstring and
+    :class:`~relu_doctor.integrations.settings.CallbackSettings` for the options."""
 
-    def __init__(
-        self,
-        *,
-        every: int = 10,
-        window: int = 10,
-        max_layer_dead_fraction: float | None = 0.5,
-        max_dead_fraction: float | None = None,
-        on_threshold: str = "warn",
-        per_site: bool = True,
-        report_format: str | None = None,
-        report_path: str | None = None,
-        recycle_every: int | None = None,
-        recycle: str = "dormant",
-        seed: int = 0,
-        thresholds: Thresholds | None = None,
-    ) -> None:
+    def __init__(self, settings: CallbackSettings | None = None, /, **options: Any) -> None:
         super().__init__()
-        self.settings = callback_settings(
-            every=every,
-            window=window,
-            max_layer_dead_fraction=max_layer_dead_fraction,
-            max_dead_fraction=max_dead_fraction,
-            on_threshold=on_threshold,
-            per_site=per_site,
-            report_format=report_format,
-            report_path=report_path,
-            recycle_every=recycle_every,
-            recycle=recycle,
-            seed=seed,
-            thresholds=thresholds,
-        )
+        self.settings = settings_from(settings, options)
+        """The checked settings."""
         self.watch: Watch | None = None
         """The watch of the current fit (None before ``fit`` starts)."""
         self.report: Report | None = None
@@ -84,7 +59,7 @@ class ReluDoctorCallback(Callback):
             optimizer=list(trainer.optimizers),
             count_optimizer_steps=False,
             start_step=trainer.global_step,
-            **self.settings.watch_settings(),
+            **self.settings.watch_options(),
         )
         self.watch.start()
         self._handled = 0
@@ -105,21 +80,18 @@ class ReluDoctorCallback(Callback):
             return
         self._close_scope()
         self._catch_up(trainer)
-        closed = self._handle_new_windows(trainer)
-        latest = self.watch.history[-1] if self.watch.history else None
-        if latest is not None and (closed or _logger_due(trainer)):
-            metrics = metrics_of(latest, self.watch.recycles, self.settings.per_site)
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, logger=True)
+        if self._handle_new_windows(trainer):
+            metrics = metrics_of(self.watch.history[-1], self.watch.recycles, self.settings.per_site)
+            pl_module.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, logger=False)
+            _to_loggers(trainer, metrics)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if self.watch is None:
             return
         self._close_scope()
         self.watch.close()
-        if self._handle_new_windows(trainer):  # the last, partial window: logging through log_dict is over
-            metrics = metrics_of(self.watch.history[-1], self.watch.recycles, self.settings.per_site)
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
+        if self._handle_new_windows(trainer):  # the last, partial window: log_dict is closed by now
+            _to_loggers(trainer, metrics_of(self.watch.history[-1], self.watch.recycles, self.settings.per_site))
         if self.watch.history:
             self.report = self.watch.report()
             if trainer.is_global_zero:
@@ -147,21 +119,16 @@ class ReluDoctorCallback(Callback):
         assert self.watch is not None
         history = self.watch.history
         fresh, self._handled = history[self._handled :], len(history)
-        for record in fresh:
-            message = threshold_message(record)
-            if message is None:
-                continue
-            if self.settings.on_threshold == "stop":
-                trainer.should_stop = True
-                message += "; stopping training (on_threshold='stop')"
-            if trainer.is_global_zero:
-                warnings.warn(message, DyingReluWarning, stacklevel=2)
+        messages = alerts(fresh, self.settings)
+        if messages and self.settings.on_threshold == "stop":
+            trainer.should_stop = True
+        for message in messages if trainer.is_global_zero else ():
+            warnings.warn(message, DyingReluWarning, stacklevel=2)
         return bool(fresh)
 
 
-def _logger_due(trainer: Any) -> bool:
-    """True on the steps the Trainer hands logged values to its loggers (``log_every_n_steps``), so the latest
-    window's values reach them however windows and logging steps line up."""
-    connector = getattr(trainer, "_logger_connector", None)
-    due = getattr(connector, "should_update_logs", None)
-    return True if due is None else bool(due)
+def _to_loggers(trainer: Any, metrics: dict[str, float]) -> None:
+    """Hand a window's values to every logger at the current ``global_step`` (Lightning's loggers write on rank 0
+    only); through ``log_dict`` they would reach the loggers only on ``log_every_n_steps`` steps."""
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)

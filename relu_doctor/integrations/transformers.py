@@ -1,6 +1,6 @@
 """Hugging Face ``Trainer`` callback: watch relu units while ``trainer.train()`` runs (``pip install 'relu-doctor[hf]'``).
 
-``Trainer(..., callbacks=[ReluDoctorCallback(every=10, window=10)])``. Each optimizer step whose ``global_step`` is
+``Trainer(..., callbacks=[ReluDoctorCallback(every=10, window=10)])`` (or ``ReluDoctorCallback(CallbackSettings(...))``). Each optimizer step whose ``global_step`` is
 a multiple of ``every`` is observed: the model's training forward passes (every micro-batch of it) are counted in
 training mode; evaluation passes (eval mode) are not. The latest closed window's ``relu_doctor/...`` fractions are
 added to every log the Trainer makes (``logging_steps``), so they land in ``trainer.state.log_history``
@@ -16,9 +16,9 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from ..report import Report, Thresholds
+from ..report import Report
 from ..watching import Watch
-from ._common import DyingReluWarning, callback_settings, metrics_of, threshold_message, write_report
+from .settings import CallbackSettings, DyingReluWarning, alerts, metrics_of, settings_from, write_report
 
 try:
     from transformers import TrainerCallback
@@ -27,42 +27,16 @@ except ImportError as error:  # pragma: no cover - exercised only without transf
         "relu_doctor.integrations.transformers needs transformers: pip install 'relu-doctor[hf]'"
     ) from error
 
-__all__ = ["DyingReluWarning", "ReluDoctorCallback"]
+__all__ = ["CallbackSettings", "DyingReluWarning", "ReluDoctorCallback"]
 
 
 class ReluDoctorCallback(TrainerCallback):
-    """Counts dead, dying and dormant relu units during ``train()`` and logs them; see the module docstring."""
+    """Counts dead, dying and dormant relu units during ``train()`` and logs them; see the module docstring and
+    :class:`~relu_doctor.integrations.settings.CallbackSettings` for the options."""
 
-    def __init__(
-        self,
-        *,
-        every: int = 10,
-        window: int = 10,
-        max_layer_dead_fraction: float | None = 0.5,
-        max_dead_fraction: float | None = None,
-        on_threshold: str = "warn",
-        per_site: bool = True,
-        report_format: str | None = None,
-        report_path: str | None = None,
-        recycle_every: int | None = None,
-        recycle: str = "dormant",
-        seed: int = 0,
-        thresholds: Thresholds | None = None,
-    ) -> None:
-        self.settings = callback_settings(
-            every=every,
-            window=window,
-            max_layer_dead_fraction=max_layer_dead_fraction,
-            max_dead_fraction=max_dead_fraction,
-            on_threshold=on_threshold,
-            per_site=per_site,
-            report_format=report_format,
-            report_path=report_path,
-            recycle_every=recycle_every,
-            recycle=recycle,
-            seed=seed,
-            thresholds=thresholds,
-        )
+    def __init__(self, settings: CallbackSettings | None = None, /, **options: Any) -> None:
+        self.settings = settings_from(settings, options)
+        """The checked settings."""
         self.watch: Watch | None = None
         """The watch of the current training run (None before it starts)."""
         self.report: Report | None = None
@@ -80,7 +54,7 @@ class ReluDoctorCallback(TrainerCallback):
             optimizer=optimizers,
             count_optimizer_steps=False,
             start_step=state.global_step,
-            **self.settings.watch_settings(),
+            **self.settings.watch_options(),
         )
         self.watch.start()
         self._handled = 0
@@ -120,14 +94,7 @@ class ReluDoctorCallback(TrainerCallback):
         assert self.watch is not None
         history = self.watch.history
         fresh, self._handled = history[self._handled :], len(history)
-        broken = False
-        for record in fresh:
-            message = threshold_message(record)
-            if message is None:
-                continue
-            broken = True
-            if self.settings.on_threshold == "stop":
-                message += "; stopping training (on_threshold='stop')"
-            if state.is_world_process_zero:
-                warnings.warn(message, DyingReluWarning, stacklevel=2)
-        return broken
+        messages = alerts(fresh, self.settings)
+        for message in messages if state.is_world_process_zero else ():
+            warnings.warn(message, DyingReluWarning, stacklevel=2)
+        return bool(messages)

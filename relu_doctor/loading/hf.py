@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ArchitectureError, CheckpointError, UsageError
+from ..errors import ArchitectureError, CheckpointError, UntrustedCodeError, UsageError
 from .messages import describe_exception, first_few
 
 HF_EXTRA = "pip install 'relu-doctor[hf]'"
@@ -44,6 +44,8 @@ def build_hf_model(path: Path, tensors: Mapping[str, Any], *, trust: bool) -> tu
     ``trust`` allows a config whose model code lives in the folder (``trust_remote_code``); without it such a
     config is refused by transformers and reported in one line.
     """
+    if not trust:
+        _refuse_remote_code(path)
     transformers = _transformers()
     try:
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust)
@@ -66,6 +68,27 @@ def build_hf_model(path: Path, tensors: Mapping[str, Any], *, trust: bool) -> tu
         ) from None
     _adopt(model, tensors, path)
     return model, type(model).__name__
+
+
+REMOTE_CODE = "Hugging Face remote-code"
+"""The format name of a model folder whose config.json names model code in the folder (``auto_map``)."""
+
+
+def _refuse_remote_code(path: Path) -> None:
+    """UntrustedCodeError when config.json's ``auto_map`` names code in the folder: read as JSON, before
+    transformers sees the folder, so nothing from it is imported."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # transformers reports an unreadable config in its own words
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if auto_map:
+        named = ", ".join(sorted(str(v) for v in auto_map.values())) if isinstance(auto_map, dict) else str(auto_map)
+        raise UntrustedCodeError(
+            f"{path}/config.json names model code in the folder (auto_map: {named[:200]}), so building the model "
+            "runs that code; pass --trust if you trust its source (or build it yourself with --arch)",
+            format_name=REMOTE_CODE,
+        )
 
 
 def _adopt(model: torch.nn.Module, tensors: Mapping[str, Any], path: Path) -> None:
@@ -111,7 +134,10 @@ def tokenizer_from(directory: Path) -> Any:
             "or token ids as a .npy probe with --probe-mask"
         )
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        # Never a tokenizer's own code: a folder naming one in tokenizer_config.json is refused in one line.
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            str(directory), local_files_only=True, trust_remote_code=False
+        )
     except Exception as error:
         raise UsageError(
             f"no tokenizer in {directory} ({describe_exception(error)}); pass --tokenizer DIR with tokenizer.json, "

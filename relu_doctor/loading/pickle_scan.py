@@ -346,11 +346,6 @@ def check_torch_file(path: Path) -> PickleFacts:
     return facts
 
 
-def pickle_globals(stream: IO[bytes]) -> set[str]:
-    """Every `module.name` one pickle (read up to its STOP) would import, without unpickling it (bounded)."""
-    return set(scan_pickle(stream).globals)
-
-
 def non_dense_globals(names: Iterable[str]) -> set[str]:
     """The globals that rebuild sparse, quantized, nested, meta or subclass tensors."""
     return {name for name in names if name in NON_DENSE_GLOBALS or name.startswith(_NON_DENSE_PREFIXES)}

@@ -8,7 +8,6 @@ attribute name). A prefix is removed only when that makes the keys match the mod
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,16 +20,6 @@ _MAX_PREFIXES = 4
 # Optimizer, scheduler and loop state hold str->tensor dicts too (exp_avg, ...), but never weights.
 _NOT_WEIGHTS = ("optim", "sched", "scaler", "loops")
 _PREFIX_REASONS = {"module.": "DistributedDataParallel", "_orig_mod.": "torch.compile"}
-
-
-@dataclass(frozen=True)
-class SelectedWeights:
-    """The state dict chosen from a checkpoint and how it was found."""
-
-    tensors: dict[str, torch.Tensor]
-    """Parameter and buffer tensors by key."""
-    key: str
-    """Where in the checkpoint it was ("" for the top level)."""
 
 
 def is_state_dict(value: Any) -> bool:

@@ -64,13 +64,6 @@ def _prediction_text(prediction: Prediction) -> str:
     return text + (f", {killed:,} other unit{'' if killed == 1 else 's'} newly dead" if killed else "")
 
 
-def finding_line(finding: Finding) -> str:
-    """``[code] site, units …: cause; suggestion`` as one line of text."""
-    where = finding.site or "model"
-    units = f" (units {units_text(finding.units)})" if finding.units else ""
-    return f"[{finding.code}] {where}{units}: {finding.cause}; {finding.suggestion}"
-
-
 def render_markdown(report: Report) -> str:
     """The report as Markdown."""
     icon = "✅" if report.gate.passed else "❌"

@@ -14,6 +14,7 @@ from rich.text import Text
 from ..report import Finding, Report, Site
 from .certificate import certification_lines
 from .common import percent, summary_line
+from .layers import layer_rows, row_cells, should_group
 from .markdown import confidence_line, predicted_text, site_causes, units_text
 
 _STATUS_STYLE = {"FAIL": "bold red", "dead": "red", "nan": "magenta", "warn": "yellow", "ok": "green"}
@@ -47,27 +48,37 @@ DROP_ORDER = ("zeros", "dormant", "op", "#", "causes", "dying", "units")
 status (the verdict) are never dropped; the JSON and the findings below the table carry everything dropped."""
 
 
-def sites_table(report: Report, width: int | None = None) -> Table:
+def sites_table(report: Report, width: int | None = None, by_layer: bool | None = None) -> Table:
     """One row per site: units, dead, dying, dormant, zeros (sparsity), cause codes and status.
 
     With a ``width``, low-value columns are dropped (:data:`DROP_ORDER`) until the table fits it. Firing rates
     and the dead units' max pre-activation are in the JSON; the causes' numbers are listed below.
+    ``by_layer``: one row per numbered layer, clean runs folded (:mod:`relu_doctor.render.layers`); None groups
+    by its automatic rule (:func:`~relu_doctor.render.layers.should_group`).
     """
+    grouped = should_group(report) if by_layer is None else by_layer
     shown = list(_COLUMNS)
-    table = _table(report, shown)
+    table = _table(report, shown, grouped)
     for name in DROP_ORDER:
         if width is None or _natural_width(table) <= width:
             break
         shown.remove(name)
-        table = _table(report, shown)
+        table = _table(report, shown, grouped)
     return table
 
 
-def _table(report: Report, shown: list[str]) -> Table:
-    table = Table(title="relu sites (call order)", title_justify="left", expand=False)
+def _table(report: Report, shown: list[str], by_layer: bool) -> Table:
+    title = "relu sites by layer (call order; every site in --format json)" if by_layer else "relu sites (call order)"
+    table = Table(title=title, title_justify="left", expand=False)
     for name in shown:
         column = _COLUMNS[name]
         table.add_column(column.header, justify=column.justify, no_wrap=column.no_wrap, overflow="fold")
+    if by_layer:
+        for row in layer_rows(report):
+            cells = row_cells(report, row)
+            status = Text(cells["status"], style=_STATUS_STYLE[cells["status"]])
+            table.add_row(*(status if name == "status" else cells[name] for name in shown))
+        return table
     for site in report.sites:
         table.add_row(*(_COLUMNS[name].cell(report, site) for name in shown))
     return table
@@ -92,12 +103,13 @@ def finding_renderable(finding: Finding) -> RenderableType:
     return line
 
 
-def report_renderable(report: Report, width: int | None = None) -> RenderableType:
-    """The whole terminal report as one rich renderable."""
+def report_renderable(report: Report, width: int | None = None, by_layer: bool | None = None) -> RenderableType:
+    """The whole terminal report as one rich renderable (``by_layer``: see :func:`sites_table`)."""
     parts: list[RenderableType] = [
         Text(f"relu-doctor {report.tool_version}: {report.model.path or 'model'}", style="bold")
     ]
-    parts.append(sites_table(report, width) if report.sites else Text("no relu sites found", style="yellow"))
+    table = sites_table(report, width, by_layer) if report.sites else Text("no relu sites found", style="yellow")
+    parts.append(table)
     parts.append(Text(summary_line(report), style="bold green" if report.gate.passed else "bold red"))
     parts.append(Text(confidence_line(report), style="dim"))
     parts.extend(Text(f"✗ {v.text}", style="red") for v in report.gate.violations)
@@ -115,13 +127,14 @@ def report_renderable(report: Report, width: int | None = None) -> RenderableTyp
     return Group(*parts)
 
 
-def render_table(report: Report, *, width: int | None = 100, color: bool = False) -> str:
+def render_table(report: Report, *, width: int | None = 100, color: bool = False, by_layer: bool | None = None) -> str:
     """The terminal report as text, with or without ANSI colour.
 
     ``width``: the table fits it (columns dropped as needed); None for a pipe or a file: nothing is wrapped.
     With None no line is wrapped (``grep 'gate passed'`` finds the summary); no line carries trailing spaces.
+    ``by_layer``: group sites by layer (True), never (False), or by the automatic rule (None, :func:`sites_table`).
     """
-    return print_to_text(report_renderable(report, width), width=width, color=color)
+    return print_to_text(report_renderable(report, width, by_layer), width=width, color=color)
 
 
 def print_to_text(renderable: RenderableType, *, width: int | None, color: bool) -> str:

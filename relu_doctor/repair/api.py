@@ -254,7 +254,7 @@ def _still_dead(work: nn.Module, plans: Sequence[SitePlan], context: _Context) -
         seen = by_name.get(plan.site.name)
         if seen is None:
             continue
-        dead = set(build_site(seen, plan.site.name, context.thresholds).dead_units)
+        dead = set(build_site(seen.record(), plan.site.name, context.thresholds).dead_units)
         units = [u for u in plan.units if u in dead]
         if units:
             silent.append((plan, units))

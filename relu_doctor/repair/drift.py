@@ -10,8 +10,9 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from ..engine.batches import call_arguments
+from ..engine.masking import batch_mask, real_positions
 from ..engine.model_state import evaluating
-from ..engine.observe import call_arguments
 from .records import Drift
 
 
@@ -42,15 +43,21 @@ class DriftMeter:
 
 
 def flat_output(model: nn.Module, batch: Any) -> torch.Tensor:
-    """Every floating-point output element of one forward pass, as one flat float64 CPU tensor."""
+    """Every floating-point output element of one forward pass, as one flat float64 CPU tensor (a token batch's
+    padded positions left out)."""
     args, kwargs = call_arguments(batch)
     with torch.inference_mode():
-        return flat_floats(model(*args, **kwargs))
+        return flat_floats(model(*args, **kwargs), batch_mask(batch))
 
 
-def flat_floats(output: Any) -> torch.Tensor:
-    """Every floating-point tensor of a model's output, as one flat float64 CPU tensor (what drift compares)."""
+def flat_floats(output: Any, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Every floating-point tensor of a model's output, as one flat float64 CPU tensor (what drift compares).
+
+    ``mask``: a token batch's (samples, positions) attention mask; entries at padded positions are left out of
+    every output that lines up with it (:func:`relu_doctor.engine.masking.real_positions`)."""
     leaves = [t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if mask is not None:
+        leaves = [real_positions(t.detach(), mask) for t in leaves]
     if not leaves:
         return torch.zeros(0, dtype=torch.float64)
     return torch.cat([t.detach().reshape(-1).double().cpu() for t in leaves])

@@ -39,6 +39,10 @@ from .records import RecycleEvent, WindowRecord, window_record
 from .recycling import RECYCLE_CHOICES, recycle_live
 
 ATTACH_CHOICES = ("forward", "manual")
+RUN_PASSES = 1_000
+"""How many observed passes ``reducer="auto"`` expects of a training run (it cannot know): after the first pass it
+loads the fused (numba) reducer when that many passes of its size pay for loading it, as a scan does with its
+probe; a tiny test model never does, the benchmark CNN and MLP do."""
 """How passes are found: hooks on the model's own forward, or :meth:`Watch.observing` spans (the Lightning callback)."""
 
 
@@ -68,7 +72,7 @@ class Watch:
         attach: str = "forward",
         count_optimizer_steps: bool = True,
     ) -> None:
-        _check_settings(every, window, recycle_every, recycle, start_step, attach)
+        check_watch_settings(every, window, recycle_every, recycle, start_step, attach)
         self.model = model
         self.every, self.window = every, window
         self.thresholds = thresholds or Thresholds()
@@ -77,7 +81,7 @@ class Watch:
         self.optimizers: tuple[torch.optim.Optimizer, ...] = _as_tuple(optimizer)
         """Optimizers whose per-weight state a recycle resets (the first one also counts steps, unless told not to)."""
         self._count_optimizer_steps = count_optimizer_steps and bool(self.optimizers)
-        self._observer = ReluObserver(model, unit_dim=unit_dim, reducer=reducer)
+        self._observer = ReluObserver(model, unit_dim=unit_dim, reducer=reducer, expected_passes=RUN_PASSES)
         self._step = start_step
         self._started = self._closed = False
         self._optimizer_hook: Any = None
@@ -342,8 +346,8 @@ def _as_tuple(optimizer: Any) -> tuple[torch.optim.Optimizer, ...]:
     return (optimizer,)
 
 
-def _check_settings(
-    every: int, window: int, recycle_every: int | None, recycle: str, start_step: int, attach: str
+def check_watch_settings(
+    every: int, window: int, recycle_every: int | None, recycle: str, start_step: int = 0, attach: str = "forward"
 ) -> None:
     """Every setting checked before any hook is installed, naming the bad value."""
     for name, value in (("every", every), ("window", window)):

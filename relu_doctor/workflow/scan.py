@@ -186,6 +186,7 @@ def build_probe(request: ScanRequest, model: Any, example: Any = None) -> Any:
     synthetic probe its sample shape and, when the program fixes it, its batch size.
     """
     from .probe import file_probe, synthetic_probe
+    from .text_probe import with_token_rows
 
     static_batch = example.static_batch if example is not None else None
     if request.probe_path is not None and (is_text_probe(request.probe_path) or request.probe_mask is not None):
@@ -195,11 +196,11 @@ def build_probe(request: ScanRequest, model: Any, example: Any = None) -> Any:
         limit = request.samples if request.limit_samples else None
         probe = file_probe(request.probe_path, batch_size=request.batch_size, key=request.probe_key, limit=limit)
         _check_static_batch(probe.info.samples, probe.info.batch_size, static_batch, request.model_path)
-        return probe
+        return with_token_rows(probe, model)
     samples, batch_size = request.samples, request.batch_size
     if static_batch is not None:  # a synthetic probe can follow the program: whole batches of its size
         samples, batch_size = -(-samples // static_batch) * static_batch, static_batch
-    return synthetic_probe(
+    probe = synthetic_probe(
         model,
         samples=samples,
         seed=request.seed,
@@ -207,6 +208,7 @@ def build_probe(request: ScanRequest, model: Any, example: Any = None) -> Any:
         input_shape=request.input_shape,
         example_shape=example.sample_shape if example is not None else None,
     )
+    return with_token_rows(probe, model)
 
 
 def is_text_probe(path: str) -> bool:

@@ -2,10 +2,15 @@
 
 A stats file is a safetensors file: the tensors are every site's counters (``site<k>.<counter>``, from
 :meth:`UnitAccumulator.tensors`), and the header's metadata holds one JSON document (key ``relu_doctor``) with
-each site's identity, the probe, the model and the scan settings. Merging adds counters site by site
-(:meth:`UnitAccumulator.merge`: sums for counts and sums, max for maxima) and rebuilds the report with
-:func:`relu_doctor.api.build_report`, so merging the files of disjoint probe shards equals one scan of their
-union. What needs the model's weights (the per-unit causes) is left out of a merged report.
+each site's :class:`~relu_doctor.report.SiteRecord` fields (the report's names: which relu op it is, its unit
+axis and layout, its producer), the probe, the model and the scan settings. Reading gives back SiteRecords, never
+the engine's types. Merging adds counters site by site (:meth:`UnitCounters.merged`: sums for counts and sums,
+max for maxima, as the engine merges batches) and builds the report from the records
+(:func:`relu_doctor.analysis.build.report_from_records`), so merging the files of disjoint probe shards equals
+one scan of their union. What needs the model's weights (the per-unit causes) is left out of a merged report.
+
+Layout versions: 2 stores the SiteRecord fields; 1 (relu-doctor 0.1) also stored the observer's graph facts
+(consumers, sums, concatenations), which a merge never used; both are read.
 """
 
 from __future__ import annotations
@@ -21,29 +26,19 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import UsageError
-from ..report import ModelInfo, ProbeInfo, Producer, Report, Thresholds
+from ..report import ModelInfo, ProbeInfo, Producer, Report, SiteRecord, Thresholds, UnitCounters
 from .writer import OutputTarget, plan_output, write_with
 
 FORMAT = "relu-doctor-stats"
 """The ``format`` field of every stats file."""
-VERSION = 1
-"""Layout version of the JSON metadata; a newer file is refused with a clear message."""
+VERSION = 2
+"""Layout version of the JSON metadata this relu-doctor writes; a newer file is refused with a clear message."""
+READABLE_VERSIONS = (1, 2)
+"""Layout versions this relu-doctor reads."""
 METADATA_KEY = "relu_doctor"
 """safetensors metadata key holding the JSON document."""
-_SITE_FIELDS = (
-    "index",
-    "module_path",
-    "call_index",
-    "ordinal",
-    "op",
-    "kind",
-    "unit_axis",
-    "layout",
-    "activation_shape",
-    "feeds_sum",
-    "feeds_concat",
-    "reaches_output",
-)
+_SITE_FIELDS = tuple(f.name for f in dataclasses.fields(SiteRecord) if f.name not in ("counters", "producer"))
+"""What a stats file says of a site besides its counters and producer: the SiteRecord's plain fields."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +47,8 @@ class SavedStats:
 
     path: str
     """Where it was read from."""
-    sites: tuple[Any, ...]
-    """The observed sites (:class:`relu_doctor.observe.ObservedSite`) with their counters, in call order."""
+    sites: tuple[SiteRecord, ...]
+    """The sites with their counters, in call order."""
     probe: ProbeInfo
     """The probe that was scanned."""
     model: ModelInfo
@@ -129,7 +124,7 @@ def save_stats(
         "format": FORMAT,
         "version": VERSION,
         "tool_version": __version__,
-        "sites": [_site_record(site) for site in observer.sites],
+        "sites": [_site_document(site.record()) for site in observer.sites],
         "probe": dataclasses.asdict(probe),
         "model": dataclasses.asdict(model),
         "thresholds": dataclasses.asdict(thresholds),
@@ -169,7 +164,7 @@ def merge_stats(paths: Sequence[str | Path], overrides: Mapping[str, Any] | None
     The thresholds are those saved in the first file, with ``overrides`` (Thresholds field -> value) applied.
     Raises UsageError when the files come from different models or saw different sites.
     """
-    from ..analysis.build import build_report
+    from ..analysis.build import report_from_records
 
     if not paths:
         raise UsageError("merge needs at least one stats file; pass the files written by scan --save-stats")
@@ -177,7 +172,7 @@ def merge_stats(paths: Sequence[str | Path], overrides: Mapping[str, Any] | None
     _check_compatible(saved)
     sites = _merged_sites(saved)
     thresholds = dataclasses.replace(saved[0].thresholds, **(overrides or {}))
-    report = build_report(sites, None, None, thresholds, _merged_probe(saved), saved[0].model, saved[0].unit_dim)
+    report = report_from_records(sites, thresholds, _merged_probe(saved), saved[0].model, saved[0].unit_dim)
     return dataclasses.replace(
         report,
         warnings=tuple(dict.fromkeys(w for s in saved for w in s.warnings)) + report.warnings,
@@ -185,26 +180,23 @@ def merge_stats(paths: Sequence[str | Path], overrides: Mapping[str, Any] | None
     )
 
 
-def _site_record(site: Any) -> dict[str, Any]:
-    record = {name: getattr(site, name) for name in _SITE_FIELDS}
-    record["producer"] = None if site.producer is None else dataclasses.asdict(site.producer)
-    record["consumers"] = sorted([list(c[:2]) + [list(c[2])] for c in site.consumers])
-    record["unknown_uses"] = sorted(site.unknown_uses)
-    return record
+def _site_document(record: SiteRecord) -> dict[str, Any]:
+    document = {name: getattr(record, name) for name in _SITE_FIELDS}
+    document["producer"] = None if record.producer is None else dataclasses.asdict(record.producer)
+    return document
 
 
-def _site_from(record: dict[str, Any], tensors: dict[str, Any], k: int) -> Any:
-    from ..engine.counters import UnitAccumulator
-    from ..engine.observe import ObservedSite
-
+def _site_from(document: dict[str, Any], tensors: dict[str, Any], k: int) -> SiteRecord:
+    """Site ``k`` of a file: its fields (a version-1 file's extra graph facts are passed over) and counters."""
     prefix = f"site{k}."
-    counters = UnitAccumulator.from_tensors({n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)})
-    fields = {name: _tupled(record[name]) for name in _SITE_FIELDS}
-    producer = None if record.get("producer") is None else _record(Producer, record["producer"])
-    site = ObservedSite(counters=counters, producer=producer, **fields)
-    site.consumers.update((a, b, tuple(shape)) for a, b, shape in record.get("consumers", ()))
-    site.unknown_uses.update(record.get("unknown_uses", ()))
-    return site
+    counters = {n[len(prefix) :]: t.tolist() for n, t in tensors.items() if n.startswith(prefix)}
+    if "member" not in document:  # written before sites recorded their member: the op's first one, as meant then
+        from ..activations import member_for_op
+
+        document = {**document, "member": member_for_op(document["op"]).name}
+    fields = {name: _tupled(document[name]) for name in _SITE_FIELDS}
+    producer = None if document.get("producer") is None else _record(Producer, document["producer"])
+    return SiteRecord(counters=_record(UnitCounters, counters), producer=producer, **fields)
 
 
 def _record(cls: Any, values: dict[str, Any]) -> Any:
@@ -238,16 +230,15 @@ def _read(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def _check_version(source: Path, document: Any) -> None:
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise UsageError(f"{str(source)!r} is not a relu-doctor stats file; pass files written by scan --save-stats")
-    if document.get("version") != VERSION:
+    if document.get("version") not in READABLE_VERSIONS:
         raise UsageError(
             f"stats file {str(source)!r} has layout version {document.get('version')!r}, this relu-doctor reads "
-            f"{VERSION}; merge with the relu-doctor version that wrote it ({document.get('tool_version')})"
+            f"{', '.join(map(str, READABLE_VERSIONS))}; merge with the relu-doctor version that wrote it "
+            f"({document.get('tool_version')})"
         )
 
 
 def _check_compatible(saved: list[SavedStats]) -> None:
-    from ..engine.distributed import site_key
-
     first = saved[0]
     for other in saved[1:]:
         if first.model.sha256 and other.model.sha256 and first.model.sha256 != other.model.sha256:
@@ -255,7 +246,7 @@ def _check_compatible(saved: list[SavedStats]) -> None:
                 f"{other.path!r} scanned a different model (sha256 {other.model.sha256[:12]}) than {first.path!r} "
                 f"({first.model.sha256[:12]}); merge only the shards of one model"
             )
-        ours, theirs = [site_key(s) for s in first.sites], [site_key(s) for s in other.sites]
+        ours, theirs = [s.identity for s in first.sites], [s.identity for s in other.sites]
         if ours != theirs:
             raise UsageError(
                 f"{other.path!r} saw {len(theirs)} sites, {first.path!r} saw {len(ours)} (or they differ in order, "
@@ -263,13 +254,10 @@ def _check_compatible(saved: list[SavedStats]) -> None:
             )
 
 
-def _merged_sites(saved: list[SavedStats]) -> list[Any]:
+def _merged_sites(saved: list[SavedStats]) -> list[SiteRecord]:
     sites = list(saved[0].sites)
     for other in saved[1:]:
-        for site, more in zip(sites, other.sites):
-            site.counters.merge(more.counters)
-            site.consumers.update(more.consumers)
-            site.unknown_uses.update(more.unknown_uses)
+        sites = [site.merged(more) for site, more in zip(sites, other.sites)]
     return sites
 
 

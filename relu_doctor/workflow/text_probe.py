@@ -1,12 +1,18 @@
-"""Text probes for language models: lines of a .txt or the ``text`` field of a .jsonl, tokenised batch by batch.
+"""Token probes for language models: texts tokenised batch by batch, or token ids from a .npy.
 
-Each text is one sample (the trials of the dead-rate bound are sequences, not tokens). Batches are padded to
-their longest text and carry the attention mask, so the model never attends to padding and the observer leaves
-padded positions out of every counter (:class:`relu_doctor.engine.observe.MaskedBatch`).
+Texts are lines of a .txt or the ``text`` field of a .jsonl. A *sample* of a token model is one sequence (one
+text, one row of ids): the trials of the dead-rate bound are sequences, since tokens of one sequence are
+correlated; each real token is one *position*, the evidence a unit's firing rate and sparsity are measured on.
+Batches are padded to their longest text and carry the attention mask, so the model never attends to padding and
+the observer leaves padded positions out of every counter (:class:`relu_doctor.engine.batches.MaskedBatch`); a
+row with no real token at all is not a sample. Token ids without a mask get an all-ones mask when the model takes
+``attention_mask`` (:func:`with_token_rows`), so a model that flattens (sequences x tokens) into rows, as OPT's
+feed-forward does, still counts one sample per sequence.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engine.observe import MaskedBatch
+from ..engine.batches import MaskedBatch
 from ..errors import ProbeError
 from ..report import ProbeInfo
 from ..settings import DEFAULT_MAX_LENGTH
@@ -136,3 +142,46 @@ def token_probe(path: str, mask_path: str, *, batch_size: int, limit: int | None
     samples = arrays[0].shape[0] if limit is None else min(limit, arrays[0].shape[0])
     info = ProbeInfo("file", samples, batch_size, path, (int(arrays[0].shape[1]),))
     return TokenProbe(info, arrays[0], arrays[1])
+
+
+@dataclass(frozen=True)
+class TokenRowsProbe:
+    """A probe of token ids read without a mask, given an all-ones attention mask (see :func:`with_token_rows`)."""
+
+    info: ProbeInfo
+    """The wrapped probe's source, sample count (sequences) and batch size."""
+    inner: Any
+    """The wrapped probe (a :class:`relu_doctor.workflow.probe.Probe` of (samples, positions) integer ids)."""
+
+    def batches(self, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> Iterator[MaskedBatch]:
+        """The wrapped probe's batches, each with an all-ones attention mask."""
+        for ids in self.inner.batches(dtype, device):
+            yield MaskedBatch(ids, torch.ones_like(ids))
+
+
+def with_token_rows(probe: Any, model: torch.nn.Module) -> Any:
+    """``probe`` with an all-ones attention mask when it holds (samples, positions) integer token ids and the model
+    takes ``attention_mask``; otherwise ``probe`` unchanged.
+
+    The mask changes nothing the model computes; it tells the observer which rows are sequences, so a model that
+    flattens its activations to (samples x positions, units) still counts each sequence as one sample (without
+    it a whole batch would be one sample and the dead-rate bound far wider than the probe supports).
+    """
+    if not _takes_attention_mask(model) or not callable(getattr(probe, "read", None)) or probe.info.samples < 1:
+        return probe
+    first = probe.read(0, 1)
+    if (
+        not isinstance(first, torch.Tensor)
+        or first.dim() != 2
+        or first.is_floating_point()
+        or first.dtype == torch.bool
+    ):
+        return probe
+    return TokenRowsProbe(probe.info, probe)
+
+
+def _takes_attention_mask(model: torch.nn.Module) -> bool:
+    try:
+        return "attention_mask" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # a scripted or compiled forward without a Python signature
+        return False

@@ -133,13 +133,13 @@ def experts_probe(samples: int = 256, seed: int = 0) -> torch.Tensor:
 
 
 class ReluLikeOps(nn.Module):
-    """A real relu next to three relu-like ops that are not counted: Hardtanh(0, 1), clamp(0, 6), clamp(min=0)."""
+    """A real relu next to three relu-like ops that are not counted: Hardtanh(0, 2), clamp(0, 6), clamp(min=0)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(4, 8)
         self.act = nn.ReLU()
-        self.gate = nn.Hardtanh(0.0, 1.0)
+        self.gate = nn.Hardtanh(0.0, 2.0)
         self.out = nn.Linear(8, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

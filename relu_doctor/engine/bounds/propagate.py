@@ -30,7 +30,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 from ... import activations
 from .. import ops
 from ..model_state import instrumented
-from ..observe import ForwardingMode
+from ..passes import ForwardingMode
 from ..site_keys import SiteKey, SiteKeys
 from ..tracking import ModuleCallTracker
 from .rules import Interval, OpCall, RuleTable, Scratch, is_plain_relu

@@ -1,13 +1,13 @@
 """The fused reducer: one pass over a site's pre-activation, compiled with numba (the optional ``fast`` extra).
 
-The torch reducer (:mod:`relu_doctor.counters`) reads each activation three to four times (per-sample max,
+The torch reducer (:mod:`relu_doctor.engine.reduce.torch_reducer`) reads each activation three to four times (per-sample max,
 sign, two sums). This one reads it once and updates a site's counters directly: per-sample maxima (hence
 samples fired and the largest pre-activation), the positive count and the activation sum. A batch holding a
 NaN or an infinity changes nothing, and the caller takes the exact path, so non-finite values never reach these
 counters (this also catches a -inf next to finite values, which the torch reducer's fast path does not).
 
-Two kernels (:mod:`relu_doctor._fused_kernels`), by the copy-free (lead, units, trail) view of
-:func:`counters.unit_blocks`: ``blocks`` for trail > 1 (channels-first maps: the inner loop runs along a unit's
+Two kernels (:mod:`relu_doctor.engine.reduce._fused_kernels`), by the copy-free (lead, units, trail) view of
+:func:`~relu_doctor.engine.reduce.torch_reducer.unit_blocks`: ``blocks`` for trail > 1 (channels-first maps: the inner loop runs along a unit's
 positions) and ``rows`` for trail == 1 (feature-last activations: the inner loop runs across units). Counts and
 maxima are exact, so they equal the torch reducer's; the float32 sums are added in another order, so activation
 sums may differ from it in the last bits.
@@ -26,7 +26,9 @@ from typing import Any
 
 import torch
 
-from .counters import UnitAccumulator, unit_blocks
+from ...activations import Member
+from ..counters import UnitAccumulator
+from .torch_reducer import ExactCall, TorchReducer, unit_blocks
 
 MIN_WORK = 500_000_000
 """Elements a scan must still reduce for ``auto`` to load numba: at about 1.3 ns saved per element (CNN, CPU)
@@ -95,6 +97,52 @@ def add_batch(
         counters.positions += pre.numel() // max(units, 1)
         counters.samples += samples
     return bool(finite)
+
+
+class FusedReducer(TorchReducer):
+    """The numba kernels wherever they read the layout (float32 on the CPU); the torch reducer elsewhere.
+
+    The kernels add to the counters at once, so an undoable pass keeps a copy of each counters object it touches
+    (:meth:`undo_pass` puts them back)."""
+
+    name = "fused"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._saved: dict[int, tuple[UnitAccumulator, UnitAccumulator]] | None = None
+
+    def start_pass(self, *, undoable: bool = False) -> None:
+        super().start_pass()
+        self._saved = {} if undoable else None
+
+    def before_op(
+        self,
+        counters: UnitAccumulator,
+        pre: torch.Tensor,
+        unit_axis: int,
+        sample_axis: int | None,
+        member: Member,
+        mask: torch.Tensor | None = None,
+    ) -> Any:
+        if mask is None and suits(pre):
+            if self._saved is not None and id(counters) not in self._saved:
+                self._saved[id(counters)] = (counters, counters.copy())
+            counted = add_batch(counters, pre, unit_axis, sample_axis, member.cap)
+            if counted:
+                return None
+            if counted is False:
+                return ExactCall(counters, pre.clone(), unit_axis, sample_axis)
+        return super().before_op(counters, pre, unit_axis, sample_axis, member, mask)
+
+    def end_pass(self) -> None:
+        super().end_pass()
+        self._saved = None
+
+    def undo_pass(self) -> None:
+        for counters, saved in (self._saved or {}).values():
+            counters.restore(saved)
+        super().undo_pass()
+        self._saved = None
 
 
 def _sample_mapping(pre: torch.Tensor, unit_axis: int, sample_axis: int | None) -> tuple[int, int] | None:

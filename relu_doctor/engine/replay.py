@@ -1,0 +1,104 @@
+"""Replay passes: every pass after the first, for a model whose first pass showed a fixed set of sites.
+
+The first pass runs under the dispatch mode, which costs Python time on every aten op; it finds the sites, their
+provenance and the warnings. When that pass showed nothing the dispatch mode alone can see (no other activation
+to count, no opaque graph, every module called, inference mode enough), a later pass only has to find the same
+relu calls again, in the same order. It does that at the torch-function level: a :class:`ReplayMode` sees each
+torch function call by name only and stops at relu-family ones, and forward hooks on the sites' *owner* modules
+alone (:class:`OwnerCalls`) say which call of which owner is running. No other op and no other module pays any
+Python time.
+
+The replay is checked, never trusted: the innermost module running at each relu (read from the interpreter's
+frames) must be the owner the hooks say, each call's key must be the next key of the first pass, and the pass must
+end with every key seen. Anything else (data-dependent control flow, a relu inside another torch function) raises
+:class:`NotReplayable`; the observer then drops the pass's counts and runs the batch, and every later one, under
+the dispatch mode, so no count depends on which path ran.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ..activations import ACTIVATION_MODULES, FUNCTION_NAMES
+from .site_keys import SiteKey
+
+_CALL_IMPL = nn.Module._call_impl.__code__
+
+
+class NotReplayable(Exception):
+    """A replay pass met a relu call the first pass did not make at this point."""
+
+
+class OwnerCalls:
+    """Which site-owning module runs innermost, and which call of it this is, from hooks on those modules only."""
+
+    def __init__(self, root: nn.Module, owners: dict[str, nn.Module]) -> None:
+        self.root = root
+        self.owners = owners
+        self.stack: list[tuple[str, int, nn.Module]] = []
+        self.calls: Counter[str] = Counter()
+        self.ordinals: Counter[tuple[str, int]] = Counter()
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        self.stack.clear()
+        self.calls.clear()
+        self.ordinals.clear()
+        handles = []
+        try:
+            for path, module in self.owners.items():
+                handles.append(module.register_forward_pre_hook(self._enter(path)))
+                handles.append(module.register_forward_hook(self._exit, always_call=True))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def next_key(self) -> SiteKey:
+        """The key of the relu call now running; :class:`NotReplayable` when its innermost module is not an owner."""
+        path, call, module = self.stack[-1] if self.stack else ("", 1, self.root)
+        # An activation module's own forward calls its op and nothing else; any other owner is checked.
+        if type(module) not in ACTIVATION_MODULES and _innermost_module() is not module:
+            raise NotReplayable("a relu ran inside a module that owned no site in the first pass")
+        self.ordinals[(path, call)] += 1
+        return (path, call, self.ordinals[(path, call)])
+
+    def _enter(self, path: str) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            self.calls[path] += 1
+            self.stack.append((path, self.calls[path], module))
+
+        return hook
+
+    def _exit(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.stack and self.stack[-1][2] is module:
+            self.stack.pop()
+
+
+def _innermost_module() -> nn.Module | None:
+    """The module whose ``__call__`` is innermost on the interpreter's stack (None outside any module call)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code is not _CALL_IMPL:
+        frame = frame.f_back  # type: ignore[assignment]
+    return frame.f_locals.get("self") if frame is not None else None
+
+
+class ReplayMode(TorchFunctionMode):
+    """Passes every torch function call through, except relu-family ones (by name), which go to ``on_relu``."""
+
+    def __init__(self, on_relu: Callable[[Any, str, tuple[Any, ...], dict[str, Any]], Any]) -> None:
+        super().__init__()
+        self.on_relu = on_relu
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = getattr(func, "__name__", "")
+        if name in FUNCTION_NAMES:
+            return self.on_relu(func, name, args, kwargs or {})
+        return func(*args, **(kwargs or {}))
