@@ -98,3 +98,18 @@ def seeded(build, *args, **kwargs) -> nn.Module:  # type: ignore[no-untyped-def]
     """The model from ``build`` with seed-0 weights, in eval mode."""
     torch.manual_seed(0)
     return build(*args, **kwargs).eval()
+
+
+def deep_mlp(depth: int = 200, width: int = 256) -> nn.Sequential:
+    """A deep narrow Linear-ReLU stack: many sites, little compute each (the per-site cost)."""
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(width, 10))
+
+
+def relu_encoder(width: int = 32, heads: int = 4, hidden: int = 128, depth: int = 2) -> nn.TransformerEncoder:
+    """torch's own TransformerEncoder with relu feed-forwards (batch first): a plain eval forward takes the fused
+    fast path, which hides the relus; the scan turns it off."""
+    layer = nn.TransformerEncoderLayer(width, heads, hidden, dropout=0.0, activation="relu", batch_first=True)
+    return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)

@@ -1,13 +1,18 @@
 """Scan time vs a plain ``torch.inference_mode()`` forward of the same probe, measured side by side.
 
-Two ratios per model, both medians of pairs run back to back in one process (order alternated each pair, so
-machine noise hits both alike):
+Ratios per model, all medians over rounds run in one process, the order of the runs rotated each round, so
+machine noise hits every run alike (on a shared machine only the ratios mean anything):
 
-- per batch: one observed forward pass (``ReluObserver.run``: dispatch, provenance, per-unit reduction)
-  vs one plain forward of the same batch -- the cost that grows with the probe -- once with each reducer
-  (``torch``, and ``fused`` when numba is installed), so the two are compared in the same run;
-- whole scan: ``relu_doctor.scan`` of the probe (observer set-up, every batch, report, diagnosis; default
-  ``auto`` reducer) vs plain forwards of the same batches.
+- per batch: one observed forward pass (``ReluObserver.run`` in an open observer: after the first pass, the
+  replay passes of ``engine/replay.py`` and the per-unit reduction) vs one plain forward of the same batch -- the
+  cost that grows with the probe -- once with each reducer (``torch``, and ``fused`` when numba is installed);
+- whole scan: ``relu_doctor.scan`` of the probe (observer set-up, the first pass under the dispatch mode, every
+  replay, report, diagnosis and causes; default ``auto`` reducer; no simulations) vs plain forwards of it.
+
+A model with an ``nn.TransformerEncoderLayer`` runs a fused kernel in a plain eval forward; the scan turns that fast
+path off to see its relus. For such a model the plain forward is timed both ways: ``fast path off`` is the cost of
+seeing the relus at all (the same for any observer), and the observation ratios are against the forward without
+the fast path, the one the scan runs.
 
 Usage: ``python bench/bench_speed.py [--reps 7] [--batches 4] [--threads N] [--only cnn]``.
 """
@@ -15,22 +20,23 @@ Usage: ``python bench/bench_speed.py [--reps 7] [--batches 4] [--threads N] [--o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_models import ReluTransformer, ResNet18Like, mlp, seeded  # noqa: E402
+from bench_models import ReluTransformer, ResNet18Like, deep_mlp, mlp, relu_encoder, seeded  # noqa: E402
 
 from relu_doctor import scan  # noqa: E402
 from relu_doctor.engine.observe import ReluObserver  # noqa: E402
-from relu_doctor.engine.reduce import fused
+from relu_doctor.engine.reduce import fused  # noqa: E402
 
 Probe = list[torch.Tensor]
 
@@ -48,6 +54,14 @@ def workloads(batches: int) -> dict[str, tuple[nn.Module, Probe]]:
             [torch.randint(0, 1000, (16, 128), generator=gen) for _ in range(batches)],
         ),
         "mlp (4x1024, batch 256x512)": (seeded(mlp), [torch.randn(256, 512, generator=gen) for _ in range(batches)]),
+        "mlp200 (200x256 Linear-ReLU, 512 = 8x64)": (
+            seeded(deep_mlp),
+            [torch.randn(64, 256, generator=gen) for _ in range(8)],
+        ),
+        "encoder (nn.TransformerEncoder relu, 1024x20x32 = 16x64)": (
+            seeded(relu_encoder),
+            [torch.randn(64, 20, 32, generator=gen) for _ in range(16)],
+        ),
     }
 
 
@@ -62,58 +76,90 @@ def seconds(run: Callable[[], object]) -> float:
     return clock() - start
 
 
-def paired(first: Callable[[], object], second: Callable[[], object], pairs: int) -> tuple[float, float, float]:
-    """(median s of first, median s of second, median of second/first), alternating which runs first."""
-    a, b = [], []
-    for i in range(pairs):
-        if i % 2 == 0:
-            a.append(seconds(first))
-            b.append(seconds(second))
-        else:
-            b.append(seconds(second))
-            a.append(seconds(first))
-    return statistics.median(a), statistics.median(b), statistics.median(y / x for x, y in zip(a, b))
+def rounds(runs: dict[str, Callable[[], object]], reps: int) -> dict[str, list[float]]:
+    """Seconds of every run in each of ``reps`` rounds; each round starts with a different run."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for i in range(reps):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            times[name].append(seconds(runs[name]))
+    return times
 
 
-def plain_forward(model: nn.Module, batch: torch.Tensor) -> Callable[[], object]:
-    def run() -> object:
-        with torch.inference_mode():
-            return model(batch)
+def ratio(times: dict[str, list[float]], run: str, base: str) -> float:
+    """Median over rounds of run / base (each round's pair measured back to back)."""
+    return statistics.median(a / b for a, b in zip(times[run], times[base]))
+
+
+@contextlib.contextmanager
+def fast_path(enabled: bool) -> Iterator[None]:
+    mha = torch.backends.mha
+    previous = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(enabled)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(previous)
+
+
+def has_fast_path(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.TransformerEncoderLayer) for m in model.modules())
+
+
+def plain_forward(model: nn.Module, probe: Probe, fast: bool = True) -> Callable[[], object]:
+    def run() -> None:
+        with torch.inference_mode(), fast_path(fast):
+            for batch in probe:
+                model(batch)
 
     return run
 
 
-def per_batch(model: nn.Module, probe: Probe, reps: int, reducer: str) -> tuple[float, float, float]:
-    """Observed vs plain forward, batch by batch, inside one open observer.
+def per_batch(model: nn.Module, probe: Probe, reps: int, reducers: list[str]) -> dict[str, float]:
+    """Observed vs plain forward over the probe's batches, inside observers opened once (one per reducer).
 
     The plain passes run on a copy of the model, so nothing the observer installs (hooks, eval mode) touches them.
     """
-    results = []
     twin = copy.deepcopy(model).eval()
-    with ReluObserver(model, reducer=reducer) as observer:
-        for batch in probe:  # warm-up: allocator, oneDNN primitives, the observer's first-batch work
-            plain_forward(twin, batch)()
-            observer.run(batch)
-        for batch in probe:
-            results.append(paired(plain_forward(twin, batch), lambda b=batch: observer.run(b), reps))
-    return tuple(statistics.median(r[i] for r in results) for i in range(3))  # type: ignore[return-value]
+    runs: dict[str, Callable[[], object]] = {"plain": plain_forward(twin, probe)}
+    if has_fast_path(model):
+        runs["plain, fast path off"] = plain_forward(twin, probe, fast=False)
+    with contextlib.ExitStack() as stack:
+        for reducer in reducers:
+            observer = stack.enter_context(ReluObserver(model, reducer=reducer))
+            for batch in probe:  # the first pass (dispatch mode), then warm replays
+                observer.run(batch)
+
+            def observed(observer: ReluObserver = observer) -> None:
+                for batch in probe:
+                    observer.run(batch)
+
+            runs[reducer] = observed
+        times = rounds(runs, reps)
+    base = "plain, fast path off" if "plain, fast path off" in runs else "plain"
+    result = {"plain s": statistics.median(times["plain"])}
+    if base != "plain":
+        result["fast path off"] = ratio(times, base, "plain")
+    result.update({reducer: ratio(times, reducer, base) for reducer in reducers})
+    return result
 
 
-def whole_scan(model: nn.Module, probe: Probe, reps: int) -> tuple[float, float, float]:
-    """relu_doctor.scan of the whole probe vs plain forwards of it."""
-
-    def plain() -> None:
-        for batch in probe:
-            plain_forward(model, batch)()
-
+def whole_scan(model: nn.Module, probe: Probe, reps: int) -> dict[str, float]:
+    """relu_doctor.scan of the whole probe (default options, no simulations) vs plain forwards of it."""
+    runs: dict[str, Callable[[], object]] = {"plain": plain_forward(model, probe)}
+    if has_fast_path(model):
+        runs["plain, fast path off"] = plain_forward(model, probe, fast=False)
+    runs["scan"] = lambda: scan(model, probe)
     scan(model, probe)
-    return paired(plain, lambda: scan(model, probe), reps)
+    times = rounds(runs, reps)
+    base = "plain, fast path off" if "plain, fast path off" in runs else "plain"
+    return {"scan": ratio(times, "scan", base)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=7, help="pairs per batch (per-batch) and per probe (whole scan)")
-    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--reps", type=int, default=7, help="rounds per model (per batch and whole scan)")
+    parser.add_argument("--batches", type=int, default=4, help="batches of the first three models")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu", help="cpu (default) or wall seconds")
     parser.add_argument("--only", default="", help="run only the models whose name contains this")
@@ -124,23 +170,22 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     reducers = ["torch", "fused"] if fused.available() else ["torch"]
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, {args.batches} batches, "
-        f"{args.reps} pairs, reducers: {', '.join(reducers)}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, {args.reps} rounds, "
+        f"reducers: {', '.join(reducers)}"
     )
-    per = " ".join(f"{r + ' scan':>11} {'ratio':>7}" for r in reducers)
-    print(f"{'model':48} {'plain/batch':>11} {per} | {'plain':>7} {'scan':>7} {'ratio':>7}")
+    columns = ["fast path off", *reducers, "scan"]
+    print(f"{'model':58} {'plain':>8} " + " ".join(f"{c:>13}" for c in columns))
     for name, (model, probe) in workloads(args.batches).items():
         if args.only not in name:
             continue
-        cells = []
-        for reducer in reducers:
-            p, s, ratio = per_batch(model, probe, args.reps, reducer)
-            cells.append(f"{s:10.4f}s {ratio:6.3f}x")
-        wp, ws, wratio = whole_scan(model, probe, max(3, args.reps // 2))
-        print(f"{name:48} {p:10.4f}s {' '.join(cells)} | {wp:6.3f}s {ws:6.3f}s {wratio:6.3f}x")
+        cells = {**per_batch(model, probe, args.reps, reducers), **whole_scan(model, probe, max(3, args.reps // 2))}
+        shown = " ".join(f"{cells[c]:12.3f}x" if c in cells else f"{'':>13}" for c in columns)
+        print(f"{name:58} {cells['plain s']:7.3f}s {shown}", flush=True)
     print(
-        "ratio = median over pairs of scan time / plain time (left: one batch, per reducer; right: whole scan "
-        "with report, auto reducer)"
+        "plain: seconds of a plain forward over the probe. Ratios (medians over rounds): fast path off = plain "
+        "forward without the TransformerEncoderLayer fast path / with it (the cost of seeing the relus at all); "
+        "torch, fused = observation over the probe's batches in an open observer / plain forward (without the fast "
+        "path where there is one); scan = relu_doctor.scan (first pass, replays, report) / the same plain forward."
     )
 
 

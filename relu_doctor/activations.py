@@ -63,9 +63,11 @@ class Member:
     swappable: bool = False
     """May become a LeakyReLU (fix --strategy leaky, the simulations): false when that would drop an upper clip."""
 
-    def activation(self, pre: torch.Tensor) -> torch.Tensor:
-        """The member's output for a finite pre-activation, ``clamp(pre, FIRES_ABOVE, cap)`` (what reducers sum)."""
-        return pre.clamp(min=FIRES_ABOVE) if math.isinf(self.cap) else pre.clamp(min=FIRES_ABOVE, max=self.cap)
+    def activation(self, pre: torch.Tensor, *, in_place: bool = False) -> torch.Tensor:
+        """The member's output for a finite pre-activation, ``clamp(pre, FIRES_ABOVE, cap)`` (what reducers sum);
+        ``in_place`` overwrites ``pre`` with it."""
+        cap = None if math.isinf(self.cap) else self.cap
+        return pre.clamp_(min=FIRES_ABOVE, max=cap) if in_place else pre.clamp(min=FIRES_ABOVE, max=cap)
 
     def shown_as(self, aten_name: str) -> str:
         """The op as users know it, a trailing ``_`` marking an in-place call: aten's hardtanh_(0, 6) is relu6_."""

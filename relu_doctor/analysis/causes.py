@@ -94,6 +94,26 @@ class _Layer:
     kernel: int
     """Weights per input channel (kernel positions; 1 for a Linear)."""
 
+    # The rules run once per dead unit (tens of thousands in a deep net): they read plain floats, computed once
+    # per layer here, never index a tensor per unit.
+    @functools.cached_property
+    def bias_values(self) -> list[float]:
+        return cast(list[float], self.bias.tolist())
+
+    @functools.cached_property
+    def gamma_values(self) -> list[float] | None:
+        return None if self.gamma is None else cast(list[float], self.gamma.tolist())
+
+    @functools.cached_property
+    def norm_values(self) -> list[float]:
+        return cast(list[float], self.row_norms.tolist())
+
+    @functools.cached_property
+    def negative_shares(self) -> list[float]:
+        """Per unit: the share of its incoming weights' L1 mass that is negative."""
+        negative = self.rows.clamp(max=0).abs().sum(dim=1) / self.rows.abs().sum(dim=1).clamp(min=1e-30)
+        return cast(list[float], negative.tolist())
+
     @functools.cached_property
     def row_norms(self) -> torch.Tensor:
         """L2 norm of each unit's incoming weights (computed once per layer, not once per dead unit)."""
@@ -116,7 +136,7 @@ class _Context:
     first_layer: str | None
     upstream: Site | None = None
     """The one site the producer reads unmixed, if any (see :func:`_upstream`)."""
-    fed_by_dead: torch.Tensor | None = None
+    fed_by_dead: list[bool] | None = None
     """Per unit: every input with a non-zero weight comes from a dead unit of ``upstream`` (None: no such map)."""
 
 
@@ -140,7 +160,8 @@ def explain(
             causes.extend(UnitCause(site.name, u, "RD100", parameter=why_not) for u in site.dead_units)
         else:
             upstream = _upstream(site, sites_by_index, observed_by_index)
-            fed_by_dead = _fed_by_dead(layer, upstream) if upstream is not None and upstream.dead else None
+            fed = _fed_by_dead(layer, upstream) if upstream is not None and upstream.dead else None
+            fed_by_dead = None if fed is None else cast(list[bool], fed.tolist())
             context = _Context(site, layer, sites, observed, input_scale, first, upstream, fed_by_dead)
             causes.extend(cause_of(context, u) for u in site.dead_units)
         analysed.append(site.name)
@@ -160,7 +181,7 @@ def cause_of(context: _Context, unit: int) -> UnitCause:
 # -- the rules, in priority order ----------------------------------------------------------------------------
 def collapsed(context: _Context, unit: int) -> UnitCause | None:
     """RD104: incoming weights ≈0 next to the layer's median unit."""
-    norm, typical = float(context.layer.row_norms[unit]), context.layer.typical_norm
+    norm, typical = context.layer.norm_values[unit], context.layer.typical_norm
     if norm > COLLAPSED_RATIO * typical and norm > 0:
         return None
     return UnitCause(context.site.name, unit, "RD104", parameter=f"{context.layer.path}.weight", value=norm)
@@ -169,9 +190,9 @@ def collapsed(context: _Context, unit: int) -> UnitCause | None:
 def inputs_dead(context: _Context, unit: int) -> UnitCause | None:
     """RD103: every input column with a non-zero weight belongs to a dead unit of the one upstream site."""
     upstream, fed_by_dead = context.upstream, context.fed_by_dead
-    if upstream is None or fed_by_dead is None or not bool(fed_by_dead[unit]):
+    if upstream is None or fed_by_dead is None or not fed_by_dead[unit]:
         return None
-    bias = float(context.layer.bias[unit])
+    bias = context.layer.bias_values[unit]
     return UnitCause(
         context.site.name, unit, "RD103", parameter=context.layer.bias_name, value=bias, upstream=upstream.name
     )
@@ -179,10 +200,10 @@ def inputs_dead(context: _Context, unit: int) -> UnitCause | None:
 
 def norm_shifted(context: _Context, unit: int) -> UnitCause | None:
     """RD102: the feeding norm's beta <= -k |gamma| (the channel is about N(beta, gamma^2))."""
-    gamma = context.layer.gamma
+    gamma = context.layer.gamma_values
     if gamma is None:
         return None
-    beta, scale = float(context.layer.bias[unit]), abs(float(gamma[unit]))
+    beta, scale = context.layer.bias_values[unit], abs(gamma[unit])
     if beta > -NORM_SHIFT_K * scale:
         return None
     return UnitCause(
@@ -199,7 +220,7 @@ def norm_shifted(context: _Context, unit: int) -> UnitCause | None:
 
 def bias_negative(context: _Context, unit: int) -> UnitCause | None:
     """RD101: bias < 0 while W·x alone reached above zero on the probe."""
-    bias, reach = float(context.layer.bias[unit]), _reach(context, unit)
+    bias, reach = context.layer.bias_values[unit], _reach(context, unit)
     if not _elementwise(context) or bias >= 0 or not reach > 0:
         return None
     return UnitCause(
@@ -230,8 +251,7 @@ def weights_negative(context: _Context, unit: int) -> UnitCause | None:
     reach = _reach(context, unit)
     if context.layer.gamma is not None or not _elementwise(context) or not reach <= 0:
         return None
-    row = context.layer.rows[unit]
-    negative = float(row.clamp(max=0).abs().sum() / row.abs().sum().clamp(min=1e-30))
+    negative = context.layer.negative_shares[unit]
     return UnitCause(
         context.site.name,
         unit,
@@ -255,7 +275,7 @@ CAUSE_RULES: tuple[CauseRule, ...] = (
 
 # -- helpers ---------------------------------------------------------------------------------------------
 def _reach(context: _Context, unit: int) -> float:
-    return context.site.counters.max_preactivation[unit] - float(context.layer.bias[unit])
+    return context.site.counters.max_preactivation[unit] - context.layer.bias_values[unit]
 
 
 def _shift(context: _Context, unit: int) -> float:

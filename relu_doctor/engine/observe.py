@@ -14,9 +14,10 @@ counts; :mod:`.passes` runs a pass (dispatch mode, autograd state). :class:`Relu
 chooses how each pass runs, and restores the model (training flags, buffers, the transformer fast path) in
 ``finally``.
 
-Only the first pass needs every op: it finds the sites, their provenance and the warnings. When all sites are
-plain activation-module calls, later passes hook just those modules, so no other op pays any Python time
-(:meth:`ReluObserver._static_module_sites` says when).
+Only the first pass needs every op: it finds the sites, their provenance and the warnings. Later passes replay
+it when they can (:mod:`.replay`): they find the same relu calls at the torch-function level, with hooks on the
+sites' owner modules only, so no other op pays the dispatch mode's Python time (:meth:`ReluObserver._replayable`
+says when).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from .. import activations
-from ..activations import ACTIVATION_MODULES, Member
+from ..activations import Member
 from ..errors import ObservationError
 from ..settings import DEFAULT_REDUCER
 from . import ops
@@ -39,8 +40,9 @@ from .counters import UnitAccumulator
 from .graph import GraphRecorder
 from .model_state import instrumented
 from .ops import Layout, Role
-from .passes import GRAD_SHOWING, ForwardingMode, Grad, RelusOutsideHooks, UnhookedRelu, autograd_state, stronger
+from .passes import GRAD_SHOWING, ForwardingMode, Grad, autograd_state, stronger
 from .reduce import Reducer, make_reducer
+from .replay import NotReplayable, OwnerCalls, ReplayMode
 from .site_keys import SiteKey, SiteKeys
 from .sites import ObservedSite, SiteTable, site_label
 from .tracking import ModuleCallTracker
@@ -77,16 +79,15 @@ class ReluObserver:
         self.warnings: dict[str, None] = {}
         opaque = isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)) or site_paths is not None
         self.graph = GraphRecorder(model, self.tracker, self.sites, opaque, self._decide_axis)
-        self.hooked = False
-        """True while passes run without the dispatch mode, on hooks of the sites' activation modules only."""
+        self.replaying = False
+        """True while passes replay the first one (:mod:`.replay`) instead of running under the dispatch mode."""
         self._passes = 0
-        self._inside_hooked = 0
-        """How many hooked activation modules are running now (a relu function inside one is that module's)."""
-        self._site_modules: list[tuple[str, str, Member, nn.Module]] = []
-        """(path, aten op, member, module) of each activation module that hooked passes observe."""
-        self._hook_calls: Counter[str] = Counter()
-        self._pending: dict[int, tuple[ObservedSite, Any]] = {}
-        self._dynamic = False
+        self._owners: OwnerCalls | None = None
+        self._replayed = 0
+        """Sites (in call order) the replay pass now running has counted."""
+        self._watching = False
+        """The replay pass is a training step's (:meth:`observed_pass`): a stray relu is noted, never re-run."""
+        self._stray = False
         self._grad = Grad.INFERENCE
         """Autograd state of dispatched passes: raised when a fused kernel hid relus that another state shows."""
         self._raise_grad: Grad | None = None
@@ -113,22 +114,20 @@ class ReluObserver:
         args, self._kwargs = call_arguments(inputs)
         self._mask = inputs.attention_mask.bool() if isinstance(inputs, MaskedBatch) else None
         self._batch_size = leading_size(args)
-        if self.hooked:
-            self._run_hooked(args)
+        if self.replaying:
+            self._run_replay(args)
         else:
             self._run_dispatched_once(args)
         self._after_pass()
 
-    def _after_pass(self, *, every_module_called: bool = True) -> None:
+    def _after_pass(self) -> None:
         self._passes += 1
-        if self._passes == 1 and self._static_module_sites(every_module_called):
-            first: dict[str, ObservedSite] = {}
-            for site in self.sites:
-                first.setdefault(site.module_path, site)  # one hook pair per module, however many calls
-            self._site_modules = [
-                (s.module_path, s.op, s.family, self.tracker.paths[s.module_path]) for s in first.values()
-            ]
-            self.hooked = True
+        if self._passes == 1 and self._replayable():
+            modules = self.tracker.paths
+            owners = {s.module_path: modules[s.module_path] for s in self.sites}
+            uncalled = {path: m for path, m in modules.items() if path not in self.tracker.ever_called}
+            self._owners = OwnerCalls(self.model, owners, uncalled, self.tracker.ever_called)
+            self.replaying = True
 
     @contextlib.contextmanager
     def observed_pass(self, inputs: Any) -> Iterator[Callable[[Any], None]]:
@@ -136,31 +135,30 @@ class ReluObserver:
 
         For the training watch (:mod:`relu_doctor.watching`): the model's own training forward, under the caller's
         autograd state and without entering the observer (the model's mode and buffers are the caller's). Counting
-        records no graph and keeps no activation. Unlike :meth:`run`, nothing is ever re-run: a hooked pass that
-        meets a relu outside the hooked modules misses it (with a warning) and later passes use the dispatch mode.
-        ``inputs`` (any nest of tensors) gives the batch size from its first tensor.
+        records no graph and keeps no activation. Unlike :meth:`run`, nothing is ever re-run: a
+        replay pass that meets a relu call the first pass did not make leaves it uncounted (with a warning) and later
+        passes use the dispatch mode. ``inputs`` (any nest of tensors) gives the batch size from its first tensor.
         """
         self._batch_size = leading_size(inputs)
         outputs: list[Any] = []
-        hooked = self.hooked
+        replaying = self.replaying
         self.reducer.start_pass()
-        with (
-            self._site_hooks(RelusOutsideHooks(self._hooked_count, self._note_unhooked))
-            if hooked
-            else (self._dispatch_scope())
-        ):
-            yield outputs.append
-        if hooked:
-            self.hooked = not self._dynamic
+        self._watching, self._stray = True, False
+        try:
+            with self._replay_scope(persistent=False) if replaying else self._dispatch_scope():
+                yield outputs.append
+        finally:
+            self._watching = False
+        if replaying:
+            if self._stray or self._replayed != len(self.sites):
+                self._note_stray()
+                self.replaying = False
         else:
             self.graph.mark_outputs(outputs[-1] if outputs else None)
             self._decide_undecided_axes()
         self.reducer.end_pass()
         self._raise_grad = None
-        # A training pass starts inside the model's own call (the root is never seen called) or spans a training
-        # step that calls only some children (a LightningModule's net, not its validation head): uncalled modules
-        # cannot be asked for. A relu one of them runs later is still noted (dispatch mode from then on).
-        self._after_pass(every_module_called=False)
+        self._after_pass()
 
     @contextlib.contextmanager
     def _dispatch_scope(self) -> Iterator[None]:
@@ -269,106 +267,89 @@ class ReluObserver:
         site = self.table.get(key)
         return site if site is not None else self._new_site(key, name, member, kind, pre)
 
-    # -- passes on module hooks ------------------------------------------------------------------------
-    # The dispatch mode costs Python time on every op. Once a first pass has found the sites, their provenance
-    # and the model's warnings, a model whose every site is a plain activation module (nn.ReLU, ...) that ran once
-    # per call, with every module called, needs only those modules' hooks for the counts of later passes: no
-    # per-op overhead for any other op. A call key the first pass did not see (data-dependent control flow)
-    # is still counted, and later passes go back to the dispatch mode.
-    def _static_module_sites(self, every_module_called: bool = True) -> bool:
+    # -- replay passes ---------------------------------------------------------------------------------
+    def _replayable(self) -> bool:
+        """Whether later passes may replay the first: nothing in it needed the dispatch mode beyond finding sites."""
         modules = self.tracker.paths
         return (
             self.site_paths is None
             and bool(self.sites)
-            and not self.other_activations
-            and (not every_module_called or set(modules) <= self.tracker.ever_called)
+            and not self.other_activations  # counted per call, by the dispatch mode only
+            and self._grad is Grad.INFERENCE  # stronger states show relus of fused kernels as aten ops only
             and not any(isinstance(m, torch.jit.ScriptModule) for m in self.model.modules())
-            and all(
-                site.kind == "module"
-                and site.ordinal == 1
-                and type(modules.get(site.module_path)) in ACTIVATION_MODULES
-                for site in self.sites
-            )
+            and all(site.module_path in modules for site in self.sites)
         )
 
-    def _run_hooked(self, args: tuple[Any, ...]) -> None:
-        """A pass on the activation modules' hooks. A relu-family function called outside them (data-dependent
-        control flow reaching an ``F.relu``) stops the pass: its counts are undone and the batch runs again under
-        the dispatch mode, as do the passes after it, so no count depends on how the probe was batched."""
-        known, warnings_before = len(self.sites), list(self.warnings)
+    def _run_replay(self, args: tuple[Any, ...]) -> None:
+        """A replay pass; when it is not a replay of the first (:class:`~.replay.NotReplayable`), its counts are
+        dropped and the batch runs under the dispatch mode, as do the batches after it."""
         self.reducer.start_pass(undoable=True)
         try:
-            with torch.inference_mode(), self._site_hooks(RelusOutsideHooks(self._hooked_count, _stop_pass)):
+            with torch.inference_mode(), self._replay_scope(persistent=True):
                 self.model(*args, **self._kwargs)
-        except UnhookedRelu:
+            if self._replayed != len(self.sites):
+                raise NotReplayable("the pass made fewer relu calls than the first")
+        except NotReplayable:
             self.reducer.undo_pass()
-            self.table.truncate(known)
-            self._forget_warnings_since(warnings_before)
-            self.hooked = False
+            self.replaying = False
             self._run_dispatched(args)
             return
         except BaseException:
             self.reducer.undo_pass()
             raise
         self.reducer.end_pass()
-        if self._dynamic:
-            self.hooked = False
 
     @contextlib.contextmanager
-    def _site_hooks(self, watch: RelusOutsideHooks) -> Iterator[None]:
-        self._hook_calls.clear()
-        self._inside_hooked = 0
-        handles = []
+    def _replay_scope(self, persistent: bool) -> Iterator[None]:
+        """``persistent``: the owner hooks stay until the observer closes (inactive between passes); otherwise
+        they are removed after the pass (a training watch leaves no hook on steps it does not observe)."""
+        owners = self._owners
+        assert owners is not None
+        if not owners.installed:
+            owners.install()
+            if persistent:
+                self._exit_stack.callback(owners.remove)
+        self._replayed = 0
         try:
-            for path, op, member, module in self._site_modules:
-                # Last among pre-hooks and first among hooks: the input and output the op itself saw.
-                hook = self._before_hook(path, op, member)
-                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-                handles.append(module.register_forward_hook(self._after_hook, with_kwargs=True, prepend=True))
-            with watch:
+            with owners.counting(), ReplayMode(self._replay_relu):
                 yield
         finally:
-            for handle in handles:
-                handle.remove()
-            self._pending.clear()
+            if not persistent:
+                owners.remove()
 
-    def _hooked_count(self) -> int:
-        return self._inside_hooked
+    def _replay_relu(self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """One relu-family function call of a replay pass: the next site of the first pass, counted."""
+        member = activations.member_of(activations.FUNCTION_ALIASES.get(name, name), args, kwargs)
+        if member is None:  # e.g. hardtanh(-1, 1): not a site (the first pass said what it is)
+            return func(*args, **kwargs)
+        try:
+            site = self._next_replayed(member)
+        except NotReplayable:
+            if not self._watching:
+                raise
+            self._stray = True  # a training step cannot be re-run: this call goes uncounted, with a warning
+            return func(*args, **kwargs)
+        token = self._before_op(site, site.op, args[0].detach(), site.family)
+        output = func(*args, **kwargs)
+        self.reducer.after_op(token, output.detach())
+        return output
 
-    def _note_unhooked(self, func: Any) -> None:
-        """The training watch cannot stop and re-run a user's forward: a relu outside the hooked modules is noted
-        (a warning, and the dispatch mode from the next pass on)."""
-        self._dynamic = True
+    def _next_replayed(self, member: Member) -> ObservedSite:
+        assert self._owners is not None
+        key = self._owners.next_key()
+        if self._replayed >= len(self.sites):
+            raise NotReplayable("the pass made more relu calls than the first")
+        site = self.sites[self._replayed]
+        if site.key != key or site.family.cap != member.cap:
+            raise NotReplayable(f"relu call {self._replayed + 1} of the pass is not the first pass's")
+        self._replayed += 1
+        return site
+
+    def _note_stray(self) -> None:
         self.warnings[
-            "a relu ran outside the observed activation modules in one training pass and was not counted there; "
-            "later passes follow every op"
+            "a training pass made relu calls the first observed pass did not (data-dependent control flow); "
+            "calls that did not match went uncounted there, and later passes follow every op"
         ] = None
-
-    def _before_hook(self, path: str, op: str, member: Member) -> Any:
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            pre = args[0] if args else kwargs["input"]
-            self._hook_calls[path] += 1
-            key = (path, self._hook_calls[path], 1)
-            with torch._C.DisableTorchFunction():  # the counting is ours: the pass's watch need not see it
-                site = self.table.get(key)
-                if site is None:
-                    site = self._new_site(key, op, member, "module", pre)
-                    self._dynamic = True
-                    self.warnings[
-                        f"{site_label(site)} first ran after the first batch: its unit axis comes from its rank and "
-                        "the layer computing its input is not known"
-                    ] = None
-                token = self._before_op(site, site.op, pre.detach(), member)
-            self._pending[id(module)] = (site, token)
-            self._inside_hooked += 1
-
-        return hook
-
-    def _after_hook(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-        self._inside_hooked -= 1
-        _, token = self._pending.pop(id(module))
-        with torch._C.DisableTorchFunction():
-            self.reducer.after_op(token, output.detach())
 
     # -- one call of a site ----------------------------------------------------------------------------
     def _before_op(self, site: ObservedSite, name: str, pre: torch.Tensor, member: Member) -> Any:
@@ -413,7 +394,7 @@ class ReluObserver:
     def _new_site(self, key: SiteKey, name: str, member: Member, kind: str, pre: torch.Tensor) -> ObservedSite:
         view_shape = (1, *pre.shape) if pre.dim() < 2 else tuple(pre.shape)
         axis, layout = self._unit_axis(pre, len(view_shape))
-        undecided: list[Any] | None = [] if layout == "rank" and len(view_shape) >= 3 and not self.hooked else None
+        undecided: list[Any] | None = [] if layout == "rank" and len(view_shape) >= 3 else None
         origin = self.graph.origin(pre)
         return self.table.add(
             key,
@@ -471,10 +452,6 @@ class ReluObserver:
     def _forget_warnings_since(self, before: list[str]) -> None:
         for warning in [w for w in self.warnings if w not in before]:
             del self.warnings[warning]
-
-
-def _stop_pass(func: Any) -> None:
-    raise UnhookedRelu(func)
 
 
 def _arg(args: Any, kwargs: dict[str, Any], index: int, key: str, default: Any) -> Any:

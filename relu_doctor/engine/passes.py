@@ -1,19 +1,15 @@
-"""How a forward pass is run under observation: the dispatch mode that sees every aten op, the autograd state it
-runs in, and the cheap watch that guards passes run on activation-module hooks alone."""
+"""How a first pass is run under observation: the dispatch mode that sees every aten op, and the autograd state
+it runs in (later passes replay it: :mod:`.replay`)."""
 
 from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-
-from ..activations import FUNCTION_NAMES
 
 
 class ForwardingMode(TorchDispatchMode):
@@ -79,23 +75,3 @@ def autograd_state(state: Grad, model: nn.Module) -> Any:
     finally:
         for parameter in frozen:
             parameter.requires_grad_(False)
-
-
-class UnhookedRelu(Exception):
-    """A relu-family function ran outside the hooked activation modules during a hooked pass."""
-
-
-class RelusOutsideHooks(TorchFunctionMode):
-    """Sees each torch function call of a hooked pass by name only (far cheaper than the dispatch mode, which
-    follows every op's provenance) and calls ``on_relu(func)`` at a relu-family call that no hooked module is
-    running (``inside()`` says how many are)."""
-
-    def __init__(self, inside: Callable[[], int], on_relu: Callable[[Any], None]) -> None:
-        super().__init__()
-        self.inside = inside
-        self.on_relu = on_relu
-
-    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if getattr(func, "__name__", "") in FUNCTION_NAMES and not self.inside():
-            self.on_relu(func)
-        return func(*args, **(kwargs or {}))

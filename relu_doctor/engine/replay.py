@@ -37,29 +37,54 @@ class NotReplayable(Exception):
 
 
 class OwnerCalls:
-    """Which site-owning module runs innermost, and which call of it this is, from hooks on those modules only."""
+    """Which site-owning module runs innermost, and which call of it this is, from hooks on those modules only.
 
-    def __init__(self, root: nn.Module, owners: dict[str, nn.Module]) -> None:
+    Modules no pass has called yet get a hook too, which adds them to ``called`` if they ever run (so the report's
+    "modules never called" stays exact); modules that did run and own no site get none."""
+
+    def __init__(
+        self, root: nn.Module, owners: dict[str, nn.Module], uncalled: dict[str, nn.Module], called: set[str]
+    ) -> None:
         self.root = root
         self.owners = owners
+        self.uncalled = uncalled
+        self.called = called
         self.stack: list[tuple[str, int, nn.Module]] = []
         self.calls: Counter[str] = Counter()
         self.ordinals: Counter[tuple[str, int]] = Counter()
+        self.active = False
+        """True during a replay pass; the hooks do nothing otherwise (other forward passes are not counted)."""
+        self._handles: list[Any] = []
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._handles)
+
+    def install(self) -> None:
+        """Hook the owners (and the modules not called yet) once, for every replay pass to come."""
+        for path, module in self.owners.items():
+            self._handles.append(module.register_forward_pre_hook(self._enter(path)))
+            self._handles.append(module.register_forward_hook(self._exit, always_call=True))
+        for path, module in self.uncalled.items():
+            if path not in self.owners:
+                self._handles.append(module.register_forward_pre_hook(self._mark(path)))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
 
     @contextmanager
-    def installed(self) -> Iterator[None]:
+    def counting(self) -> Iterator[None]:
+        """One replay pass: calls counted from 1."""
         self.stack.clear()
         self.calls.clear()
         self.ordinals.clear()
-        handles = []
+        self.active = True
         try:
-            for path, module in self.owners.items():
-                handles.append(module.register_forward_pre_hook(self._enter(path)))
-                handles.append(module.register_forward_hook(self._exit, always_call=True))
             yield
         finally:
-            for handle in handles:
-                handle.remove()
+            self.active = False
 
     def next_key(self) -> SiteKey:
         """The key of the relu call now running; :class:`NotReplayable` when its innermost module is not an owner."""
@@ -72,19 +97,27 @@ class OwnerCalls:
 
     def _enter(self, path: str) -> Any:
         def hook(module: nn.Module, args: Any) -> None:
-            self.calls[path] += 1
-            self.stack.append((path, self.calls[path], module))
+            if self.active:
+                self.calls[path] += 1
+                self.stack.append((path, self.calls[path], module))
+
+        return hook
+
+    def _mark(self, path: str) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            if self.active:
+                self.called.add(path)
 
         return hook
 
     def _exit(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self.stack and self.stack[-1][2] is module:
+        if self.active and self.stack and self.stack[-1][2] is module:
             self.stack.pop()
 
 
 def _innermost_module() -> nn.Module | None:
     """The module whose ``__call__`` is innermost on the interpreter's stack (None outside any module call)."""
-    frame = sys._getframe(2)
+    frame = sys._getframe(1)
     while frame is not None and frame.f_code is not _CALL_IMPL:
         frame = frame.f_back  # type: ignore[assignment]
     return frame.f_locals.get("self") if frame is not None else None

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..analysis.build import build_report
 from ..analysis.sites import build_site, site_names
+from ..engine.batches import replayable
 from ..engine.runner import observe
 from ..errors import UsageError
 from ..report import ModelInfo, ProbeInfo, Report, Thresholds
@@ -35,8 +36,9 @@ from .records import (
 )
 from .recycle import recycle_until_alive
 
-Batches = Sequence[Any] | Callable[[], Iterable[Any]]
-"""Probe batches that can be replayed: a list of tensors, or a function returning a fresh iterator."""
+Batches = Iterable[Any] | Callable[[], Iterable[Any]]
+"""Probe batches that can be replayed: a list of tensors, a :class:`~relu_doctor.engine.batches.Replayable`, or
+a function returning a fresh iterator (:func:`~relu_doctor.engine.batches.replayable`)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,8 @@ class _Context:
     """What every strategy needs besides the model copy."""
 
     original: nn.Module
-    replay: Callable[[], Iterable[Any]]
+    replay: Iterable[Any]
+    """The probe's batches, iterated again by every pass (:func:`~relu_doctor.engine.batches.replayable`)."""
     thresholds: Thresholds
     unit_dim: int | None
     seed: int
@@ -96,9 +99,9 @@ def repair_model(
     strategy = Strategy(strategy)
     if include_dying and strategy is not Strategy.recycle:
         raise UsageError(f"--include-dying works with --strategy recycle only, not {strategy.value}")
-    replay = _replayable(batches)
+    replay = replayable(batches)
     context = _Context(model, replay, thresholds or Thresholds(), unit_dim, seed, reducer)
-    observer, samples = observe(model, replay(), unit_dim=unit_dim, reducer=reducer)
+    observer, samples = observe(model, replay, unit_dim=unit_dim, reducer=reducer)
     probe = probe_info or ProbeInfo("in-memory", samples, 0)
     info = model_info or ModelInfo("", "in-memory", None)
     before = build_report(observer.sites, observer, model, context.thresholds, probe, info, unit_dim)
@@ -110,23 +113,16 @@ def repair_model(
     else:
         limit = max_drift if max_drift is not None else default_max_drift(strategy, include_dying)
         result, swapped = _recycle(work, observer.sites, before, context, include_dying, limit), ()
-    after_observer, _ = observe(work, replay(), unit_dim=unit_dim, reducer=reducer)
+    after_observer, _ = observe(work, replay, unit_dim=unit_dim, reducer=reducer)
     after = build_report(after_observer.sites, after_observer, work, context.thresholds, probe, info, unit_dim)
     return Repaired(work, result, before, after, swapped)
-
-
-def _replayable(batches: Batches) -> Callable[[], Iterable[Any]]:
-    if callable(batches):
-        return batches
-    frozen = list(batches)
-    return lambda: iter(frozen)
 
 
 def _leaky(work: nn.Module, before: Report, context: _Context) -> tuple[RepairResult, tuple[str, ...]]:
     plan = plan_leaky(work, before.sites)
     notes = code_changes(work, plan.module_paths)
     swap_to_leaky(work, plan.module_paths)
-    drift = drift_between(context.original, work, context.replay())
+    drift = drift_between(context.original, work, context.replay)
     return RepairResult(
         Strategy.leaky, context.seed, False, plan.repaired, plan.skipped, drift, notes
     ), plan.module_paths
@@ -136,7 +132,7 @@ def _bias_shift(work: nn.Module, observed: Sequence[Any], before: Report, contex
     plans, skipped = plan_bias_shift(work, observed, before.sites)
     bias_shift(work, plans)
     repaired = tuple(SiteRepair(p.site.name, p.units, (), (shift_target(p),)) for p in plans)
-    drift = drift_between(context.original, work, context.replay())
+    drift = drift_between(context.original, work, context.replay)
     return RepairResult(Strategy.bias_shift, context.seed, False, repaired, tuple(skipped), drift)
 
 
@@ -149,17 +145,17 @@ def _recycle(
     limit: float | None,
 ) -> RepairResult:
     plans, skipped = plan_recycle(work, observed, before.sites, include_dying)
-    reference = reference_outputs(context.original, context.replay())
+    reference = reference_outputs(context.original, context.replay)
     generator = torch.Generator().manual_seed(context.seed)
     redraws = _apply_recycle(work, plans, context, generator)
-    drift = drift_against(reference, work, context.replay())
+    drift = drift_against(reference, work, context.replay)
     if limit is not None and drift.relative_l2 > limit and plans:
         # Something the graph did not show (a layer reused elsewhere, an output used twice): find the sites one by one.
         fresh = copy.deepcopy(context.original)
         plans, redraws, rejected = _recycle_site_by_site(fresh, plans, context, reference, limit)
         work.load_state_dict(fresh.state_dict())
         skipped.extend(rejected)
-        drift = drift_against(reference, work, context.replay())
+        drift = drift_against(reference, work, context.replay)
     repaired = tuple(_site_repair(plan, redraws.get(plan.site.name, 0)) for plan in plans)
     return RepairResult(Strategy.recycle, context.seed, include_dying, repaired, tuple(skipped), drift)
 
@@ -230,7 +226,7 @@ def _try_plan(
     """Recycle one plan in ``work``; undo it and return its drift when that exceeds ``limit``, else (None, re-draws)."""
     saved = copy.deepcopy(work.state_dict())
     counts = _apply_recycle(work, [plan], context, generator)
-    drift = drift_against(reference, work, context.replay()).relative_l2
+    drift = drift_against(reference, work, context.replay).relative_l2
     if drift > limit:
         work.load_state_dict(saved)
         return drift, {}
@@ -246,7 +242,7 @@ def _fold_reason(drift: float, limit: float, consumers: str) -> str:
 
 
 def _still_dead(work: nn.Module, plans: Sequence[SitePlan], context: _Context) -> list[tuple[SitePlan, list[int]]]:
-    observer, _ = observe(work, context.replay(), unit_dim=context.unit_dim, reducer=context.reducer)
+    observer, _ = observe(work, context.replay, unit_dim=context.unit_dim, reducer=context.reducer)
     names = site_names(observer.sites)
     by_name = {name: seen for name, seen in zip(names, observer.sites)}
     silent = []

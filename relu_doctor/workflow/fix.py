@@ -52,7 +52,7 @@ def run_fix(request: FixRequest) -> FixOutcome:
     from ..loading.sniff import PICKLED_MODULE
     from ..repair.api import default_max_drift, repair_model
     from ..repair.write import check_writable
-    from .scan import build_probe, load_for_scan, resolve_device
+    from .scan import build_probe, load_for_scan, replay_probe, resolve_device
     from .writer import plan_output
 
     source = Path(request.scan.model_path)
@@ -63,7 +63,7 @@ def run_fix(request: FixRequest) -> FixOutcome:
         check_writable(source, loaded.info.format)
     probe = build_probe(request.scan, loaded.model, loaded.example_input)
     dtype, device = getattr(torch, request.scan.dtype), resolve_device(request.scan.device)
-    replay = lambda: probe.batches(dtype, device)  # noqa: E731
+    replay = replay_probe(probe, dtype, device)
     limit = (
         request.max_drift
         if request.max_drift is not None
@@ -128,12 +128,12 @@ def _verify(request: FixRequest, loaded: Any, repaired: Any, replay: Any, limit:
     written = load_for_scan(replace(request.scan, model_path=request.output))
     after = scan(
         written.model,
-        replay(),
+        replay,
         thresholds=request.scan.thresholds,
         unit_dim=request.scan.unit_dim,
         model_info=written.info,
         probe_info=repaired.before.probe,
         reducer=request.scan.reducer,
     )
-    drift = drift_between(loaded.model, written.model, replay())
+    drift = drift_between(loaded.model, written.model, replay)
     return verification(repaired.before, after, repaired.result.repaired, drift, limit)

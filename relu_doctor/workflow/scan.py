@@ -278,7 +278,7 @@ def run_scan(
     if on_probe is not None:
         on_probe(probe.info.samples)
     stage("observing", probe.info.samples)
-    batches = _Replayable(probe, getattr(torch, request.dtype), _device(request))
+    batches = replay_probe(probe, getattr(torch, request.dtype), _device(request))
     simulating: list[bool] = []
 
     def simulated(done: int, planned: int) -> None:
@@ -358,14 +358,9 @@ def _combiner(request: ScanRequest, sharded: Any, probe: Any, model: Any) -> Any
     )
 
 
-class _Replayable:
-    """The probe's batches, read again from the file (or regenerated) each time they are iterated."""
+def replay_probe(probe: Any, dtype: Any, device: Any) -> Any:
+    """The probe's batches, read again from the file (or regenerated) each time they are iterated, with their
+    number (a :class:`~relu_doctor.engine.batches.Replayable`: what scan, fix and its verification iterate)."""
+    from ..engine.batches import Replayable
 
-    def __init__(self, probe: Any, dtype: Any, device: Any) -> None:
-        self.probe, self.dtype, self.device = probe, dtype, device
-
-    def __iter__(self) -> Any:
-        return self.probe.batches(self.dtype, self.device)
-
-    def __len__(self) -> int:
-        return -(-self.probe.info.samples // self.probe.info.batch_size)
+    return Replayable.sized(lambda: probe.batches(dtype, device), -(-probe.info.samples // probe.info.batch_size))

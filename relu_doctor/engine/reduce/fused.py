@@ -28,7 +28,7 @@ import torch
 
 from ...activations import Member
 from ..counters import UnitAccumulator
-from .torch_reducer import ExactCall, TorchReducer, unit_blocks
+from .torch_reducer import ExactCall, TorchReducer, small_rows, unit_blocks
 
 MIN_WORK = 500_000_000
 """Elements a scan must still reduce for ``auto`` to load numba: at about 1.3 ns saved per element (CNN, CPU)
@@ -100,7 +100,8 @@ def add_batch(
 
 
 class FusedReducer(TorchReducer):
-    """The numba kernels wherever they read the layout (float32 on the CPU); the torch reducer elsewhere.
+    """The numba kernels wherever they read the layout (float32 on the CPU); the torch reducer elsewhere, and for
+    small one-position sites, which it reduces together at the end of the pass (a kernel call per site costs more).
 
     The kernels add to the counters at once, so an undoable pass keeps a copy of each counters object it touches
     (:meth:`undo_pass` puts them back)."""
@@ -124,7 +125,7 @@ class FusedReducer(TorchReducer):
         member: Member,
         mask: torch.Tensor | None = None,
     ) -> Any:
-        if mask is None and suits(pre):
+        if mask is None and suits(pre) and not small_rows(pre, sample_axis):
             if self._saved is not None and id(counters) not in self._saved:
                 self._saved[id(counters)] = (counters, counters.copy())
             counted = add_batch(counters, pre, unit_axis, sample_axis, member.cap)

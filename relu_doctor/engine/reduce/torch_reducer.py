@@ -23,6 +23,12 @@ import torch
 from ...activations import Member
 from ..counters import BatchCounts, UnitAccumulator
 
+ROW_SITE_ELEMENTS = 1 << 16
+"""A one-position site (samples, units) up to this size is copied into its group's buffer and reduced with the
+others at the end of the pass (per-call torch overhead dominates such small sites); a larger one at once."""
+ROW_GROUP_BYTES = 32 << 20
+"""The most a group's buffer holds; a full buffer is reduced before the pass ends."""
+
 
 class TorchReducer:
     """Reduces each call with torch operations; counts reach the counters at :meth:`end_pass`."""
@@ -31,14 +37,15 @@ class TorchReducer:
 
     def __init__(self) -> None:
         self._pending: list[tuple[UnitAccumulator, BatchCounts]] = []
-        self._rows: dict[tuple[Any, ...], list[tuple[UnitAccumulator, torch.Tensor]]] = {}
-        """(shape, dtype, device, member) -> (counters, (samples, units) pre-activation copy) of one-position
-        sites, reduced together at the end of the pass."""
+        self._groups: dict[tuple[Any, ...], _RowGroup] = {}
+        """(shape, dtype, device, member) -> the buffered one-position calls of that kind (buffers kept across
+        passes: the next pass fills them again)."""
 
     def start_pass(self, *, undoable: bool = False) -> None:
         """Begin a pass (``undoable``: :meth:`undo_pass` may drop it; the torch reducer can always do that)."""
         self._pending.clear()
-        self._rows.clear()
+        for group in self._groups.values():
+            group.clear()
 
     def before_op(
         self,
@@ -53,13 +60,18 @@ class TorchReducer:
         returns what :meth:`after_op` needs (None when the op's output is not needed)."""
         if mask is not None:
             return _Masked(counters, pre.clone(), mask)
+        if small_rows(pre, sample_axis):
+            rows = pre if sample_axis == 0 else pre.t()
+            key = (tuple(rows.shape), rows.dtype, rows.device, member)
+            group = self._groups.get(key)
+            if group is None:
+                group = self._groups[key] = _RowGroup(rows, member)
+            if group.add(counters, rows):
+                self._pending.extend(group.reduce())
+            return None
         sample_max = reduce_sample_max(pre, unit_axis, sample_axis)
         if not all_finite(sample_max):
             return ExactCall(counters, pre.clone(), unit_axis, sample_axis)
-        if pre.dim() == 2 and sample_axis is not None:  # one position per sample: the copy holds everything
-            key = (tuple(sample_max.shape), sample_max.dtype, sample_max.device, member)
-            self._rows.setdefault(key, []).append((counters, sample_max))
-            return None
         return _Finite(counters, sample_max, unit_axis, pre.shape)
 
     def after_op(self, token: Any, output: torch.Tensor) -> None:
@@ -71,8 +83,8 @@ class TorchReducer:
         """Add the pass's counts to the counters."""
         # Counters made inside a pass are inference tensors, writable only in inference mode; normal ones are too.
         with torch.inference_mode():
-            for key, calls in self._rows.items():
-                self._pending.extend(_row_counts(calls, key[3]))
+            for group in self._groups.values():
+                self._pending.extend(group.reduce())
             for counters, counts in self._pending:
                 counters.add(counts)
         self.start_pass()
@@ -82,16 +94,64 @@ class TorchReducer:
         self.start_pass()
 
 
-def _row_counts(calls: list[tuple[UnitAccumulator, torch.Tensor]], member: Member) -> list[Any]:
-    """The counts of one-position sites of one shape, reduced together: (sites, samples, units) at once."""
-    stacked = torch.stack([sample_max for _, sample_max in calls])
-    samples = stacked.shape[1]
-    fired = _count_positive(stacked, dim=1)
-    maxima = stacked.amax(dim=1).float()
-    sums = member.activation(stacked).sum(dim=1, dtype=torch.float32)
-    return [
-        (counters, BatchCounts(fired[k], maxima[k], sums[k], samples, samples)) for k, (counters, _) in enumerate(calls)
-    ]
+def small_rows(pre: torch.Tensor, sample_axis: int | None) -> bool:
+    """True for a (samples, units) pre-activation small enough to be reduced with others of its shape."""
+    return pre.dim() == 2 and sample_axis is not None and pre.numel() <= ROW_SITE_ELEMENTS
+
+
+class _RowGroup:
+    """Copies of the (samples, units) pre-activations of one-position sites of one shape, reduced all at once:
+    a few tensor calls for every site of the group instead of a dozen per site (a 200-layer MLP has 200)."""
+
+    def __init__(self, like: torch.Tensor, member: Member) -> None:
+        self.member = member
+        self.capacity = max(1, ROW_GROUP_BYTES // max(like.numel() * like.element_size(), 1))
+        with torch.inference_mode(False):  # a normal tensor: writable inside and outside inference mode
+            self.buffer = torch.empty((1, *like.shape), dtype=like.dtype, device=like.device)
+        self.counters: list[UnitAccumulator] = []
+
+    def clear(self) -> None:
+        self.counters.clear()
+
+    def add(self, counters: UnitAccumulator, rows: torch.Tensor) -> bool:
+        """Copy one call in; True when the buffer is full (reduce it now)."""
+        n = len(self.counters)
+        if n == self.buffer.shape[0]:
+            shape, dtype, device = self.buffer.shape, self.buffer.dtype, self.buffer.device
+            with torch.inference_mode(False):
+                grown = torch.empty((min(2 * n, self.capacity), *shape[1:]), dtype=dtype, device=device)
+            grown[:n].copy_(self.buffer)
+            self.buffer = grown
+        self.buffer[n].copy_(rows)  # a copy: an in-place op runs right after this
+        self.counters.append(counters)
+        return len(self.counters) == self.capacity
+
+    def reduce(self) -> list[tuple[UnitAccumulator, BatchCounts]]:
+        """The counts of the calls copied in so far (the buffer is then free for the next ones)."""
+        if not self.counters:
+            return []
+        stacked = self.buffer[: len(self.counters)]
+        samples = stacked.shape[1]
+        if not all_finite(stacked):
+            member = self.member
+            counts = [exact_counts(rows, member.activation(rows), 1, 0) for rows in stacked[: len(self.counters)]]
+        else:
+            maxima = stacked.amax(dim=1).float()
+            activation = self.member.activation(stacked, in_place=True)  # the buffer is ours
+            sums = activation.sum(dim=1, dtype=torch.float32)
+            # a member's output is non-zero exactly where its unit fires: sign() is 1 there, 0 elsewhere
+            fired = _count_nonzero(activation.sign_(), dim=1)
+            counts = [BatchCounts(fired[k], maxima[k], sums[k], samples, samples) for k in range(len(self.counters))]
+        done = list(zip(self.counters, counts))
+        self.counters.clear()
+        return done
+
+
+def _count_nonzero(signs: torch.Tensor, dim: int) -> torch.Tensor:
+    """Per unit, the number of ones in a tensor of 0s and 1s along ``dim`` (exact through a float32 sum)."""
+    if signs.shape[dim] >= EXACT_FLOAT32_COUNT:
+        return (signs != 0).sum(dim=dim)
+    return signs.sum(dim=dim, dtype=torch.float32).to(torch.int64)
 
 
 @dataclass(frozen=True)
@@ -126,21 +186,24 @@ class ExactCall:
     sample_axis: int | None
 
     def counts(self, output: torch.Tensor) -> BatchCounts:
-        pre, unit_axis = self.pre, self.unit_axis
-        activation = output.reshape(pre.shape)
-        other = [d for d in range(pre.dim()) if d != unit_axis]
-        finite = torch.isfinite(pre)
-        sample_max = reduce_sample_max(torch.where(finite, pre, -math.inf), unit_axis, self.sample_axis)
-        return BatchCounts(
-            _count_positive(sample_max, dim=0),
-            sample_max.amax(dim=0).float(),
-            torch.where(finite, activation, 0).sum(dim=other, dtype=torch.float32),
-            pre.numel() // max(self.counters.units, 1),
-            sample_max.shape[0],
-            positive=((pre > 0) & finite).sum(dim=other),
-            nan=torch.isnan(pre).sum(dim=other),
-            inf=torch.isinf(pre).sum(dim=other),
-        )
+        return exact_counts(self.pre, output.reshape(self.pre.shape), self.unit_axis, self.sample_axis)
+
+
+def exact_counts(pre: torch.Tensor, activation: torch.Tensor, unit_axis: int, sample_axis: int | None) -> BatchCounts:
+    """The counts of a call holding NaN or Inf: those go to their own counters and nowhere else."""
+    other = [d for d in range(pre.dim()) if d != unit_axis]
+    finite = torch.isfinite(pre)
+    sample_max = reduce_sample_max(torch.where(finite, pre, -math.inf), unit_axis, sample_axis)
+    return BatchCounts(
+        _count_positive(sample_max, dim=0),
+        sample_max.amax(dim=0).float(),
+        torch.where(finite, activation, 0).sum(dim=other, dtype=torch.float32),
+        pre.numel() // max(pre.shape[unit_axis], 1),
+        sample_max.shape[0],
+        positive=((pre > 0) & finite).sum(dim=other),
+        nan=torch.isnan(pre).sum(dim=other),
+        inf=torch.isinf(pre).sum(dim=other),
+    )
 
 
 @dataclass(frozen=True)
