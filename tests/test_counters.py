@@ -114,3 +114,16 @@ def test_count_and_sum_reuses_its_scratch_buffer_inside_and_outside_inference_mo
     for count, total in (inside, outside):
         assert count.tolist() == expected[0]
         assert torch.allclose(total, expected[1])
+
+
+def test_replayable_batches_start_over_on_every_iteration() -> None:
+    from relu_doctor.engine.batches import Replayable, replayable
+
+    batches = [torch.zeros(2, 3), torch.ones(1, 3)]
+    assert replayable(batches) is batches
+    fresh = replayable(lambda: iter(batches))
+    assert [b.shape[0] for b in fresh] == [b.shape[0] for b in fresh] == [2, 1]
+    once = replayable(iter(batches))  # an iterator is read once, kept, and replayed
+    assert [len(list(once)), len(list(once))] == [2, 2]
+    sized = Replayable.sized(lambda: iter(batches), 2)
+    assert len(sized) == 2 and len(list(sized)) == 2

@@ -263,3 +263,26 @@ def test_a_module_first_called_in_a_replay_is_not_reported_as_never_called() -> 
     report = scan(model, [negative, positive])
     assert not any("never called" in w for w in report.warnings), report.warnings
     assert any("never called" in w for w in scan(model, [negative]).warnings)
+
+
+def test_counters_replaced_between_passes_keep_counting_like_one_scan() -> None:
+    # The torch reducer keeps small linear sites' counters as rows of shared tensors; an all-reduce or a merge
+    # replaces a site's counters object between passes, and the next passes must count into the new one.
+    torch.manual_seed(0)
+    model = ReusedReluBlock()
+    batches = list(torch.randn(12, 8, generator=torch.Generator().manual_seed(3)).split(4))
+    with ReluObserver(model, reducer="torch") as observer:
+        for batch in batches[:2]:
+            observer.run(batch)
+        for site in observer.sites:
+            site.counters = site.counters.copy()  # what combine_counters does (a new object, same counts)
+        observer.run(batches[2])
+    whole = scan(model, [torch.cat(batches)], reducer="torch")
+    for site, expected in zip(observer.sites, whole.sites):
+        got = site.counters.snapshot()
+        assert (got.positive, got.samples_fired, got.samples) == (
+            expected.counters.positive,
+            expected.counters.samples_fired,
+            expected.counters.samples,
+        )
+        assert got.max_preactivation == expected.counters.max_preactivation

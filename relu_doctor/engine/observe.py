@@ -41,6 +41,7 @@ from .graph import GraphRecorder
 from .model_state import instrumented
 from .ops import Layout, Role
 from .passes import GRAD_SHOWING, ForwardingMode, Grad, autograd_state, stronger
+from .recording import CallRecorder
 from .reduce import Reducer, make_reducer
 from .replay import NotReplayable, OwnerCalls, ReplayMode
 from .site_keys import SiteKey, SiteKeys
@@ -68,6 +69,9 @@ class ReluObserver:
     ) -> None:
         self.reducer: Reducer = make_reducer(reducer, expected_passes)
         """Turns each call into counts (``expected_passes``: forward passes the caller will run, None: unknown)."""
+        self.warnings: dict[str, None] = {}
+        self.calls = CallRecorder(self.reducer, self.warnings)
+        """Hands each call of a site to the reducer, for the batch now running."""
         self.model = model
         self.unit_dim = unit_dim
         self.site_paths = site_paths
@@ -76,7 +80,6 @@ class ReluObserver:
         self.table = SiteTable()
         self.sites = self.table.sites
         self.other_activations: Counter[str] = Counter()
-        self.warnings: dict[str, None] = {}
         opaque = isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)) or site_paths is not None
         self.graph = GraphRecorder(model, self.tracker, self.sites, opaque, self._decide_axis)
         self.replaying = False
@@ -92,9 +95,6 @@ class ReluObserver:
         """Autograd state of dispatched passes: raised when a fused kernel hid relus that another state shows."""
         self._raise_grad: Grad | None = None
         self._op_cache: dict[Any, tuple[str, Role]] = {}
-        self._batch_size = 0
-        self._mask: torch.Tensor | None = None
-        """(samples, positions) True at real tokens of the current MaskedBatch; None for other batches."""
         self._kwargs: dict[str, Any] = {}
         self._exit_stack = contextlib.ExitStack()
 
@@ -112,8 +112,8 @@ class ReluObserver:
     def run(self, inputs: Any) -> None:
         """One forward pass of ``inputs`` (a tensor, a tuple of positional inputs, or a :class:`MaskedBatch`)."""
         args, self._kwargs = call_arguments(inputs)
-        self._mask = inputs.attention_mask.bool() if isinstance(inputs, MaskedBatch) else None
-        self._batch_size = leading_size(args)
+        mask = inputs.attention_mask.bool() if isinstance(inputs, MaskedBatch) else None
+        self.calls.start_batch(leading_size(args), mask)
         if self.replaying:
             self._run_replay(args)
         else:
@@ -139,7 +139,7 @@ class ReluObserver:
         replay pass that meets a relu call the first pass did not make leaves it uncounted (with a warning) and later
         passes use the dispatch mode. ``inputs`` (any nest of tensors) gives the batch size from its first tensor.
         """
-        self._batch_size = leading_size(inputs)
+        self.calls.start_batch(leading_size(inputs))
         outputs: list[Any] = []
         replaying = self.replaying
         self.reducer.start_pass()
@@ -254,10 +254,10 @@ class ReluObserver:
             site.undecided.append((copy, output.detach().clone(), member))
         else:
             with torch.no_grad():  # grad mode may be on (see Grad): the counters never join autograd's graph
-                token = self._before_op(site, name, pre.detach(), member)
+                token = self.calls.before_op(site, name, pre.detach(), member)
             output = func(*args, **kwargs)
             with torch.no_grad():
-                self.reducer.after_op(token, output.detach())
+                self.calls.after_op(token, output)
         self.graph.site_output(output, pre, site)
         return output
 
@@ -329,9 +329,9 @@ class ReluObserver:
                 raise
             self._stray = True  # a training step cannot be re-run: this call goes uncounted, with a warning
             return func(*args, **kwargs)
-        token = self._before_op(site, site.op, args[0].detach(), site.family)
+        token = self.calls.before_op(site, site.op, args[0].detach(), site.family)
         output = func(*args, **kwargs)
-        self.reducer.after_op(token, output.detach())
+        self.calls.after_op(token, output)
         return output
 
     def _next_replayed(self, member: Member) -> ObservedSite:
@@ -350,45 +350,6 @@ class ReluObserver:
             "a training pass made relu calls the first observed pass did not (data-dependent control flow); "
             "calls that did not match went uncounted there, and later passes follow every op"
         ] = None
-
-    # -- one call of a site ----------------------------------------------------------------------------
-    def _before_op(self, site: ObservedSite, name: str, pre: torch.Tensor, member: Member) -> Any:
-        """Hand the pre-activation to the reducer before the op runs (an in-place relu overwrites it)."""
-        view = pre.reshape(1, -1) if pre.dim() < 2 else pre
-        if view.shape[site.unit_axis] != site.counters.units:
-            raise ObservationError(
-                f"site {site.module_path or '<root>'} ({name}) had {site.counters.units} units, then an activation "
-                f"of shape {tuple(pre.shape)}; pass --unit-dim to choose the unit axis"
-            )
-        if self._mask is not None:
-            tokens = self._token_view(site, view)
-            if tokens is not None:
-                return self.reducer.before_op(site.counters, tokens, 2, 0, member, self._mask)
-        sample_axis = self._sample_axis(view, site.unit_axis)
-        return self.reducer.before_op(site.counters, view, site.unit_axis, sample_axis, member)
-
-    def _token_view(self, site: ObservedSite, view: torch.Tensor) -> torch.Tensor | None:
-        """The pre-activation as (samples, positions, units) lined up with the attention mask, or None (with a
-        warning) when its shape does not line up: (B, T, U) as is, or (B*T, U) as OPT's feed-forward flattens it."""
-        assert self._mask is not None
-        samples, positions = self._mask.shape
-        units = site.counters.units
-        if view.dim() == 3 and tuple(view.shape[:2]) == (samples, positions) and site.unit_axis == 2:
-            return view
-        if view.dim() == 2 and view.shape[0] == samples * positions and site.unit_axis == 1:
-            return view.reshape(samples, positions, units)
-        self.warnings[
-            f"{site_label(site)}: its activation of shape {tuple(view.shape)} does not line up with the attention "
-            "mask's (samples, positions); padded positions are counted there"
-        ] = None
-        return None
-
-    def _sample_axis(self, view: torch.Tensor, unit_axis: int) -> int | None:
-        if view.shape[0] == self._batch_size and unit_axis != 0:
-            return 0
-        if view.dim() >= 3 and view.shape[1] == self._batch_size and unit_axis != 1:
-            return 1  # (T, N, F): sequence-first transformers
-        return None
 
     # -- sites and their unit axis ---------------------------------------------------------------------
     def _new_site(self, key: SiteKey, name: str, member: Member, kind: str, pre: torch.Tensor) -> ObservedSite:
@@ -435,8 +396,8 @@ class ReluObserver:
         site.counters = UnitAccumulator(int(shape[axis]), site.counters.positive.device)
         with torch.no_grad():
             for pre, output, member in captured:
-                token = self._before_op(site, site.op, pre, member)
-                self.reducer.after_op(token, output)
+                token = self.calls.before_op(site, site.op, pre, member)
+                self.calls.after_op(token, output)
 
     def _decide_undecided_axes(self) -> None:
         """At the end of a pass, sites that no conv, norm or linear read keep the axis their rank suggests."""

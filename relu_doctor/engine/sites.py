@@ -53,11 +53,6 @@ class ObservedSite:
         return MEMBERS_BY_NAME[self.member]
 
     @property
-    def shown_op(self) -> str:
-        """The op as users know it (relu, relu6_, ...)."""
-        return self.family.shown_as(self.op)
-
-    @property
     def identity(self) -> SiteIdentity:
         """What the same site must show on another rank (or in a stats file) to be combined with this one."""
         return SiteIdentity(self.key, self.op, self.member, self.counters.units, self.unit_axis)

@@ -37,6 +37,7 @@ class TorchReducer:
 
     def __init__(self) -> None:
         self._pending: list[tuple[UnitAccumulator, BatchCounts]] = []
+        self._group_counts: list[_GroupCounts] = []
         self._groups: dict[tuple[Any, ...], _RowGroup] = {}
         """(shape, dtype, device, member) -> the buffered one-position calls of that kind (buffers kept across
         passes: the next pass fills them again)."""
@@ -44,6 +45,7 @@ class TorchReducer:
     def start_pass(self, *, undoable: bool = False) -> None:
         """Begin a pass (``undoable``: :meth:`undo_pass` may drop it; the torch reducer can always do that)."""
         self._pending.clear()
+        self._group_counts.clear()
         for group in self._groups.values():
             group.clear()
 
@@ -67,7 +69,7 @@ class TorchReducer:
             if group is None:
                 group = self._groups[key] = _RowGroup(rows, member)
             if group.add(counters, rows):
-                self._pending.extend(group.reduce())
+                self._group_counts.extend(group.reduce())
             return None
         sample_max = reduce_sample_max(pre, unit_axis, sample_axis)
         if not all_finite(sample_max):
@@ -84,9 +86,11 @@ class TorchReducer:
         # Counters made inside a pass are inference tensors, writable only in inference mode; normal ones are too.
         with torch.inference_mode():
             for group in self._groups.values():
-                self._pending.extend(group.reduce())
+                self._group_counts.extend(group.reduce())
             for counters, counts in self._pending:
                 counters.add(counts)
+            for group_counts in self._group_counts:
+                group_counts.add()
         self.start_pass()
 
     def undo_pass(self) -> None:
@@ -109,9 +113,13 @@ class _RowGroup:
         with torch.inference_mode(False):  # a normal tensor: writable inside and outside inference mode
             self.buffer = torch.empty((1, *like.shape), dtype=like.dtype, device=like.device)
         self.counters: list[UnitAccumulator] = []
+        self.stores: list[_Store] = []
+        """One per chunk of the pass (a pass fills the buffer ``capacity`` calls at a time)."""
+        self._chunks = 0
 
     def clear(self) -> None:
         self.counters.clear()
+        self._chunks = 0
 
     def add(self, counters: UnitAccumulator, rows: torch.Tensor) -> bool:
         """Copy one call in; True when the buffer is full (reduce it now)."""
@@ -126,25 +134,102 @@ class _RowGroup:
         self.counters.append(counters)
         return len(self.counters) == self.capacity
 
-    def reduce(self) -> list[tuple[UnitAccumulator, BatchCounts]]:
+    def reduce(self) -> list[_GroupCounts]:
         """The counts of the calls copied in so far (the buffer is then free for the next ones)."""
         if not self.counters:
             return []
-        stacked = self.buffer[: len(self.counters)]
-        samples = stacked.shape[1]
+        n = len(self.counters)
+        stacked = self.buffer[:n]
         if not all_finite(stacked):
             member = self.member
-            counts = [exact_counts(rows, member.activation(rows), 1, 0) for rows in stacked[: len(self.counters)]]
+            counts = [exact_counts(rows, member.activation(rows), 1, 0) for rows in stacked]
+            done = [_GroupCounts.per_site(list(zip(self.counters, counts)))]
         else:
             maxima = stacked.amax(dim=1).float()
             activation = self.member.activation(stacked, in_place=True)  # the buffer is ours
             sums = activation.sum(dim=1, dtype=torch.float32)
             # a member's output is non-zero exactly where its unit fires: sign() is 1 there, 0 elsewhere
             fired = _count_nonzero(activation.sign_(), dim=1)
-            counts = [BatchCounts(fired[k], maxima[k], sums[k], samples, samples) for k in range(len(self.counters))]
-        done = list(zip(self.counters, counts))
+            chunk = self._chunks
+            self._chunks += 1
+            if len(self.stores) <= chunk:
+                self.stores.append(_Store())
+            done = [_GroupCounts(list(self.counters), fired, maxima, sums, stacked.shape[1], self.stores[chunk])]
         self.counters.clear()
         return done
+
+
+class _Store:
+    """The counters of the sites of one chunk of a group as rows of (sites, units) tensors: each site's counters
+    are views of its row, so a pass adds to every site in four tensor calls. Re-made whenever the chunk's sites
+    or their tensors change (a new site, counters replaced by a merge or an all-reduce)."""
+
+    def __init__(self) -> None:
+        self.counters: list[UnitAccumulator] = []
+        self.views: list[tuple[torch.Tensor, ...]] = []
+        self.tensors: tuple[torch.Tensor, ...] = ()
+
+    def holds(self, counters: list[UnitAccumulator]) -> bool:
+        return len(counters) == len(self.counters) and all(
+            a is b and _fields(a) == tuple(map(id, views)) for a, b, views in zip(counters, self.counters, self.views)
+        )
+
+    def adopt(self, counters: list[UnitAccumulator]) -> None:
+        with torch.inference_mode(False):  # normal tensors: writable inside and outside inference mode
+            self.tensors = tuple(torch.stack([getattr(c, name) for c in counters]) for name in _STORED)
+        self.counters = list(counters)
+        self.views = []
+        for k, acc in enumerate(counters):
+            views = tuple(t[k] for t in self.tensors)
+            for name, view in zip(_STORED, views):
+                setattr(acc, name, view)
+            self.views.append(views)
+
+
+_STORED = ("positive", "samples_fired", "max_preactivation", "activation_sum")
+
+
+def _fields(counters: UnitAccumulator) -> tuple[int, ...]:
+    return tuple(id(getattr(counters, name)) for name in _STORED)
+
+
+class _GroupCounts:
+    """What one reduced chunk of a group adds: (sites, units) tensors, added through the chunk's store."""
+
+    def __init__(
+        self,
+        counters: list[UnitAccumulator],
+        fired: torch.Tensor | None,
+        maxima: torch.Tensor | None,
+        sums: torch.Tensor | None,
+        samples: int,
+        store: _Store | None,
+    ) -> None:
+        self.counters, self.fired, self.maxima, self.sums = counters, fired, maxima, sums
+        self.samples, self.store = samples, store
+        self.each: list[tuple[UnitAccumulator, BatchCounts]] = []
+
+    @classmethod
+    def per_site(cls, each: list[tuple[UnitAccumulator, BatchCounts]]) -> _GroupCounts:
+        counts = cls([], None, None, None, 0, None)
+        counts.each = each
+        return counts
+
+    def add(self) -> None:
+        for counters, batch in self.each:
+            counters.add(batch)
+        if self.store is None or self.fired is None or self.maxima is None or self.sums is None:
+            return
+        if not self.store.holds(self.counters):
+            self.store.adopt(self.counters)
+        positive, fired, highest, total = self.store.tensors
+        positive += self.fired
+        fired += self.fired
+        torch.maximum(highest, self.maxima, out=highest)
+        total += self.sums
+        for counters in self.counters:
+            counters.positions += self.samples
+            counters.samples += self.samples
 
 
 def _count_nonzero(signs: torch.Tensor, dim: int) -> torch.Tensor:
