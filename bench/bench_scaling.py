@@ -55,7 +55,7 @@ def measure(title: str, rows: list[Row], reps: int, threads: int) -> None:
     print(f"\n{title}")
     print(
         f"  {'':14} {'plain s':>8} {'no-sim s':>9} {'default s':>10} {'no-sim ×':>9} {'default ×':>10}"
-        f" {'plain MiB':>10} {'default MiB':>12} {'RSS ×':>6}"
+        f" {'plain MiB':>10} {'no-sim MiB':>11} {'default MiB':>12} {'RSS ×':>6}"
     )
     for label, plain, bare, default in rows:
         runs: dict[str, list[tuple[float, float, float]]] = {"plain": [], "bare": [], "default": []}
@@ -67,7 +67,7 @@ def measure(title: str, rows: list[Row], reps: int, threads: int) -> None:
         print(
             f"  {label:14} {cpu['plain']:8.2f} {cpu['bare']:9.2f} {cpu['default']:10.2f}"
             f" {cpu['bare'] / cpu['plain']:9.2f} {cpu['default'] / cpu['plain']:10.2f}"
-            f" {rss['plain']:10.0f} {rss['default']:12.0f} {rss['default'] / rss['plain']:6.2f}",
+            f" {rss['plain']:10.0f} {rss['bare']:11.0f} {rss['default']:12.0f} {rss['default'] / rss['plain']:6.2f}",
             flush=True,
         )
 

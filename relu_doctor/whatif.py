@@ -48,7 +48,7 @@ from .engine.tracking import ModuleCallTracker
 from .errors import first_line
 from .repair.bias_shift import bias_shift_edits
 from .repair.drift import DriftMeter, flat_floats
-from .repair.edits import Edits, edited
+from .repair.edits import Edits, state_tensors
 from .repair.plan import SitePlan, plan_bias_shift, plan_recycle
 from .repair.recycle import DEFAULT_SEED, recycle_until_alive
 from .report import Finding, Prediction, Report, Site
@@ -361,7 +361,7 @@ class Replay:
         """``variant``'s outcome over the sub-probe, against the unmodified outputs."""
         meter = _Meter()
         self.planned = max(self.planned, self.passes + len(self.batches))
-        edits = edited(self.rerun.model, dict(variant.edits)) if variant.edits else contextlib.nullcontext()
+        edits = _swapped_in(self.rerun.model, dict(variant.edits)) if variant.edits else contextlib.nullcontext()
         with edits:
             for batch, reference in zip(self.batches, self.references):
                 meter.add(reference, self._forward(batch, variant.leaky_sites), self.rerun.fired, batch_mask(batch))
@@ -374,6 +374,22 @@ class Replay:
         if self.progress is not None:
             self.progress(self.passes, self.planned)
         return output
+
+
+@contextlib.contextmanager
+def _swapped_in(model: nn.Module, edits: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """``edits`` in place of the model's tensors for the duration, each as that tensor's data, then the model's
+    own data swapped back untouched: no copy of the edited tensors is kept (``repair.edits.edited`` keeps one to
+    copy back, which doubles the memory of a wide model's recycled layers)."""
+    tensors = state_tensors(model)
+    originals = {name: tensors[name].data for name in edits}
+    try:
+        for name, value in edits.items():
+            tensors[name].data = value
+        yield
+    finally:
+        for name, data in originals.items():
+            tensors[name].data = data
 
 
 def _newly_dead(
