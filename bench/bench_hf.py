@@ -1,22 +1,27 @@
 """Cost of scanning a 125M-parameter relu decoder (OPT-125m dims, random weights, built locally) vs its forward.
 
-``python bench/bench_hf.py [--texts 64] [--tokens 128] [--batch-size 16] [--device cpu]``: builds OPTForCausalLM
-from an OPTConfig with OPT-125m's sizes (no download), makes ``--texts`` token sequences of ``--tokens`` tokens
-(the last quarter of every other sequence padded, so the mask path is the one measured), then times, in one
-run, the plain forward over the batches and ``relu_doctor.scan`` over the same batches, and prints both.
-Not run by the tests (needs transformers and minutes of CPU).
+``python bench/bench_hf.py [--texts 64] [--tokens 128] [--batch-size 16] [--reps 1] [--device cpu]``: builds
+OPTForCausalLM from an OPTConfig with OPT-125m's sizes (no download), makes ``--texts`` token sequences of
+``--tokens`` tokens (the last quarter of every other sequence padded, so the masked path is the one measured),
+then, ``--reps`` times and interleaved in one process, times the plain forward over the batches and
+``relu_doctor.scan`` over the same batches with each reducer (torch, and fused when numba is installed), and
+prints the median of each and its ratio to the forward's median. Not run by the tests (needs transformers and
+minutes of CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
 from relu_doctor.api import scan
 from relu_doctor.engine.batches import MaskedBatch
+from relu_doctor.engine.reduce import fused
 
 
 def main() -> None:
@@ -24,6 +29,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -53,19 +59,28 @@ def main() -> None:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    with torch.inference_mode():  # warm-up
+    def forward() -> None:
+        with torch.inference_mode():
+            for batch in batches:
+                model(batch.input_ids, attention_mask=batch.attention_mask)
+
+    reducers = ["torch"] + (["fused"] if fused.available() else [])
+    runs: dict[str, Callable[[], object]] = {"plain forward": forward}
+    runs.update({f"scan, {name} reducer": (lambda name=name: scan(model, batches, reducer=name)) for name in reducers})
+    with torch.inference_mode():  # warm-up (and numba's kernels compiled or loaded from its cache, below)
         model(batches[0].input_ids, attention_mask=batches[0].attention_mask)
-    sync()
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for batch in batches:
-            model(batch.input_ids, attention_mask=batch.attention_mask)
-    sync()
-    forward = time.perf_counter() - start
-    start = time.perf_counter()
-    report = scan(model, batches, reducer="torch")
-    sync()
-    scanned = time.perf_counter() - start
+    if "fused" in reducers:
+        scan(model, batches[:1], reducer="fused")
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    outcome: object = None
+    for _ in range(args.reps):
+        for name, run in runs.items():
+            sync()
+            start = time.perf_counter()
+            result = run()
+            sync()
+            times[name].append(time.perf_counter() - start)
+            outcome = result if result is not None else outcome
     real = int(mask.sum())
     print(
         f"model: OPTForCausalLM, {params / 1e6:.1f}M parameters, relu FFN, device {args.device}, "
@@ -73,13 +88,13 @@ def main() -> None:
     )
     print(
         f"probe: {args.texts} texts x {args.tokens} tokens ({real} real, {mask.numel() - real} padded), "
-        f"batch {args.batch_size}"
+        f"batch {args.batch_size}; median of {args.reps} interleaved repeats"
     )
-    print(f"plain forward: {forward:.2f} s")
-    print(
-        f"relu-doctor scan: {scanned:.2f} s ({scanned / forward:.2f}x the forward), {len(report.sites)} sites, "
-        f"{report.summary.dead} dead units"
-    )
+    base = statistics.median(times["plain forward"])
+    for name, seconds in times.items():
+        print(f"{name}: {statistics.median(seconds):.2f} s ({statistics.median(seconds) / base:.2f}x the forward)")
+    report = outcome
+    print(f"{len(report.sites)} sites, {report.summary.dead} dead units, {report.probe.samples} samples")  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

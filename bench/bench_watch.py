@@ -1,7 +1,8 @@
 """The training watch's cost: training steps with ``relu_doctor.watch`` at every=1, 10, 100 against none.
 
-Overhead (default): for each model, four copies train side by side in ONE process -- no watch, and a watch at
-``every=1``, ``every=10``, ``every=100`` (``window=10``) -- one step of each copy in turn (order rotated every
+Overhead (default): for each model, five copies train side by side in ONE process -- no watch (twice: the second,
+"A/A", shows how far two identical copies differ, the noise floor), and a watch at ``every=1``, ``every=10``,
+``every=100`` (``window=10``) -- one step of each copy in turn (order rotated every
 step, so machine noise hits all four alike), in repeats of ``--block`` steps per copy (default 100, so ``every=100``
 observes one step per repeat); each watch stays open across repeats, so windows close at their real rate (every
 10, 100 and 1,000 steps). Printed: the median over repeats of (a copy's time / the unwatched copy's time), and, from the same steps timed one by one,
@@ -109,11 +110,11 @@ def runners(work: Workload) -> list[Runner]:
     torch.manual_seed(0)
     base = work.build().train()
     made = []
-    for every in (None, *EVERY):
+    for label, every in (("none", None), ("none (A/A)", None), *((f"every={e}", e) for e in EVERY)):
         model = copy.deepcopy(base)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         watch = None if every is None else relu_doctor.watch(model, every=every, window=WINDOW, optimizer=optimizer)
-        made.append(Runner("none" if every is None else f"every={every}", model, optimizer, watch))
+        made.append(Runner(label, model, optimizer, watch))
     return made
 
 
@@ -166,10 +167,10 @@ def overhead(work: Workload, reps: int, block: int, warmup: int, clock: Callable
     print(
         f"\n{work.name}: {reps} repeats of {block} interleaved steps per copy (after {warmup} warm-up steps), window={WINDOW}"
     )
-    print(f"  {'watch':10} {'block':>9} {'ratio':>8} {'overhead':>9}")
+    print(f"  {'watch':12} {'block':>9} {'ratio':>8} {'overhead':>9}")
     for runner in made:
         ratio = statistics.median(b / p for b, p in zip(runner.blocks, plain.blocks))
-        print(f"  {runner.label:10} {statistics.median(runner.blocks):8.3f}s {ratio:7.4f}x {100 * (ratio - 1):+8.2f}%")
+        print(f"  {runner.label:12} {statistics.median(runner.blocks):8.3f}s {ratio:7.4f}x {100 * (ratio - 1):+8.2f}%")
     kinds: dict[str, list[float]] = {}
     for runner in made:
         for kind, times in runner.steps.items():

@@ -242,7 +242,7 @@ def _relax(bound_pass: BoundPass, observed: list[ObservedSite], work_limit: int)
     relaxation = Relaxation(bound_pass.graph, work_limit)
     refined = {}
     for site in observed:
-        key = (site.module_path, site.call_index, site.ordinal)
+        key = site.key
         found = bound_pass.sites.get(key)
         if found is not None and found.node is not None and found.pre is not None:
             refined[key] = relaxation.refine(found.node)

@@ -7,7 +7,7 @@ default changes in one line. Plain values only: importing this module imports no
 
 from __future__ import annotations
 
-from .errors import UsageError
+from .errors import ProbeError, UsageError
 
 DEFAULT_SAMPLES = 512
 """Synthetic probe size: enough that a unit never firing supports "fires on fewer than 1%" (299 needed)."""
@@ -85,3 +85,14 @@ def check_reducer_name(reducer: str) -> None:
 
 DEFAULT_MAX_LENGTH = 512
 """Tokens kept per text of a text probe unless --max-length says otherwise."""
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``3x32x32`` -> (3, 32, 32); a ProbeError naming --input-shape otherwise."""
+    try:
+        shape = tuple(int(part) for part in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        shape = ()
+    if not shape or any(s <= 0 for s in shape):
+        raise ProbeError(f"--input-shape expects positive sizes joined by x, e.g. 3x32x32, got {text!r}")
+    return shape

@@ -316,19 +316,6 @@ def _hookable_sites(
     return hooked
 
 
-def run_variants(
-    model: nn.Module,
-    observed: Sequence[ObservedSite],
-    batches: Iterable[Any],
-    variants: Sequence[Variant],
-    site_paths: tuple[str, ...] | None = None,
-) -> tuple[Outcome, list[Outcome]]:
-    """The unmodified model's outcome and each variant's over ``batches`` (1 + V forwards a batch)."""
-    with Rerun(model, observed, site_paths) as rerun:
-        replay = Replay(rerun, list(batches))
-        return replay.baseline, [replay.measure(v) for v in variants]
-
-
 SimulationProgress = Callable[[int, int], None]
 """Called after each simulated forward pass with (passes done, passes planned so far)."""
 
@@ -401,21 +388,6 @@ def _newly_dead(
         for key, fired in before.items()
         if key not in swapped
     )
-
-
-def simulate_recycle(
-    model: nn.Module,
-    observed: Sequence[ObservedSite],
-    sites: Sequence[Site],
-    batches: Iterable[Any],
-    site_paths: tuple[str, ...] | None = None,
-) -> Outcome | None:
-    """What ``fix --strategy recycle`` does to the dead units: its plans, seed and re-draws, measured on ``batches``.
-
-    None when fix would recycle no site. ``batches`` is replayed once per round of re-draws.
-    """
-    with Rerun(model, observed, site_paths) as rerun:
-        return _recycle(model, observed, sites, Replay(rerun, list(batches)))
 
 
 def _recycle(

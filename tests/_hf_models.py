@@ -100,3 +100,42 @@ def brute_force(model: torch.nn.Module, sequences: Iterable[torch.Tensor]) -> Or
         for handle in handles:
             handle.remove()
     return found
+
+
+def masked_brute_force(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Oracle:
+    """Counts from padded batches run as they are, each unit read at real tokens only (mask 1), in Python loops;
+    a row without a real token adds nothing, not even a sample. For masks with holes, which no unpadded run
+    reproduces."""
+    found: Oracle = {}
+    pres: dict[str, torch.Tensor] = {}
+    handles = [
+        module.register_forward_pre_hook(lambda m, args, name=name: pres.__setitem__(name, args[0].detach().clone()))
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.ReLU)
+    ]
+    try:
+        for ids, mask in batches:
+            with torch.no_grad():
+                model(ids, attention_mask=mask)
+            for name, pre in pres.items():
+                pre = pre.reshape(ids.shape[0], ids.shape[1], -1)
+                units = pre.shape[2]
+                positive, fired, high, positions, samples = found.get(
+                    name, ([0] * units, [0] * units, [-1e30] * units, 0, 0)
+                )
+                for row in range(ids.shape[0]):
+                    real = [t for t in range(ids.shape[1]) if mask[row, t]]
+                    if not real:
+                        continue
+                    samples += 1
+                    positions += len(real)
+                    for unit in range(units):
+                        values = [float(pre[row, t, unit]) for t in real]
+                        positive[unit] += sum(v > 0 for v in values)
+                        fired[unit] += int(any(v > 0 for v in values))
+                        high[unit] = max(high[unit], *values)
+                found[name] = (positive, fired, high, positions, samples)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found

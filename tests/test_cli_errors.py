@@ -19,7 +19,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
         (("scan", "--format", "xml", "model.pt"), "--format"),
         (("scan", "--batch-size", "many", "model.pt"), "--batch-size"),
         (("scan", "--no-such-option", "model.pt"), "--no-such-option"),
-        (("scan",), "model"),
+        (("scan",), "MODEL"),
         (("frobnicate",), "frobnicate"),
     ],
 )

@@ -124,7 +124,11 @@ def test_json_stdout_is_json_and_nothing_else() -> None:
     assert completed.returncode == 1, completed.stderr
     data = json.loads(completed.stdout)  # fails on any stray byte around the document
     assert data["summary"]["dead"] == 78
-    assert completed.stderr.count("\n") == 1 and "78 of 256 units dead" in completed.stderr
+    # the verdict, then each violation (the JSON holds them too; stderr names them for the log)
+    assert completed.stderr.splitlines() == [
+        "78 of 256 units dead (30.5%) across 2 sites, 12 dying, 0 NaN/Inf; 512 file probe samples; gate FAILED",
+        "✗ site act2: 78 of 128 units dead (60.9%) > max-layer-dead-fraction 0.5",
+    ]
 
 
 def test_json_has_the_documented_schema() -> None:

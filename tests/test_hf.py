@@ -7,95 +7,22 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
+
+from _hf_models import TEXTS, brute_force, opt_folder  # noqa: E402
+from _hf_models import make_tokenizer as _tokenizer  # noqa: E402
+from _hf_models import texts_file as _texts  # noqa: E402
 
 from relu_doctor.api import scan  # noqa: E402
 from relu_doctor.engine.batches import MaskedBatch  # noqa: E402
 from relu_doctor.loading import load_model  # noqa: E402
 from relu_doctor.workflow.scan import ScanRequest, run_scan  # noqa: E402
 
-TEXTS = [
-    "the cat sat on the mat",
-    "a dog ran",
-    "hello world this is a longer line of text for the probe",
-    "x",
-    "the dog sat",
-    "on the mat a cat ran",
-]
-
-
-def _tokenizer() -> object:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    words = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    words.pre_tokenizer = pre_tokenizers.Whitespace()
-    words.train_from_iterator(TEXTS, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "</s>"]))
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=words, pad_token="[PAD]", unk_token="[UNK]", eos_token="</s>"
-    )
-
 
 def _opt_folder(root: Path, *, shard: bool = False) -> Path:
-    """A tiny OPT-style relu decoder with 4 units of layer 0 forced dead, saved with its tokenizer."""
-    tokenizer = _tokenizer()
-    torch.manual_seed(0)
-    config = transformers.OPTConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        num_hidden_layers=2,
-        ffn_dim=32,
-        num_attention_heads=2,
-        max_position_embeddings=64,
-        word_embed_proj_dim=16,
-        activation_function="relu",
-        pad_token_id=0,
-    )
-    model = transformers.OPTForCausalLM(config)
-    with torch.no_grad():
-        model.model.decoder.layers[0].fc1.bias[:4] = -100.0
-    folder = root / ("opt-sharded" if shard else "opt")
-    model.save_pretrained(folder, max_shard_size="20KB" if shard else "5GB")
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def _texts(root: Path) -> Path:
-    path = root / "texts.txt"
-    path.write_text("\n".join(TEXTS) + "\n")
-    return path
-
-
-def _brute_force(model: torch.nn.Module, tokenizer: object) -> dict[str, tuple[list[int], list[int], list[float]]]:
-    """Per site: (positive positions, samples fired, max pre-activation) from each text run alone, unpadded."""
-    found: dict[str, tuple[list[int], list[int], list[float]]] = {}
-    pres: dict[str, torch.Tensor] = {}
-    handles = [
-        module.register_forward_pre_hook(lambda m, args, name=name: pres.__setitem__(name, args[0].detach().clone()))
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.ReLU)
-    ]
-    try:
-        for text in TEXTS:
-            ids = tokenizer(text, return_tensors="pt")["input_ids"]  # type: ignore[operator]
-            with torch.no_grad():
-                model(ids)
-            for name, pre in pres.items():
-                pre = pre.reshape(-1, pre.shape[-1])
-                positive, fired, high = found.setdefault(
-                    name, ([0] * pre.shape[1], [0] * pre.shape[1], [-1e30] * pre.shape[1])
-                )
-                for unit in range(pre.shape[1]):
-                    column = pre[:, unit]
-                    positive[unit] += int((column > 0).sum())
-                    fired[unit] += int(bool((column > 0).any()))
-                    high[unit] = max(high[unit], float(column.max()))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return found
+    return opt_folder(root, shard=shard)
 
 
 def test_opt_folder_scans_without_arch_and_matches_unpadded_brute_force(tmp_path: Path) -> None:
@@ -105,9 +32,10 @@ def test_opt_folder_scans_without_arch_and_matches_unpadded_brute_force(tmp_path
     assert names == ["model.decoder.layers.0.activation_fn", "model.decoder.layers.1.activation_fn"]
     assert report.probe.samples == len(TEXTS)
     model = load_model(folder).model
-    oracle = _brute_force(model, transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    oracle = brute_force(model, (tokenizer(text, return_tensors="pt")["input_ids"] for text in TEXTS))
     for site in report.sites:
-        positive, fired, high = oracle[site.module_path]
+        positive, fired, high, _, _ = oracle[site.module_path]
         assert list(site.counters.positive) == positive
         assert list(site.counters.samples_fired) == fired
         assert site.counters.samples == len(TEXTS)

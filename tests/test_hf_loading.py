@@ -162,7 +162,9 @@ def test_bin_shard_whose_pickle_calls_a_function_is_refused_without_calling_it(t
     part = torch.load(shard, weights_only=True)
     part["model.decoder.final_layer_norm.weight"] = _Opens(marker)
     torch.save(part, shard)
-    result = CliRunner().invoke(app, ["scan", str(folder), "--probe", str(tmp_path / "none.npy")])
+    probe = tmp_path / "ids.npy"  # exists (a missing probe is refused before loading); the load fails first
+    np.save(probe, np.zeros((2, 4), dtype=np.int64))
+    result = CliRunner().invoke(app, ["scan", str(folder), "--probe", str(probe)])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1 and "open" in result.output
     assert not marker.exists()

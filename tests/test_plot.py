@@ -92,7 +92,8 @@ def test_missing_matplotlib_is_one_line_exit_2(monkeypatch: pytest.MonkeyPatch, 
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and result.stdout == ""  # checked before scanning: no report, then an error
     assert result.stderr.strip().splitlines() == [
-        'relu-doctor: error: --plot needs matplotlib: pip install "relu-doctor[plot]" (or drop --plot)'
+        'relu-doctor: error: --plot needs matplotlib: pip install "relu-doctor[plot]" (or drop --plot); '
+        "see 'relu-doctor scan --help'"
     ]
     assert not (tmp_path / "p.png").exists()
 

@@ -38,7 +38,7 @@ def test_help_and_version_do_not_import_torch(args: tuple[str, ...]) -> None:
 
 def test_the_probe_above_can_see_torch() -> None:
     # guards the test above: a command that scans does import torch, and the check notices
-    completed = _run_entry("scan", "does-not-exist.pt")
+    completed = _run_entry("scan", "samples/dying_mlp.safetensors")  # a state dict without --arch: loaded first
     assert "EXIT=2 TORCH_IMPORTED=True" in completed.stderr, completed.stderr
 
 

@@ -108,6 +108,9 @@ def test_window_counts_equal_a_brute_force_count_of_the_same_training_forwards(f
         }
         assert got == {"act#1": oracle["act#1"], "act#2": oracle["act#2"], third: oracle["fc3_relu"]}
     assert sum(r.dead for r in watch.history) > 0  # the planted units make the comparison non-trivial
+    # After the first (dispatch) pass the observed steps replay it (no dispatch mode), though the root's own call
+    # began before the watch's hooks (it was never seen called); before round 2 they stayed in the dispatch mode.
+    assert watch._observer.replaying
 
 
 def test_the_watch_changes_nothing_in_training_and_removes_its_hooks() -> None:

@@ -19,6 +19,8 @@ from .._version import __version__
 from ..errors import ReluDoctorError, UsageError
 from ..render.registry import Registry
 from ..report import GateResult, Report, Violation
+from .command import ReluCommand as ReluCommand
+from .command import ReluGroup
 from .config import Resolved
 
 EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
@@ -26,6 +28,7 @@ EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 app = typer.Typer(
     name="relu-doctor",
+    cls=ReluGroup,
     help="Find dead and dying ReLU units in a PyTorch checkpoint, say why, and gate CI on them.",
     no_args_is_help=True,
     add_completion=True,
@@ -153,12 +156,18 @@ def given_on_command_line(ctx: typer.Context, name: str) -> bool:
 
 
 def configure(
-    ctx: typer.Context, config_file: Path | None, *, exclude: Collection[str] = (), isolated: bool = False
+    ctx: typer.Context,
+    config_file: Path | None,
+    *,
+    near: Collection[Path] = (),
+    exclude: Collection[str] = (),
+    isolated: bool = False,
 ) -> Resolved:
     """Layer the command's options over RELU_DOCTOR_* variables, the config file and the option defaults.
 
     Keys are the long option names; ``exclude`` keys are taken from the command line or default only.
     ``isolated`` (--isolated, as in ruff) reads no config file and no variable: the command line and defaults only.
+    Without ``--config`` the file is the nearest one above the models ``near`` (:func:`config.find_config_for`).
     """
     from . import config
 
@@ -175,7 +184,7 @@ def configure(
         if config_file is not None:
             raise UsageError("--isolated reads no config file; drop --config or --isolated")
         return config.resolve(given, {}, None, defaults)
-    path = config_file or config.find_config(Path.cwd())
+    path = config_file or config.find_config_for(near, Path.cwd())
     file = config.load_config(path) if path is not None else None
     if file is not None and exclude:
         file = replace(file, values={k: v for k, v in file.values.items() if k not in exclude})
@@ -191,7 +200,9 @@ def warn(style: OutputStyle, message: str) -> None:
 
 def describe_settings(resolved: Resolved) -> list[str]:
     """Verbose lines: the config file, then every setting that did not come from its default."""
-    lines = [f"config: {resolved.config_path or 'none found (no [tool.relu-doctor] in a pyproject.toml above here)'}"]
+    lines = [
+        f"config: {resolved.config_path or 'none found (no .relu-doctor.toml, nor [tool.relu-doctor] in a pyproject.toml, above the model or here)'}"
+    ]
     lines += [
         f"  {key} = {_shown(resolved.values[key])}  ({source})"
         for key, source in resolved.sources.items()
@@ -241,11 +252,20 @@ def error_boundary(debug: bool) -> Iterator[None]:
     except ReluDoctorError as exc:
         if debug:
             traceback.print_exc()
-        fail(one_line(str(exc)) if str(exc) else type(exc).__name__, exc.exit_code)
+        message = one_line(str(exc)) if str(exc) else type(exc).__name__
+        fail(message + (help_hint() if isinstance(exc, UsageError) else ""), exc.exit_code)
     except Exception as exc:  # an internal error must never look like a gate failure (exit 1)
         if debug:
             traceback.print_exc()
         fail(f"internal error: {type(exc).__name__}: {one_line(str(exc))} (rerun with --debug for the traceback)")
+
+
+def help_hint() -> str:
+    """``; see 'relu-doctor scan --help'`` for the running command, ending every usage error (as click's do)."""
+    from typer._click.globals import get_current_context  # Typer's vendored click keeps its own context
+
+    context = get_current_context(silent=True)
+    return f"; see '{context.command_path} --help'" if context is not None else ""
 
 
 def one_line(text: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -116,17 +116,41 @@ def normalize(name: str) -> str:
     return name.strip().replace("-", "_").lower()
 
 
-def find_config(start: Path) -> Path | None:
-    """The nearest ``pyproject.toml`` with a ``[tool.relu-doctor]`` table at or above ``start``, searching no
-    higher than the repository root (a folder holding ``.git``) or the home folder; unreadable files are skipped."""
-    for folder in search_folders(start):
-        candidate = folder / "pyproject.toml"
+CONFIG_NAMES = (".relu-doctor.toml", "pyproject.toml")
+"""The files searched in each folder, first wins (as ruff's .ruff.toml before pyproject.toml): a
+``.relu-doctor.toml`` of bare keys, or a ``pyproject.toml`` with a ``[tool.relu-doctor]`` table."""
+
+
+def find_config_for(models: Collection[Path], cwd: Path) -> Path | None:
+    """The config of a run over ``models``: the nearest one at or above their folder (their common folder when
+    there are several), as ruff finds a file's settings; when none is there (a model outside any project), the
+    nearest one at or above ``cwd``."""
+    folders = [os.path.abspath(path if path.is_dir() else path.parent) for path in models]
+    if folders:
         try:
-            if candidate.is_file() and SECTION in _read_toml(candidate).get("tool", {}):
-                return candidate
-        except ConfigError:
-            if os.access(candidate, os.R_OK):
-                raise  # the project's own file is broken: say so
+            found = find_config(Path(os.path.commonpath(folders)))
+        except ValueError:  # paths on different drives: no common folder
+            found = None
+        if found is not None:
+            return found
+    return find_config(cwd)
+
+
+def find_config(start: Path) -> Path | None:
+    """The nearest ``.relu-doctor.toml``, or ``pyproject.toml`` with a ``[tool.relu-doctor]`` table, at or above
+    ``start``, searching no higher than the repository root (a folder holding ``.git``) or the home folder;
+    unreadable files are skipped."""
+    for folder in search_folders(start):
+        for name in CONFIG_NAMES:
+            candidate = folder / name
+            try:
+                if candidate.is_file() and (
+                    name != "pyproject.toml" or SECTION in _read_toml(candidate).get("tool", {})
+                ):
+                    return candidate
+            except ConfigError:
+                if os.access(candidate, os.R_OK):
+                    raise  # the project's own file is broken: say so
     return None
 
 

@@ -7,6 +7,7 @@ repair (bad option, OUT exists without --force, unreadable or unwritable checkpo
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -24,15 +25,17 @@ from ..settings import (
     DEFAULT_SEED,
 )
 from . import options as opt
-from .app import app, configure, describe_settings, emit, error_boundary, note, style_from_options, warn
+from .app import ReluCommand, app, configure, describe_settings, emit, error_boundary, note, style_from_options, warn
 
 REPAIR = "Repair"
 
 
-@app.command()
+@app.command(cls=ReluCommand)
 def fix(
     ctx: typer.Context,
-    model: Annotated[Path, typer.Argument(help="Checkpoint file to repair (never modified).", show_default=False)],
+    model: Annotated[
+        Path, typer.Argument(metavar="MODEL", help="Checkpoint file to repair (never modified).", show_default=False)
+    ],
     strategy: Annotated[
         Strategy,
         typer.Option(
@@ -73,6 +76,7 @@ def fix(
     max_drift: Annotated[
         float | None,
         typer.Option(
+            metavar="DRIFT",
             help="Relative L2 output drift allowed before exit 1 (default: 1e-6 for recycle, 1e-2 with --include-dying, none for bias-shift and leaky).",
             rich_help_panel=REPAIR,
             show_default=False,
@@ -113,9 +117,10 @@ def fix(
     style = style_from_options(False, verbose, no_color, None, color)
     with error_boundary(debug):
         from ..workflow.fix import FixRequest, run_fix
+        from ..workflow.scan import check_inputs
 
         # seed is the re-draw seed here; format has other choices: neither comes from scan's config keys
-        settings = configure(ctx, config, exclude={"format", "seed"}, isolated=isolated)
+        settings = configure(ctx, config, near=[model], exclude={"format", "seed"}, isolated=isolated)
         for line in settings.warnings:
             warn(style, line)
         for line in describe_settings(settings):
@@ -129,6 +134,8 @@ def fix(
             allow_global=allow_global,
             limit_samples=settings.sources["samples"] != "default",
         )
+        scan = replace(scan, inputs=tuple(p for p in (settings.config_path,) if p))
+        check_inputs(scan)  # before torch is imported
         request = FixRequest(scan, str(output), strategy, seed, include_dying, force, max_drift)
         outcome = run_fix(request)
         emit(FIX_FORMATS, outcome, fmt, None, style)

@@ -9,14 +9,16 @@ import typer
 
 from ..render import REPORT_FORMATS
 from . import options as opt
-from .app import app, emit, error_boundary, exit_code, plan_outputs, style_from_options
+from .app import ReluCommand, app, emit, error_boundary, exit_code, plan_outputs, style_from_options
 
 
-@app.command()
+@app.command(cls=ReluCommand)
 def merge(
     files: Annotated[
         list[Path],
-        typer.Argument(help="Stats files written by `scan --save-stats` (one per shard).", show_default=False),
+        typer.Argument(
+            metavar="STATS", help="Stats files written by `scan --save-stats` (one per shard).", show_default=False
+        ),
     ],
     fmt: opt.ReportFormat = REPORT_FORMATS.default.name,
     output: opt.Output = None,
@@ -68,6 +70,9 @@ def _checked(overrides: dict[str, float | None]) -> dict[str, float]:
 
     given = {name: value for name, value in overrides.items() if value is not None}
     for name, value in given.items():
-        if value < 0 or (name != "tau" and value > 1):
-            raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
+        option = "--" + name.replace("_", "-")
+        if name == "tau" and not 0 <= value < float("inf"):  # also refuses NaN
+            raise UsageError(f"{option} must be a finite number >= 0, got {value}")
+        if name != "tau" and not 0 <= value <= 1:
+            raise UsageError(f"{option} must be between 0 and 1, got {value}")
     return given

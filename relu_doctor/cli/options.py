@@ -18,21 +18,27 @@ import typer
 from ..errors import UsageError
 from ..render import FIX_FORMATS, REPORT_FORMATS, TREND_FORMATS
 from ..render.registry import Registry
-from ..settings import DEFAULT_REDUCER
+from ..settings import DEFAULT_REDUCER, parse_shape
 
 LOAD, PROBE, GATE, OUTPUT = "Loading", "Probe", "Gate", "Output"
 
 Arch = Annotated[
     str | None,
     typer.Option(
-        help="Architecture for a state dict: package.module:callable or path/to/file.py:callable.", rich_help_panel=LOAD
+        metavar="SPEC",
+        help="Architecture for a state dict: package.module:callable or path/to/file.py:callable.",
+        rich_help_panel=LOAD,
     ),
 ]
 ArchKwargs = Annotated[
-    str | None, typer.Option(help="JSON object of keyword arguments for the --arch callable.", rich_help_panel=LOAD)
+    str | None,
+    typer.Option(
+        metavar="JSON", help="JSON object of keyword arguments for the --arch callable.", rich_help_panel=LOAD
+    ),
 ]
 Key = Annotated[
-    str | None, typer.Option(help="Nested state dict to use in a training checkpoint.", rich_help_panel=LOAD)
+    str | None,
+    typer.Option(metavar="NAME", help="Nested state dict to use in a training checkpoint.", rich_help_panel=LOAD),
 ]
 Trust = Annotated[
     bool,
@@ -45,22 +51,35 @@ Trust = Annotated[
 Imports = Annotated[
     list[str] | None,
     typer.Option(
-        "--import", help="Module to import before unpickling a trusted module (repeatable).", rich_help_panel=LOAD
+        "--import",
+        metavar="MODULE",
+        help="Module to import before unpickling a trusted module (repeatable).",
+        rich_help_panel=LOAD,
     ),
 ]
 AllowGlobal = Annotated[
     list[str] | None,
     typer.Option(
-        help="Allow one pickled global (module.Name) in a weights-only load (repeatable).", rich_help_panel=LOAD
+        metavar="MODULE.NAME",
+        help="Allow one pickled global (module.Name) in a weights-only load (repeatable).",
+        rich_help_panel=LOAD,
     ),
 ]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.", rich_help_panel=LOAD)]
+Device = Annotated[
+    str, typer.Option(metavar="[auto|cpu|cuda|mps]", help="auto, cpu, cuda or mps.", rich_help_panel=LOAD)
+]
 Dtype = Annotated[
-    str, typer.Option(help="float32, bfloat16 or float16 (counters stay float32 or wider).", rich_help_panel=LOAD)
+    str,
+    typer.Option(
+        metavar="[float32|bfloat16|float16]",
+        help="float32, bfloat16 or float16 (counters stay float32 or wider).",
+        rich_help_panel=LOAD,
+    ),
 ]
 Reducer = Annotated[
     str,
     typer.Option(
+        metavar="[auto|torch|fused]",
         help="auto, torch or fused (one pass, numba: relu-doctor\\[fast]). auto: fused when installed and the probe is big enough to pay for loading it, else torch.",
         rich_help_panel=LOAD,
     ),
@@ -76,6 +95,7 @@ Probe = Annotated[
 Tokenizer = Annotated[
     Path | None,
     typer.Option(
+        metavar="DIR",
         help="Folder with the tokenizer for a text probe (.txt/.jsonl); default: the model folder. Needs relu-doctor\\[hf].",
         rich_help_panel=PROBE,
     ),
@@ -91,7 +111,8 @@ ProbeMask = Annotated[
     ),
 ]
 ProbeKey = Annotated[
-    str | None, typer.Option(help="Tensor to use from a probe file holding several.", rich_help_panel=PROBE)
+    str | None,
+    typer.Option(metavar="NAME", help="Tensor to use from a probe file holding several.", rich_help_panel=PROBE),
 ]
 Samples = Annotated[
     int,
@@ -101,29 +122,37 @@ Samples = Annotated[
         rich_help_panel=PROBE,
     ),
 ]
-Seed = Annotated[int, typer.Option(help="Seed of the synthetic probe.", rich_help_panel=PROBE)]
+Seed = Annotated[int, typer.Option(metavar="SEED", help="Seed of the synthetic probe.", rich_help_panel=PROBE)]
 BatchSize = Annotated[int, typer.Option(help="Samples per forward pass.", rich_help_panel=PROBE)]
 InputShape = Annotated[
-    str | None, typer.Option(help="Shape of one synthetic sample, e.g. 3x32x32.", rich_help_panel=PROBE)
+    str | None,
+    typer.Option(metavar="SHAPE", help="Shape of one synthetic sample, e.g. 3x32x32.", rich_help_panel=PROBE),
 ]
 UnitDim = Annotated[
     int | None,
     typer.Option(
+        metavar="DIM",
         help="Force the unit axis of every site (default: channels for conv-style, last axis for linear-style).",
         rich_help_panel=PROBE,
     ),
 ]
 DyingRate = Annotated[
     float,
-    typer.Option(help="A live unit firing on fewer than this share of its positions is dying.", rich_help_panel=GATE),
+    typer.Option(
+        metavar="RATE",
+        help="A live unit firing on fewer than this share of its positions is dying.",
+        rich_help_panel=GATE,
+    ),
 ]
-Tau = Annotated[float, typer.Option(help="ReDo dormancy threshold.", rich_help_panel=GATE)]
+Tau = Annotated[float, typer.Option(metavar="TAU", help="ReDo dormancy threshold.", rich_help_panel=GATE)]
 MaxDeadFraction = Annotated[
-    float | None, typer.Option(help="Exit 1 when the model's dead fraction exceeds this.", rich_help_panel=GATE)
+    float | None,
+    typer.Option(metavar="FRACTION", help="Exit 1 when the model's dead fraction exceeds this.", rich_help_panel=GATE),
 ]
 MaxLayerDeadFraction = Annotated[
     float | None,
     typer.Option(
+        metavar="FRACTION",
         help="Exit 1 when any site's dead fraction exceeds this (\\[tool.relu-doctor.sites] sets it per glob).",
         rich_help_panel=GATE,
     ),
@@ -131,6 +160,7 @@ MaxLayerDeadFraction = Annotated[
 Ignore = Annotated[
     list[str] | None,
     typer.Option(
+        metavar="GLOB",
         help="Leave sites matching this glob out of the gate and the totals (repeatable), e.g. 'head.*'.",
         rich_help_panel=GATE,
     ),
@@ -175,7 +205,12 @@ Output = Annotated[
 ]
 Plot = Annotated[
     Path | None,
-    typer.Option("--plot", help="Also save a PNG picture here (needs relu-doctor\\[plot]).", rich_help_panel=OUTPUT),
+    typer.Option(
+        "--plot",
+        metavar="FILE.png",
+        help="Also save a PNG picture here (needs relu-doctor\\[plot]).",
+        rich_help_panel=OUTPUT,
+    ),
 ]
 Force = Annotated[
     bool,
@@ -228,7 +263,7 @@ def format_option(formats: Registry[Any], help: str) -> Any:
 
     def parse(value: str) -> str:
         if value not in formats:
-            raise typer.BadParameter(f"{value!r} is not one of {', '.join(map(repr, names))}.")
+            raise typer.BadParameter(f"must be one of {', '.join(names)}, got {value!r}")
         return value
 
     return typer.Option(
@@ -260,6 +295,7 @@ Domain = Annotated[
     str | None,
     typer.Option(
         "--domain",
+        metavar="SPEC",
         help="Input domain for --certify: probe[:MARGIN] (the probe's per-feature min/max box; the default with --probe), box:LO,HI, or file:PATH (.npy of shape (2, *sample), or .npz with lo and hi).",
         rich_help_panel=GATE,
     ),
@@ -268,6 +304,7 @@ GateOn = Annotated[
     str,
     typer.Option(
         "--gate-on",
+        metavar="[probe|certified]",
         help="What the dead-fraction limits count: probe (units dead on the probe) or certified (units proved dead; turns on --certify).",
         rich_help_panel=GATE,
     ),
@@ -305,7 +342,6 @@ def scan_request(
     limit_samples: bool,
 ) -> Any:
     """A validated ScanRequest from resolved settings plus the command-line-only options."""
-    from ..workflow.probe import parse_shape
     from ..workflow.scan import ScanRequest
     from .config import thresholds_from
 

@@ -31,10 +31,11 @@ from ..settings import (
     DEFAULT_TAU,
 )
 from ..workflow.distributed import is_primary
-from ..workflow.scan import certify_domain
+from ..workflow.scan import certify_domain, unmatched_ignores
 from . import options as opt
 from .app import (
     OutputStyle,
+    ReluCommand,
     StageDisplay,
     app,
     configure,
@@ -51,10 +52,13 @@ from .app import (
 )
 
 
-@app.command()
+@app.command(cls=ReluCommand)
 def scan(
     ctx: typer.Context,
-    model: Annotated[Path, typer.Argument(help="Checkpoint file or Hugging Face-style directory.", show_default=False)],
+    model: Annotated[
+        Path,
+        typer.Argument(metavar="MODEL", help="Checkpoint file or Hugging Face-style directory.", show_default=False),
+    ],
     # Loading
     arch: opt.Arch = None,
     arch_kwargs: opt.ArchKwargs = None,
@@ -127,7 +131,7 @@ def scan(
     """Scan MODEL with a probe and report dead and dying ReLU units per site."""
     style = style_from_options(quiet, verbose, no_color, output, color)
     with error_boundary(debug):
-        settings = configure(ctx, config, isolated=isolated)
+        settings = configure(ctx, config, near=[model], isolated=isolated)
         for line in settings.warnings:
             warn(style, line)
         for line in describe_settings(settings):
@@ -158,8 +162,9 @@ def scan(
             force=force,
             inputs=tuple(p for p in (settings.config_path,) if p),
         )
-        from ..workflow.scan import scan_inputs
+        from ..workflow.scan import check_inputs, scan_inputs
 
+        check_inputs(request)  # before torch is imported: a typo costs no second
         targets = plan_outputs(scan_inputs(request), force, output=output, plot=plot, save_stats=save_stats)
         started = time.perf_counter()
         display = StageDisplay(enabled=style.progress, style=style)
@@ -180,6 +185,8 @@ def scan(
             display.stop()  # before anything is printed: a live line and printed text must not interleave
             note(style, scanned, verbose_only=True)
             note(style, simulation_line(report), verbose_only=True)
+            for line in unmatched_ignores(report):
+                warn(style, line)
             emit(REPORT_FORMATS, report, name, targets["output"], style, text=text)
             if plot is not None:
                 write_output(png, targets["plot"])

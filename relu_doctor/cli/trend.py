@@ -23,6 +23,7 @@ from ..settings import (
 from . import options as opt
 from .app import (
     OutputStyle,
+    ReluCommand,
     app,
     configure,
     describe_settings,
@@ -41,13 +42,15 @@ if TYPE_CHECKING:
     from ..report import TrendReport
 
 
-@app.command()
+@app.command(cls=ReluCommand)
 def trend(
     ctx: typer.Context,
     checkpoints: Annotated[
         list[Path],
         typer.Argument(
-            help="Checkpoints of one run (any order: sorted naturally, epoch_10 after epoch_9).", show_default=False
+            metavar="CKPT",
+            help="Checkpoints of one run (any order: sorted naturally, epoch_10 after epoch_9).",
+            show_default=False,
         ),
     ],
     # Loading
@@ -89,13 +92,13 @@ def trend(
     no_color: opt.NoColor = False,
     debug: opt.Debug = False,
 ) -> None:
-    """Follow dead units across CHECKPOINTS of one training run; gate on the last one."""
+    """Follow dead units across the CKPT checkpoints of one training run; gate on the last one."""
     style = style_from_options(quiet, verbose, no_color, output, color)
     with error_boundary(debug):
         from ..workflow.trend import scan_checkpoints
 
         # a config's format is scan's; trend has its own choices
-        settings = configure(ctx, config, exclude={"format"}, isolated=isolated)
+        settings = configure(ctx, config, near=checkpoints, exclude={"format"}, isolated=isolated)
         for line in settings.warnings:
             warn(style, line)
         for line in describe_settings(settings):
@@ -113,7 +116,11 @@ def trend(
             allow_global=allow_global,
             limit_samples=settings.sources["samples"] != "default",
         )
-        from ..workflow.scan import scan_inputs
+        from ..workflow.scan import check_inputs, check_model_path, scan_inputs
+
+        for checkpoint in checkpoints:  # before torch is imported
+            check_model_path(str(checkpoint))
+        check_inputs(request, model=False)
 
         inputs = [*checkpoints, *scan_inputs(replace(request, model_path="")), settings.config_path]
         targets = plan_outputs(inputs, force, output=output, plot=plot)

@@ -35,10 +35,11 @@ def call_arguments(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 
 def batch_samples(batch: Any) -> int:
-    """Samples in one batch: the first axis of its first tensor (1 for a batch without one)."""
+    """Samples in one batch: the first axis of its first tensor (1 for a batch without one); in a token batch, the
+    rows holding at least one real token (an all-padding row is no sample: it is neither alive nor dead evidence)."""
     first = batch[0] if isinstance(batch, (tuple, list)) else batch
     if isinstance(first, MaskedBatch):
-        return int(first.input_ids.shape[0])
+        return int(first.attention_mask.bool().any(dim=1).sum())
     return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
 
 

@@ -31,6 +31,37 @@ def token_view(view: torch.Tensor, unit_axis: int, mask: torch.Tensor) -> torch.
     return None
 
 
+Block = tuple[int, int, int, int]
+"""(first row, row stop, first position, position stop) of a block of real tokens."""
+
+
+def real_blocks(mask: torch.Tensor) -> list[Block] | None:
+    """Blocks of real tokens that cover each real token once, or None when some row's real tokens are not one
+    contiguous run (a mask with holes).
+
+    Each row with real tokens gives the block of its run (right or left padding); consecutive rows whose run is
+    the whole sequence share one block. A row with no real token is in no block: it is not a sample. Every block
+    of a contiguous (samples, positions, units) tensor is itself contiguous, so the reducers' copy-free fast paths
+    read it as they read an unpadded batch.
+    """
+    real = mask.bool().cpu()
+    samples, positions = real.shape
+    starts = torch.cat([real[:, :1], real[:, 1:] & ~real[:, :-1]], dim=1)  # a real token after padding or at 0
+    if bool((starts.sum(dim=1) > 1).any()):
+        return None
+    lengths = real.sum(dim=1).tolist()
+    firsts = real.int().argmax(dim=1).tolist()
+    blocks: list[Block] = []
+    for row, (first, length) in enumerate(zip(firsts, lengths)):
+        if length == 0:
+            continue
+        if length == positions and blocks and blocks[-1][1] == row and blocks[-1][2:] == (0, positions):
+            blocks[-1] = (blocks[-1][0], row + 1, 0, positions)
+        else:
+            blocks.append((row, row + 1, first, first + length))
+    return blocks
+
+
 def real_positions(output: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The entries of a model output at real tokens only, for outputs that line up with the mask: (samples,
     positions, ...) and (samples x positions, ...) such as logits and hidden states, or (samples, heads, positions,

@@ -32,21 +32,20 @@ from torch import nn
 
 from .. import activations
 from ..activations import Member
-from ..errors import ObservationError
 from ..settings import DEFAULT_REDUCER
 from . import ops
 from .batches import MaskedBatch, call_arguments, leading_size
-from .counters import UnitAccumulator
 from .graph import GraphRecorder
 from .model_state import instrumented
-from .ops import Layout, Role
+from .ops import Role
 from .passes import GRAD_SHOWING, ForwardingMode, Grad, autograd_state, stronger
 from .recording import CallRecorder
 from .reduce import Reducer, make_reducer
 from .replay import NotReplayable, OwnerCalls, ReplayMode
-from .site_keys import SiteKey, SiteKeys
-from .sites import ObservedSite, SiteTable, site_label
+from .site_keys import SiteKeys
+from .sites import ObservedSite, SiteTable
 from .tracking import ModuleCallTracker
+from .unit_axes import UnitAxes
 
 __all__ = ["ObservedSite", "ReluObserver"]
 
@@ -81,7 +80,8 @@ class ReluObserver:
         self.sites = self.table.sites
         self.other_activations: Counter[str] = Counter()
         opaque = isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)) or site_paths is not None
-        self.graph = GraphRecorder(model, self.tracker, self.sites, opaque, self._decide_axis)
+        self.axes = UnitAxes(unit_dim, self.table, self.calls, self.warnings)
+        self.graph = GraphRecorder(model, self.tracker, self.sites, opaque, self.axes.decide)
         self.replaying = False
         """True while passes replay the first one (:mod:`.replay`) instead of running under the dispatch mode."""
         self._passes = 0
@@ -155,7 +155,7 @@ class ReluObserver:
                 self.replaying = False
         else:
             self.graph.mark_outputs(outputs[-1] if outputs else None)
-            self._decide_undecided_axes()
+            self.axes.decide_undecided()
         self.reducer.end_pass()
         self._raise_grad = None
         self._after_pass()
@@ -194,7 +194,7 @@ class ReluObserver:
             with self._dispatch_scope(), autograd_state(self._grad, self.model):
                 output = self.model(*args, **self._kwargs)
             self.graph.mark_outputs(output)
-            self._decide_undecided_axes()
+            self.axes.decide_undecided()
         except BaseException:
             self.reducer.undo_pass()
             raise
@@ -265,7 +265,7 @@ class ReluObserver:
         origin = self.graph.origin(pre)
         key, kind = self.keys.next_key(origin.producer.module_path if origin and origin.producer else None)
         site = self.table.get(key)
-        return site if site is not None else self._new_site(key, name, member, kind, pre)
+        return site if site is not None else self.axes.new_site(key, name, member, kind, pre, origin)
 
     # -- replay passes ---------------------------------------------------------------------------------
     def _replayable(self) -> bool:
@@ -350,65 +350,6 @@ class ReluObserver:
             "a training pass made relu calls the first observed pass did not (data-dependent control flow); "
             "calls that did not match went uncounted there, and later passes follow every op"
         ] = None
-
-    # -- sites and their unit axis ---------------------------------------------------------------------
-    def _new_site(self, key: SiteKey, name: str, member: Member, kind: str, pre: torch.Tensor) -> ObservedSite:
-        view_shape = (1, *pre.shape) if pre.dim() < 2 else tuple(pre.shape)
-        axis, layout = self._unit_axis(pre, len(view_shape))
-        undecided: list[Any] | None = [] if layout == "rank" and len(view_shape) >= 3 else None
-        origin = self.graph.origin(pre)
-        return self.table.add(
-            key,
-            op=name,
-            kind=kind,
-            unit_axis=axis,
-            layout=layout,
-            activation_shape=tuple(int(s) for s in pre.shape),
-            counters=UnitAccumulator(int(view_shape[axis]), pre.device),
-            producer=origin.producer if origin else None,
-            member=member.name,
-            undecided=undecided,
-        )
-
-    def _unit_axis(self, pre: torch.Tensor, ndim: int) -> tuple[int, str]:
-        if self.unit_dim is not None:
-            axis = self.unit_dim + ndim if self.unit_dim < 0 else self.unit_dim
-            if not 1 <= axis < ndim:
-                raise ObservationError(
-                    f"--unit-dim {self.unit_dim} does not fit an activation of shape {tuple(pre.shape)}; "
-                    f"use an axis from 1 to {ndim - 1} (0 is the batch axis)"
-                )
-            return axis, "override"
-        layout = self.graph.layout_of(pre)
-        if pre.dim() < 2:
-            return 1, "rank"
-        if layout is Layout.CHANNEL_FIRST:
-            return 1, layout.value
-        if layout is Layout.FEATURE_LAST:
-            return ndim - 1, layout.value
-        return (1 if ndim >= 4 else ndim - 1), "rank"
-
-    def _decide_axis(self, site: ObservedSite, axis: int, layout: str) -> None:
-        """Fix an undecided site's unit axis and count the calls it saw meanwhile."""
-        captured, site.undecided = site.undecided or [], None
-        site.unit_axis, site.layout = axis, layout
-        shape = captured[0][0].shape if captured else site.activation_shape
-        site.counters = UnitAccumulator(int(shape[axis]), site.counters.positive.device)
-        with torch.no_grad():
-            for pre, output, member in captured:
-                token = self.calls.before_op(site, site.op, pre, member)
-                self.calls.after_op(token, output)
-
-    def _decide_undecided_axes(self) -> None:
-        """At the end of a pass, sites that no conv, norm or linear read keep the axis their rank suggests."""
-        for site in self.sites:
-            if site.undecided is not None:
-                self._decide_axis(site, site.unit_axis, "rank")
-                self.warnings[
-                    f"{site_label(site)}: neither where its {list(site.activation_shape)} input came from nor what "
-                    f"reads its output tells the unit axis; axis {site.unit_axis} was guessed from its rank "
-                    "(pass --unit-dim to choose)"
-                ] = None
 
     def _forget_warnings_since(self, before: list[str]) -> None:
         for warning in [w for w in self.warnings if w not in before]:

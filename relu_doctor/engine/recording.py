@@ -9,6 +9,7 @@ import torch
 
 from ..activations import Member
 from ..errors import ObservationError
+from .masking import token_view
 from .reduce import Reducer
 from .sites import ObservedSite, site_label
 
@@ -57,12 +58,9 @@ class CallRecorder:
     def _token_view(self, site: ObservedSite, view: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
         """The pre-activation as (samples, positions, units) lined up with the attention mask, or None (with a
         warning) when its shape does not line up: (B, T, U) as is, or (B*T, U) as OPT's feed-forward flattens it."""
-        samples, positions = mask.shape
-        units = site.counters.units
-        if view.dim() == 3 and tuple(view.shape[:2]) == (samples, positions) and site.unit_axis == 2:
-            return view
-        if view.dim() == 2 and view.shape[0] == samples * positions and site.unit_axis == 1:
-            return view.reshape(samples, positions, units)
+        tokens = token_view(view, site.unit_axis, mask)
+        if tokens is not None:
+            return tokens
         self.warnings[
             f"{site_label(site)}: its activation of shape {tuple(view.shape)} does not line up with the attention "
             "mask's (samples, positions); padded positions are counted there"

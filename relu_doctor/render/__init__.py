@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from ..repair.records import FixOutcome
 from ..report import Report, TrendReport
-from .common import summary_line
+from .common import verdict_lines
 from .csv_format import render_csv
 from .fix import render_fix_json, render_fix_text, verdict
 from .github import render_github
@@ -90,7 +90,7 @@ REPORT_FORMATS: Registry[Report] = Registry(
             escape_names=True,
         ),
     ),
-    summary_line,
+    verdict_lines,
 )
 """Formats of a scan's (or merge's) report: ``scan --format``, ``merge --format``, the callbacks' report."""
 
@@ -104,7 +104,7 @@ TREND_FORMATS: Registry[TrendReport] = Registry(
             "json", _laid_out_by_itself(render_trend_json), terminal=False, media_type=_JSON, extension=".json"
         ),
     ),
-    lambda trend: f"last checkpoint: {summary_line(trend.last)}",
+    lambda trend: verdict_lines(trend.last, "last checkpoint: "),
 )
 """Formats of ``trend --format``; the verdict is the last checkpoint's."""
 

@@ -46,6 +46,14 @@ def summary_line(report: Report) -> str:
     )
 
 
+def verdict_lines(report: Report, prefix: str = "") -> str:
+    """The one-line verdict, then ``✗ <violation>`` for each exceeded threshold: what stderr says whenever the
+    table (which shows both) is not what the user sees (another format, or the report in a file)."""
+    lines = [prefix + summary_line(report)]
+    lines += [f"✗ {printable(violation.text)}" for violation in report.gate.violations]
+    return "\n".join(lines)
+
+
 _CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))} | {
     0x0A: "\\n",
     0x0D: "\\r",

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..repair.records import Drift, FixOutcome, SiteCheck, SiteRepair, Verification
-from .common import plural
+from .common import plural, printable_report
 from .table import print_to_text
 
 FIX_SCHEMA_VERSION = 1
@@ -73,7 +73,7 @@ def checks_table(checks: tuple[SiteCheck, ...], samples: str = "") -> Table:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for check in checks:
         table.add_row(
-            check.site,
+            Text(check.site),  # Text: a name from a file is never rich markup
             str(check.units),
             str(check.dead_before),
             _after(check.dead_after),
@@ -124,7 +124,8 @@ def _repair_line(repair: SiteRepair, outcome: FixOutcome) -> Text:
 
 def render_fix_text(outcome: FixOutcome, *, width: int | None = 100, color: bool = False) -> str:
     """The terminal summary as text, with or without ANSI colour (``width`` None: a pipe or file, no wrapping)."""
-    return print_to_text(outcome_renderable(outcome), width=width, color=color)
+    shown = printable_report(outcome)  # names from files: control characters escaped, as in the scan's table
+    return print_to_text(outcome_renderable(shown), width=width, color=color)
 
 
 def fix_dict(outcome: FixOutcome) -> dict[str, Any]:

@@ -33,7 +33,7 @@ class _Column:
 
 _COLUMNS = {
     "#": _Column("#", "right", lambda r, s: str(s.index)),
-    "site": _Column("site", "left", lambda r, s: s.name, no_wrap=False),
+    "site": _Column("site", "left", lambda r, s: Text(s.name), no_wrap=False),  # Text: a name is never markup
     "op": _Column("op", "left", lambda r, s: s.op),
     "units": _Column("units", "right", lambda r, s: f"{s.units:,}"),
     "dead": _Column("dead", "right", lambda r, s: f"{s.dead:,} ({percent(s.dead_fraction)})"),

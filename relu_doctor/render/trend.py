@@ -60,7 +60,7 @@ def trend_table(trend: TrendReport) -> Table:
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for site in trend.sites:
         table.add_row(
-            site.name,
+            Text(site.name),  # Text: a name from a file is never rich markup
             str(site.units),
             _share(site.dead_fraction[0]),
             _share(site.dead_fraction[-1]),

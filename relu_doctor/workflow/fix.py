@@ -47,16 +47,20 @@ class FixRequest:
 
 def run_fix(request: FixRequest) -> FixOutcome:
     """Load, repair, write and verify; returns what was done. The input file is never modified."""
+    from .scan import check_inputs
+    from .writer import plan_output
+
+    source = Path(request.scan.model_path)
+    check_inputs(request.scan)  # both checks before torch is imported: a typo costs no second
+    target = plan_output(request.output, scan_inputs(request.scan), force=request.force)
+
     import torch
 
     from ..loading.sniff import PICKLED_MODULE
     from ..repair.api import default_max_drift, repair_model
     from ..repair.write import check_writable
     from .scan import build_probe, load_for_scan, replay_probe, resolve_device
-    from .writer import plan_output
 
-    source = Path(request.scan.model_path)
-    target = plan_output(request.output, scan_inputs(request.scan), force=request.force)
     loaded = load_for_scan(request.scan)
     writes = request.strategy is not Strategy.leaky or loaded.info.format == PICKLED_MODULE
     if writes:

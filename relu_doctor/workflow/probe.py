@@ -23,6 +23,7 @@ from ..engine.layers import first_layer
 from ..errors import ProbeError, first_line
 from ..report import ProbeInfo
 from ..settings import MAX_SEED
+from ..settings import parse_shape as parse_shape  # re-exported: checked before torch is imported
 
 SYNTHETIC_CHUNK = 256
 SYNTHETIC_CHUNK_BYTES = 256 << 20
@@ -48,17 +49,6 @@ class Probe:
             if dtype is not None and batch.is_floating_point():
                 batch = batch.to(dtype)
             yield batch.to(device)
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``3x32x32`` -> (3, 32, 32)."""
-    try:
-        shape = tuple(int(part) for part in text.lower().replace("×", "x").split("x"))
-    except ValueError:
-        shape = ()
-    if not shape or any(s <= 0 for s in shape):
-        raise ProbeError(f"--input-shape expects positive sizes joined by x, e.g. 3x32x32, got {text!r}")
-    return shape
 
 
 def synthetic_probe(

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 # Imports inside functions keep this module free of torch at import time (the CLI's --help and --version stay
 # fast); they do not hide a cycle: .importlinter checks every one of them.
+import difflib
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from ..errors import ProbeError, UsageError
+from ..errors import ArchitectureError, CertifyError, CheckpointError, ProbeError, UsageError
 from ..report import Report, Thresholds
 from ..settings import (
     DEFAULT_BATCH_SIZE,
@@ -269,6 +273,7 @@ def run_scan(
     from ..whatif import scan
     from .distributed import check_enough_batches, rank_info, torchrun_scan
 
+    check_inputs(request)
     stage = on_stage or (lambda name, total: None)
     info = rank_info()
     stage("loading", None)
@@ -322,21 +327,88 @@ def _certified(report: Report, request: ScanRequest, loaded: Any, probe: Any, ba
 
 def scan_inputs(request: ScanRequest) -> tuple[str, ...]:
     """Every file a scan reads: the checkpoint, the probe, a file --arch, a --domain file, the config file."""
-    arch_file = None
-    if request.arch is not None:
-        target = request.arch.rpartition(":")[0]
-        arch_file = target if target.endswith(".py") or "/" in target else None
-    domain_file = request.certify[5:] if request.certify and request.certify.startswith("file:") else None
     named = (
         request.model_path,
         request.probe_path,
         request.probe_mask,
         request.tokenizer,
-        arch_file,
-        domain_file,
+        arch_file(request.arch),
+        arch_module_file(request.arch),
+        _domain_file(request.certify),
         *request.inputs,
     )
     return tuple(path for path in named if path)
+
+
+def arch_file(spec: str | None) -> str | None:
+    """The file of a ``path/to/file.py:callable`` --arch, an input no output may replace (None without --arch)."""
+    if spec is None:
+        return None
+    target = spec.rpartition(":")[0]
+    return target if target.endswith(".py") or "/" in target or "\\" in target else None
+
+
+def arch_module_file(spec: str | None) -> str | None:
+    """The source file of a ``package.module:callable`` --arch, found on sys.path as ``import`` would find it but
+    without importing anything (no code runs, no torch): an input no output may replace."""
+    if spec is None or arch_file(spec) is not None:
+        return None
+    dotted = spec.rpartition(":")[0]
+    loaded = sys.modules.get(dotted)
+    if loaded is not None:
+        return getattr(loaded, "__file__", None)
+    parts = dotted.split(".")
+    for entry in sys.path:
+        base = Path(entry or os.curdir).joinpath(*parts)
+        for candidate in (base.with_name(base.name + ".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return str(candidate)
+    return None
+
+
+def _domain_file(certify: str | None) -> str | None:
+    return certify[5:] if certify and certify.startswith("file:") else None
+
+
+def check_inputs(request: ScanRequest, *, model: bool = True) -> None:
+    """Every file the scan will read exists: checked without torch, so a typo is reported at once (the loaders
+    check again, and say more, when a file exists but cannot be read). ``model=False`` leaves the checkpoint
+    out (``trend`` checks each of its own)."""
+    if model:
+        check_model_path(request.model_path)
+    for option, path, error in (
+        ("--probe", request.probe_path, ProbeError),
+        ("--probe-mask", request.probe_mask, ProbeError),
+        ("--tokenizer", request.tokenizer, ProbeError),
+    ):
+        if path is not None and not os.path.exists(path):
+            raise error(f"{option} {str(path)!r} does not exist; check the path")
+    domain = _domain_file(request.certify)
+    if domain is not None and not os.path.isfile(domain):
+        raise CertifyError(f"--domain {request.certify}: {domain!r} is not a file")
+    file = arch_file(request.arch)
+    if file is not None and not os.path.isfile(file):
+        raise ArchitectureError(f"--arch {request.arch!r}: no such file {file!r}; check the path before ':'")
+
+
+def unmatched_ignores(report: Report) -> list[str]:
+    """One warning per ``--ignore`` glob that matches no site of ``report`` (a typo would silently gate on the
+    site it meant to leave out), with the closest site name when one is near."""
+    names = [site.name for site in report.sites]
+    lines = []
+    for pattern in report.thresholds.ignore:
+        if any(fnmatchcase(name, pattern) for name in names):
+            continue
+        close = difflib.get_close_matches(pattern, names, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        lines.append(f"--ignore {pattern!r} matches no site{hint}")
+    return lines
+
+
+def check_model_path(path: str) -> None:
+    """A CheckpointError when the checkpoint does not exist (torch-free; the loader checks the rest)."""
+    if not os.path.lexists(path):
+        raise CheckpointError(f"{path}: no such file or directory; check the model path")
 
 
 def _combiner(request: ScanRequest, sharded: Any, probe: Any, model: Any) -> Any:

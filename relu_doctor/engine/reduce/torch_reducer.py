@@ -22,6 +22,7 @@ import torch
 
 from ...activations import Member
 from ..counters import BatchCounts, UnitAccumulator
+from ..masking import Block, real_blocks
 
 ROW_SITE_ELEMENTS = 1 << 16
 """A one-position site (samples, units) up to this size is copied into its group's buffer and reduced with the
@@ -41,6 +42,8 @@ class TorchReducer:
         self._groups: dict[tuple[Any, ...], _RowGroup] = {}
         """(shape, dtype, device, member) -> the buffered one-position calls of that kind (buffers kept across
         passes: the next pass fills them again)."""
+        self._blocks: tuple[torch.Tensor, list[Block] | None] | None = None
+        """The last attention mask seen and its blocks of real tokens (every site of a pass shares the mask)."""
 
     def start_pass(self, *, undoable: bool = False) -> None:
         """Begin a pass (``undoable``: :meth:`undo_pass` may drop it; the torch reducer can always do that)."""
@@ -61,7 +64,7 @@ class TorchReducer:
         """Read what the counters need from the pre-activation before the op runs (an in-place op overwrites it);
         returns what :meth:`after_op` needs (None when the op's output is not needed)."""
         if mask is not None:
-            return _Masked(counters, pre.clone(), mask)
+            return self._before_masked(counters, pre, member, mask)
         if small_rows(pre, sample_axis):
             rows = pre if sample_axis == 0 else pre.t()
             key = (tuple(rows.shape), rows.dtype, rows.device, member)
@@ -76,9 +79,25 @@ class TorchReducer:
             return ExactCall(counters, pre.clone(), unit_axis, sample_axis)
         return _Finite(counters, sample_max, unit_axis, pre.shape)
 
+    def _before_masked(self, counters: UnitAccumulator, pre: torch.Tensor, member: Member, mask: torch.Tensor) -> Any:
+        """A (samples, positions, units) call with its attention mask: each block of real tokens goes through the
+        unmasked path (fused kernels included), so padding costs no copy and no masked reduction; a mask with holes
+        takes the exact masked path. Rows without a real token are no sample in either."""
+        if self._blocks is None or self._blocks[0] is not mask:
+            self._blocks = (mask, real_blocks(mask))
+        blocks = self._blocks[1]
+        if blocks is None:
+            return _Masked(counters, pre.clone(), mask) if bool(mask.any()) else None
+        parts = tuple((block, self.before_op(counters, _block_of(pre, block), 2, 0, member)) for block in blocks)
+        return _Blocks(pre.shape, parts)
+
     def after_op(self, token: Any, output: torch.Tensor) -> None:
         """Count what needs the op's output (``token`` from :meth:`before_op`)."""
-        if token is not None:
+        if isinstance(token, _Blocks):
+            tokens = output.reshape(token.shape)
+            for block, part in token.parts:
+                self.after_op(part, _block_of(tokens, block))
+        elif token is not None:
             self._pending.append((token.counters, token.counts(output.detach())))
 
     def end_pass(self) -> None:
@@ -291,6 +310,22 @@ def exact_counts(pre: torch.Tensor, activation: torch.Tensor, unit_axis: int, sa
     )
 
 
+def _block_of(tokens: torch.Tensor, block: Block) -> torch.Tensor:
+    """The (rows, positions, units) view of one block of real tokens (no copy)."""
+    first_row, row_stop, first_position, position_stop = block
+    return tokens[first_row:row_stop, first_position:position_stop]
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """A masked call read block by block: what each block of real tokens needs from the op's output."""
+
+    shape: torch.Size
+    """(samples, positions, units) of the call."""
+    parts: tuple[tuple[Block, Any], ...]
+    """Each block of real tokens and its unmasked call's token."""
+
+
 @dataclass(frozen=True)
 class _Masked:
     """A copy of a (samples, positions, units) pre-activation, counted at real tokens of the attention mask only:
@@ -302,9 +337,10 @@ class _Masked:
     """(samples, positions), True at real tokens."""
 
     def counts(self, output: torch.Tensor) -> BatchCounts:
-        pre = self.pre
-        activation = output.reshape(pre.shape)
-        keep = self.mask.to(pre.device).unsqueeze(-1)
+        rows = self.mask.bool().any(dim=1).to(self.pre.device)  # a row without a real token is no sample
+        pre = self.pre[rows]
+        activation = output.reshape(self.pre.shape)[rows]
+        keep = self.mask.to(pre.device)[rows].unsqueeze(-1)
         finite = torch.isfinite(pre)
         real = keep & finite
         sample_max = torch.where(real, pre, -math.inf).amax(dim=1)
