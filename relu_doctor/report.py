@@ -603,3 +603,34 @@ class TrendReport:
         """Short names for the checkpoints: file names when those are unique, else the paths."""
         names = tuple(PurePath(path).name for path in self.checkpoints)
         return names if len(set(names)) == len(names) else self.checkpoints
+
+
+@dataclass(frozen=True)
+class ModelScan:
+    """One model of a run over several (``relu-doctor scan a.pt b.pt``): its report, or why there is none."""
+
+    path: str
+    """The model path as given on the command line."""
+    report: Report | None = None
+    """The scan's report; None when the model could not be scanned."""
+    error: str | None = None
+    """Why it could not be scanned, in one line; None when it was scanned."""
+
+    @property
+    def exit_code(self) -> int:
+        """The report's gate code (0 or 1), or 2 when the model could not be scanned."""
+        return self.report.exit_code if self.report is not None else 2
+
+
+@dataclass(frozen=True)
+class ScanBatch:
+    """The reports of one run over several models, in the order given (a model that could not be scanned keeps
+    its place, with its error)."""
+
+    scans: tuple[ModelScan, ...]
+    """One entry per model."""
+
+    @property
+    def exit_code(self) -> int:
+        """The worst of the models' codes: 2 when any could not be scanned, else 1 when any gate failed, else 0."""
+        return max((scan.exit_code for scan in self.scans), default=0)

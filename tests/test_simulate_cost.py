@@ -167,8 +167,8 @@ class RecordingDisplay(StageDisplay):
         RecordingDisplay.stages = []
 
     def stage(self, name: str, total: int | None) -> None:
-        RecordingDisplay.stages.append((name, total, self.live))
         super().stage(name, total)
+        RecordingDisplay.stages.append((name, total, self.live))
         if self._bar is not None:
             self._bar.refresh()  # what the terminal shows now
             assert name in self.terminal.getvalue()
