@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -24,6 +24,7 @@ from .command import ReluGroup
 from .config import Resolved
 
 EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
+RecordT = TypeVar("RecordT")
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 app = typer.Typer(
@@ -230,6 +231,12 @@ def exit_code(gate: GateResult, *, exit_zero: bool) -> int:
     return EXIT_OK if exit_zero else gate.exit_code
 
 
+def fail_line(style: OutputStyle, message: str) -> None:
+    """``relu-doctor: error: ...`` on stderr without exiting (one model of several could not be scanned); printed
+    even when quiet, as every error is."""
+    typer.echo(f"relu-doctor: error: {one_line(message)}", err=True)
+
+
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     """One line on stderr, then exit with ``code``."""
     typer.echo(f"relu-doctor: error: {message}", err=True)
@@ -273,31 +280,62 @@ def one_line(text: str) -> str:
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text.strip())
 
 
-def plan_outputs(inputs: Collection[str | Path | None], force: bool, **outputs: Path | None) -> dict[str, Any]:
-    """Each output option (name -> path or None) resolved once and checked against every input and each other."""
+def plan_outputs(
+    inputs: Collection[str | Path | None],
+    force: bool,
+    reports: Sequence[tuple[str, Path]] = (),
+    **outputs: Path | None,
+) -> dict[str, Any]:
+    """Each output option (name -> path or None) and each ``--report`` (format, path) resolved once and checked
+    against every input and each other; ``planned["reports"]`` lists the reports' (format, target)."""
     from ..workflow.writer import plan_output
 
     planned: dict[str, Any] = {}
-    for option, path in outputs.items():
+    taken: list[Any] = []
+    named = [(option, "--" + option.replace("_", "-"), path) for option, path in outputs.items()]
+    named += [(f"report:{index}", "--report", path) for index, (_, path) in enumerate(reports)]
+    for option, flag, path in named:
         if path is None:
             planned[option] = None
             continue
-        flag = "--" + option.replace("_", "-")
         target = plan_output(path, inputs, force=force, option=flag)
-        for other in planned.values():
-            if other is not None and other.path == target.path:
+        for other in taken:
+            if other.path == target.path:
                 raise UsageError(f"{flag} {str(path)!r} is also {other.option}; give each output its own file")
+        taken.append(target)
         planned[option] = target
+    planned["reports"] = [(name, planned.pop(f"report:{index}")) for index, (name, _) in enumerate(reports)]
     return planned
 
 
-RecordT = TypeVar("RecordT")
+def parse_reports(specs: Sequence[str] | None, formats: Registry[Any]) -> list[tuple[str, Path]]:
+    """``--report FORMAT=FILE`` (repeatable) as (format, path) pairs; a bad spec or an unknown format is a usage
+    error naming it and the choices, raised before any work."""
+    parsed = []
+    for spec in specs or ():
+        name, equals, file = spec.partition("=")
+        if not equals or not name.strip() or not file.strip():
+            raise UsageError(f"--report expects FORMAT=FILE, e.g. sarif=relu-doctor.sarif, got {spec!r}")
+        if name.strip() not in formats:
+            raise UsageError(
+                f"--report {spec!r}: unknown format {name.strip()!r}; choose one of {', '.join(formats.names())}"
+            )
+        parsed.append((name.strip(), Path(file)))
+    return parsed
 
 
-def emit(formats: Registry[RecordT], record: RecordT, name: str, output: Any, style: OutputStyle) -> None:
-    """``record`` in the format ``name`` on stdout (or --output), and its one-line verdict on stderr unless that
-    text, shown on the terminal, says it already."""
-    text = formats.render(record, name, width=style.width, color=style.color)
+def emit_reports(formats: Registry[RecordT], record: RecordT, reports: Sequence[tuple[str, Any]]) -> None:
+    """Each planned ``--report``: ``record`` in its format, written atomically to its file (no colour, no wrapping)."""
+    for name, target in reports:
+        write_output(formats.render(record, name, width=None, color=False), target)
+
+
+def emit(
+    formats: Registry[RecordT], record: RecordT, name: str, output: Any, style: OutputStyle, text: str | None = None
+) -> None:
+    """``record`` in the format ``name`` (``text``, when already rendered) on stdout (or --output), and its one-line
+    verdict on stderr unless that text, shown on the terminal, says it already."""
+    text = formats.render(record, name, width=style.width, color=style.color) if text is None else text
     if output is not None or not style.quiet:
         write_output(text, output)
     if not formats.get(name).terminal or output is not None:
@@ -325,6 +363,7 @@ class StageDisplay:
     def __init__(self, enabled: bool, style: OutputStyle | None = None) -> None:
         self._bar: Any = None
         self._task: Any = None
+        self._shown = False
         # FORCE_COLOR makes rich think it is a terminal; a live display needs a real one
         if not enabled or not sys.stderr.isatty():
             return
@@ -340,15 +379,20 @@ class StageDisplay:
         )
         self._task = self._bar.add_task("starting", total=None)
         self._bar.start()
+        self._shown = True
 
     @property
     def live(self) -> bool:
         """The display is shown."""
-        return self._bar is not None
+        return self._bar is not None and self._shown
 
     def stage(self, name: str, total: int | None) -> None:
-        """Start stage ``name`` of ``total`` steps (None: unknown, shown as a pulse)."""
+        """Start stage ``name`` of ``total`` steps (None: unknown, shown as a pulse); shown again after a stop (the
+        verbose notes between a model's scan and the writing stage stop it)."""
         if self._bar is not None:
+            if not self._shown:
+                self._bar.start()
+                self._shown = True
             self._bar.reset(self._task, total=total, completed=0, description=name)
 
     def advance(self, steps: int) -> None:
@@ -362,10 +406,10 @@ class StageDisplay:
             self._bar.update(self._task, completed=done, total=total)
 
     def stop(self) -> None:
-        """Remove the display (idempotent)."""
-        if self._bar is not None:
+        """Remove the display until the next stage (idempotent)."""
+        if self._bar is not None and self._shown:
             self._bar.stop()
-            self._bar = None
+            self._shown = False
 
 
 def main() -> None:

@@ -7,12 +7,14 @@ repair (bad option, OUT exists without --force, unreadable or unwritable checkpo
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ..errors import UsageError
 from ..render import FIX_FORMATS
 from ..repair.records import Strategy
 from ..settings import (
@@ -25,7 +27,20 @@ from ..settings import (
     DEFAULT_SEED,
 )
 from . import options as opt
-from .app import ReluCommand, app, configure, describe_settings, emit, error_boundary, note, style_from_options, warn
+from .app import (
+    ReluCommand,
+    app,
+    configure,
+    describe_settings,
+    emit,
+    emit_reports,
+    error_boundary,
+    note,
+    parse_reports,
+    plan_outputs,
+    style_from_options,
+    warn,
+)
 
 REPAIR = "Repair"
 
@@ -104,6 +119,7 @@ def fix(
     isolated: opt.Isolated = False,
     # Output
     fmt: opt.FixFormat = FIX_FORMATS.default.name,
+    reports: opt.Reports = None,
     verbose: opt.Verbose = False,
     color: opt.Color = opt.ColorMode.auto,
     no_color: opt.NoColor = False,
@@ -117,7 +133,7 @@ def fix(
     style = style_from_options(False, verbose, no_color, None, color)
     with error_boundary(debug):
         from ..workflow.fix import FixRequest, run_fix
-        from ..workflow.scan import check_inputs
+        from ..workflow.scan import check_inputs, scan_inputs
 
         # seed is the re-draw seed here; format has other choices: neither comes from scan's config keys
         settings = configure(ctx, config, near=[model], exclude={"format", "seed"}, isolated=isolated)
@@ -137,6 +153,11 @@ def fix(
         scan = replace(scan, inputs=tuple(p for p in (settings.config_path,) if p))
         check_inputs(scan)  # before torch is imported
         request = FixRequest(scan, str(output), strategy, seed, include_dying, force, max_drift)
+        targets = plan_outputs(scan_inputs(scan), force, parse_reports(reports, FIX_FORMATS))
+        for _, target in targets["reports"]:
+            if target.path == Path(os.path.realpath(output)):
+                raise UsageError(f"--report {str(target.given)!r} is also --output; give each output its own file")
         outcome = run_fix(request)
         emit(FIX_FORMATS, outcome, fmt, None, style)
+        emit_reports(FIX_FORMATS, outcome, targets["reports"])
     raise typer.Exit(outcome.exit_code)

@@ -203,6 +203,16 @@ Output = Annotated[
         "--output", "-o", help="Write the report to this file (atomically) instead of stdout.", rich_help_panel=OUTPUT
     ),
 ]
+Reports = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--report",
+        metavar="FORMAT=FILE",
+        help="Also write the report in FORMAT to FILE, atomically (repeatable): one scan, many outputs, e.g. "
+        "--report sarif=relu-doctor.sarif --report junit=relu-doctor.xml.",
+        rich_help_panel=OUTPUT,
+    ),
+]
 Plot = Annotated[
     Path | None,
     typer.Option(

@@ -10,13 +10,15 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ..errors import UntrustedCodeError
-from ..render import REPORT_FORMATS
+from ..errors import UntrustedCodeError, UsageError
+from ..render import BATCH_FORMATS, REPORT_FORMATS
+from ..render.registry import Registry
 from ..report import Report
 from ..settings import (
     DEFAULT_BATCH_SIZE,
@@ -41,9 +43,11 @@ from .app import (
     configure,
     describe_settings,
     emit,
+    emit_reports,
     error_boundary,
-    exit_code,
+    fail_line,
     note,
+    parse_reports,
     plan_outputs,
     strict_report,
     style_from_options,
@@ -55,9 +59,14 @@ from .app import (
 @app.command(cls=ReluCommand)
 def scan(
     ctx: typer.Context,
-    model: Annotated[
-        Path,
-        typer.Argument(metavar="MODEL", help="Checkpoint file or Hugging Face-style directory.", show_default=False),
+    models: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="MODEL",
+            help="Checkpoint files or Hugging Face-style directories; several get one report each, with the same "
+            "options (exit code: the worst).",
+            show_default=False,
+        ),
     ],
     # Loading
     arch: opt.Arch = None,
@@ -96,6 +105,7 @@ def scan(
     # Output
     fmt: opt.ReportFormat = REPORT_FORMATS.default.name,
     output: opt.Output = None,
+    reports: opt.Reports = None,
     plot: opt.Plot = None,
     save_stats: Annotated[
         Path | None,
@@ -128,20 +138,25 @@ def scan(
     no_color: opt.NoColor = False,
     debug: opt.Debug = False,
 ) -> None:
-    """Scan MODEL with a probe and report dead and dying ReLU units per site."""
+    """Scan each MODEL with a probe and report dead and dying ReLU units per site."""
     style = style_from_options(quiet, verbose, no_color, output, color)
     with error_boundary(debug):
-        settings = configure(ctx, config, near=[model], isolated=isolated)
+        from ..workflow.scan import check_inputs, scan_inputs, scan_models
+
+        settings = configure(ctx, config, near=models, isolated=isolated)
         for line in settings.warnings:
             warn(style, line)
         for line in describe_settings(settings):
             note(style, line, verbose_only=True)
+        several = len(models) > 1
+        if several and (plot is not None or save_stats is not None):
+            raise UsageError("--plot and --save-stats describe one model; scan one MODEL at a time to use them")
         if plot is not None:
             from ..render.plot import require_matplotlib
 
             require_matplotlib()
         request = opt.scan_request(
-            model,
+            models[0],
             settings.values,
             key=key,
             trust=trust,
@@ -162,33 +177,58 @@ def scan(
             force=force,
             inputs=tuple(p for p in (settings.config_path,) if p),
         )
-        from ..workflow.scan import check_inputs, scan_inputs
-
-        check_inputs(request)  # before torch is imported: a typo costs no second
-        targets = plan_outputs(scan_inputs(request), force, output=output, plot=plot, save_stats=save_stats)
-        started = time.perf_counter()
+        formats: Registry[Any] = BATCH_FORMATS if several else REPORT_FORMATS
+        extra = parse_reports(reports, formats)
+        # Before torch is imported: a typo costs no second. With several models a missing one is reported in turn.
+        check_inputs(request, model=not several)
+        inputs: list[str | Path | None] = [*models, *scan_inputs(request)]
+        targets = plan_outputs(inputs, force, extra, output=output, plot=plot, save_stats=save_stats)
+        requests = [replace(request, model_path=str(model)) for model in models]
         display = StageDisplay(enabled=style.progress, style=style)
         try:
-            report = _run_with_trust_prompt(request, style, display)
-            display.stop()
-            note(
-                style, f"scanned {len(report.sites)} sites in {time.perf_counter() - started:.2f} s", verbose_only=True
-            )
-            note(style, simulation_line(report), verbose_only=True)
-            for line in unmatched_ignores(report):
-                warn(style, line)
-            if settings.values.get("strict"):
-                report = strict_report(report)
+            scan_one = partial(_scan_one, style=style, display=display, strict=bool(settings.values.get("strict")))
+            if several:
+                record: Any = scan_models(requests, scan_one, on_error=lambda line: fail_line(style, line))
+            else:
+                record = scan_one(request)
+            code = record.exit_code
             if not is_primary():  # under torchrun every rank has the same report; rank 0 writes it
-                raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
-            emit(REPORT_FORMATS, report, settings.values["format"], targets["output"], style)
+                raise typer.Exit(_exit(code, exit_zero))
+            display.stage("writing", None)  # rendering (a plot takes seconds), up to the first byte written
+            text = formats.render(record, settings.values["format"], width=style.width, color=style.color)
             if plot is not None:
                 from ..render.plot import report_png
 
-                write_output(report_png(report), targets["plot"])
+                png = report_png(record)
+            display.stop()  # before anything is printed: a live line and printed text must not interleave
+            emit(formats, record, settings.values["format"], targets["output"], style, text=text)
+            emit_reports(formats, record, targets["reports"])
+            if plot is not None:
+                write_output(png, targets["plot"])
         finally:
             display.stop()
-    raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
+    raise typer.Exit(_exit(code, exit_zero))
+
+
+def _scan_one(request: Any, *, style: OutputStyle, display: StageDisplay, strict: bool) -> Report:
+    """One model's report, with the verbose notes and warnings about it (--strict applied)."""
+    started = time.perf_counter()
+    report = _run_with_trust_prompt(request, style, display)
+    display.stop()
+    note(
+        style,
+        f"{request.model_path}: scanned {len(report.sites)} sites in {time.perf_counter() - started:.2f} s",
+        verbose_only=True,
+    )
+    note(style, simulation_line(report), verbose_only=True)
+    for line in unmatched_ignores(report):
+        warn(style, line)
+    return strict_report(report) if strict else report
+
+
+def _exit(code: int, exit_zero: bool) -> int:
+    """The process exit code: the worst model's; --exit-zero turns a failed gate (1) into 0, never an error (2)."""
+    return 0 if exit_zero and code == 1 else code
 
 
 def can_ask() -> bool:
@@ -208,8 +248,6 @@ def simulation_line(report: Report) -> str:
 
 
 def _run_with_trust_prompt(request: Any, style: OutputStyle, display: StageDisplay) -> Report:
-    from dataclasses import replace
-
     try:
         return _run(request, display)
     except UntrustedCodeError as exc:

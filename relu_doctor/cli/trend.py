@@ -15,11 +15,14 @@ from ..settings import (
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
     DEFAULT_DYING_RATE,
+    DEFAULT_MAX_LENGTH,
     DEFAULT_REDUCER,
     DEFAULT_SAMPLES,
     DEFAULT_SEED,
+    DEFAULT_SIMULATE_SAMPLES,
     DEFAULT_TAU,
 )
+from ..workflow.scan import certify_domain
 from . import options as opt
 from .app import (
     OutputStyle,
@@ -28,9 +31,11 @@ from .app import (
     configure,
     describe_settings,
     emit,
+    emit_reports,
     error_boundary,
     exit_code,
     note,
+    parse_reports,
     plan_outputs,
     strict_report,
     style_from_options,
@@ -66,6 +71,9 @@ def trend(
     # Probe
     probe: opt.Probe = None,
     probe_key: opt.ProbeKey = None,
+    tokenizer: opt.Tokenizer = None,
+    max_length: opt.MaxLength = DEFAULT_MAX_LENGTH,
+    probe_mask: opt.ProbeMask = None,
     samples: opt.Samples = DEFAULT_SAMPLES,
     seed: opt.Seed = DEFAULT_SEED,
     batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
@@ -81,10 +89,30 @@ def trend(
     exit_zero: opt.ExitZero = False,
     config: opt.Config = None,
     isolated: opt.Isolated = False,
+    certify: opt.Certify = False,
+    domain: opt.Domain = None,
+    gate_on: opt.GateOn = "probe",
     # Output
     fmt: opt.TrendFormat = TREND_FORMATS.default.name,
     output: opt.Output = None,
+    reports: opt.Reports = None,
     plot: opt.Plot = None,
+    no_simulate: Annotated[
+        bool,
+        typer.Option(
+            "--no-simulate",
+            help="Accepted so a scan's command line works unchanged: trend never runs the fix simulations.",
+            rich_help_panel=opt.OUTPUT,
+        ),
+    ] = False,
+    simulate_samples: Annotated[
+        int,
+        typer.Option(
+            "--simulate-samples",
+            help="Accepted so a scan's command line works unchanged (checked, then unused: trend runs no simulations).",
+            rich_help_panel=opt.OUTPUT,
+        ),
+    ] = DEFAULT_SIMULATE_SAMPLES,
     force: opt.Force = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
@@ -116,6 +144,16 @@ def trend(
             allow_global=allow_global,
             limit_samples=settings.sources["samples"] != "default",
         )
+        request = replace(
+            request,
+            simulate_samples=simulate_samples,  # validated like scan's, though trend simulates nothing
+            tokenizer=None if tokenizer is None else str(tokenizer),
+            max_length=max_length,
+            probe_mask=None if probe_mask is None else str(probe_mask),
+            certify=certify_domain(certify, domain, gate_on, request.probe_path is not None),
+            thresholds=replace(request.thresholds, gate_on=gate_on),
+        )
+        extra = parse_reports(reports, TREND_FORMATS)
         from ..workflow.scan import check_inputs, check_model_path, scan_inputs
 
         for checkpoint in checkpoints:  # before torch is imported
@@ -123,7 +161,7 @@ def trend(
         check_inputs(request, model=False)
 
         inputs = [*checkpoints, *scan_inputs(replace(request, model_path="")), settings.config_path]
-        targets = plan_outputs(inputs, force, output=output, plot=plot)
+        targets = plan_outputs(inputs, force, extra, output=output, plot=plot)
         result = scan_checkpoints(
             [str(c) for c in checkpoints],
             request,
@@ -132,6 +170,7 @@ def trend(
         if settings.values.get("strict"):
             result = replace(result, reports=(*result.reports[:-1], strict_report(result.last)))
         emit_trend(result, fmt, targets["output"], targets["plot"], style)
+        emit_reports(TREND_FORMATS, result, targets["reports"])
     raise typer.Exit(exit_code(result.gate, exit_zero=exit_zero))
 
 

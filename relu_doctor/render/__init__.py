@@ -3,7 +3,8 @@
 Every output format is one :class:`~relu_doctor.render.registry.OutputFormat` entry in the registry of the record
 it renders: :data:`REPORT_FORMATS` (a scan's or merge's :class:`~relu_doctor.report.Report`), :data:`TREND_FORMATS`
 (a :class:`~relu_doctor.report.TrendReport`), :data:`FIX_FORMATS` (a
-:class:`~relu_doctor.repair.records.FixOutcome`). The CLI's ``--format`` choices are a registry's names.
+:class:`~relu_doctor.repair.records.FixOutcome`), :data:`BATCH_FORMATS` (a :class:`~relu_doctor.report.ScanBatch`:
+several models in one run, the same names as :data:`REPORT_FORMATS`). The CLI's ``--format`` choices are a registry's names.
 To add a format: a renderer module here and one entry below.
 """
 
@@ -13,7 +14,17 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ..repair.records import FixOutcome
-from ..report import Report, TrendReport
+from ..report import Report, ScanBatch, TrendReport
+from .batch import (
+    batch_verdict,
+    render_batch_csv,
+    render_batch_github,
+    render_batch_json,
+    render_batch_junit,
+    render_batch_markdown,
+    render_batch_sarif,
+    render_batch_table,
+)
 from .common import verdict_lines
 from .csv_format import render_csv
 from .fix import render_fix_json, render_fix_text, verdict
@@ -24,9 +35,24 @@ from .markdown import render_markdown
 from .registry import OutputFormat, Registry, Renderer
 from .sarif import render_sarif
 from .table import render_table
-from .trend import render_trend_json, render_trend_table
+from .trend import (
+    render_trend_csv,
+    render_trend_github,
+    render_trend_json,
+    render_trend_markdown,
+    render_trend_table,
+)
 
-__all__ = ["FIX_FORMATS", "REPORT_FORMATS", "TREND_FORMATS", "OutputFormat", "Registry", "Renderer", "render"]
+__all__ = [
+    "BATCH_FORMATS",
+    "FIX_FORMATS",
+    "REPORT_FORMATS",
+    "TREND_FORMATS",
+    "OutputFormat",
+    "Registry",
+    "Renderer",
+    "render",
+]
 
 RecordT = TypeVar("RecordT")
 
@@ -103,6 +129,31 @@ TREND_FORMATS: Registry[TrendReport] = Registry(
         OutputFormat(
             "json", _laid_out_by_itself(render_trend_json), terminal=False, media_type=_JSON, extension=".json"
         ),
+        OutputFormat(
+            "markdown",
+            _laid_out_by_itself(render_trend_markdown),
+            terminal=False,
+            media_type="text/markdown",
+            extension=".md",
+            escape_names=True,
+        ),
+        OutputFormat(
+            "csv",
+            _laid_out_by_itself(render_trend_csv),
+            terminal=False,
+            media_type="text/csv",
+            extension=".csv",
+            escape_names=True,
+        ),
+        OutputFormat(
+            "github",
+            _laid_out_by_itself(render_trend_github),
+            terminal=False,
+            media_type=_PLAIN,
+            extension=".txt",
+            escape_names=True,
+            workflow_commands=True,
+        ),
     ),
     lambda trend: verdict_lines(trend.last, "last checkpoint: "),
 )
@@ -117,6 +168,62 @@ FIX_FORMATS: Registry[FixOutcome] = Registry(
     verdict,
 )
 """Formats of ``fix --format``."""
+
+
+BATCH_FORMATS: Registry[ScanBatch] = Registry(
+    "report",
+    (
+        OutputFormat(
+            "table", render_batch_table, terminal=True, media_type=_PLAIN, extension=".txt", escape_names=True
+        ),
+        OutputFormat(
+            "json", _laid_out_by_itself(render_batch_json), terminal=False, media_type=_JSON, extension=".json"
+        ),
+        OutputFormat(
+            "markdown",
+            _laid_out_by_itself(render_batch_markdown),
+            terminal=False,
+            media_type="text/markdown",
+            extension=".md",
+            escape_names=True,
+        ),
+        OutputFormat(
+            "csv",
+            _laid_out_by_itself(render_batch_csv),
+            terminal=False,
+            media_type="text/csv",
+            extension=".csv",
+            escape_names=True,
+        ),
+        OutputFormat(
+            "github",
+            _laid_out_by_itself(render_batch_github),
+            terminal=False,
+            media_type=_PLAIN,
+            extension=".txt",
+            escape_names=True,
+            workflow_commands=True,
+        ),
+        OutputFormat(
+            "sarif",
+            _laid_out_by_itself(render_batch_sarif),
+            terminal=False,
+            media_type="application/sarif+json",
+            extension=".sarif",
+        ),
+        OutputFormat(
+            "junit",
+            _laid_out_by_itself(render_batch_junit),
+            terminal=False,
+            media_type="application/xml",
+            extension=".xml",
+            escape_names=True,
+        ),
+    ),
+    batch_verdict,
+)
+"""Formats of ``scan MODEL MODEL...`` (several models, one output): the names of :data:`REPORT_FORMATS`, each
+holding every model's report (:mod:`relu_doctor.render.batch`)."""
 
 
 def render(report: Report, fmt: str, *, width: int | None = 100, color: bool = False) -> str:

@@ -1,7 +1,10 @@
-"""Renderers of a :class:`~relu_doctor.trend.TrendReport`: a terminal table with a sparkline per site, and JSON."""
+"""Renderers of a :class:`~relu_doctor.report.TrendReport`: a terminal table with a sparkline per site, JSON,
+Markdown, CSV (one row per site and checkpoint) and GitHub annotations."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from typing import Any
 
@@ -11,6 +14,7 @@ from rich.text import Text
 
 from ..report import SiteTrend, TrendReport
 from .common import percent, plural, summary_line
+from .github import render_github, workflow_command
 from .json_format import report_dict
 from .table import print_to_text
 
@@ -124,3 +128,78 @@ def trend_dict(trend: TrendReport) -> dict[str, Any]:
 def render_trend_json(trend: TrendReport) -> str:
     """The trend as indented JSON."""
     return json.dumps(trend_dict(trend), indent=2, allow_nan=False) + "\n"
+
+
+def _grew(site: SiteTrend) -> bool:
+    shares = [share for share in site.dead_fraction if share is not None]
+    return len(shares) > 1 and shares[-1] > shares[0]
+
+
+def render_trend_markdown(trend: TrendReport) -> str:
+    """A pull-request comment: the last checkpoint's verdict, one table row per site, its violations."""
+    labels = trend.labels()
+    lines = [
+        f"**relu-doctor trend** over {plural(len(labels), 'checkpoint')} ({_md(labels[0])} … {_md(labels[-1])}): "
+        f"last checkpoint: {summary_line(trend.last)}",
+        "",
+        "| site | units | first | last | trend | died at (units dead at the end) |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    lines += [
+        f"| {_md(s.name)} | {s.units:,} | {_share(s.dead_fraction[0])} | {_share(s.dead_fraction[-1])} | "
+        f"{sparkline(s.dead_fraction)} | {_md(deaths_text(s, labels))} |"
+        for s in trend.sites
+    ]
+    lines += [""] + [f"- ✗ {_md(v.text)}" for v in trend.gate.violations] if trend.gate.violations else []
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+TREND_CSV_COLUMNS = ("site", "units", "checkpoint_index", "checkpoint", "dead", "dead_fraction")
+"""The trend CSV's header: one row per site and checkpoint (long format, for pandas and spreadsheets)."""
+
+
+def render_trend_csv(trend: TrendReport) -> str:
+    """One row per site and checkpoint; a checkpoint where the site did not run has empty counts."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(TREND_CSV_COLUMNS)
+    for site in trend.sites:
+        for index, (dead, share) in enumerate(zip(site.dead, site.dead_fraction)):
+            writer.writerow(
+                (
+                    site.name,
+                    site.units,
+                    index,
+                    trend.checkpoints[index],
+                    "" if dead is None else dead,
+                    "" if share is None else f"{share:.6g}",
+                )
+            )
+    return buffer.getvalue()
+
+
+def render_trend_github(trend: TrendReport) -> str:
+    """The last checkpoint's annotations (as ``scan --format github``), a ``::warning`` per site whose dead share
+    grew over the run, and a closing ``::notice`` with the last checkpoint's verdict."""
+    labels = trend.labels()
+    last = render_github(trend.last).rstrip("\n").splitlines()
+    closing = last.pop() if last and last[-1].startswith("::notice") else None
+    lines = last + [
+        workflow_command(
+            "warning",
+            f"{site.name}: dead share {_share(site.dead_fraction[0])} at {labels[0]} → "
+            f"{_share(site.dead_fraction[-1])} at {labels[-1]} ({deaths_text(site, labels)})",
+            title=f"relu-doctor trend: {site.name}",
+            file=trend.checkpoints[-1],
+        )
+        for site in trend.sites
+        if _grew(site)
+    ]
+    lines.append(
+        closing or workflow_command("notice", f"last checkpoint: {summary_line(trend.last)}", title="relu-doctor")
+    )
+    return "\n".join(lines) + "\n"

@@ -10,14 +10,22 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArchitectureError, CertifyError, CheckpointError, ProbeError, UsageError
-from ..report import Report, Thresholds
+from ..errors import (
+    ArchitectureError,
+    CertifyError,
+    CheckpointError,
+    ProbeError,
+    ReluDoctorError,
+    UsageError,
+    first_line,
+)
+from ..report import ModelScan, Report, ScanBatch, Thresholds
 from ..settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DEVICE,
@@ -253,7 +261,7 @@ def _check_static_batch(samples: int, batch_size: int, static_batch: int | None,
 
 Stage = Callable[[str, "int | None"], None]
 """Called when a stage starts, with its name (loading, observing, simulating, certifying) and its size in
-samples (observing) or forward passes (simulating), None when unknown."""
+samples (observing) or forward passes (simulating), None when unknown. The CLI adds the last one, writing."""
 
 
 def run_scan(
@@ -389,6 +397,30 @@ def check_inputs(request: ScanRequest, *, model: bool = True) -> None:
     file = arch_file(request.arch)
     if file is not None and not os.path.isfile(file):
         raise ArchitectureError(f"--arch {request.arch!r}: no such file {file!r}; check the path before ':'")
+
+
+def scan_models(
+    requests: Sequence[ScanRequest],
+    scan_one: Callable[[ScanRequest], Report],
+    *,
+    on_error: Callable[[str], None] | None = None,
+) -> ScanBatch:
+    """Scan each request's model in turn with ``scan_one`` (the same options for each, as ``scan a.pt b.pt``).
+    A model that cannot be scanned (a :class:`~relu_doctor.errors.ReluDoctorError`: missing, unsafe, mismatched)
+    keeps its place with its one-line error, given to ``on_error`` too, and the next model is scanned, as ruff and
+    mypy go on past a bad file; the batch's exit code is then 2."""
+    scans = []
+    for request in requests:
+        try:
+            scans.append(ModelScan(request.model_path, scan_one(request)))
+        except ReluDoctorError as error:
+            message = first_line(error, limit=None) or type(error).__name__
+            if request.model_path not in message:
+                message = f"{request.model_path}: {message}"
+            if on_error is not None:
+                on_error(message)
+            scans.append(ModelScan(request.model_path, error=message))
+    return ScanBatch(tuple(scans))
 
 
 def unmatched_ignores(report: Report) -> list[str]:

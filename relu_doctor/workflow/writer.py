@@ -77,6 +77,8 @@ def plan_output(
         raise UsageError(f"{option} {shown(given)} already exists; pass --force to replace it, or choose another path")
     if not target.parent.is_dir():
         raise UsageError(f"{option} {shown(given)}: folder {shown(target.parent)} does not exist; create it first")
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {shown(given)}: folder {shown(target.parent)} is not writable; choose another path")
     identities = tuple(_identity(path) for path in existing if path.is_file())
     return OutputTarget(given, target, force, identities, option)
 
