@@ -21,9 +21,11 @@ has enough work left to win that back (:func:`worth_loading`); a scan of a small
 from __future__ import annotations
 
 import math
+import weakref
 from functools import cache
 from typing import Any
 
+import numpy as np
 import torch
 
 from ...activations import Member
@@ -50,7 +52,7 @@ def available() -> bool:
 
 def suits(pre: torch.Tensor) -> bool:
     """True for a tensor the kernels read: float32 on the CPU, at least 2-D."""
-    return pre.device.type == "cpu" and pre.dtype == torch.float32 and pre.dim() >= 2
+    return pre.is_cpu and pre.dtype == torch.float32 and pre.dim() >= 2
 
 
 def worth_loading(remaining_elements: int | None) -> bool:
@@ -71,32 +73,64 @@ def add_batch(
     ``cap`` is the op's upper clamp (6 for relu6 and hardtanh(0, 6), ``inf`` for relu and threshold(0, 0)): the
     activation sum is of ``min(max(x, 0), cap)``, the op's output.
     """
-    blocks = unit_blocks(pre, unit_axis)
-    mapping = None if blocks is None else _sample_mapping(pre, unit_axis, sample_axis)
-    if blocks is None or mapping is None:
+    layout = _layout(pre, unit_axis, sample_axis)
+    if layout is None:
         return None
-    inner, samples = mapping
-    lead, units, trail = blocks.shape
-    data = blocks if trail > 1 else blocks.view(lead, units)
+    order, shape, inner, samples = layout
+    # numpy views, not torch ones: the per-call torch calls (permute, view, numpy) cost more than small kernels
+    data = pre.numpy().transpose(order).reshape(shape)
     kernels = _kernels()
-    kernel = kernels.blocks if trail > 1 else kernels.rows
-    finite = kernel(
-        data.numpy(),
-        data.view(torch.int32).numpy(),
-        inner,
-        samples,
-        cap,
-        counters.positive.numpy(),
-        counters.samples_fired.numpy(),
-        counters.max_preactivation.numpy(),
-        counters.activation_sum.numpy(),
-    )
+    kernel = kernels.blocks if len(shape) == 3 else kernels.rows
+    finite = kernel(data, data.view(np.int32), inner, samples, cap, *_counter_arrays(counters))
     global _loaded
     _loaded = True
     if finite:
-        counters.positions += pre.numel() // max(units, 1)
+        counters.positions += pre.numel() // max(shape[1], 1)
         counters.samples += samples
     return bool(finite)
+
+
+_Layout = tuple[tuple[int, ...], tuple[int, ...], int, int]
+"""(axis order, kernel view shape, inner, samples) of one pre-activation layout: see :func:`_layout`."""
+_LAYOUTS: dict[tuple[Any, ...], _Layout | None] = {}
+"""Layouts already worked out, by (shape, strides, unit axis, sample axis): a pass meets the same few again."""
+_MAX_LAYOUTS = 4096
+_ARRAYS: weakref.WeakKeyDictionary[UnitAccumulator, tuple[tuple[torch.Tensor, ...], tuple[Any, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Each counters object's tensors and their numpy views (re-made when a counter tensor is replaced)."""
+
+
+def _layout(pre: torch.Tensor, unit_axis: int, sample_axis: int | None) -> _Layout | None:
+    """How the kernels read ``pre``: the axes in memory order, the (lead, units, trail) view of them (or (lead,
+    units) when trail is 1) and the sample mapping of :func:`_sample_mapping`; None when the layout does not
+    allow the fused pass. Worked out once per layout (:func:`unit_blocks` is the reference)."""
+    key = (pre.shape, pre.stride(), unit_axis, sample_axis)
+    if key in _LAYOUTS:
+        return _LAYOUTS[key]
+    blocks = unit_blocks(pre, unit_axis)
+    mapping = None if blocks is None else _sample_mapping(pre, unit_axis, sample_axis)
+    layout: _Layout | None = None
+    if blocks is not None and mapping is not None:
+        strides = pre.stride()
+        order = tuple(sorted(range(pre.dim()), key=lambda d: (-strides[d], d)))
+        lead, units, trail = blocks.shape
+        layout = (order, (lead, units, trail) if trail > 1 else (lead, units), *mapping)
+    if len(_LAYOUTS) >= _MAX_LAYOUTS:
+        _LAYOUTS.clear()
+    _LAYOUTS[key] = layout
+    return layout
+
+
+def _counter_arrays(counters: UnitAccumulator) -> tuple[Any, ...]:
+    """numpy views of the counters the kernels add to: positive, samples fired, maxima, activation sums."""
+    tensors = (counters.positive, counters.samples_fired, counters.max_preactivation, counters.activation_sum)
+    cached = _ARRAYS.get(counters)
+    if cached is not None and all(a is b for a, b in zip(cached[0], tensors)):
+        return cached[1]
+    arrays = tuple(t.numpy() for t in tensors)
+    _ARRAYS[counters] = (tensors, arrays)
+    return arrays
 
 
 class FusedReducer(TorchReducer):
