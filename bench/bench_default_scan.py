@@ -66,16 +66,46 @@ with torch.inference_mode():
 """
 
 
+PEAK = """
+import atexit, os, runpy, sys
+
+
+def _peak():  # the peak of this process's own memory: ru_maxrss would include the forking parent's RSS
+    with open("/proc/self/status") as status:
+        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(os.environ["BENCH_PEAK_FILE"], "w") as out:
+        out.write(peak)
+
+
+atexit.register(_peak)
+mode, target, *rest = sys.argv[1:]
+if mode == "-m":
+    sys.argv = [target, *rest]
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+else:
+    sys.argv = ["-c", *rest]
+    exec(compile(target, "<string>", "exec"), {"__name__": "__main__"})
+"""
+
+
 def run_child(argv: list[str], threads: int) -> tuple[float, float, float]:
-    """(cpu seconds, wall seconds, peak RSS MiB) of one child process."""
+    """(cpu seconds, wall seconds, peak RSS MiB) of one child process (``python -m ...`` or ``python -c ...``).
+
+    The peak is the child's own high-water mark (VmHWM), read by the child as it exits: a forked child's
+    ``ru_maxrss`` starts at its parent's RSS, so it floors every child at the size of this benchmark process.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    code, rss = _wait(subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if code not in (0, 1):
-        raise SystemExit(f"child failed ({code}): {' '.join(argv[:6])} ...")
+    with tempfile.NamedTemporaryFile(suffix=".peak") as peak:
+        env["BENCH_PEAK_FILE"] = peak.name
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        wrapped = [argv[0], "-c", PEAK, *argv[1:]]
+        code, _ = _wait(subprocess.Popen(wrapped, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if code not in (0, 1):
+            raise SystemExit(f"child failed ({code}): {' '.join(argv[:6])} ...")
+        rss = int(Path(peak.name).read_text() or 0) / 1024
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return cpu, wall, rss
 

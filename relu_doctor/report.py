@@ -14,7 +14,8 @@ from typing import Any
 
 from .settings import DEFAULT_DYING_RATE, DEFAULT_TAU
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Version of the JSON report's schema; 2: a finding's ``predicted`` is a list of prediction objects."""
 
 
 @dataclass(frozen=True)
@@ -341,6 +342,35 @@ class Summary:
 
 
 @dataclass(frozen=True)
+class Prediction:
+    """What one suggested fix did, measured by re-running the probe's first samples through the modified model."""
+
+    fix: str
+    """Which fix: ``leaky``, ``bias_shift`` or ``recycle`` (:data:`relu_doctor.codes.FIXES`)."""
+    scope: str
+    """``site``: the finding's site alone was changed (LeakyReLU here); ``model``: the whole fix as ``relu-doctor
+    fix`` applies it (every planned site; LeakyReLU everywhere)."""
+    output_drift: float
+    """Relative L2 change of the model's output, ||y' - y|| / ||y|| over the simulated samples."""
+    argmax_changed: float | None
+    """Share of the simulated samples whose argmax changed; None when the output is not a (N, C >= 2) classifier's."""
+    newly_dead: int
+    """Units of the relu sites left in place that fired on the unmodified model and never fire with the fix."""
+    revived: int | None
+    """How many of the finding's units fired with the fix; None for a LeakyReLU swap, which leaves no dead unit."""
+    targeted: int
+    """How many units the finding names (what ``revived`` is out of)."""
+    units_with_gradient_before: int
+    """Units of all relu sites that fired on the unmodified model (the ones a relu lets gradient through)."""
+    units_with_gradient: int
+    """The same with the fix: units that fired, plus every unit of a swapped site (a LeakyReLU passes gradient)."""
+    simulated_samples: int
+    """On how many samples it was measured: the probe's first ones (``--simulate-samples``)."""
+    forward_passes: int
+    """Forward passes over those samples that the fix took (a recycle: one per round of re-drawn weights)."""
+
+
+@dataclass(frozen=True)
 class Finding:
     """A diagnosis: what is wrong where, why, and what to do, with a stable code."""
 
@@ -356,8 +386,12 @@ class Finding:
     """What to do, in one sentence with numbers."""
     severity: str = "warning"
     """"error" (a threshold broken), "warning" or "note"."""
-    predicted: tuple[tuple[str, float], ...] = ()
-    """Simulated effects of the suggestion (name, value), measured on the probe."""
+    predicted: tuple[Prediction, ...] = ()
+    """Simulated effects of the suggested fixes, each measured on the probe's first samples (empty: none ran)."""
+
+    def prediction(self, fix: str) -> Prediction | None:
+        """The simulated effect of ``fix`` (``leaky``, ``bias_shift``, ``recycle``); None when it was not simulated."""
+        return next((p for p in self.predicted if p.fix == fix), None)
 
 
 @dataclass(frozen=True)

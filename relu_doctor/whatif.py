@@ -21,6 +21,7 @@ re-run of the modified model. Edits are applied in place for one pass of the pro
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field, replace
@@ -47,10 +48,10 @@ from .engine.tracking import ModuleCallTracker
 from .errors import first_line
 from .repair.bias_shift import bias_shift_edits
 from .repair.drift import DriftMeter, flat_floats
-from .repair.edits import Edits, edited
+from .repair.edits import Edits, state_tensors
 from .repair.plan import SitePlan, plan_bias_shift, plan_recycle
 from .repair.recycle import DEFAULT_SEED, recycle_until_alive
-from .report import Finding, Report, Site
+from .report import Finding, Prediction, Report, Site
 from .settings import DEFAULT_SIMULATE_SAMPLES
 
 if TYPE_CHECKING:
@@ -88,6 +89,8 @@ class Outcome:
     """Per site of ``Variant.watch``: its watched units that fired at least once."""
     newly_dead: int = 0
     """Units of unswapped relu sites that fired on the unmodified model and never fire with the variant."""
+    passes: int = 1
+    """Passes over the sub-probe it took (a recycle: one per round of re-drawn weights)."""
 
     def revived(self, key: SiteKey, units: Iterable[int]) -> int:
         """How many of ``units`` of site ``key`` fired (0 for a site the variant did not watch)."""
@@ -245,25 +248,30 @@ class Rerun:
         if tokens is not None:  # padded positions read as 0: they never make a unit fire
             assert self._mask is not None
             real = torch.where(self._mask.to(tokens.device).unsqueeze(-1), tokens, 0)
-            fired = _fired_units(real, (0, 1))
+            fired = _fired_units(real, 2)
         else:
-            fired = _fired_units(view, tuple(d for d in range(view.dim()) if d != axis))
+            fired = _fired_units(view, axis)
         self.fired[key] = self.fired[key] | fired if key in self.fired else fired
 
 
-def _fired_units(view: torch.Tensor, others: tuple[int, ...]) -> torch.Tensor:
-    """``(view > 0).any(others)``: per unit, whether any position is positive.
+def _fired_units(view: torch.Tensor, axis: int) -> torch.Tensor:
+    """Per unit (index along ``axis``), whether any position is positive: ``(view > 0).any(every other axis)``.
 
-    Read from the maximum, one reduction (a boolean ``any`` over several axes is ten times slower); a unit whose
-    maximum is NaN is decided again with its NaNs read as 0, since ``NaN > 0`` is false and must not hide a
-    positive position.
+    Read from the maximum: one reduction, where a boolean ``any`` over several axes is ten times slower; on a
+    contiguous tensor the positions after the unit axis are reduced first, along memory. A unit whose maximum is
+    NaN is decided again with its NaNs read as 0, since ``NaN > 0`` is false and must not hide a positive value.
     """
-    if not others:
-        return view > 0
-    highest = view.amax(dim=others)
+    highest = _unit_max(view, axis)
     if bool(highest.isnan().any()):
-        highest = torch.nan_to_num(view, nan=0.0).amax(dim=others)
+        highest = _unit_max(torch.nan_to_num(view, nan=0.0), axis)
     return highest > 0
+
+
+def _unit_max(view: torch.Tensor, axis: int) -> torch.Tensor:
+    if not view.is_contiguous():
+        return view.amax(dim=tuple(d for d in range(view.dim()) if d != axis))
+    grid = view.reshape(math.prod(view.shape[:axis]), view.shape[axis], -1)
+    return grid.amax(dim=2).amax(dim=0) if grid.shape[2] > 1 else grid.amax(dim=(0, 2))
 
 
 class _UnhookedRelu(Exception):
@@ -340,7 +348,7 @@ class Replay:
         """``variant``'s outcome over the sub-probe, against the unmodified outputs."""
         meter = _Meter()
         self.planned = max(self.planned, self.passes + len(self.batches))
-        edits = edited(self.rerun.model, dict(variant.edits)) if variant.edits else contextlib.nullcontext()
+        edits = _swapped_in(self.rerun.model, dict(variant.edits)) if variant.edits else contextlib.nullcontext()
         with edits:
             for batch, reference in zip(self.batches, self.references):
                 meter.add(reference, self._forward(batch, variant.leaky_sites), self.rerun.fired, batch_mask(batch))
@@ -353,6 +361,22 @@ class Replay:
         if self.progress is not None:
             self.progress(self.passes, self.planned)
         return output
+
+
+@contextlib.contextmanager
+def _swapped_in(model: nn.Module, edits: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """``edits`` in place of the model's tensors for the duration, each as that tensor's data, then the model's
+    own data swapped back untouched: no copy of the edited tensors is kept (``repair.edits.edited`` keeps one to
+    copy back, which doubles the memory of a wide model's recycled layers)."""
+    tensors = state_tensors(model)
+    originals = {name: tensors[name].data for name in edits}
+    try:
+        for name, value in edits.items():
+            tensors[name].data = value
+        yield
+    finally:
+        for name, data in originals.items():
+            tensors[name].data = data
 
 
 def _newly_dead(
@@ -383,7 +407,7 @@ def _recycle(
         return [(plan, units) for plan, units in unfired if units]
 
     recycle_until_alive(model, plans, torch.Generator().manual_seed(DEFAULT_SEED), silent)
-    return measured[-1]  # silent() last ran on the final edits
+    return replace(measured[-1], passes=len(measured))  # silent() last ran on the final edits
 
 
 class SubProbe:
@@ -471,7 +495,7 @@ class _Planned:
     """A variant and the findings whose ``predicted`` it fills (-1: the model-wide RD301)."""
 
     variant: Variant
-    prefix: str
+    fix: str
     findings: tuple[int, ...]
 
 
@@ -538,23 +562,31 @@ def _with_predictions(
     if any(-1 in p.findings for p in chosen.variants):
         findings.append(leaky_everywhere(report.sites, report.summary.dead, report.summary.units))
     keys = _keys_by_name(report)
-    predicted: dict[int, dict[str, float]] = {}
-    answers = [(item.prefix, outcome, i) for item, outcome in zip(chosen.variants, outcomes) for i in item.findings]
+    predicted: dict[int, list[Prediction]] = {}
+    answers = [(item.fix, outcome, i) for item, outcome in zip(chosen.variants, outcomes) for i in item.findings]
     answers += [
-        ("recycle", recycled, i)
-        for i in chosen.recycle
-        if recycled and keys[findings[i].site] in recycled.revived_units
+        (RECYCLE, recycled, i) for i in chosen.recycle if recycled and keys[findings[i].site] in recycled.revived_units
     ]
-    for prefix, outcome, index in answers:
+    for fix, outcome, index in answers:
         finding = findings[index]
-        revived = outcome.revived(keys.get(finding.site, ("", 0, 0)), finding.units)
-        numbers = predicted.setdefault(index % len(findings), {})
-        numbers.update(_numbers(prefix, outcome, baseline, revived))
-        numbers["simulated_samples"] = float(measured_on)
-    return tuple(
-        replace(f, predicted=tuple(predicted.get(i, {}).items())) if i in predicted else f
-        for i, f in enumerate(findings)
-    )
+        revived = None if fix == LEAKY else outcome.revived(keys.get(finding.site, ("", 0, 0)), finding.units)
+        scope = "site" if fix == LEAKY and finding.site else "model"
+        predicted.setdefault(index % len(findings), []).append(
+            Prediction(
+                fix=fix,
+                scope=scope,
+                output_drift=outcome.drift,
+                argmax_changed=outcome.argmax_changed,
+                newly_dead=outcome.newly_dead,
+                revived=revived,
+                targeted=len(finding.units),
+                units_with_gradient_before=baseline.units_with_gradient,
+                units_with_gradient=outcome.units_with_gradient,
+                simulated_samples=measured_on,
+                forward_passes=outcome.passes,
+            )
+        )
+    return tuple(replace(f, predicted=tuple(predicted[i])) if i in predicted else f for i, f in enumerate(findings))
 
 
 def plan(report: Report, model: nn.Module, observed: Sequence[ObservedSite]) -> SimulationPlan:
@@ -574,10 +606,10 @@ def plan(report: Report, model: nn.Module, observed: Sequence[ObservedSite]) -> 
         if site.name in shifted:  # fix shifts every dead unit of the site, whatever its cause
             shift_answers += causes
     if shift_answers:
-        planned.append(_Planned(bias_shift_variant(model, shifts), "bias_shift", tuple(shift_answers)))
+        planned.append(_Planned(bias_shift_variant(model, shifts), BIAS_SHIFT, tuple(shift_answers)))
     swappable = [s.key for s in observed if s.op in SWAPPABLE_OPS]
     if dead_sites and swappable:
-        planned.append(_Planned(Variant("LeakyReLU everywhere", frozenset(swappable)), "leaky", (-1,)))
+        planned.append(_Planned(Variant("LeakyReLU everywhere", frozenset(swappable)), LEAKY, (-1,)))
     caveat = ""
     if left_out:
         caveat = (
@@ -602,23 +634,11 @@ def _site_variants(report: Report, seen: ObservedSite, name: str, causes: Sequen
     """A LeakyReLU swap of the site for all its causes."""
     if not causes or seen.op not in SWAPPABLE_OPS:
         return []
-    return [_Planned(Variant(f"LeakyReLU at {name}", frozenset([seen.key])), "leaky", tuple(causes))]
+    return [_Planned(Variant(f"LeakyReLU at {name}", frozenset([seen.key])), LEAKY, tuple(causes))]
 
 
 def _keys_by_name(report: Report) -> dict[str, SiteKey]:
     return {site.name: site.key for site in report.sites}
-
-
-def _numbers(prefix: str, outcome: Outcome, baseline: Outcome, revived: int) -> dict[str, float]:
-    numbers = {f"{prefix}_drift": outcome.drift, f"{prefix}_newly_dead": float(outcome.newly_dead)}
-    if outcome.argmax_changed is not None:
-        numbers[f"{prefix}_argmax_changed"] = outcome.argmax_changed
-    if prefix == "leaky":
-        numbers["units_with_gradient_before"] = float(baseline.units_with_gradient)
-        numbers["leaky_units_with_gradient"] = float(outcome.units_with_gradient)
-    else:
-        numbers[f"{prefix}_revived"] = float(revived)
-    return numbers
 
 
 # -- the public scan: the scan stage, then (asked for) this one ----------------------------------------------

@@ -56,6 +56,6 @@ def test_each_finding_takes_its_severity_and_predictions_from_the_registry() -> 
     report = scan(BiasKilledMLP(), [torch.randn(32, 3) for _ in range(2)], simulate=True)
     assert report.findings and all(f.severity == BY_CODE[f.code].severity for f in report.findings)
     bias_killed = next(f for f in report.findings if f.code == "RD101")
-    predicted = dict(bias_killed.predicted)
+    predicted = {p.fix for p in bias_killed.predicted}
     # every fix the registry names for RD101 got a measured prediction
-    assert {"leaky_drift", "bias_shift_drift", "recycle_revived"} <= set(predicted)
+    assert {"leaky", "bias_shift", "recycle"} <= predicted

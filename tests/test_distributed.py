@@ -78,6 +78,15 @@ def _free_port() -> int:
 
 
 def _launch(command_for_rank: list[list[str]], tmp_path: Path) -> list[subprocess.CompletedProcess[str]]:
+    """Start the ranks; start them again on a new port if another process took the free port in between."""
+    for _attempt in range(3):
+        done = _launch_once(command_for_rank, tmp_path)
+        if not any("address already in use" in p.stderr.lower() for p in done):
+            break
+    return done
+
+
+def _launch_once(command_for_rank: list[list[str]], tmp_path: Path) -> list[subprocess.CompletedProcess[str]]:
     """Start one process per rank with torchrun's environment (gloo over localhost), wait for all."""
     port, world = _free_port(), len(command_for_rank)
     processes = []

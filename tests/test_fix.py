@@ -239,16 +239,17 @@ def test_the_scans_predicted_recycle_is_what_fix_does() -> None:
     report = scan(model, batches, simulate=True)
     repaired = repair_model(model, batches, strategy="recycle")
     (skipped,), (inner,) = repaired.result.skipped, repaired.result.repaired
-    predicted = {f.site: dict(f.predicted) for f in report.findings if f.code.startswith("RD1")}
+    predicted = {f.site: f for f in report.findings if f.code.startswith("RD1")}
     # the stem feeds the residual sum: fix skips it, so the scan predicts no recycle there
-    assert skipped.site == ":relu#1" and "recycle_drift" not in predicted[":relu#1"]
+    assert skipped.site == ":relu#1" and predicted[":relu#1"].prediction("recycle") is None
     still_dead = set(next(s for s in repaired.after.sites if s.name == inner.site).dead_units)
     revived = len([u for u in inner.units if u not in still_dead])
     cause = next(f for f in report.findings if f.site == inner.site and f.code.startswith("RD1"))
     assert set(cause.units) == set(inner.units)  # one cause for every dead unit of the site: the counts compare
-    assert predicted[inner.site]["recycle_drift"] == repaired.result.drift.relative_l2
+    recycle = predicted[inner.site].prediction("recycle")
+    assert recycle is not None and recycle.output_drift == repaired.result.drift.relative_l2
     # the planted units 3, 7 and unit 2, which only the dead stem units fed: new weights revive all three
-    assert predicted[inner.site]["recycle_revived"] == revived == len(inner.units) == 3
+    assert recycle.revived == revived == len(inner.units) == 3
 
 
 def test_the_scans_predicted_recycle_counts_the_units_fix_had_to_draw_again() -> None:
@@ -261,9 +262,10 @@ def test_the_scans_predicted_recycle_counts_the_units_fix_had_to_draw_again() ->
     still_dead = set(next(s for s in repaired.after.sites if s.name == "act").dead_units)
     findings = [f for f in report.findings if f.site == "act" and f.code.startswith("RD1")]
     assert sorted(u for f in findings for u in f.units) == list(act.units)  # the causes split the site's units
-    causes = [dict(f.predicted) for f in findings]
-    assert act.redraws > 0 and all(c["recycle_drift"] == repaired.result.drift.relative_l2 for c in causes)
-    assert sum(c["recycle_revived"] for c in causes) == len([u for u in act.units if u not in still_dead])
+    causes = [f.prediction("recycle") for f in findings]
+    assert act.redraws > 0 and all(c and c.output_drift == repaired.result.drift.relative_l2 for c in causes)
+    assert all(c and c.forward_passes > 1 for c in causes)  # one pass per round of re-drawn weights
+    assert sum(c.revived or 0 for c in causes if c) == len([u for u in act.units if u not in still_dead])
 
 
 def test_conv_bn_relu_conv_resets_the_norm_channel_and_the_consumer_input_channel() -> None:

@@ -131,8 +131,8 @@ def test_bias_shift_prediction_and_fix_agree_when_shifts_interact(tmp_path: Path
     findings = json.loads(scanned.stdout)["findings"]
     predicted: dict[str, int] = {}
     for f in findings:  # a site's dead units may be split over several cause findings
-        if "bias_shift_revived" in (f.get("predicted") or {}):
-            predicted[f["site"]] = predicted.get(f["site"], 0) + int(f["predicted"]["bias_shift_revived"])
+        for shift in (p for p in f["predicted"] if p["fix"] == "bias_shift"):
+            predicted[f["site"]] = predicted.get(f["site"], 0) + shift["revived"]
     fixed = invoke("fix", str(source), "--trust", "--probe", probe, "-s", "bias-shift", "-o", str(out), "-f", "json")
     data = json.loads(fixed.stdout)
     still = {entry["site"]: entry["units"] for entry in data["verification"]["still_dead"]}

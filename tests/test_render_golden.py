@@ -23,7 +23,7 @@ from relu_doctor.render import REPORT_FORMATS, render
 from relu_doctor.render.json_format import render_json
 from relu_doctor.render.markdown import render_markdown
 from relu_doctor.render.table import render_table
-from relu_doctor.report import ModelInfo, ProbeInfo, Report
+from relu_doctor.report import Finding, ModelInfo, Prediction, ProbeInfo, Report
 
 Golden = Callable[[str, str], str]
 Parser = Callable[[str], list[dict[str, str]]]
@@ -39,7 +39,18 @@ def report() -> Report:
         model_info=ModelInfo("golden.safetensors", "safetensors", "0" * 64, arch="tests/models.py:GoldenReportNet"),
         probe_info=ProbeInfo("file", 200, 50, "golden_probe.npy", (4,)),
     )
-    return replace(report, tool_version="0.0.0+golden")
+    return replace(report, tool_version="0.0.0+golden", findings=_with_predictions(report.findings))
+
+
+def _with_predictions(findings: tuple[Finding, ...]) -> tuple[Finding, ...]:
+    """Fixed simulated numbers on the first finding that has units, so every renderer shows predictions (the
+    simulations themselves are tested against brute-force re-runs in tests/test_simulate*.py)."""
+    first = next(i for i, f in enumerate(findings) if f.units)
+    units = len(findings[first].units)
+    leaky = Prediction("leaky", "site", 0.125, 0.25, 0, None, units, 10, 16, 64, 1)
+    shift = Prediction("bias_shift", "model", 0.0625, None, 1, units, units, 10, 10, 64, 1)
+    predicted = replace(findings[first], predicted=(leaky, shift))
+    return findings[:first] + (predicted,) + findings[first + 1 :]
 
 
 def test_golden_model_is_what_its_docstring_says(report: Report) -> None:

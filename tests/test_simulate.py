@@ -87,10 +87,12 @@ def test_leaky_swap_of_an_inplace_module_site_equals_a_rerun_of_a_swapped_copy(
     swapped = copy.deepcopy(model)
     swapped.act1 = nn.LeakyReLU(SLOPE, inplace=True)
     drift, argmax = _rerun_drift(model, swapped, probe)
-    predicted = dict(_cause(report, "act1").predicted)
+    predicted = _cause(report, "act1").prediction("leaky")
+    assert predicted is not None and predicted.scope == "site" and predicted.argmax_changed is not None
     assert drift > 1e-3  # the comparison means something
-    assert math.isclose(predicted["leaky_drift"], drift, rel_tol=1e-6)
-    assert math.isclose(predicted["leaky_argmax_changed"], argmax, abs_tol=1e-12)
+    assert math.isclose(predicted.output_drift, drift, rel_tol=1e-6)
+    assert math.isclose(predicted.argmax_changed, argmax, abs_tol=1e-12)
+    assert predicted.revived is None  # a LeakyReLU leaves no dead unit to count
 
 
 def test_leaky_swap_of_a_functional_site_equals_a_rerun_of_a_swapped_copy(
@@ -100,10 +102,11 @@ def test_leaky_swap_of_a_functional_site_equals_a_rerun_of_a_swapped_copy(
     swapped = copy.deepcopy(model)
     swapped.act2 = functools.partial(F.leaky_relu, negative_slope=SLOPE)
     drift, _ = _rerun_drift(model, swapped, probe)
-    predicted = dict(_cause(report, ":relu").predicted)
-    assert drift > 1e-4 and math.isclose(predicted["leaky_drift"], drift, rel_tol=1e-6)
+    predicted = _cause(report, ":relu").prediction("leaky")
+    assert predicted is not None
+    assert drift > 1e-4 and math.isclose(predicted.output_drift, drift, rel_tol=1e-6)
     # 10 - 2 dead units of act1 still fire; act2 swapped: all 8 carry gradient -> 16 of 18 (was 18 - 3 = 15)
-    assert predicted["units_with_gradient_before"] == 15 and predicted["leaky_units_with_gradient"] == 16
+    assert predicted.units_with_gradient_before == 15 and predicted.units_with_gradient == 16
 
 
 def test_leaky_everywhere_counts_every_unit_as_carrying_gradient(report: Report, probe: list[torch.Tensor]) -> None:
@@ -112,8 +115,10 @@ def test_leaky_everywhere_counts_every_unit_as_carrying_gradient(report: Report,
     swapped.act1, swapped.act2 = nn.LeakyReLU(SLOPE), functools.partial(F.leaky_relu, negative_slope=SLOPE)
     drift, _ = _rerun_drift(model, swapped, probe)
     everywhere = next(f for f in report.findings if f.code == "RD301")
-    assert math.isclose(dict(everywhere.predicted)["leaky_drift"], drift, rel_tol=1e-6)
-    assert dict(everywhere.predicted)["leaky_units_with_gradient"] == 18  # 10 + 8 units
+    predicted = everywhere.prediction("leaky")
+    assert predicted is not None and predicted.scope == "model"
+    assert math.isclose(predicted.output_drift, drift, rel_tol=1e-6)
+    assert predicted.units_with_gradient == 18  # 10 + 8 units
 
 
 def test_bias_shift_equals_a_rerun_of_a_copy_with_raised_biases(report: Report, probe: list[torch.Tensor]) -> None:
@@ -128,10 +133,11 @@ def test_bias_shift_equals_a_rerun_of_a_copy_with_raised_biases(report: Report, 
             shifted.fc2.bias[unit] += BIAS_MARGIN - second[:, unit].max()
         revived = int((torch.cat([shifted.preactivations(x)[0] for x in probe])[:, [0, 1]] > 0).any(0).sum())
     drift, argmax = _rerun_drift(model, shifted, probe)
-    predicted = dict(_cause(report, "act1").predicted)
-    assert drift > 1e-4 and math.isclose(predicted["bias_shift_drift"], drift, rel_tol=1e-5)
-    assert math.isclose(predicted["bias_shift_argmax_changed"], argmax, abs_tol=1e-12)
-    assert predicted["bias_shift_revived"] == revived == 2  # max pre-activation lands on +0.1 > 0
+    predicted = _cause(report, "act1").prediction("bias_shift")
+    assert predicted is not None and predicted.argmax_changed is not None
+    assert drift > 1e-4 and math.isclose(predicted.output_drift, drift, rel_tol=1e-5)
+    assert math.isclose(predicted.argmax_changed, argmax, abs_tol=1e-12)
+    assert predicted.revived == revived == predicted.targeted == 2  # max pre-activation lands on +0.1 > 0
 
 
 def test_recycle_keeps_the_output_and_revives_what_a_rerun_of_the_recycled_copy_revives(
@@ -143,9 +149,10 @@ def test_recycle_keeps_the_output_and_revives_what_a_rerun_of_the_recycled_copy_
     with torch.no_grad():
         first = torch.cat([recycled.preactivations(x)[0] for x in probe])
     revived = int((first[:, list(BiasKilledClassifier.FC1_DEAD)] > 0).any(0).sum())
-    predicted = dict(_cause(report, "act1").predicted)
-    assert drift == predicted["recycle_drift"] == 0.0  # outgoing weights zeroed: the output cannot move
-    assert predicted["recycle_revived"] == revived > 0
+    predicted = _cause(report, "act1").prediction("recycle")
+    assert predicted is not None and predicted.forward_passes >= 1
+    assert drift == predicted.output_drift == 0.0  # outgoing weights zeroed: the output cannot move
+    assert predicted.revived == revived > 0
 
 
 def test_simulation_leaves_the_model_exactly_as_it_was(probe: list[torch.Tensor]) -> None:
@@ -201,8 +208,9 @@ def test_cli_simulates_by_default_and_no_simulate_skips_it() -> None:
     skipped = json.loads(runner.invoke(app, ["scan", *SAMPLE, "--no-simulate"]).stdout)
     cause = next(f for f in simulated["findings"] if f["code"].startswith("RD1"))
     # 78 of act2's 128 units are dead; a bias shift to +0.1 wakes every one of them
-    assert cause["units"] and cause["predicted"]["bias_shift_revived"] == len(cause["units"]) == 78
-    assert all(f["predicted"] == {} for f in skipped["findings"])
+    shift = next(p for p in cause["predicted"] if p["fix"] == "bias_shift")
+    assert cause["units"] and shift["revived"] == shift["targeted"] == len(cause["units"]) == 78
+    assert all(f["predicted"] == [] for f in skipped["findings"])
     assert [f["code"] for f in skipped["findings"]] == [
         f["code"] for f in simulated["findings"] if f["code"] != "RD301"
     ]

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 from relu_doctor import scan
 from relu_doctor.cli import app
 from relu_doctor.cli.app import StageDisplay
-from relu_doctor.report import Finding, Report
+from relu_doctor.report import Finding, Prediction, Report
 from relu_doctor.whatif import SubProbe
 from tests.test_simulate import SAMPLE, BiasKilledClassifier
 
@@ -27,8 +28,8 @@ def _probe(samples: int) -> list[torch.Tensor]:
     return list(x.split(32))
 
 
-def _predicted(report: Report) -> dict[tuple[str, str], dict[str, float]]:
-    return {(f.code, f.site): dict(f.predicted) for f in report.findings if f.predicted}
+def _predicted(report: Report) -> dict[tuple[str, str], tuple[Prediction, ...]]:
+    return {(f.code, f.site): f.predicted for f in report.findings if f.predicted}
 
 
 def _drift_on(samples: list[torch.Tensor]) -> float:
@@ -51,17 +52,18 @@ def test_predictions_equal_a_full_probe_simulation_when_the_sub_probe_holds_the_
     full = scan(BiasKilledClassifier(), probe, simulate=True, simulate_samples=96)
     larger = scan(BiasKilledClassifier(), iter(probe), simulate=True, simulate_samples=10_000)
     assert _predicted(full) and _predicted(full) == _predicted(larger)
-    assert dict(_cause(full, "act1").predicted)["simulated_samples"] == 96
+    assert {p.simulated_samples for p in _cause(full, "act1").predicted} == {96}
 
 
 def test_the_sub_probe_is_the_first_samples_and_its_size_is_honoured() -> None:
     probe = _probe(96)
     report = scan(BiasKilledClassifier(), probe, simulate=True, simulate_samples=40)
-    predicted = dict(_cause(report, "act1").predicted)
+    predicted = _cause(report, "act1").prediction("leaky")
+    assert predicted is not None
     # 40 samples = the first batch of 32 and 8 samples of the second
     first_40 = [torch.cat(probe)[:40]]
-    assert predicted["simulated_samples"] == 40
-    assert math.isclose(predicted["leaky_drift"], _drift_on(first_40), rel_tol=1e-6)
+    assert predicted.simulated_samples == 40
+    assert math.isclose(predicted.output_drift, _drift_on(first_40), rel_tol=1e-6)
     assert report.extra["simulation"]["samples"] == 40
     assert report.extra["simulation"]["batches"] == 2
     # the scan itself still saw all 96
@@ -95,7 +97,7 @@ def test_tuple_batches_are_cut_on_every_input() -> None:
 def test_cli_simulate_samples_is_in_the_json_and_verbose_counts_the_passes() -> None:
     result = CliRunner().invoke(app, ["scan", *SAMPLE, "--simulate-samples", "64", "-v"])
     cause = next(f for f in json.loads(result.stdout)["findings"] if f["predicted"])
-    assert cause["predicted"]["simulated_samples"] == 64
+    assert {p["simulated_samples"] for p in cause["predicted"]} == {64}
     assert "extra forward passes" in result.stderr and "first 64 samples" in result.stderr
 
 
@@ -141,3 +143,66 @@ def test_quiet_turns_the_display_off() -> None:
     display = StageDisplay(enabled=False)
     display.stage("loading", None)
     assert not display.live
+
+
+class RecordingDisplay(StageDisplay):
+    """The CLI's display, drawn on a fake terminal; records each stage it is told and whether it was shown."""
+
+    stages: list[tuple[str, int | None, bool]] = []
+
+    def __init__(self, enabled: bool, style: object = None) -> None:
+        class Terminal(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+        self.terminal = Terminal()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(type(sys.stderr), "isatty", lambda stream: True)
+            patch.setattr(
+                sys.modules["relu_doctor.cli.app"],
+                "stderr_console",
+                lambda style=None: Console(file=self.terminal, force_terminal=True, width=80),
+            )
+            super().__init__(enabled)
+        RecordingDisplay.stages = []
+
+    def stage(self, name: str, total: int | None) -> None:
+        super().stage(name, total)
+        RecordingDisplay.stages.append((name, total, self.live))
+        if self._bar is not None:
+            self._bar.refresh()  # what the terminal shows now
+            assert name in self.terminal.getvalue()
+
+
+@pytest.fixture
+def stderr_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI sees a terminal on stderr (CliRunner's stream is not one) and draws on a RecordingDisplay."""
+    cli_app = sys.modules["relu_doctor.cli.app"]
+    real = cli_app.output_style
+    monkeypatch.setattr(cli_app, "output_style", lambda **options: real(**{**options, "stderr_tty": True}))
+    monkeypatch.setattr("relu_doctor.cli.scan.StageDisplay", RecordingDisplay)
+
+
+@pytest.mark.usefixtures("stderr_terminal")
+def test_cli_names_every_stage_to_the_end_on_a_terminal(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(app, ["scan", *SAMPLE, "--certify", "-f", "json", "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert [(name, live) for name, _, live in RecordingDisplay.stages] == [
+        ("loading", True),
+        ("observing", True),
+        ("simulating", True),
+        ("certifying", True),
+        ("writing", True),
+    ]
+    # observing counts the probe's 512 samples; simulating its forward passes
+    assert RecordingDisplay.stages[1][1] == 512 and (RecordingDisplay.stages[2][1] or 0) > 0
+    assert json.loads(out.read_text())["findings"]
+
+
+@pytest.mark.usefixtures("stderr_terminal")
+def test_cli_shows_no_stage_under_quiet(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["scan", *SAMPLE, "-q", "-o", str(tmp_path / "r.txt")])
+    assert result.exit_code == 0, result.stderr
+    assert RecordingDisplay.stages and not any(live for _, _, live in RecordingDisplay.stages)
+    assert result.stderr == ""

@@ -97,7 +97,15 @@ def test_a_relu_outside_the_hooked_modules_sends_the_pass_to_the_dispatch_mode(
 def test_fired_units_reads_nan_as_not_positive_without_hiding_positive_positions() -> None:
     view = torch.tensor([[float("nan"), -1.0, 0.0, float("inf")], [2.0, float("nan"), 0.0, -1.0]])
     # unit 0: NaN and 2 -> fired; unit 1: -1 and NaN -> not; unit 2: zeros -> not; unit 3: inf -> fired
-    assert _fired_units(view, (0,)).tolist() == [True, False, False, True]
-    assert _fired_units(view, (0,)).tolist() == (view > 0).any(0).tolist()
-    conv = torch.randn(4, 3, 5, 5)
-    assert torch.equal(_fired_units(conv, (0, 2, 3)), (conv > 0).any(dim=(0, 2, 3)))
+    assert _fired_units(view, 1).tolist() == [True, False, False, True]
+    assert _fired_units(view, 1).tolist() == (view > 0).any(0).tolist()
+
+
+@pytest.mark.parametrize("shape, axis", [((4, 3, 5, 5), 1), ((4, 7, 6), 2), ((4, 7, 6), 1), ((5, 9), 1)])
+def test_fired_units_equals_any_positive_on_every_layout(shape: tuple[int, ...], axis: int) -> None:
+    view = torch.randn(shape, generator=torch.Generator().manual_seed(0)) - 1.5
+    others = tuple(d for d in range(len(shape)) if d != axis)
+    expected = (view > 0).any(dim=others)
+    assert 0 < int(expected.sum()) < shape[axis] or shape[axis] <= 3  # a mix of fired and silent units
+    assert torch.equal(_fired_units(view, axis), expected)
+    assert torch.equal(_fired_units(view.transpose(0, -1).contiguous().transpose(0, -1), axis), expected)

@@ -330,10 +330,12 @@ def emit_reports(formats: Registry[RecordT], record: RecordT, reports: Sequence[
         write_output(formats.render(record, name, width=None, color=False), target)
 
 
-def emit(formats: Registry[RecordT], record: RecordT, name: str, output: Any, style: OutputStyle) -> None:
-    """``record`` in the format ``name`` on stdout (or --output), and its one-line verdict on stderr unless that
-    text, shown on the terminal, says it already."""
-    text = formats.render(record, name, width=style.width, color=style.color)
+def emit(
+    formats: Registry[RecordT], record: RecordT, name: str, output: Any, style: OutputStyle, text: str | None = None
+) -> None:
+    """``record`` in the format ``name`` (``text``, when already rendered) on stdout (or --output), and its one-line
+    verdict on stderr unless that text, shown on the terminal, says it already."""
+    text = formats.render(record, name, width=style.width, color=style.color) if text is None else text
     if output is not None or not style.quiet:
         write_output(text, output)
     if not formats.get(name).terminal or output is not None:
@@ -361,6 +363,7 @@ class StageDisplay:
     def __init__(self, enabled: bool, style: OutputStyle | None = None) -> None:
         self._bar: Any = None
         self._task: Any = None
+        self._shown = False
         # FORCE_COLOR makes rich think it is a terminal; a live display needs a real one
         if not enabled or not sys.stderr.isatty():
             return
@@ -376,15 +379,20 @@ class StageDisplay:
         )
         self._task = self._bar.add_task("starting", total=None)
         self._bar.start()
+        self._shown = True
 
     @property
     def live(self) -> bool:
         """The display is shown."""
-        return self._bar is not None
+        return self._bar is not None and self._shown
 
     def stage(self, name: str, total: int | None) -> None:
-        """Start stage ``name`` of ``total`` steps (None: unknown, shown as a pulse)."""
+        """Start stage ``name`` of ``total`` steps (None: unknown, shown as a pulse); shown again after a stop (the
+        verbose notes between a model's scan and the writing stage stop it)."""
         if self._bar is not None:
+            if not self._shown:
+                self._bar.start()
+                self._shown = True
             self._bar.reset(self._task, total=total, completed=0, description=name)
 
     def advance(self, steps: int) -> None:
@@ -398,10 +406,10 @@ class StageDisplay:
             self._bar.update(self._task, completed=done, total=total)
 
     def stop(self) -> None:
-        """Remove the display (idempotent)."""
-        if self._bar is not None:
+        """Remove the display until the next stage (idempotent)."""
+        if self._bar is not None and self._shown:
             self._bar.stop()
-            self._bar = None
+            self._shown = False
 
 
 def main() -> None:

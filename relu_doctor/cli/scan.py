@@ -191,16 +191,20 @@ def scan(
                 record: Any = scan_models(requests, scan_one, on_error=lambda line: fail_line(style, line))
             else:
                 record = scan_one(request)
-            display.stop()
             code = record.exit_code
             if not is_primary():  # under torchrun every rank has the same report; rank 0 writes it
                 raise typer.Exit(_exit(code, exit_zero))
-            emit(formats, record, settings.values["format"], targets["output"], style)
-            emit_reports(formats, record, targets["reports"])
+            display.stage("writing", None)  # rendering (a plot takes seconds), up to the first byte written
+            text = formats.render(record, settings.values["format"], width=style.width, color=style.color)
             if plot is not None:
                 from ..render.plot import report_png
 
-                write_output(report_png(record), targets["plot"])
+                png = report_png(record)
+            display.stop()  # before anything is printed: a live line and printed text must not interleave
+            emit(formats, record, settings.values["format"], targets["output"], style, text=text)
+            emit_reports(formats, record, targets["reports"])
+            if plot is not None:
+                write_output(png, targets["plot"])
         finally:
             display.stop()
     raise typer.Exit(_exit(code, exit_zero))

@@ -41,7 +41,7 @@ from .ops import Role
 from .passes import GRAD_SHOWING, ForwardingMode, Grad, autograd_state, stronger
 from .recording import CallRecorder
 from .reduce import Reducer, make_reducer
-from .replay import NotReplayable, OwnerCalls, ReplayMode
+from .replay import NotReplayable, OwnerCalls, Replay
 from .site_keys import SiteKeys
 from .sites import ObservedSite, SiteTable
 from .tracking import ModuleCallTracker
@@ -85,12 +85,7 @@ class ReluObserver:
         self.replaying = False
         """True while passes replay the first one (:mod:`.replay`) instead of running under the dispatch mode."""
         self._passes = 0
-        self._owners: OwnerCalls | None = None
-        self._replayed = 0
-        """Sites (in call order) the replay pass now running has counted."""
-        self._watching = False
-        """The replay pass is a training step's (:meth:`observed_pass`): a stray relu is noted, never re-run."""
-        self._stray = False
+        self._replay: Replay | None = None
         self._grad = Grad.INFERENCE
         """Autograd state of dispatched passes: raised when a fused kernel hid relus that another state shows."""
         self._raise_grad: Grad | None = None
@@ -126,7 +121,8 @@ class ReluObserver:
             modules = self.tracker.paths
             owners = {s.module_path: modules[s.module_path] for s in self.sites}
             uncalled = {path: m for path, m in modules.items() if path not in self.tracker.ever_called}
-            self._owners = OwnerCalls(self.model, owners, uncalled, self.tracker.ever_called)
+            calls = OwnerCalls(self.model, owners, uncalled, self.tracker.ever_called)
+            self._replay = Replay(self.sites, calls, self.calls)
             self.replaying = True
 
     @contextlib.contextmanager
@@ -143,16 +139,11 @@ class ReluObserver:
         outputs: list[Any] = []
         replaying = self.replaying
         self.reducer.start_pass()
-        self._watching, self._stray = True, False
-        try:
-            with self._replay_scope(persistent=False) if replaying else self._dispatch_scope():
-                yield outputs.append
-        finally:
-            self._watching = False
-        if replaying:
-            if self._stray or self._replayed != len(self.sites):
-                self._note_stray()
-                self.replaying = False
+        with self._replay_scope(persistent=False) if replaying else self._dispatch_scope():
+            yield outputs.append
+        if replaying and self._replay is not None and not self._replay.complete:
+            self._note_stray()
+            self.replaying = False
         else:
             self.graph.mark_outputs(outputs[-1] if outputs else None)
             self.axes.decide_undecided()
@@ -287,7 +278,7 @@ class ReluObserver:
         try:
             with torch.inference_mode(), self._replay_scope(persistent=True):
                 self.model(*args, **self._kwargs)
-            if self._replayed != len(self.sites):
+            if self._replay is not None and not self._replay.complete:
                 raise NotReplayable("the pass made fewer relu calls than the first")
         except NotReplayable:
             self.reducer.undo_pass()
@@ -301,49 +292,22 @@ class ReluObserver:
 
     @contextlib.contextmanager
     def _replay_scope(self, persistent: bool) -> Iterator[None]:
-        """``persistent``: the owner hooks stay until the observer closes (inactive between passes); otherwise
-        they are removed after the pass (a training watch leaves no hook on steps it does not observe)."""
-        owners = self._owners
-        assert owners is not None
+        """``persistent`` (a scan): the owner hooks stay until the observer closes (inactive between passes), and a
+        call that is not the first pass's stops the pass; otherwise (a training step, which cannot be run again)
+        the hooks are removed after the pass and such a call goes uncounted."""
+        replay = self._replay
+        assert replay is not None
+        owners = replay.owners
         if not owners.installed:
             owners.install()
             if persistent:
                 self._exit_stack.callback(owners.remove)
-        self._replayed = 0
         try:
-            with owners.counting(), ReplayMode(self._replay_relu):
+            with replay.replaying(tolerant=not persistent):
                 yield
         finally:
             if not persistent:
                 owners.remove()
-
-    def _replay_relu(self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """One relu-family function call of a replay pass: the next site of the first pass, counted."""
-        member = activations.member_of(activations.FUNCTION_ALIASES.get(name, name), args, kwargs)
-        if member is None:  # e.g. hardtanh(-1, 1): not a site (the first pass said what it is)
-            return func(*args, **kwargs)
-        try:
-            site = self._next_replayed(member)
-        except NotReplayable:
-            if not self._watching:
-                raise
-            self._stray = True  # a training step cannot be re-run: this call goes uncounted, with a warning
-            return func(*args, **kwargs)
-        token = self.calls.before_op(site, site.op, args[0].detach(), site.family)
-        output = func(*args, **kwargs)
-        self.calls.after_op(token, output)
-        return output
-
-    def _next_replayed(self, member: Member) -> ObservedSite:
-        assert self._owners is not None
-        key = self._owners.next_key()
-        if self._replayed >= len(self.sites):
-            raise NotReplayable("the pass made more relu calls than the first")
-        site = self.sites[self._replayed]
-        if site.key != key or site.family.cap != member.cap:
-            raise NotReplayable(f"relu call {self._replayed + 1} of the pass is not the first pass's")
-        self._replayed += 1
-        return site
 
     def _note_stray(self) -> None:
         self.warnings[

@@ -26,8 +26,10 @@ from typing import Any
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..activations import ACTIVATION_MODULES, FUNCTION_NAMES
+from ..activations import ACTIVATION_MODULES, FUNCTION_ALIASES, FUNCTION_NAMES, Member, member_of
+from .recording import CallRecorder
 from .site_keys import SiteKey
+from .sites import ObservedSite
 
 _CALL_IMPL = nn.Module._call_impl.__code__
 
@@ -135,3 +137,56 @@ class ReplayMode(TorchFunctionMode):
         if name in FUNCTION_NAMES:
             return self.on_relu(func, name, args, kwargs or {})
         return func(*args, **(kwargs or {}))
+
+
+class Replay:
+    """Replays of a first pass: its sites, in call order, found again call by call and handed to ``calls``."""
+
+    def __init__(self, sites: list[ObservedSite], owners: OwnerCalls, calls: CallRecorder) -> None:
+        self.sites = sites
+        self.owners = owners
+        self.calls = calls
+        self.replayed = 0
+        """Sites (in call order) the pass now running has counted."""
+        self.stray = False
+        """A call of a tolerant pass was not the first pass's (it went uncounted)."""
+        self._tolerant = False
+
+    @contextmanager
+    def replaying(self, *, tolerant: bool) -> Iterator[None]:
+        """One replay pass. A call that is not the first pass's raises :class:`NotReplayable`, or, ``tolerant``
+        (a training step, which cannot be run again), goes uncounted and sets :attr:`stray`."""
+        self.replayed, self.stray, self._tolerant = 0, False, tolerant
+        with self.owners.counting(), ReplayMode(self._relu):
+            yield
+
+    @property
+    def complete(self) -> bool:
+        """The pass made exactly the first pass's relu calls."""
+        return not self.stray and self.replayed == len(self.sites)
+
+    def _relu(self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        member = member_of(FUNCTION_ALIASES.get(name, name), args, kwargs)
+        if member is None:  # e.g. hardtanh(-1, 1): not a site (the first pass said what it is)
+            return func(*args, **kwargs)
+        try:
+            site = self._next(member)
+        except NotReplayable:
+            if not self._tolerant:
+                raise
+            self.stray = True
+            return func(*args, **kwargs)
+        token = self.calls.before_op(site, site.op, args[0].detach(), site.family)
+        output = func(*args, **kwargs)
+        self.calls.after_op(token, output)
+        return output
+
+    def _next(self, member: Member) -> ObservedSite:
+        key = self.owners.next_key()
+        if self.replayed >= len(self.sites):
+            raise NotReplayable("the pass made more relu calls than the first")
+        site = self.sites[self.replayed]
+        if site.key != key or site.family.cap != member.cap:
+            raise NotReplayable(f"relu call {self.replayed + 1} of the pass is not the first pass's")
+        self.replayed += 1
+        return site

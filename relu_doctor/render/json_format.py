@@ -6,7 +6,7 @@ import json
 import math
 from typing import Any
 
-from ..report import Finding, Report, Site
+from ..report import Finding, Prediction, Report, Site
 from .certificate import certification_dict, site_certification_dict
 
 
@@ -150,7 +150,24 @@ def finding_dict(finding: Finding) -> dict[str, Any]:
         "units": list(finding.units),
         "cause": finding.cause,
         "suggestion": finding.suggestion,
-        "predicted": {name: _number(value) for name, value in finding.predicted},
+        "predicted": [prediction_dict(p) for p in finding.predicted],
+    }
+
+
+def prediction_dict(prediction: Prediction) -> dict[str, Any]:
+    """One simulated fix as JSON-ready data (docs/REFERENCE.md, "Each prediction")."""
+    return {
+        "fix": prediction.fix,
+        "scope": prediction.scope,
+        "output_drift": _number(prediction.output_drift),
+        "argmax_changed": _number(prediction.argmax_changed),
+        "newly_dead": prediction.newly_dead,
+        "revived": prediction.revived,
+        "targeted": prediction.targeted,
+        "units_with_gradient_before": prediction.units_with_gradient_before,
+        "units_with_gradient": prediction.units_with_gradient,
+        "simulated_samples": prediction.simulated_samples,
+        "forward_passes": prediction.forward_passes,
     }
 
 
@@ -159,6 +176,6 @@ def render_json(report: Report) -> str:
     return json.dumps(report_dict(report), indent=2, allow_nan=False) + "\n"
 
 
-def _number(value: float) -> float | None:
+def _number(value: float | None) -> float | None:
     # JSON has no NaN/Infinity; null says "not defined" (e.g. the firing rate of a site without units).
     return None if value is None or not math.isfinite(value) else value

@@ -34,12 +34,12 @@ def leaky_swap_line(report: Report) -> str | None:
 def _effect(report: Report, site: Site) -> str:
     """`` (drift 19.10%, argmax changed 3.52%)`` from the site's own LeakyReLU simulation, or ``(not simulated)``."""
     for finding in report.findings:
-        numbers = dict(finding.predicted)
-        if finding.site == site.name and "leaky_drift" in numbers:
-            argmax = numbers.get("leaky_argmax_changed")
-            killed = int(numbers.get("leaky_newly_dead", 0))
+        prediction = finding.prediction("leaky") if finding.site == site.name else None
+        if prediction is not None and prediction.scope == "site":
+            argmax = prediction.argmax_changed
+            killed = prediction.newly_dead
             return (
-                f" (drift {_share(numbers['leaky_drift'])}"
+                f" (drift {_share(prediction.output_drift)}"
                 + ("" if argmax is None else f", argmax changed {_share(argmax)}")
                 + (f", {killed} units newly dead elsewhere" if killed else "")
                 + ")"

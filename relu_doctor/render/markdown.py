@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from ..report import Finding, Report, Site
+from ..report import Finding, Prediction, Report, Site
 from .certificate import certification_lines
 from .common import dead_range, percent, rate, summary_line
 
@@ -35,30 +35,33 @@ def units_text(units: tuple[int, ...], shown: int = 8) -> str:
     return head + (f" … (+{len(units) - shown})" if len(units) > shown else "")
 
 
+_FIX_LABELS = {("leaky", "site"): "LeakyReLU here", ("leaky", "model"): "LeakyReLU everywhere"}
+_FIX_LABELS.update({("bias_shift", "model"): "bias shift", ("recycle", "model"): "recycle"})
+
+
 def predicted_text(finding: Finding) -> str:
-    """The simulated effects of a finding's fixes in one line ('' when nothing was simulated)."""
-    numbers = dict(finding.predicted)
-    parts = []
-    if "leaky_drift" in numbers:
-        where = "here" if finding.site else "everywhere"
-        parts.append(
-            f"LeakyReLU {where}: drift {_share(numbers['leaky_drift'])}{_argmax(numbers, 'leaky')}, units with "
-            f"gradient {_count(numbers.get('units_with_gradient_before'))} → {_count(numbers.get('leaky_units_with_gradient'))}"
-            + _newly_dead(numbers, "leaky")
-        )
-    for prefix, label in (("bias_shift", "bias shift"), ("recycle", "recycle")):
-        if f"{prefix}_drift" in numbers:
-            revived = _count(numbers.get(f"{prefix}_revived"))
-            parts.append(
-                f"{label}: drift {_share(numbers[f'{prefix}_drift'])}{_argmax(numbers, prefix)}, "
-                f"revived {revived}/{len(finding.units)}" + _newly_dead(numbers, prefix)
-            )
-    return " · ".join(parts)
+    """The simulated effects of a finding's fixes in one line, with the samples they were measured on ('' when
+    nothing was simulated), e.g. ``on the first 256 samples: bias shift: drift 0.03%, revived 46/78``."""
+    if not finding.predicted:
+        return ""
+    parts = [_prediction_text(p) for p in finding.predicted]
+    samples = {p.simulated_samples for p in finding.predicted}
+    if len(samples) == 1:
+        return f"on the first {samples.pop():,} samples: " + " · ".join(parts)
+    return " · ".join(f"{part} (first {p.simulated_samples:,} samples)" for part, p in zip(parts, finding.predicted))
 
 
-def _newly_dead(numbers: dict[str, float], prefix: str) -> str:
-    killed = int(numbers.get(f"{prefix}_newly_dead", 0))
-    return f", {killed:,} other unit{'' if killed == 1 else 's'} newly dead" if killed else ""
+def _prediction_text(prediction: Prediction) -> str:
+    label = _FIX_LABELS.get((prediction.fix, prediction.scope), prediction.fix.replace("_", " "))
+    text = f"{label}: drift {_share(prediction.output_drift)}"
+    if prediction.argmax_changed is not None:
+        text += f", argmax changed {_share(prediction.argmax_changed)}"
+    if prediction.revived is None:
+        text += f", units with gradient {prediction.units_with_gradient_before:,} → {prediction.units_with_gradient:,}"
+    else:
+        text += f", revived {prediction.revived:,}/{prediction.targeted:,}"
+    killed = prediction.newly_dead
+    return text + (f", {killed:,} other unit{'' if killed == 1 else 's'} newly dead" if killed else "")
 
 
 def render_markdown(report: Report) -> str:
@@ -100,17 +103,8 @@ def _finding_item(finding: Finding) -> str:
     units = f" (units {units_text(finding.units)})" if finding.units else ""
     item = f"- `{finding.code}` `{_cell(finding.site or 'model')}`{units}: {_cell(finding.cause)}; {_cell(finding.suggestion)}"
     simulated = predicted_text(finding)
-    return item + (f"  \n  _simulated on the probe_: {_cell(simulated)}" if simulated else "")
+    return item + (f"  \n  _simulated_ {_cell(simulated)}" if simulated else "")
 
 
 def _share(value: float) -> str:
     return "-" if not math.isfinite(value) else f"{value:.2%}"
-
-
-def _count(value: float | None) -> str:
-    return "?" if value is None or not math.isfinite(value) else f"{value:.0f}"
-
-
-def _argmax(numbers: dict[str, float], prefix: str) -> str:
-    value = numbers.get(f"{prefix}_argmax_changed")
-    return "" if value is None else f", argmax changed {_share(value)}"

@@ -100,7 +100,7 @@ def finding_renderable(finding: Finding) -> RenderableType:
     line.append(f": {finding.cause}\n    fix: {finding.suggestion}")
     simulated = predicted_text(finding)
     if simulated:
-        line.append(f"\n    simulated: {simulated}", style="dim")
+        line.append(f"\n    simulated {simulated}", style="dim")
     return line
 
 

@@ -261,7 +261,7 @@ def _check_static_batch(samples: int, batch_size: int, static_batch: int | None,
 
 Stage = Callable[[str, "int | None"], None]
 """Called when a stage starts, with its name (loading, observing, simulating, certifying) and its size in
-samples (observing) or forward passes (simulating), None when unknown."""
+samples (observing) or forward passes (simulating), None when unknown. The CLI adds the last one, writing."""
 
 
 def run_scan(
