@@ -470,8 +470,10 @@ def _head(batch: Any, samples: int) -> Any:
     """The first ``samples`` samples of a batch (a tensor or a tuple of inputs), copied so the batch can go."""
     if isinstance(batch, torch.Tensor):
         return batch[:samples].clone()
-    if isinstance(batch, MaskedBatch):
-        return MaskedBatch(batch.input_ids[:samples].clone(), batch.attention_mask[:samples].clone())
+    if isinstance(batch, MaskedBatch):  # samples are rows with a real token: rows up to the samples-th of them
+        real = batch.attention_mask.bool().any(dim=1).cumsum(dim=0)
+        rows = int((real < samples).sum()) + 1 if samples > 0 else 0
+        return MaskedBatch(batch.input_ids[:rows].clone(), batch.attention_mask[:rows].clone())
     if isinstance(batch, (tuple, list)):
         return type(batch)(t[:samples].clone() if isinstance(t, torch.Tensor) and t.dim() > 0 else t for t in batch)
     return batch

@@ -73,3 +73,16 @@ def test_masked_counts_match_the_masked_brute_force(reducer: str, side: str, hol
         assert list(site.counters.samples_fired) == fired
         assert site.counters.max_preactivation == pytest.approx(high, rel=1e-5, abs=1e-5)
     assert set(range(4)) <= set(report.sites[0].dead_units)
+
+
+def test_simulations_sub_probe_counts_rows_with_real_tokens() -> None:
+    from relu_doctor.engine.batches import batch_samples
+    from relu_doctor.whatif import SubProbe
+
+    ids = torch.arange(12).reshape(4, 3)
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0], [1, 1, 1]])  # row 1 is all padding: 3 samples
+    head = SubProbe(2)
+    head.keep(MaskedBatch(ids, mask))
+    (kept,) = head.batches
+    # 2 samples are rows 0 and 2, so rows 0..2 are kept (the empty row 1 between them counts for nothing)
+    assert head.samples == batch_samples(kept) == 2 and kept.input_ids.shape[0] == 3

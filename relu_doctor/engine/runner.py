@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import ObservationError, ReluDoctorError, first_line
 from ..settings import DEFAULT_REDUCER
-from .batches import batch_samples
+from .batches import MaskedBatch, batch_samples
 from .layers import first_layer_hint
 from .observe import ReluObserver
 
@@ -55,7 +55,7 @@ def _forward(observer: ReluObserver, batch: Any) -> None:
     except ReluDoctorError:
         raise
     except Exception as exc:
-        shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+        shape = tuple(batch.shape) if isinstance(batch, (torch.Tensor, MaskedBatch)) else type(batch).__name__
         message = first_line(exc, 300) or type(exc).__name__
         hint = first_layer_hint(observer.model)
         raise ObservationError(
