@@ -266,3 +266,13 @@ def test_the_table_says_which_sites_fix_leaky_would_swap_and_the_measured_drift(
     drift = float((after - before).norm() / before.norm())
     assert line.startswith(f"fix -s leaky: would swap act (drift {drift:.2%}"), (line, drift)
     assert line.endswith("; cannot swap :relu (functional relu: change the code)"), line
+
+
+def test_merge_writes_reports_too(tmp_path: Path) -> None:
+    stats, report = tmp_path / "s.stats", tmp_path / "merged.json"
+    assert invoke("scan", DYING, *COMMON, "-q", "--save-stats", str(stats)).exit_code == 0
+    merged = invoke("merge", str(stats), "-f", "markdown", "--report", f"json={report}")
+    assert merged.exit_code == 0, merged.stderr
+    assert merged.stdout.startswith("**relu-doctor**") or "act2" in merged.stdout
+    assert json.loads(report.read_text())["summary"]["dead"] == 78
+    assert invoke("merge", str(stats), "--report", f"json={stats}").exit_code == 2  # never over an input
