@@ -133,6 +133,9 @@ def test_a_bad_path_among_several_is_reported_and_the_others_are_scanned(tmp_pat
         {"path": missing, "error": f"{missing}: no such file or directory; check the model path"}
     ]
     assert document["exit_code"] == 2
+    # the per-model verdict on stderr names the missing path once, not "path: path: ..."
+    assert f"{missing}: no such file or directory" in result.stderr
+    assert f"{missing}: {missing}:" not in result.stderr
     # --exit-zero forgives a failed gate, never an error
     assert invoke("scan", DYING, missing, *COMMON, "-q", "--exit-zero").exit_code == 2
 
