@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner, Result
 
 from relu_doctor.cli import app
@@ -132,6 +133,9 @@ def test_a_bad_path_among_several_is_reported_and_the_others_are_scanned(tmp_pat
         {"path": missing, "error": f"{missing}: no such file or directory; check the model path"}
     ]
     assert document["exit_code"] == 2
+    # the per-model verdict on stderr names the missing path once, not "path: path: ..."
+    assert f"{missing}: no such file or directory" in result.stderr
+    assert f"{missing}: {missing}:" not in result.stderr
     # --exit-zero forgives a failed gate, never an error
     assert invoke("scan", DYING, missing, *COMMON, "-q", "--exit-zero").exit_code == 2
 
@@ -221,3 +225,57 @@ def test_fix_writes_its_json_report_beside_the_text(tmp_path: Path) -> None:
         f"json={tmp_path / 'b.safetensors'}",
     )
     assert clash.exit_code == 2 and "is also --output" in clash.stderr
+
+
+# -- which sites fix -s leaky would swap -----------------------------------------------------------------------------
+
+
+class ModuleAndFunctionalDeadNet(torch.nn.Module):
+    """Dead units behind an nn.ReLU (fix -s leaky swaps it) and behind F.relu (code it cannot change)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.act, self.fc2, self.head = (
+            torch.nn.Linear(4, 8),
+            torch.nn.ReLU(),
+            torch.nn.Linear(8, 8),
+            torch.nn.Linear(8, 3),
+        )
+        with torch.no_grad():
+            self.fc1.bias[:3] = -100.0  # units 0-2 of act never fire
+            self.fc2.bias[:2] = -100.0  # units 0-1 of the functional relu never fire
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.nn.functional.relu(self.fc2(self.act(self.fc1(x)))))
+
+
+def test_the_table_says_which_sites_fix_leaky_would_swap_and_the_measured_drift() -> None:
+    import copy
+
+    from relu_doctor import scan
+
+    model = ModuleAndFunctionalDeadNet().eval()
+    probe = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
+    report = scan(model, [probe], simulate=True)
+    line = next(
+        line for line in REPORT_FORMATS.render(report, "table", width=None).splitlines() if "fix -s leaky" in line
+    )
+    # oracle: swap the module by hand and measure the output drift on the same 64 samples
+    swapped = copy.deepcopy(model)
+    swapped.act = torch.nn.LeakyReLU(0.01)
+    with torch.no_grad():
+        before, after = model(probe), swapped(probe)
+    drift = float((after - before).norm() / before.norm())
+    assert line.startswith(f"fix -s leaky: would swap act (drift {drift:.2%}"), (line, drift)
+    assert line.endswith("; cannot swap :relu (functional relu: change the code)"), line
+
+
+def test_merge_writes_reports_too(tmp_path: Path) -> None:
+    stats, report = tmp_path / "s.stats", tmp_path / "merged.json"
+    assert invoke("scan", DYING, *COMMON, "-q", "--save-stats", str(stats)).exit_code == 0
+    merged = invoke("merge", str(stats), "-f", "markdown", "--report", f"json={report}")
+    assert merged.exit_code == 0, merged.stderr
+    assert merged.stdout.startswith("**relu-doctor**") or "act2" in merged.stdout
+    assert json.loads(report.read_text())["summary"]["dead"] == 78
+    assert invoke("merge", str(stats), "--report", f"json={stats}").exit_code == 2  # never over an input

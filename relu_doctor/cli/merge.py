@@ -9,7 +9,17 @@ import typer
 
 from ..render import REPORT_FORMATS
 from . import options as opt
-from .app import ReluCommand, app, emit, error_boundary, exit_code, plan_outputs, style_from_options
+from .app import (
+    ReluCommand,
+    app,
+    emit,
+    emit_reports,
+    error_boundary,
+    exit_code,
+    parse_reports,
+    plan_outputs,
+    style_from_options,
+)
 
 
 @app.command(cls=ReluCommand)
@@ -22,6 +32,7 @@ def merge(
     ],
     fmt: opt.ReportFormat = REPORT_FORMATS.default.name,
     output: opt.Output = None,
+    reports: opt.Reports = None,
     dying_rate: Annotated[
         float | None, typer.Option(help="Override the saved dying rate.", rich_help_panel=opt.GATE)
     ] = None,
@@ -58,9 +69,10 @@ def merge(
             "max_dead_fraction": max_dead_fraction,
             "max_layer_dead_fraction": max_layer_dead_fraction,
         }
-        targets = plan_outputs(files, force, output=output)
+        targets = plan_outputs(files, force, parse_reports(reports, REPORT_FORMATS), output=output)
         report = merge_stats(files, _checked(overrides))
         emit(REPORT_FORMATS, report, fmt, targets["output"], style)
+        emit_reports(REPORT_FORMATS, report, targets["reports"])
     raise typer.Exit(exit_code(report.gate, exit_zero=exit_zero))
 
 

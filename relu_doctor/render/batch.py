@@ -41,12 +41,20 @@ def batch_summary(batch: ScanBatch) -> str:
     return f"{plural(len(batch.scans), 'model')}: {', '.join(parts)}"
 
 
+def _why_not_scanned(path: str, error: str | None) -> str:
+    """``path: error``, without naming the path twice when the error already begins with it."""
+    text = error or "could not scan"
+    return text if text.startswith(f"{path}:") else f"{path}: {text}"
+
+
 def batch_verdict(batch: ScanBatch) -> str:
     """One line per model (its verdict, or why it was not scanned), its violations, then the summary line."""
     from .common import verdict_lines
 
     lines = [
-        f"{scan.path}: " + verdict_lines(scan.report) if scan.report is not None else f"{scan.path}: {scan.error}"
+        f"{scan.path}: " + verdict_lines(scan.report)
+        if scan.report is not None
+        else _why_not_scanned(scan.path, scan.error)
         for scan in batch.scans
     ]
     return "\n".join([*lines, batch_summary(batch)])
@@ -139,7 +147,7 @@ def render_batch_sarif(batch: ScanBatch) -> str:
         if scan.report is not None:
             runs.extend(sarif_log(scan.report)["runs"])
             continue
-        notification = {"level": "error", "message": {"text": f"{scan.path}: {scan.error}"}}
+        notification = {"level": "error", "message": {"text": _why_not_scanned(scan.path, scan.error)}}
         invocation = {"executionSuccessful": False, "exitCode": 2, "toolExecutionNotifications": [notification]}
         runs.append({"tool": {"driver": {"name": "relu-doctor"}}, "invocations": [invocation], "results": []})
     return json.dumps({"$schema": SCHEMA, "version": "2.1.0", "runs": runs}, indent=2, allow_nan=False) + "\n"

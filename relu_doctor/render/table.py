@@ -15,6 +15,7 @@ from ..report import Finding, Report, Site
 from .certificate import certification_lines
 from .common import percent, summary_line
 from .layers import layer_rows, row_cells, should_group
+from .leaky import leaky_swap_line
 from .markdown import confidence_line, predicted_text, site_causes, units_text
 
 _STATUS_STYLE = {"FAIL": "bold red", "dead": "red", "nan": "magenta", "warn": "yellow", "ok": "green"}
@@ -113,6 +114,9 @@ def report_renderable(report: Report, width: int | None = None, by_layer: bool |
     parts.append(Text(summary_line(report), style="bold green" if report.gate.passed else "bold red"))
     parts.append(Text(confidence_line(report), style="dim"))
     parts.extend(Text(f"✗ {v.text}", style="red") for v in report.gate.violations)
+    swap = leaky_swap_line(report)
+    if swap is not None:
+        parts.append(Text(swap, style="dim"))
     parts.extend(Text(line, style="cyan") for line in certification_lines(report))
     if report.findings:
         parts.append(Text("causes and fixes", style="bold"))
