@@ -125,3 +125,18 @@ def test_checkpoints_of_different_architectures_exit_2(run_dir: Path, tmp_path: 
         ],
     )
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_deaths_text_joins_only_the_parts_it_has() -> None:
+    from relu_doctor.render.trend import deaths_text
+    from relu_doctor.report import SiteTrend
+
+    labels = ("a.pt", "b.pt")
+
+    def site(died_at: tuple[tuple[int, int], ...], revived: tuple[int, ...]) -> SiteTrend:
+        return SiteTrend("act", 4, (1, 1), (0.25, 0.25), died_at, revived)
+
+    assert deaths_text(site((), (2,)), labels) == "1 revived"  # no leading "; " when nothing died
+    assert deaths_text(site(((0, 1),), ()), labels) == "1 at b.pt"
+    assert deaths_text(site(((0, 1),), (2, 3)), labels) == "1 at b.pt; 2 revived"
+    assert deaths_text(site((), ()), labels) == ""

@@ -39,7 +39,8 @@ def deaths_text(site: SiteTrend, labels: tuple[str, ...], limit: int = 4) -> str
     """'3 at epoch_2, 5 at epoch_7' for the units dead at the end, grouped by when they died."""
     groups = [f"{len(units)} at {labels[index]}" for index, units in site.deaths_per_checkpoint().items()]
     shown = ", ".join(groups[:limit]) + (f", … ({len(groups) - limit} more)" if len(groups) > limit else "")
-    return shown + (f"; {len(site.revived)} revived" if site.revived else "")
+    revived = f"{len(site.revived)} revived" if site.revived else ""
+    return "; ".join(part for part in (shown, revived) if part)
 
 
 def _share(value: float | None) -> str:
