@@ -14,24 +14,17 @@ METRIC_PREFIX = "relu_doctor"
 """Every logged metric's name starts with this (``relu_doctor/dead_fraction``, ``relu_doctor/<site>/...``)."""
 
 
-@dataclass(frozen=True)
-class SiteWindow:
-    """One site's counts over one window."""
+class _Fractions:
+    """``dead``, ``dying`` and ``dormant`` as shares of ``units`` (0 when there are no units)."""
 
-    name: str
-    """Site name, as in the report."""
     units: int
-    """Number of units."""
     dead: int
-    """Units that never fired on any observed training sample of the window."""
     dying: int
-    """Units that fired on fewer than the dying rate of their positions."""
     dormant: int
-    """tau-dormant units (ReDo), dead ones included."""
 
     @property
     def dead_fraction(self) -> float:
-        """dead / units (0 for a site without units)."""
+        """dead / units."""
         return self.dead / self.units if self.units else 0.0
 
     @property
@@ -46,7 +39,23 @@ class SiteWindow:
 
 
 @dataclass(frozen=True)
-class WindowRecord:
+class SiteWindow(_Fractions):
+    """One site's counts over one window."""
+
+    name: str
+    """Site name, as in the report."""
+    units: int
+    """Number of units."""
+    dead: int
+    """Units that never fired on any observed training sample of the window."""
+    dying: int
+    """Units that fired on fewer than the dying rate of their positions."""
+    dormant: int
+    """tau-dormant units (ReDo), dead ones included."""
+
+
+@dataclass(frozen=True)
+class WindowRecord(_Fractions):
     """The watch's counts over one window of observed training steps."""
 
     index: int
@@ -73,21 +82,6 @@ class WindowRecord:
     """True when the window's report is within its thresholds."""
     violations: tuple[str, ...] = ()
     """One line per exceeded threshold (the gate's)."""
-
-    @property
-    def dead_fraction(self) -> float:
-        """Dead units / units over the model."""
-        return self.dead / self.units if self.units else 0.0
-
-    @property
-    def dying_fraction(self) -> float:
-        """Dying units / units over the model."""
-        return self.dying / self.units if self.units else 0.0
-
-    @property
-    def dormant_fraction(self) -> float:
-        """Dormant units / units over the model."""
-        return self.dormant / self.units if self.units else 0.0
 
     def site(self, name: str) -> SiteWindow:
         """The site called ``name`` (KeyError when there is none)."""
