@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field, replace
@@ -52,7 +53,7 @@ from .repair.edits import Edits, state_tensors
 from .repair.plan import SitePlan, plan_bias_shift, plan_recycle
 from .repair.recycle import DEFAULT_SEED, recycle_until_alive
 from .report import Finding, Prediction, Report, Site
-from .settings import DEFAULT_SIMULATE_SAMPLES
+from .settings import DEFAULT_SIMULATE_BUDGET, DEFAULT_SIMULATE_SAMPLES, MIN_SIMULATED_PASSES, MIN_SIMULATED_SAMPLES
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -344,6 +345,11 @@ class Replay:
         self.baseline = meter.outcome(Variant("unchanged"), self.units)
         self._fired = meter.fired
 
+    @property
+    def rounds(self) -> int:
+        """Whole passes over the sub-probe so far (the baseline's included)."""
+        return self.passes // max(len(self.batches), 1)
+
     def measure(self, variant: Variant) -> Outcome:
         """``variant``'s outcome over the sub-probe, against the unmodified outputs."""
         meter = _Meter()
@@ -391,8 +397,9 @@ def _newly_dead(
 
 
 def _recycle(
-    model: nn.Module, observed: Sequence[ObservedSite], sites: Sequence[Site], replay: Replay
+    model: nn.Module, observed: Sequence[ObservedSite], sites: Sequence[Site], replay: Replay, rounds: int
 ) -> Outcome | None:
+    """``fix --strategy recycle`` measured: the first draw and up to ``rounds - 1`` re-draws of units still dead."""
     plans, _ = plan_recycle(model, observed, sites, include_dying=False)
     if not plans:
         return None
@@ -402,6 +409,8 @@ def _recycle(
 
     def silent(edits: Edits) -> list[tuple[SitePlan, list[int]]]:
         measured.append(replay.measure(Variant("recycle", edits=tuple(edits.items()), watch=watch)))
+        if len(measured) >= rounds:
+            return []  # the budget is spent: the prediction is the fix after these draws (fix re-draws further)
         fired = measured[-1].revived_units
         unfired = [(plan, [u for u in plan.units if u not in fired[key]]) for plan, key in zip(plans, keys)]
         return [(plan, units) for plan, units in unfired if units]
@@ -521,34 +530,90 @@ def simulate_findings(
     *,
     site_paths: tuple[str, ...] | None = None,
     samples: int | None = None,
+    budget: int | None = None,
     progress: SimulationProgress | None = None,
 ) -> Report:
     """``report`` with measured predictions on its cause findings, plus RD301 (LeakyReLU everywhere).
 
-    The simulations re-run the first ``samples`` samples of ``batches`` (all of them when None); each prediction
-    carries ``simulated_samples``, and ``report.extra["simulation"]`` says how many forward passes they took. A
-    simulation that cannot run leaves the report as it was, with a warning saying why: predictions are advice,
+    The simulations re-run the first ``samples`` samples of ``batches`` (all of them when None). ``budget`` bounds
+    their cost in sample-forwards (samples re-run, the unmodified model's pass and every fix's counted; None: no
+    bound): the sub-probe shrinks towards MIN_SIMULATED_SAMPLES and fixes are measured in order of value
+    (:func:`by_value`) while it lasts, never fewer than MIN_SIMULATED_PASSES - 1. Each prediction carries ``simulated_samples``;
+    ``report.extra["simulation"]`` says how many forward passes they took and which fixes the budget left out.
+    A simulation that cannot run leaves the report as it was, with a warning saying why: predictions are advice,
     never a reason to fail a scan.
     """
     chosen = plan(report, model, observed)
     if not chosen.variants and not chosen.recycle:
         return report
+    ordered = by_value(report, chosen.variants)
     head = batches if samples is None else SubProbe.of(batches, samples).batches
+    left_out: list[str] = []
     try:
         with Rerun(model, observed, site_paths) as rerun:
-            sub_probe = list(head)
-            planned = len(sub_probe) * (2 + len(chosen.variants) + bool(chosen.recycle))
+            wanted = 1 + len(ordered) + (PLANNED_RECYCLE_ROUNDS if chosen.recycle else 0)
+            sub_probe, allowed = _within_budget(list(head), budget, wanted)
+            planned = len(sub_probe) * min(allowed, 1 + len(ordered) + bool(chosen.recycle))
             replay = Replay(rerun, sub_probe, planned, progress)
-            outcomes = [replay.measure(p.variant) for p in chosen.variants]
-            recycled = _recycle(model, observed, report.sites, replay) if chosen.recycle else None
+            run: list[tuple[_Planned, Outcome]] = []
+            for item in ordered:
+                if replay.rounds < allowed:
+                    run.append((item, replay.measure(item.variant)))
+                else:
+                    left_out.append(item.variant.name)
+            recycled = None
+            if chosen.recycle and replay.rounds < allowed:
+                recycled = _recycle(model, observed, report.sites, replay, allowed - replay.rounds)
+            elif chosen.recycle:
+                left_out.append("recycle")
     except Exception as exc:  # advisory: a model that cannot be re-run still gets its scan
         first = first_line(exc)
         return replace(report, warnings=(*report.warnings, f"simulation skipped: {type(exc).__name__}: {first}"))
     measured_on = sum(batch_samples(b) for b in sub_probe)
-    findings = _with_predictions(report, observed, chosen, replay.baseline, outcomes, recycled, measured_on)
+    done = replace(chosen, variants=tuple(item for item, _ in run), recycle=chosen.recycle if recycled else ())
+    everywhere = any(-1 in item.findings for item in chosen.variants)
+    outcomes = [outcome for _, outcome in run]
+    findings = _with_predictions(report, observed, done, replay.baseline, outcomes, recycled, measured_on, everywhere)
     warnings = report.warnings + ((chosen.caveat,) if chosen.caveat else ())
-    cost = {"samples": measured_on, "forward_passes": replay.passes, "batches": len(sub_probe)}
+    cost = {
+        "samples": measured_on,
+        "forward_passes": replay.passes,
+        "batches": len(sub_probe),
+        "budget": budget,
+        "not_simulated": left_out,
+    }
     return replace(report, findings=findings, warnings=warnings, extra={**report.extra, "simulation": cost})
+
+
+PLANNED_RECYCLE_ROUNDS = 2
+"""Recycle rounds counted when a budget is shared out (the first draw and one re-draw; more run while it lasts)."""
+
+
+def by_value(report: Report, variants: Sequence[_Planned]) -> list[_Planned]:
+    """The order a budget measures fixes in: the bias shift (every bias-caused finding at once, with revived
+    counts), the LeakyReLU swap of the site with the most dead units, LeakyReLU everywhere (the model-wide swap),
+    then the other sites' own swaps, most dead units first. (A recycle, whose rounds vary, comes after them.)"""
+    dead = {site.key: site.dead for site in report.sites}
+    shifts = [item for item in variants if item.fix == BIAS_SHIFT]
+    everywhere = [item for item in variants if -1 in item.findings]
+    sites = [item for item in variants if item not in shifts and item not in everywhere]
+    sites.sort(key=lambda item: -sum(dead.get(key, 0) for key in item.variant.leaky_sites))
+    return shifts + sites[:1] + everywhere + sites[1:]
+
+
+def _within_budget(sub_probe: list[Any], budget: int | None, wanted: int) -> tuple[list[Any], int]:
+    """The sub-probe cut to the budget's sample count, and how many passes over it the budget allows.
+
+    ``wanted`` passes (the unmodified model's included) share the budget; each re-runs at least
+    MIN_SIMULATED_SAMPLES samples (all of the sub-probe when it is smaller), and at least MIN_SIMULATED_PASSES
+    run (the unmodified model and the two fixes of most value).
+    """
+    if budget is None:
+        return sub_probe, sys.maxsize
+    kept = sum(batch_samples(b) for b in sub_probe)
+    samples = min(kept, max(MIN_SIMULATED_SAMPLES, budget // max(wanted, 1)))
+    head = sub_probe if samples >= kept else SubProbe.of(sub_probe, samples).batches
+    return head, max(MIN_SIMULATED_PASSES, budget // max(samples, 1))
 
 
 def _with_predictions(
@@ -559,9 +624,11 @@ def _with_predictions(
     outcomes: Sequence[Outcome],
     recycled: Outcome | None,
     measured_on: int,
+    everywhere: bool,
 ) -> tuple[Finding, ...]:
+    """The findings with their predictions; ``everywhere``: RD301 was planned (added, measured or not)."""
     findings = list(report.findings)
-    if any(-1 in p.findings for p in chosen.variants):
+    if everywhere:
         findings.append(leaky_everywhere(report.sites, report.summary.dead, report.summary.units))
     keys = _keys_by_name(report)
     predicted: dict[int, list[Prediction]] = {}
@@ -650,15 +717,18 @@ def scan(
     *,
     simulate: bool = False,
     simulate_samples: int = DEFAULT_SIMULATE_SAMPLES,
+    simulate_budget: float | None = DEFAULT_SIMULATE_BUDGET,
     simulate_progress: SimulationProgress | None = None,
     **options: Unpack[ScanOptions],
 ) -> Report:
     """:func:`relu_doctor.api.scan`, then with ``simulate=True`` the fix simulations (:func:`simulate_findings`).
 
-    ``simulate=True`` re-runs the first ``simulate_samples`` samples of the probe (kept as the scan reads
+    ``simulate=True`` re-runs at most the first ``simulate_samples`` samples of the probe (kept as the scan reads
     them; nothing else is kept, and under torchrun every rank keeps the same ones) through modified versions of
     the model (LeakyReLU swaps, bias shifts, recycled units) and fills each finding's ``predicted``; it is off
-    by default here (the CLI turns it on). ``simulate_progress(done, planned)`` follows its forward passes.
+    by default here (the CLI turns it on). ``simulate_budget`` bounds what they re-run to that share of the
+    samples the scan observed, every pass counted (the CLI's default; None: every fix on every kept sample).
+    ``simulate_progress(done, planned)`` follows their forward passes.
     Every other argument is :func:`relu_doctor.api.scan`'s (:class:`~relu_doctor.api.ScanOptions`).
     """
     head = SubProbe(simulate_samples)
@@ -666,4 +736,7 @@ def scan(
     if not simulate:
         return report
     paths = options.get("site_paths")
-    return simulate_findings(report, model, observed, head.batches, site_paths=paths, progress=simulate_progress)
+    budget = None if simulate_budget is None else math.ceil(simulate_budget * report.probe.samples)
+    return simulate_findings(
+        report, model, observed, head.batches, site_paths=paths, budget=budget, progress=simulate_progress
+    )

@@ -257,7 +257,7 @@ def test_the_table_says_which_sites_fix_leaky_would_swap_and_the_measured_drift(
 
     model = ModuleAndFunctionalDeadNet().eval()
     probe = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
-    report = scan(model, [probe], simulate=True)
+    report = scan(model, [probe], simulate=True, simulate_budget=None)
     line = next(
         line for line in REPORT_FORMATS.render(report, "table", width=None).splitlines() if "fix -s leaky" in line
     )

@@ -53,7 +53,7 @@ class BiasKilledMLP(nn.Module):
 
 def test_each_finding_takes_its_severity_and_predictions_from_the_registry() -> None:
     torch.manual_seed(0)
-    report = scan(BiasKilledMLP(), [torch.randn(32, 3) for _ in range(2)], simulate=True)
+    report = scan(BiasKilledMLP(), [torch.randn(32, 3) for _ in range(2)], simulate=True, simulate_budget=None)
     assert report.findings and all(f.severity == BY_CODE[f.code].severity for f in report.findings)
     bias_killed = next(f for f in report.findings if f.code == "RD101")
     predicted = {p.fix for p in bias_killed.predicted}

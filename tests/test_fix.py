@@ -236,7 +236,7 @@ def test_residual_feeding_units_are_skipped_and_named() -> None:
 
 def test_the_scans_predicted_recycle_is_what_fix_does() -> None:
     model, batches = ResidualFedRelu(), probe(5)
-    report = scan(model, batches, simulate=True)
+    report = scan(model, batches, simulate=True, simulate_budget=None)
     repaired = repair_model(model, batches, strategy="recycle")
     (skipped,), (inner,) = repaired.result.skipped, repaired.result.repaired
     predicted = {f.site: f for f in report.findings if f.code.startswith("RD1")}
@@ -256,7 +256,7 @@ def test_the_scans_predicted_recycle_counts_the_units_fix_had_to_draw_again() ->
     model = DeadHiddenMLP()
     # one input repeated: a fresh row misses it about half the time, so fix re-draws (same generator, same order)
     batches = [torch.randn(1, 6, generator=torch.Generator().manual_seed(0)).expand(8, 6).clone()]
-    report = scan(model, batches, simulate=True)
+    report = scan(model, batches, simulate=True, simulate_budget=None)
     repaired = repair_model(model, batches, strategy="recycle")
     (act,) = repaired.result.repaired
     still_dead = set(next(s for s in repaired.after.sites if s.name == "act").dead_units)

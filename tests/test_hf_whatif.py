@@ -44,7 +44,7 @@ def test_predictions_do_not_depend_on_padding(model_and_tokenizer: tuple[torch.n
     model, tokenizer = model_and_tokenizer
     predictions = []
     for size, pad_to in PADDINGS:
-        report = scan(model, _batches(tokenizer, size, pad_to), simulate=True)
+        report = scan(model, _batches(tokenizer, size, pad_to), simulate=True, simulate_budget=None)
         predicted = {(f.code, f.site, p.fix, p.scope): asdict(p) for f in report.findings for p in f.predicted}
         assert predicted, "the planted dead units must get predictions"
         predictions.append(predicted)

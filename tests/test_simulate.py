@@ -58,7 +58,7 @@ def probe() -> list[torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def report(probe: list[torch.Tensor]) -> Report:
-    return scan(BiasKilledClassifier(), probe, simulate=True)
+    return scan(BiasKilledClassifier(), probe, simulate=True, simulate_budget=None)
 
 
 def _rerun_drift(model: nn.Module, changed: nn.Module, probe: list[torch.Tensor]) -> tuple[float, float]:
@@ -158,7 +158,7 @@ def test_recycle_keeps_the_output_and_revives_what_a_rerun_of_the_recycled_copy_
 def test_simulation_leaves_the_model_exactly_as_it_was(probe: list[torch.Tensor]) -> None:
     model = BiasKilledClassifier().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    scan(model, iter(probe), simulate=True)  # an iterator is replayed from memory
+    scan(model, iter(probe), simulate=True, simulate_budget=None)  # an iterator is replayed from memory
     assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -186,7 +186,7 @@ class FailsWhenRunAgain(nn.Module):
 
 
 def test_a_model_that_cannot_be_rerun_keeps_its_scan_and_says_why() -> None:
-    report = scan(FailsWhenRunAgain(), [torch.randn(8, 3)], simulate=True)
+    report = scan(FailsWhenRunAgain(), [torch.randn(8, 3)], simulate=True, simulate_budget=None)
     assert report.sites[0].dead_units == (0,)
     assert any(w.startswith("simulation skipped: RuntimeError: stream already consumed") for w in report.warnings)
 
@@ -204,7 +204,9 @@ SAMPLE = [
 
 def test_cli_simulates_by_default_and_no_simulate_skips_it() -> None:
     runner = CliRunner()
-    simulated = json.loads(runner.invoke(app, ["scan", *SAMPLE, "--simulate-samples", "100000"]).stdout)
+    simulated = json.loads(
+        runner.invoke(app, ["scan", *SAMPLE, "--simulate-samples", "100000", "--simulate-budget", "1000"]).stdout
+    )
     skipped = json.loads(runner.invoke(app, ["scan", *SAMPLE, "--no-simulate"]).stdout)
     cause = next(f for f in simulated["findings"] if f["code"].startswith("RD1"))
     # 78 of act2's 128 units are dead; a bias shift to +0.1 wakes every one of them

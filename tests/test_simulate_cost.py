@@ -49,15 +49,15 @@ def _cause(report: Report, site: str) -> Finding:
 
 def test_predictions_equal_a_full_probe_simulation_when_the_sub_probe_holds_the_probe() -> None:
     probe = _probe(96)
-    full = scan(BiasKilledClassifier(), probe, simulate=True, simulate_samples=96)
-    larger = scan(BiasKilledClassifier(), iter(probe), simulate=True, simulate_samples=10_000)
+    full = scan(BiasKilledClassifier(), probe, simulate=True, simulate_budget=None, simulate_samples=96)
+    larger = scan(BiasKilledClassifier(), iter(probe), simulate=True, simulate_budget=None, simulate_samples=10_000)
     assert _predicted(full) and _predicted(full) == _predicted(larger)
     assert {p.simulated_samples for p in _cause(full, "act1").predicted} == {96}
 
 
 def test_the_sub_probe_is_the_first_samples_and_its_size_is_honoured() -> None:
     probe = _probe(96)
-    report = scan(BiasKilledClassifier(), probe, simulate=True, simulate_samples=40)
+    report = scan(BiasKilledClassifier(), probe, simulate=True, simulate_budget=None, simulate_samples=40)
     predicted = _cause(report, "act1").prediction("leaky")
     assert predicted is not None
     # 40 samples = the first batch of 32 and 8 samples of the second
@@ -71,7 +71,7 @@ def test_the_sub_probe_is_the_first_samples_and_its_size_is_honoured() -> None:
 
 
 def test_forward_passes_are_counted_and_the_baseline_runs_once() -> None:
-    report = scan(BiasKilledClassifier(), _probe(96), simulate=True, simulate_samples=64)
+    report = scan(BiasKilledClassifier(), _probe(96), simulate=True, simulate_budget=None, simulate_samples=64)
     passes = report.extra["simulation"]["forward_passes"]
     # 2 batches: one baseline pass each, then every variant (leaky/bias shift per site, leaky everywhere, recycle
     # rounds) 2 passes each: an even count, at least baseline + leaky everywhere
@@ -95,7 +95,7 @@ def test_tuple_batches_are_cut_on_every_input() -> None:
 
 
 def test_cli_simulate_samples_is_in_the_json_and_verbose_counts_the_passes() -> None:
-    result = CliRunner().invoke(app, ["scan", *SAMPLE, "--simulate-samples", "64", "-v"])
+    result = CliRunner().invoke(app, ["scan", *SAMPLE, "--simulate-samples", "64", "--simulate-budget", "1000", "-v"])
     cause = next(f for f in json.loads(result.stdout)["findings"] if f["predicted"])
     assert {p["simulated_samples"] for p in cause["predicted"]} == {64}
     assert "extra forward passes" in result.stderr and "first 64 samples" in result.stderr
@@ -206,3 +206,64 @@ def test_cli_shows_no_stage_under_quiet(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     assert RecordingDisplay.stages and not any(live for _, _, live in RecordingDisplay.stages)
     assert result.stderr == ""
+
+
+# -- the budget: what the default scan may spend on simulations ---------------------------------------------
+def _predictions(report: Report) -> dict[tuple[str, str, str], Prediction]:
+    return {(f.code, f.site, p.fix + p.scope): p for f in report.findings for p in f.predicted}
+
+
+def test_the_default_budget_runs_the_minimum_passes_and_names_what_it_left_out() -> None:
+    report = scan(BiasKilledClassifier(), _probe(96), simulate=True)  # 4% of 96 samples: below the minimum
+    cost = report.extra["simulation"]
+    # the unmodified model, the bias shift and the worst site's swap, each on the first 32 samples (one batch)
+    assert (cost["samples"], cost["forward_passes"], cost["budget"]) == (32, 3, 4)
+    assert cost["not_simulated"] == ["LeakyReLU everywhere", "LeakyReLU at :relu", "recycle"]
+    fixes = {(p.fix, p.scope) for p in _predictions(report).values()}
+    assert fixes == {("bias_shift", "model"), ("leaky", "site")}
+    assert _cause(report, "act1").prediction("leaky") is not None
+    assert _cause(report, ":relu").prediction("leaky") is None
+    # RD301 is still advised; it carries no measurement
+    everywhere = next(f for f in report.findings if f.code == "RD301")
+    assert everywhere.predicted == ()
+
+
+def test_budgeted_predictions_equal_an_unbounded_simulation_of_the_same_samples() -> None:
+    probe = _probe(96)
+    budgeted = _predictions(scan(BiasKilledClassifier(), probe, simulate=True, simulate_budget=1.7))
+    full = _predictions(scan(BiasKilledClassifier(), probe, simulate=True, simulate_budget=None, simulate_samples=32))
+    # 164 sample-forwards: five passes of 32, so every fix but the recycle
+    assert {p.fix for p in budgeted.values()} == {"bias_shift", "leaky"}
+    assert budgeted and all(full[key] == prediction for key, prediction in budgeted.items())
+    assert len(budgeted) == len([key for key in full if full[key].fix != "recycle"])
+
+
+def test_the_recycle_gets_the_rounds_left_and_says_how_many_it_ran() -> None:
+    report = scan(BiasKilledClassifier(), _probe(96), simulate=True, simulate_budget=2.1)  # six passes
+    recycled = [p for p in _predictions(report).values() if p.fix == "recycle"]
+    assert recycled and {p.forward_passes for p in recycled} == {1}
+    assert report.extra["simulation"]["forward_passes"] == 6 and report.extra["simulation"]["not_simulated"] == []
+
+
+def test_a_budget_never_spends_more_than_its_share_once_past_the_minimum() -> None:
+    probe = _probe(96 * 8)
+    for share in (0.25, 0.5, 1.0, 3.0):
+        cost = scan(BiasKilledClassifier(), probe, simulate=True, simulate_budget=share).extra["simulation"]
+        assert cost["forward_passes"] * 32 >= cost["samples"] and cost["budget"] == math.ceil(share * 96 * 8)
+        spent = cost["samples"] * cost["forward_passes"] // cost["batches"]
+        assert spent <= max(cost["budget"], 3 * 32), (share, cost)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_cli_rejects_a_budget_that_is_not_a_positive_number(value: str) -> None:
+    result = CliRunner().invoke(app, ["scan", *SAMPLE, "--simulate-budget", value])
+    assert result.exit_code == 2 and "--simulate-budget must be a finite number > 0" in result.stderr
+
+
+def test_cli_table_names_the_fixes_the_budget_left_out() -> None:
+    result = CliRunner().invoke(app, ["scan", *SAMPLE, "-f", "table", "-v"])
+    assert result.exit_code == 0, result.stderr
+    assert "not simulated (--simulate-budget): LeakyReLU everywhere, recycle" in result.stdout
+    assert "within a budget of 21 sample-forwards" in result.stderr
+    full = CliRunner().invoke(app, ["scan", *SAMPLE, "-f", "table", "--simulate-budget", "1000"])
+    assert "not simulated" not in full.stdout and "LeakyReLU everywhere: drift" in full.stdout

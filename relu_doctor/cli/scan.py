@@ -29,6 +29,7 @@ from ..settings import (
     DEFAULT_REDUCER,
     DEFAULT_SAMPLES,
     DEFAULT_SEED,
+    DEFAULT_SIMULATE_BUDGET,
     DEFAULT_SIMULATE_SAMPLES,
     DEFAULT_TAU,
 )
@@ -131,6 +132,17 @@ def scan(
             rich_help_panel=opt.OUTPUT,
         ),
     ] = DEFAULT_SIMULATE_SAMPLES,
+    simulate_budget: Annotated[
+        float,
+        typer.Option(
+            "--simulate-budget",
+            help=(
+                "Share of the probe's samples the fix simulations may re-run, every pass counted (at least the "
+                "unmodified model and one fix); fixes past it are named, not measured. 1000 measures every fix."
+            ),
+            rich_help_panel=opt.OUTPUT,
+        ),
+    ] = DEFAULT_SIMULATE_BUDGET,
     force: opt.Force = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
@@ -168,6 +180,7 @@ def scan(
             request,
             simulate=not no_simulate,
             simulate_samples=simulate_samples,
+            simulate_budget=simulate_budget,
             tokenizer=None if tokenizer is None else str(tokenizer),
             max_length=max_length,
             probe_mask=None if probe_mask is None else str(probe_mask),
@@ -241,10 +254,14 @@ def simulation_line(report: Report) -> str:
     cost = report.extra.get("simulation")
     if not isinstance(cost, dict):
         return "simulations: none run (no dead units, --no-simulate, or nothing to simulate)"
-    return (
+    line = (
         f"simulations: {cost['forward_passes']} extra forward passes of a batch, on the probe's first "
         f"{cost['samples']} samples ({cost['batches']} batches)"
     )
+    if cost.get("budget") is not None:
+        line += f", within a budget of {cost['budget']:,} sample-forwards (--simulate-budget)"
+    left_out = cost.get("not_simulated") or []
+    return line + (f"; not simulated: {', '.join(left_out)}" if left_out else "")
 
 
 def _run_with_trust_prompt(request: Any, style: OutputStyle, display: StageDisplay) -> Report:

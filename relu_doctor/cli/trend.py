@@ -19,6 +19,7 @@ from ..settings import (
     DEFAULT_REDUCER,
     DEFAULT_SAMPLES,
     DEFAULT_SEED,
+    DEFAULT_SIMULATE_BUDGET,
     DEFAULT_SIMULATE_SAMPLES,
     DEFAULT_TAU,
 )
@@ -113,6 +114,14 @@ def trend(
             rich_help_panel=opt.OUTPUT,
         ),
     ] = DEFAULT_SIMULATE_SAMPLES,
+    simulate_budget: Annotated[
+        float,
+        typer.Option(
+            "--simulate-budget",
+            help="Accepted so a scan's command line works unchanged (checked, then unused: trend runs no simulations).",
+            rich_help_panel=opt.OUTPUT,
+        ),
+    ] = DEFAULT_SIMULATE_BUDGET,
     force: opt.Force = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
@@ -147,6 +156,7 @@ def trend(
         request = replace(
             request,
             simulate_samples=simulate_samples,  # validated like scan's, though trend simulates nothing
+            simulate_budget=simulate_budget,
             tokenizer=None if tokenizer is None else str(tokenizer),
             max_length=max_length,
             probe_mask=None if probe_mask is None else str(probe_mask),

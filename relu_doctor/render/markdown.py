@@ -51,6 +51,19 @@ def predicted_text(finding: Finding) -> str:
     return " · ".join(f"{part} (first {p.simulated_samples:,} samples)" for part, p in zip(parts, finding.predicted))
 
 
+def not_simulated_text(report: Report) -> str:
+    """The fixes the simulation budget left unmeasured, e.g. ``not simulated (--simulate-budget): LeakyReLU
+    everywhere, LeakyReLU at 8 sites, recycle``; '' when every planned fix was measured."""
+    cost = report.extra.get("simulation")
+    names = list(cost.get("not_simulated") or ()) if isinstance(cost, dict) else []
+    if not names:
+        return ""
+    swaps = [n for n in names if n.startswith("LeakyReLU at ")]
+    grouped = swaps[0] if len(swaps) == 1 else f"LeakyReLU at {len(swaps)} sites"
+    shown = [grouped if n == swaps[0] else n for n in names if n not in swaps[1:]] if swaps else names
+    return "not simulated (--simulate-budget): " + ", ".join(shown)
+
+
 def _prediction_text(prediction: Prediction) -> str:
     label = _FIX_LABELS.get((prediction.fix, prediction.scope), prediction.fix.replace("_", " "))
     text = f"{label}: drift {_share(prediction.output_drift)}"
@@ -83,6 +96,8 @@ def render_markdown(report: Report) -> str:
     if report.findings:
         lines += ["", "**Causes and fixes**", ""]
         lines += [_finding_item(f) for f in report.findings]
+        left_out = not_simulated_text(report)
+        lines += [f"- _{_cell(left_out)}_"] if left_out else []
     certified = certification_lines(report)
     if certified:
         lines += ["", "**Certified**", ""] + [f"- {_cell(line.strip())}" for line in certified]

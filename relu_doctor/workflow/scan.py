@@ -34,6 +34,7 @@ from ..settings import (
     DEFAULT_REDUCER,
     DEFAULT_SAMPLES,
     DEFAULT_SEED,
+    DEFAULT_SIMULATE_BUDGET,
     DEFAULT_SIMULATE_SAMPLES,
     check_scan_settings,
 )
@@ -90,7 +91,9 @@ class ScanRequest:
     simulate: bool = False
     """Re-run the probe through each suggested fix to measure its effect (``scan`` turns it on; --no-simulate)."""
     simulate_samples: int = DEFAULT_SIMULATE_SAMPLES
-    """How many of the probe's first samples the simulations re-run."""
+    """The most of the probe's first samples a simulation re-runs."""
+    simulate_budget: float = DEFAULT_SIMULATE_BUDGET
+    """The simulations re-run at most this share of the probe's samples, every pass counted (--simulate-budget)."""
     save_stats: str | None = None
     """Also write every site's counters to this safetensors file, for ``relu-doctor merge``."""
     certify: str | None = None
@@ -117,6 +120,7 @@ class ScanRequest:
             batch_size=self.batch_size,
             samples=self.samples,
             simulate_samples=self.simulate_samples,
+            simulate_budget=self.simulate_budget,
             dying_rate=t.dying_rate,
             tau=t.tau,
             max_dead_fraction=t.max_dead_fraction,
@@ -313,6 +317,7 @@ def run_scan(
             progress=progress,
             simulate=request.simulate,
             simulate_samples=request.simulate_samples,
+            simulate_budget=request.simulate_budget,
             simulate_progress=simulated,
             combiner=_combiner(request, sharded, probe.info, loaded.info),
             reducer=request.reducer,
