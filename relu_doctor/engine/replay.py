@@ -220,6 +220,7 @@ class EntryPoints:
         self._names: dict[int, str] = {}
         self._wrappers: dict[int, Any] = {}
         self._originals: list[Any] = []
+        self._module_list: list[nn.Module] = []
         """Every wrapped function, kept alive (the two caches above are keyed by id)."""
 
     @contextmanager
@@ -236,12 +237,15 @@ class EntryPoints:
                 original = getattr(owner, attribute)
                 saved.append((owner, attribute, vars(owner).get(attribute, _MISSING), False))
                 setattr(owner, attribute, self._wrapper(original, name))
-            for module in self.model.modules():
+            held = self._names.keys()
+            for module in self._modules():
+                if held.isdisjoint(map(id, vars(module).values())):  # the usual case, read at C speed
+                    continue
                 for attribute, value in list(vars(module).items()):
-                    held = self._names.get(id(value))
-                    if held is not None:  # e.g. a TransformerEncoderLayer's activation = F.relu
+                    found = self._names.get(id(value))
+                    if found is not None:  # e.g. a TransformerEncoderLayer's activation = F.relu
                         saved.append((module, attribute, value, True))
-                        vars(module)[attribute] = self._wrapper(value, held)
+                        vars(module)[attribute] = self._wrapper(value, found)
             yield True
         finally:
             self._handler = None
@@ -255,6 +259,13 @@ class EntryPoints:
                         setattr(owner, attribute, value)
             finally:
                 _PATCHING.release()
+
+    def _modules(self) -> list[nn.Module]:
+        """The model's modules, listed on the first pass (as the owner hooks are): walking the tree every pass
+        cost more than the rest of the patching."""
+        if not self._module_list:
+            self._module_list = list(self.model.modules())
+        return self._module_list
 
     def _wrapper(self, original: Any, name: str) -> Any:
         wrapper = self._wrappers.get(id(original))
