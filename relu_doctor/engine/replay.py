@@ -325,7 +325,7 @@ class EntryPoints:
             if name == "torch" or name.startswith("torch."):
                 continue
             namespace = getattr(loaded, "__dict__", None)
-            if isinstance(namespace, dict) and any(id(v) in originals for v in list(namespace.values())):
+            if isinstance(namespace, dict) and not originals.isdisjoint(map(id, list(namespace.values()))):
                 return True
         for cls in {type(m) for m in self.model.modules()}:
             for klass in cls.__mro__:
