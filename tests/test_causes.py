@@ -299,3 +299,73 @@ def test_fed_by_dead_matches_a_per_unit_set_count(
         expected.append(bool(owners) and owners <= set(dead_units))
     assert _fed_by_dead(layer, upstream).tolist() == expected  # type: ignore[arg-type]
     assert any(expected)  # the case exercises a positive answer
+
+
+class MixedCauses(nn.Module):
+    """Dozens of dead units with every parameter-based cause of a Linear stack, on a non-negative probe:
+    fc1 units 0-19 bias -30 (RD101), 20-25 all-negative weights (RD106), 26-29 zero weights, bias -1 (RD104);
+    fc2 units 0-9 read only dead fc1 units (RD103), 10-29 bias -100 (RD101), some of those also collapsed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2, self.head = nn.Linear(6, 64), nn.Linear(64, 48), nn.Linear(48, 3)
+        with torch.no_grad():
+            self.fc1.bias[:20] = -30.0
+            self.fc1.weight[20:26] = -self.fc1.weight[20:26].abs()
+            self.fc1.bias[20:26] = -0.5
+            self.fc1.weight[26:30] = 0.0
+            self.fc1.bias[26:30] = -1.0
+            self.fc2.weight[:10, 30:] = 0.0  # only dead fc1 units (0-29) feed these
+            self.fc2.bias[:10] = -0.25
+            self.fc2.bias[10:30] = -100.0
+            self.fc2.weight[25:28] = 0.0  # collapsed beats negative bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+def test_every_dead_unit_gets_the_first_rule_that_holds_with_its_numbers() -> None:
+    """The rules run for all units at once; here they run unit by unit in Python floats, in the module docstring's
+    order, on pre-activations recomputed by hand, and every code, unit and number must agree."""
+    from relu_doctor.analysis.causes import explain
+    from relu_doctor.api import scan_observed
+
+    model = MixedCauses().eval()
+    x = torch.rand(256, 6, generator=_seeded(2))
+    report, observed = scan_observed(model, [x])
+    evidence = explain(model, report.sites, observed)
+    got = {(c.site, u): (c.code, i, c) for c in evidence.causes for i, u in enumerate(c.units)}
+    first, second = report.sites
+    with torch.no_grad():
+        pre1 = F.linear(x, model.fc1.weight, model.fc1.bias)
+        pre2 = F.linear(F.relu(pre1), model.fc2.weight, model.fc2.bias)
+    expected_codes = {}
+    for site, layer, pre, upstream in ((first, model.fc1, pre1, None), (second, model.fc2, pre2, first)):
+        norms = layer.weight.detach().norm(dim=1)
+        typical = float(norms.median())
+        for unit in site.dead_units:
+            weights, bias = layer.weight[unit], float(layer.bias[unit])
+            norm, highest = float(norms[unit]), float(pre[:, unit].max())
+            reach, shift = highest - bias, BIAS_MARGIN - highest
+            fed = upstream is not None and bool((weights != 0).any())
+            fed = fed and all(int(c) in upstream.dead_units for c in torch.nonzero(weights).flatten())
+            if not (norm > 1e-3 * typical and norm > 0):
+                code, numbers = "RD104", {"values": norm}
+            elif fed:
+                code, numbers = "RD103", {"values": bias}
+            elif bias < 0 and reach > 0:
+                code, numbers = "RD101", {"values": bias, "reaches": reach, "shifts": shift}
+            elif reach <= 0:
+                negative = float(weights.clamp(max=0).abs().sum() / weights.abs().sum().clamp(min=1e-30))
+                code, numbers = "RD106", {"reaches": reach, "shifts": shift, "scales": negative}
+            else:
+                code, numbers = "RD100", {}
+            expected_codes[(site.name, unit)] = code
+            got_code, index, record = got[(site.name, unit)]
+            assert got_code == code, (site.name, unit)
+            for column, value in numbers.items():
+                assert getattr(record, column)[index] == pytest.approx(value, rel=1e-6), (site.name, unit, column)
+    assert set(got) == set(expected_codes)
+    counts = {code: sum(1 for c in expected_codes.values() if c == code) for code in set(expected_codes.values())}
+    assert counts.keys() >= {"RD101", "RD103", "RD104", "RD106"} and sum(counts.values()) >= 50, counts

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -32,7 +32,7 @@ from torch.utils._pytree import tree_flatten
 from ..engine.layers import first_layer_path
 from ..engine.observe import ObservedSite
 from ..report import Site
-from .diagnose import BIAS_MARGIN, NORM_SHIFT_K, Evidence, UnitCause
+from .diagnose import BIAS_MARGIN, NORM_SHIFT_K, Evidence, SiteCause
 
 COLLAPSED_RATIO = 1e-3
 """Incoming-weight norm, relative to the layer's median unit, below which a unit's weights count as collapsed."""
@@ -94,25 +94,10 @@ class _Layer:
     kernel: int
     """Weights per input channel (kernel positions; 1 for a Linear)."""
 
-    # The rules run once per dead unit (tens of thousands in a deep net): they read plain floats, computed once
-    # per layer here, never index a tensor per unit.
     @functools.cached_property
-    def bias_values(self) -> list[float]:
-        return cast(list[float], self.bias.tolist())
-
-    @functools.cached_property
-    def gamma_values(self) -> list[float] | None:
-        return None if self.gamma is None else cast(list[float], self.gamma.tolist())
-
-    @functools.cached_property
-    def norm_values(self) -> list[float]:
-        return cast(list[float], self.row_norms.tolist())
-
-    @functools.cached_property
-    def negative_shares(self) -> list[float]:
+    def negative_shares(self) -> torch.Tensor:
         """Per unit: the share of its incoming weights' L1 mass that is negative."""
-        negative = self.rows.clamp(max=0).abs().sum(dim=1) / self.rows.abs().sum(dim=1).clamp(min=1e-30)
-        return cast(list[float], negative.tolist())
+        return self.rows.clamp(max=0).abs().sum(dim=1) / self.rows.abs().sum(dim=1).clamp(min=1e-30)
 
     @functools.cached_property
     def row_norms(self) -> torch.Tensor:
@@ -136,11 +121,8 @@ class _Context:
     first_layer: str | None
     upstream: Site | None = None
     """The one site the producer reads unmixed, if any (see :func:`_upstream`)."""
-    fed_by_dead: list[bool] | None = None
-    """Per unit: every input with a non-zero weight comes from a dead unit of ``upstream`` (None: no such map)."""
-
-
-CauseRule = Callable[[_Context, int], UnitCause | None]
+    fed_by_dead: torch.Tensor | None = None
+    """Per unit (bool): every input with a non-zero weight comes from a dead unit of ``upstream`` (None: no map)."""
 
 
 def explain(
@@ -150,139 +132,134 @@ def explain(
     first = first_layer_path(model)
     sites_by_index = {s.index: s for s in sites}
     observed_by_index = {s.index: s for s in observed}
-    causes: list[UnitCause] = []
+    causes: list[SiteCause] = []
     analysed: list[str] = []
     for site in sites:
         if not site.dead:
             continue
         layer, why_not = _layer(model, site)
         if layer is None:
-            causes.extend(UnitCause(site.name, u, "RD100", parameter=why_not) for u in site.dead_units)
+            causes.append(SiteCause(site.name, "RD100", tuple(sorted(site.dead_units)), parameter=why_not))
         else:
             upstream = _upstream(site, sites_by_index, observed_by_index)
             fed = _fed_by_dead(layer, upstream) if upstream is not None and upstream.dead else None
-            fed_by_dead = None if fed is None else cast(list[bool], fed.tolist())
-            context = _Context(site, layer, sites, observed, input_scale, first, upstream, fed_by_dead)
-            causes.extend(cause_of(context, u) for u in site.dead_units)
+            context = _Context(site, layer, sites, observed, input_scale, first, upstream, fed)
+            causes.extend(site_causes(context))
         analysed.append(site.name)
     outputs = tuple(s.name for s, seen in zip(sites, observed) if seen.reaches_output)
     return Evidence(tuple(causes), tuple(analysed), outputs)
 
 
-def cause_of(context: _Context, unit: int) -> UnitCause:
-    """The first rule of :data:`CAUSE_RULES` that holds for ``unit``, else RD100."""
-    for rule in CAUSE_RULES:
-        cause = rule(context, unit)
-        if cause is not None:
-            return cause
-    return UnitCause(context.site.name, unit, "RD100")
+def site_causes(context: _Context) -> list[SiteCause]:
+    """The causes of the site's dead units, one record per code: each unit gets the first rule that holds.
 
-
-# -- the rules, in priority order ----------------------------------------------------------------------------
-def collapsed(context: _Context, unit: int) -> UnitCause | None:
-    """RD104: incoming weights ≈0 next to the layer's median unit."""
-    norm, typical = context.layer.norm_values[unit], context.layer.typical_norm
-    if norm > COLLAPSED_RATIO * typical and norm > 0:
-        return None
-    return UnitCause(context.site.name, unit, "RD104", parameter=f"{context.layer.path}.weight", value=norm)
-
-
-def inputs_dead(context: _Context, unit: int) -> UnitCause | None:
-    """RD103: every input column with a non-zero weight belongs to a dead unit of the one upstream site."""
-    upstream, fed_by_dead = context.upstream, context.fed_by_dead
-    if upstream is None or fed_by_dead is None or not fed_by_dead[unit]:
-        return None
-    bias = context.layer.bias_values[unit]
-    return UnitCause(
-        context.site.name, unit, "RD103", parameter=context.layer.bias_name, value=bias, upstream=upstream.name
+    The rules, in priority order (the module docstring), are evaluated for all dead units at once as tensor
+    masks, in float64 on the same float32 values, so every comparison and every number is the one the rule
+    gives unit by unit in Python floats; no per-unit Python runs (a per-unit rule and record cost more than the
+    rest of the report on a deep net with tens of thousands of dead units).
+    """
+    site, layer = context.site, context.layer
+    dead = torch.tensor(sorted(site.dead_units), dtype=torch.long)
+    highest = torch.tensor(site.counters.max_preactivation, dtype=torch.float64)[dead]
+    bias = layer.bias.double()[dead]
+    norm = layer.row_norms.double()[dead]
+    reach = highest - bias
+    shift = torch.where(torch.isfinite(highest), BIAS_MARGIN - highest, math.nan)
+    elementwise = _elementwise(context)
+    never = torch.zeros(len(dead), dtype=torch.bool)
+    gamma = None if layer.gamma is None else layer.gamma.double()[dead].abs()
+    fed = context.fed_by_dead
+    rules = (
+        ("RD104", ~((norm > COLLAPSED_RATIO * layer.typical_norm) & (norm > 0))),
+        ("RD103", fed[dead] if fed is not None and context.upstream is not None else never),
+        ("RD102", ~(bias > -NORM_SHIFT_K * gamma) if gamma is not None else never),
+        ("RD105", torch.full_like(never, _input_out_of_range(context))),
+        ("RD101", (~(bias >= 0) & (reach > 0)) if elementwise else never),
+        ("RD106", (reach <= 0) if elementwise and gamma is None else never),
     )
+    chosen = torch.full((len(dead),), len(rules), dtype=torch.long)  # len(rules): none holds, RD100
+    for index in reversed(range(len(rules))):  # the first rule that holds wins
+        chosen = torch.where(rules[index][1], index, chosen)
+    records = []
+    for index, code in enumerate([code for code, _ in rules] + ["RD100"]):
+        mine = chosen == index
+        if bool(mine.any()):
+            records.append(_site_cause(context, code, dead[mine], bias[mine], norm[mine], reach[mine], shift[mine]))
+    return records
 
 
-def norm_shifted(context: _Context, unit: int) -> UnitCause | None:
-    """RD102: the feeding norm's beta <= -k |gamma| (the channel is about N(beta, gamma^2))."""
-    gamma = context.layer.gamma_values
-    if gamma is None:
-        return None
-    beta, scale = context.layer.bias_values[unit], abs(gamma[unit])
-    if beta > -NORM_SHIFT_K * scale:
-        return None
-    return UnitCause(
-        context.site.name,
-        unit,
-        "RD102",
-        parameter=context.layer.bias_name,
-        value=beta,
-        scale=scale,
-        shift=_shift(context, unit),
-        reach=_reach(context, unit),
-    )
+def _site_cause(
+    context: _Context,
+    code: str,
+    units: torch.Tensor,
+    bias: torch.Tensor,
+    norm: torch.Tensor,
+    reach: torch.Tensor,
+    shift: torch.Tensor,
+) -> SiteCause:
+    """The record of ``code`` for ``units`` (ascending), with the numbers that code shows."""
+    name, layer = context.site.name, context.layer
+    listed = tuple(units.tolist())
+
+    def column(values: torch.Tensor) -> tuple[float, ...]:
+        return tuple(values.tolist())
+
+    if code == "RD104":
+        return SiteCause(name, code, listed, parameter=f"{layer.path}.weight", values=column(norm))
+    if code == "RD103":
+        upstream = context.upstream.name if context.upstream is not None else ""
+        return SiteCause(name, code, listed, parameter=layer.bias_name, values=column(bias), upstream=upstream)
+    if code == "RD102":
+        assert layer.gamma is not None
+        gamma = column(layer.gamma.double()[units].abs())
+        return SiteCause(
+            name,
+            code,
+            listed,
+            parameter=layer.bias_name,
+            values=column(bias),
+            reaches=column(reach),
+            shifts=column(shift),
+            scales=gamma,
+        )
+    if code == "RD105":
+        rms = context.input_scale.rms if context.input_scale is not None else math.nan
+        return SiteCause(name, code, listed, reaches=column(reach), scales=(rms,) * len(listed))
+    if code == "RD101":
+        return SiteCause(
+            name,
+            code,
+            listed,
+            parameter=layer.bias_name,
+            values=column(bias),
+            reaches=column(reach),
+            shifts=column(shift),
+        )
+    if code == "RD106":
+        negative = column(layer.negative_shares.double()[units])
+        return SiteCause(
+            name,
+            code,
+            listed,
+            parameter=f"{layer.path}.weight",
+            reaches=column(reach),
+            shifts=column(shift),
+            scales=negative,
+        )
+    return SiteCause(name, code, listed)
 
 
-def bias_negative(context: _Context, unit: int) -> UnitCause | None:
-    """RD101: bias < 0 while W·x alone reached above zero on the probe."""
-    bias, reach = context.layer.bias_values[unit], _reach(context, unit)
-    if not _elementwise(context) or bias >= 0 or not reach > 0:
-        return None
-    return UnitCause(
-        context.site.name,
-        unit,
-        "RD101",
-        parameter=context.layer.bias_name,
-        value=bias,
-        reach=reach,
-        shift=_shift(context, unit),
-    )
-
-
-def input_out_of_range(context: _Context, unit: int) -> UnitCause | None:
-    """RD105: the first layer reads the probe itself, and the probe's RMS is far from unit scale."""
-    scale = context.input_scale
-    producer = context.site.producer
+def _input_out_of_range(context: _Context) -> bool:
+    """RD105's condition (the same for every unit of a site): the first layer reads the probe itself, and the
+    probe's RMS is far from unit scale."""
+    scale, producer = context.input_scale, context.site.producer
     if scale is None or producer is None or producer.input_sites or producer.module_path != context.first_layer:
-        return None
+        return False
     low, high = INPUT_RMS_RANGE
-    if low <= scale.rms <= high:
-        return None
-    return UnitCause(context.site.name, unit, "RD105", scale=scale.rms, reach=_reach(context, unit))
-
-
-def weights_negative(context: _Context, unit: int) -> UnitCause | None:
-    """RD106: W·x <= 0 over the whole probe, without a norm in between."""
-    reach = _reach(context, unit)
-    if context.layer.gamma is not None or not _elementwise(context) or not reach <= 0:
-        return None
-    negative = context.layer.negative_shares[unit]
-    return UnitCause(
-        context.site.name,
-        unit,
-        "RD106",
-        parameter=f"{context.layer.path}.weight",
-        reach=reach,
-        scale=negative,
-        shift=_shift(context, unit),
-    )
-
-
-CAUSE_RULES: tuple[CauseRule, ...] = (
-    collapsed,
-    inputs_dead,
-    norm_shifted,
-    input_out_of_range,
-    bias_negative,
-    weights_negative,
-)
+    return not low <= scale.rms <= high
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-def _reach(context: _Context, unit: int) -> float:
-    return context.site.counters.max_preactivation[unit] - context.layer.bias_values[unit]
-
-
-def _shift(context: _Context, unit: int) -> float:
-    highest = context.site.counters.max_preactivation[unit]
-    return BIAS_MARGIN - highest if math.isfinite(highest) else math.nan
-
-
 def _elementwise(context: _Context) -> bool:
     return context.site.producer is not None and context.site.producer.elementwise_only
 

@@ -2,7 +2,7 @@
 
 Every code's meaning, severity and fixes are registered once in :mod:`relu_doctor.codes`; its rule is registered
 here, in :data:`RULES` (site rules, from the counters alone), :data:`CAUSES` (why dead units are dead, from the
-model's parameters), :data:`ADVICE` or :data:`MODEL_WIDE`; codes never change meaning once released. Torch-free: :mod:`relu_doctor.causes` reads the model and hands over :class:`UnitCause` records.
+model's parameters), :data:`ADVICE` or :data:`MODEL_WIDE`; codes never change meaning once released. Torch-free: :mod:`relu_doctor.causes` reads the model and hands over :class:`SiteCause` records.
 
 Codes: RD0xx site counts, RD1xx causes of dead units, RD2xx training advice, RD3xx model-wide simulated fixes.
 """
@@ -27,35 +27,41 @@ Rule = Callable[[Site, ProbeInfo], Iterable[Finding]]
 
 
 @dataclass(frozen=True)
-class UnitCause:
-    """Why one dead unit is dead, with the numbers that show it (NaN where a number does not apply)."""
+class SiteCause:
+    """Why some dead units of one site are dead: one cause code, and per unit the numbers that show it.
+
+    One record per site and code (a deep net has tens of thousands of dead units: one record each cost more than
+    the rest of the report); the per-unit tuples are aligned with ``units`` (NaN where a number does not apply).
+    """
 
     site: str
-    """Name of the site the unit belongs to."""
-    unit: int
-    """Unit (channel or feature) number within the site."""
+    """Name of the site the units belong to."""
     code: str
     """The cause's stable code (RD100-RD106)."""
+    units: tuple[int, ...]
+    """The units (channels or features) of the site with this cause, ascending."""
     parameter: str = ""
-    """State-dict name of the parameter at fault (``fc2.bias``, ``bn1.bias``, ``fc2.weight``), if one is."""
-    value: float = math.nan
-    """That parameter's value for this unit: the bias, beta, or the norm of the incoming weights."""
-    reach: float = math.nan
-    """Largest pre-activation the unit's inputs produced on the probe, without its bias (or beta)."""
-    shift: float = math.nan
-    """Bias (or beta) shift that brings the unit's max pre-activation to +BIAS_MARGIN."""
-    scale: float = math.nan
-    """|gamma| (RD102), the probe's RMS (RD105), or the share of incoming weight that is negative (RD106)."""
+    """State-dict name of the parameter at fault (``fc2.bias``, ``bn1.bias``, ``fc2.weight``), if one is; for
+    RD100 the reason no cause could be read, when there is one."""
+    values: tuple[float, ...] = ()
+    """Per unit, that parameter's value: the bias, beta, or the norm of the incoming weights."""
+    reaches: tuple[float, ...] = ()
+    """Per unit, the largest pre-activation its inputs produced on the probe, without its bias (or beta)."""
+    shifts: tuple[float, ...] = ()
+    """Per unit, the bias (or beta) shift that brings its max pre-activation to +BIAS_MARGIN."""
+    scales: tuple[float, ...] = ()
+    """Per unit, |gamma| (RD102), the probe's RMS (RD105), or the share of incoming weight that is negative (RD106)."""
     upstream: str = ""
-    """The site whose dead units are this unit's only inputs (RD103)."""
+    """The site whose dead units are these units' only inputs (RD103)."""
 
 
 @dataclass(frozen=True)
 class Evidence:
     """What the model and the forward pass add to the counters; absent when only counters are known."""
 
-    causes: tuple[UnitCause, ...] = ()
-    """One cause per dead unit of every site whose producer could be analysed."""
+    causes: tuple[SiteCause, ...] = ()
+    """The causes of the dead units of every site whose producer could be analysed: each dead unit is in exactly
+    one record of its site."""
     analysed_sites: tuple[str, ...] = ()
     """Sites whose dead units all got a cause (RD001 is left out for them)."""
     output_sites: tuple[str, ...] = ()
@@ -186,7 +192,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
 
 
 # -- causes (RD1xx): one text function per code, over the dead units of one site sharing that cause ----------
-CauseText = Callable[[Sequence[UnitCause], Site], tuple[str, str]]
+CauseText = Callable[[SiteCause, Site], tuple[str, str]]
 
 
 def _number(value: float) -> str:
@@ -202,75 +208,74 @@ def _span(values: Iterable[float]) -> str:
     return _number(low) if same else f"{_number(low)} … {_number(high)}"
 
 
-def _units(causes: Sequence[UnitCause], site: Site) -> str:
-    return f"{len(causes)} of {site.units} units"
+def _units(causes: SiteCause, site: Site) -> str:
+    return f"{len(causes.units)} of {site.units} units"
 
 
-def unknown_cause(causes: Sequence[UnitCause], site: Site) -> tuple[str, str]:
+def unknown_cause(causes: SiteCause, site: Site) -> tuple[str, str]:
     """RD100: dead, and no parameter-based cause applies (or the producing layer could not be read)."""
-    why = causes[0].parameter or "no bias, norm shift, dead input, collapsed weight or input-range cause applies"
+    why = causes.parameter or "no bias, norm shift, dead input, collapsed weight or input-range cause applies"
     return (
         f"{_units(causes, site)} are dead and {why}",
         "re-initialise them (relu-doctor fix --strategy recycle) or try LeakyReLU(0.01)",
     )
 
 
-def negative_bias(causes: Sequence[UnitCause], site: Site) -> tuple[str, str]:
+def negative_bias(causes: SiteCause, site: Site) -> tuple[str, str]:
     """RD101: the unit's bias alone keeps it below zero: its inputs reach above zero, the bias pulls it under."""
     return (
-        f"{_units(causes, site)}: {causes[0].parameter} = {_span(c.value for c in causes)} keeps them below zero, "
-        f"although W·x alone reaches {_span(c.reach for c in causes)} on the probe",
-        f"raise {causes[0].parameter} of these units by {_span(c.shift for c in causes)} (max pre-activation to "
+        f"{_units(causes, site)}: {causes.parameter} = {_span(causes.values)} keeps them below zero, "
+        f"although W·x alone reaches {_span(causes.reaches)} on the probe",
+        f"raise {causes.parameter} of these units by {_span(causes.shifts)} (max pre-activation to "
         f"+{BIAS_MARGIN:g}), or recycle them; a large negative bias is the usual trace of too high a learning rate",
     )
 
 
-def norm_shift(causes: Sequence[UnitCause], site: Site) -> tuple[str, str]:
+def norm_shift(causes: SiteCause, site: Site) -> tuple[str, str]:
     """RD102: the norm feeding the relu has beta <= -k |gamma|: the channel is about N(beta, gamma^2), nearly never > 0."""
     return (
-        f"{_units(causes, site)}: {causes[0].parameter} (β) = {_span(c.value for c in causes)} ≤ −{NORM_SHIFT_K:g}·|γ| "
-        f"(|γ| = {_span(c.scale for c in causes)}); the channel is about N(β, γ²) and almost never positive",
-        f"raise β of these channels by {_span(c.shift for c in causes)}, or reset them (γ 1, β 0) when recycling; "
+        f"{_units(causes, site)}: {causes.parameter} (β) = {_span(causes.values)} ≤ −{NORM_SHIFT_K:g}·|γ| "
+        f"(|γ| = {_span(causes.scales)}); the channel is about N(β, γ²) and almost never positive",
+        f"raise β of these channels by {_span(causes.shifts)}, or reset them (γ 1, β 0) when recycling; "
         "with Adam, L2 on BatchNorm parameters drives β down: use less L2 or AdamW",
     )
 
 
-def dead_inputs(causes: Sequence[UnitCause], site: Site) -> tuple[str, str]:
+def dead_inputs(causes: SiteCause, site: Site) -> tuple[str, str]:
     """RD103: every input feeding the unit is itself dead or zero; the cause is upstream."""
-    upstream = sorted({c.upstream for c in causes})
     return (
         f"{_units(causes, site)}: every input with a non-zero weight comes from dead units of "
-        f"{', '.join(upstream)}; their pre-activation is just the bias ({_span(c.value for c in causes)})",
-        f"fix {', '.join(upstream)} first: these units can only come back with it",
+        f"{causes.upstream}; their pre-activation is just the bias ({_span(causes.values)})",
+        f"fix {causes.upstream} first: these units can only come back with it",
     )
 
 
-def collapsed_weights(causes: Sequence[UnitCause], site: Site) -> tuple[str, str]:
+def collapsed_weights(causes: SiteCause, site: Site) -> tuple[str, str]:
     """RD104: incoming weights about zero and bias <= 0: the pre-activation is a constant <= 0."""
     return (
-        f"{_units(causes, site)}: incoming weights {causes[0].parameter} have norm {_span(c.value for c in causes)} "
+        f"{_units(causes, site)}: incoming weights {causes.parameter} have norm {_span(causes.values)} "
         "(≈0 next to the layer's other units) and the bias does not lift them above zero",
         "re-initialise them (He / the layer's default initialiser); weights of units that stopped firing "
         "shrink to zero under L2 / weight decay with Adam (Mehta et al. 2019): use less L2 or AdamW",
     )
 
 
-def input_range(causes: Sequence[UnitCause], site: Site) -> tuple[str, str]:
+def input_range(causes: SiteCause, site: Site) -> tuple[str, str]:
     """RD105: the layer reads the probe directly and the probe is far from the unit scale the layer expects."""
     return (
-        f"{_units(causes, site)} of the first layer are dead and the probe's RMS is {_span(c.scale for c in causes)}, "
+        f"{_units(causes, site)} of the first layer are dead and the probe's RMS is {_span(causes.scales)}, "
         "far from the ~unit scale a first layer is built for: the inputs look unnormalised",
         "check preprocessing: feed inputs normalised as in training (e.g. pixel / 255, then mean/std)",
     )
 
 
-def negative_weights(causes: Sequence[UnitCause], site: Site) -> tuple[str, str]:
+def negative_weights(causes: SiteCause, site: Site) -> tuple[str, str]:
     """RD106: the incoming weights point away from the data: W·x stays below zero over the whole probe."""
     return (
-        f"{_units(causes, site)}: W·x never rises above {_span(c.reach for c in causes)} on the probe even without "
-        f"the bias; {_span(100 * c.scale for c in causes)}% of their incoming weight is negative",
+        f"{_units(causes, site)}: W·x never rises above {_span(causes.reaches)} on the probe even without "
+        f"the bias; {_span(100 * scale for scale in causes.scales)}% of their incoming weight is negative",
         f"weights turned away from the data are the usual trace of an update step that was too large: lower or "
-        f"warm up the learning rate; recycle them, or raise their bias by {_span(c.shift for c in causes)}",
+        f"warm up the learning rate; recycle them, or raise their bias by {_span(causes.shifts)}",
     )
 
 
@@ -285,19 +290,14 @@ CAUSES: tuple[tuple[str, CauseText], ...] = (
 )
 
 
-def cause_findings(site: Site, causes: Sequence[UnitCause]) -> tuple[Finding, ...]:
+def cause_findings(site: Site, causes: Sequence[SiteCause]) -> tuple[Finding, ...]:
     """One finding per cause code among the site's dead units, in code order."""
+    by_code = {cause.code: cause for cause in causes if cause.site == site.name and cause.units}
     findings = []
-    by_code: dict[str, list[UnitCause]] = {}
-    for unit_cause in causes:
-        if unit_cause.site == site.name:
-            by_code.setdefault(unit_cause.code, []).append(unit_cause)
     for code, text in CAUSES:
-        group = by_code.get(code, [])
-        if group:
-            cause, suggestion = text(group, site)
-            units = tuple(sorted(c.unit for c in group))
-            findings.append(Finding(code, site.name, units, cause, suggestion, severity(code)))
+        if code in by_code:
+            cause, suggestion = text(by_code[code], site)
+            findings.append(Finding(code, site.name, by_code[code].units, cause, suggestion, severity(code)))
     return tuple(findings)
 
 
@@ -337,7 +337,7 @@ MODEL_WIDE: tuple[tuple[str, Callable[..., Finding]], ...] = (("RD301", leaky_ev
 def diagnose(sites: Sequence[Site], probe: ProbeInfo, evidence: Evidence | None = None) -> tuple[Finding, ...]:
     """Every registered rule over every site, in site order; causes replace RD001 where the model was analysed."""
     evidence = evidence or Evidence()
-    causes_by_site: dict[str, list[UnitCause]] = {}
+    causes_by_site: dict[str, list[SiteCause]] = {}
     for cause in evidence.causes:  # grouped once: linear in sites, not sites x causes
         causes_by_site.setdefault(cause.site, []).append(cause)
     analysed_sites = set(evidence.analysed_sites)
