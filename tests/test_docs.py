@@ -53,3 +53,16 @@ def test_every_json_key_is_in_the_readme() -> None:
     documented = set(re.findall(r"`([a-z0-9_]+)`", README))
     missing = [k for k in data if k not in documented] + [k for k in data["sites"][0] if k not in documented]
     assert not missing, f"JSON keys missing from the README: {missing}"
+
+
+def test_the_quick_start_prints_what_the_readme_shows() -> None:
+    """The README's quick-start scan of the bundled sample, run as written: its output block is the real one."""
+    from typer.testing import CliRunner
+
+    start = README.index("The scan prints:\n\n```\n") + len("The scan prints:\n\n```\n")
+    shown = README[start : README.index("```", start)]
+    command = next(line for line in README.splitlines() if line.startswith("pip install -e . && relu-doctor scan"))
+    args = command.split("relu-doctor ", 1)[1].split()
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == shown

@@ -51,17 +51,25 @@ def predicted_text(finding: Finding) -> str:
     return " · ".join(f"{part} (first {p.simulated_samples:,} samples)" for part, p in zip(parts, finding.predicted))
 
 
-def not_simulated_text(report: Report) -> str:
-    """The fixes the simulation budget left unmeasured, e.g. ``not simulated (--simulate-budget): LeakyReLU
-    everywhere, LeakyReLU at 8 sites, recycle``; '' when every planned fix was measured."""
+def simulation_note(report: Report) -> str:
+    """What the fix simulations' predictions rest on, and the fixes the budget left out, in one line ('' when none
+    ran), e.g. ``fixes simulated on the probe's first 32 samples: a unit a fix leaves unfired there fires on fewer
+    than 8.9% of inputs (95% bound); not simulated (--simulate-budget): LeakyReLU everywhere, recycle``."""
     cost = report.extra.get("simulation")
-    names = list(cost.get("not_simulated") or ()) if isinstance(cost, dict) else []
-    if not names:
+    if not isinstance(cost, dict) or not cost.get("samples"):
         return ""
+    samples = int(cost["samples"])
+    text = (
+        f"fixes simulated on the probe's first {samples:,} samples: a unit a fix leaves unfired there fires on fewer "
+        f"than {1 - 0.05 ** (1 / samples):.1%} of inputs (95% bound)"
+    )
+    names = list(cost.get("not_simulated") or ())
+    if not names:
+        return text
     swaps = [n for n in names if n.startswith("LeakyReLU at ")]
     grouped = swaps[0] if len(swaps) == 1 else f"LeakyReLU at {len(swaps)} sites"
     shown = [grouped if n == swaps[0] else n for n in names if n not in swaps[1:]] if swaps else names
-    return "not simulated (--simulate-budget): " + ", ".join(shown)
+    return f"{text}; not simulated (--simulate-budget): {', '.join(shown)}"
 
 
 def _prediction_text(prediction: Prediction) -> str:
@@ -96,8 +104,8 @@ def render_markdown(report: Report) -> str:
     if report.findings:
         lines += ["", "**Causes and fixes**", ""]
         lines += [_finding_item(f) for f in report.findings]
-        left_out = not_simulated_text(report)
-        lines += [f"- _{_cell(left_out)}_"] if left_out else []
+        note = simulation_note(report)
+        lines += [f"- _{_cell(note)}_"] if note else []
     certified = certification_lines(report)
     if certified:
         lines += ["", "**Certified**", ""] + [f"- {_cell(line.strip())}" for line in certified]

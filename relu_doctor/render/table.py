@@ -16,7 +16,7 @@ from .certificate import certification_lines
 from .common import percent, summary_line
 from .layers import layer_rows, row_cells, should_group
 from .leaky import leaky_swap_line
-from .markdown import confidence_line, not_simulated_text, predicted_text, site_causes, units_text
+from .markdown import confidence_line, predicted_text, simulation_note, site_causes, units_text
 
 _STATUS_STYLE = {"FAIL": "bold red", "dead": "red", "nan": "magenta", "warn": "yellow", "ok": "green"}
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "note": "cyan"}
@@ -121,9 +121,9 @@ def report_renderable(report: Report, width: int | None = None, by_layer: bool |
     if report.findings:
         parts.append(Text("causes and fixes", style="bold"))
         parts.extend(finding_renderable(f) for f in report.findings)
-        left_out = not_simulated_text(report)
-        if left_out:
-            parts.append(Text(left_out, style="dim"))
+        note = simulation_note(report)
+        if note:
+            parts.append(Text(note, style="dim"))
     strict = {v.text for v in report.gate.violations}
     for warning in report.warnings:  # under --strict a warning is already listed as a violation: once is enough
         if f"strict: {warning}" not in strict:
