@@ -35,6 +35,10 @@ def test_small_documents_are_laid_out_exactly_so() -> None:
         json_document({"é\n": ("x\x1b", True, -0.0, 1e300)})
         == '{\n  "\\u00e9\\n": ["x\\u001b", true, -0.0, 1e+300]\n}\n'
     )
+    # each single-type array takes its own fast path; every one must read as json.dumps writes it
+    flat: list[Any] = [[3, 17, 10**30], (3, 17), [0.5, -1e-300], [True, False], ["a", "\u2028"], [None], [1, None, 0.5]]
+    for array in flat:
+        assert json_document(array) == json.dumps(array, separators=(", ", ": ")) + "\n"
 
 
 def _random_value(rng: random.Random, depth: int) -> Any:
@@ -61,7 +65,7 @@ def test_random_documents_parse_to_the_same_data_with_the_same_key_order() -> No
 
 
 def test_it_is_as_strict_as_allow_nan_false() -> None:
-    for bad in (math.nan, [math.inf], {"a": [1, -math.inf]}, {"a": {"b": math.nan}}):
+    for bad in (math.nan, [math.inf], [0.5, math.nan], {"a": [1, -math.inf]}, {"a": {"b": math.nan}}):
         with pytest.raises(ValueError, match="Out of range float"):
             json_document(bad)
     with pytest.raises(TypeError, match="keys must be strings"):

@@ -87,9 +87,15 @@ def _write_object(members: dict[Any, Any], newline: str, out: list[str]) -> None
 
 def _write_array(items: list[Any] | tuple[Any, ...], newline: str, out: list[str]) -> None:
     # map(type, ...) and map(text, ...) run in C: a 10,000-unit list costs a few C loops, not 10,000 Python calls
+    if not items:
+        out.append("[]")
+        return
     kinds = set(map(type, items))
     if len(kinds) == 1 and (kind := next(iter(kinds))) in _TEXT:
-        out.append("[" + ", ".join(map(_TEXT[kind], items)) + "]")
+        # a list of ints prints as its JSON text ([3, 17, 42]), the commonest array here: unit indices
+        out.append(
+            repr(items) if kind is int and type(items) is list else "[" + ", ".join(map(_TEXT[kind], items)) + "]"
+        )
     elif all(issubclass(kind, _SCALARS) for kind in kinds):
         out.append(_ONE_LINE.encode(items))  # flat, mixed types (ints and None, ...), or empty
     else:
