@@ -1,4 +1,5 @@
-"""Wall time of ``relu-doctor --help`` and ``--version`` (they must not import torch), median of several runs.
+"""Wall time of ``relu-doctor --help`` and ``--version`` (they must not import torch), median of several runs;
+and what importing the CLI loads (no torch, no renderer module: a renderer is imported when it renders).
 
 Usage: ``python bench/bench_startup.py [--runs 7]``.
 """
@@ -14,11 +15,16 @@ import time
 
 COMMANDS = {
     "python -c pass (floor)": [sys.executable, "-c", "pass"],
+    "python -c 'import relu_doctor.cli'": [sys.executable, "-c", "import relu_doctor.cli"],
     "relu-doctor --version": [shutil.which("relu-doctor") or "relu-doctor", "--version"],
     "relu-doctor --help": [shutil.which("relu-doctor") or "relu-doctor", "--help"],
     "python -c 'import torch' (for scale)": [sys.executable, "-c", "import torch"],
 }
 TORCH_CHECK = "import sys; from relu_doctor.cli import app; print('torch' in sys.modules)"
+RENDERERS_CHECK = (
+    "import sys; from relu_doctor.cli import app; "
+    "print(' '.join(sorted(m for m in sys.modules if m.startswith('relu_doctor.render.'))))"
+)
 
 
 def wall(command: list[str]) -> float:
@@ -33,6 +39,8 @@ def main() -> None:
     args = parser.parse_args()
     imported = subprocess.run([sys.executable, "-c", TORCH_CHECK], capture_output=True, text=True, check=True)
     print(f"importing the CLI imports torch: {imported.stdout.strip()}")
+    renderers = subprocess.run([sys.executable, "-c", RENDERERS_CHECK], capture_output=True, text=True, check=True)
+    print(f"render modules it imports: {renderers.stdout.strip()}")
     measured = {}
     for name, command in COMMANDS.items():
         wall(command)  # warm the file cache

@@ -4,12 +4,16 @@ from files safe the way each format needs."""
 
 from __future__ import annotations
 
+import importlib
+import subprocess
+import sys
+
 import pytest
 from typer.main import get_command
 
 from relu_doctor.cli import app
 from relu_doctor.errors import UsageError
-from relu_doctor.render import FIX_FORMATS, REPORT_FORMATS, TREND_FORMATS
+from relu_doctor.render import BATCH_FORMATS, FIX_FORMATS, REPORT_FORMATS, TREND_FORMATS
 from relu_doctor.render.registry import OutputFormat, Registry
 
 COMMANDS = get_command(app).commands  # type: ignore[attr-defined]
@@ -61,3 +65,28 @@ def test_the_registry_passes_the_layout_and_escapes_names_only_where_the_format_
     # a format that is workflow commands keeps its '::' lines (its renderer escapes its own data)
     assert _toy(workflow_commands=True).render(name, "echo") == "evil\n::error::x|100|False"
     assert _toy().verdict("it") == "verdict of it"
+
+
+def test_importing_the_cli_imports_no_renderer_until_one_renders() -> None:
+    # One run uses one format: the registries name every format at import time, a renderer's module (and rich,
+    # xml, csv, hashlib behind it) is imported when it renders. A fresh interpreter, so nothing is imported yet.
+    code = (
+        "import sys\n"
+        "from relu_doctor.cli import app\n"
+        "from relu_doctor.render import BATCH_FORMATS, FIX_FORMATS, REPORT_FORMATS, TREND_FORMATS\n"
+        "names = [f.name for r in (BATCH_FORMATS, FIX_FORMATS, REPORT_FORMATS, TREND_FORMATS) for f in r]\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('relu_doctor.render.') or m in ('rich.console', 'torch'))\n"
+        "print(len(names), ' '.join(loaded))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["21", "relu_doctor.render.common", "relu_doctor.render.registry"]
+
+
+@pytest.mark.parametrize("formats", [REPORT_FORMATS, TREND_FORMATS, FIX_FORMATS, BATCH_FORMATS])
+def test_every_deferred_renderer_and_verdict_names_a_function_that_exists(formats: Registry[object]) -> None:
+    # a misspelt module or function would otherwise fail only when someone asks for that format
+    deferred = [entry.renderer for entry in formats]
+    deferred += [formats.verdict] if hasattr(formats.verdict, "module") else []  # the others are plain functions
+    for target in deferred:
+        module = importlib.import_module(f"relu_doctor.render.{target.module}")  # type: ignore[attr-defined]
+        assert callable(getattr(module, target.function))  # type: ignore[attr-defined]

@@ -10,10 +10,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path, PurePath
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
 
 from .._version import __version__
 from ..errors import ReluDoctorError, UsageError
@@ -22,6 +21,9 @@ from ..report import GateResult, Report, Violation
 from .command import ReluCommand as ReluCommand
 from .command import ReluGroup
 from .config import Resolved
+
+if TYPE_CHECKING:  # rich's console is imported when something is printed, not by `import relu_doctor.cli`
+    from rich.console import Console
 
 EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
 RecordT = TypeVar("RecordT")
@@ -56,6 +58,8 @@ def _root(
 def stderr_console(style: OutputStyle | None = None) -> Console:
     """The console for progress, summaries and errors (never stdout): ``--color never`` gives no ANSI colour at
     all, ``always`` colour even in a pipe; ``auto`` is rich's own choice (NO_COLOR, FORCE_COLOR, a terminal)."""
+    from rich.console import Console
+
     if style is not None and style.no_color:
         return Console(stderr=True, highlight=False, no_color=True, color_system=None)
     if style is not None and style.force_color:

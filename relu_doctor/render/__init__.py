@@ -6,42 +6,25 @@ it renders: :data:`REPORT_FORMATS` (a scan's or merge's :class:`~relu_doctor.rep
 :class:`~relu_doctor.repair.records.FixOutcome`), :data:`BATCH_FORMATS` (a :class:`~relu_doctor.report.ScanBatch`:
 several models in one run, the same names as :data:`REPORT_FORMATS`). The CLI's ``--format`` choices are a registry's names.
 To add a format: a renderer module here and one entry below.
+
+The registries name every format, media type and extension at import time, but a renderer's module (and what it
+imports: rich, xml, hashlib, ...) is imported only when something is rendered in that format: one CLI run uses
+one format, and importing all of them cost tens of milliseconds per run (``python -X importtime``).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ..repair.records import FixOutcome
-from ..report import Report, ScanBatch, TrendReport
-from .batch import (
-    batch_verdict,
-    render_batch_csv,
-    render_batch_github,
-    render_batch_json,
-    render_batch_junit,
-    render_batch_markdown,
-    render_batch_sarif,
-    render_batch_table,
-)
 from .common import verdict_lines
-from .csv_format import render_csv
-from .fix import render_fix_json, render_fix_text, verdict
-from .github import render_github
-from .json_format import render_json
-from .junit import render_junit
-from .markdown import render_markdown
 from .registry import OutputFormat, Registry, Renderer
-from .sarif import render_sarif
-from .table import render_table
-from .trend import (
-    render_trend_csv,
-    render_trend_github,
-    render_trend_json,
-    render_trend_markdown,
-    render_trend_table,
-)
+
+if TYPE_CHECKING:
+    from ..repair.records import FixOutcome
+    from ..report import Report, ScanBatch, TrendReport
 
 __all__ = [
     "BATCH_FORMATS",
@@ -57,14 +40,39 @@ __all__ = [
 RecordT = TypeVar("RecordT")
 
 
-def _laid_out_by_itself(render: Callable[[RecordT], str]) -> Renderer[RecordT]:
+@dataclass(frozen=True)
+class _Deferred(Generic[RecordT]):
+    """A renderer (or verdict) that imports its module the first time it is called."""
+
+    module: str
+    """The module in this package, e.g. ``"table"``."""
+    function: str
+    """The function's name in that module."""
+    laid_out: bool = True
+    """It takes ``width`` and ``color`` (a terminal format); else it takes the record alone (JSON, CSV, ...)."""
+
+    def _target(self) -> Any:
+        return getattr(importlib.import_module(f"{__name__}.{self.module}"), self.function)
+
+    def __call__(self, record: RecordT, /, *, width: int | None = None, color: bool = False) -> str:
+        target = self._target()
+        text: str = target(record, width=width, color=color) if self.laid_out else target(record)
+        return text
+
+
+def _laid_out_by_itself(module: str, function: str) -> Renderer[Any]:
     """A renderer for a format with no width or colour (JSON, CSV, ...): the layout arguments are ignored."""
+    return _Deferred(module, function, laid_out=False)
 
-    def renderer(record: RecordT, /, *, width: int | None = None, color: bool = False) -> str:
-        return render(record)
 
-    renderer.__doc__ = render.__doc__
-    return renderer
+def _terminal(module: str, function: str) -> Renderer[Any]:
+    """A renderer laid out to the terminal's width, coloured on request."""
+    return _Deferred(module, function)
+
+
+def _verdict(module: str, function: str) -> Callable[[Any], str]:
+    """A record's one-line verdict, from a renderer module imported when a verdict is asked for."""
+    return _Deferred(module, function, laid_out=False)
 
 
 _PLAIN = "text/plain"
@@ -73,11 +81,24 @@ _JSON = "application/json"
 REPORT_FORMATS: Registry[Report] = Registry(
     "report",
     (
-        OutputFormat("table", render_table, terminal=True, media_type=_PLAIN, extension=".txt", escape_names=True),
-        OutputFormat("json", _laid_out_by_itself(render_json), terminal=False, media_type=_JSON, extension=".json"),
+        OutputFormat(
+            "table",
+            _terminal("table", "render_table"),
+            terminal=True,
+            media_type=_PLAIN,
+            extension=".txt",
+            escape_names=True,
+        ),
+        OutputFormat(
+            "json",
+            _laid_out_by_itself("json_format", "render_json"),
+            terminal=False,
+            media_type=_JSON,
+            extension=".json",
+        ),
         OutputFormat(
             "markdown",
-            _laid_out_by_itself(render_markdown),
+            _laid_out_by_itself("markdown", "render_markdown"),
             terminal=False,
             media_type="text/markdown",
             extension=".md",
@@ -85,7 +106,7 @@ REPORT_FORMATS: Registry[Report] = Registry(
         ),
         OutputFormat(
             "csv",
-            _laid_out_by_itself(render_csv),
+            _laid_out_by_itself("csv_format", "render_csv"),
             terminal=False,
             media_type="text/csv",
             extension=".csv",
@@ -93,7 +114,7 @@ REPORT_FORMATS: Registry[Report] = Registry(
         ),
         OutputFormat(
             "github",
-            _laid_out_by_itself(render_github),
+            _laid_out_by_itself("github", "render_github"),
             terminal=False,
             media_type=_PLAIN,
             extension=".txt",
@@ -102,14 +123,14 @@ REPORT_FORMATS: Registry[Report] = Registry(
         ),
         OutputFormat(
             "sarif",
-            _laid_out_by_itself(render_sarif),
+            _laid_out_by_itself("sarif", "render_sarif"),
             terminal=False,
             media_type="application/sarif+json",
             extension=".sarif",
         ),
         OutputFormat(
             "junit",
-            _laid_out_by_itself(render_junit),
+            _laid_out_by_itself("junit", "render_junit"),
             terminal=False,
             media_type="application/xml",
             extension=".xml",
@@ -124,14 +145,23 @@ TREND_FORMATS: Registry[TrendReport] = Registry(
     "trend",
     (
         OutputFormat(
-            "table", render_trend_table, terminal=True, media_type=_PLAIN, extension=".txt", escape_names=True
+            "table",
+            _terminal("trend", "render_trend_table"),
+            terminal=True,
+            media_type=_PLAIN,
+            extension=".txt",
+            escape_names=True,
         ),
         OutputFormat(
-            "json", _laid_out_by_itself(render_trend_json), terminal=False, media_type=_JSON, extension=".json"
+            "json",
+            _laid_out_by_itself("trend", "render_trend_json"),
+            terminal=False,
+            media_type=_JSON,
+            extension=".json",
         ),
         OutputFormat(
             "markdown",
-            _laid_out_by_itself(render_trend_markdown),
+            _laid_out_by_itself("trend", "render_trend_markdown"),
             terminal=False,
             media_type="text/markdown",
             extension=".md",
@@ -139,7 +169,7 @@ TREND_FORMATS: Registry[TrendReport] = Registry(
         ),
         OutputFormat(
             "csv",
-            _laid_out_by_itself(render_trend_csv),
+            _laid_out_by_itself("trend", "render_trend_csv"),
             terminal=False,
             media_type="text/csv",
             extension=".csv",
@@ -147,7 +177,7 @@ TREND_FORMATS: Registry[TrendReport] = Registry(
         ),
         OutputFormat(
             "github",
-            _laid_out_by_itself(render_trend_github),
+            _laid_out_by_itself("trend", "render_trend_github"),
             terminal=False,
             media_type=_PLAIN,
             extension=".txt",
@@ -162,10 +192,19 @@ TREND_FORMATS: Registry[TrendReport] = Registry(
 FIX_FORMATS: Registry[FixOutcome] = Registry(
     "fix outcome",
     (
-        OutputFormat("table", render_fix_text, terminal=True, media_type=_PLAIN, extension=".txt", escape_names=True),
-        OutputFormat("json", _laid_out_by_itself(render_fix_json), terminal=False, media_type=_JSON, extension=".json"),
+        OutputFormat(
+            "table",
+            _terminal("fix", "render_fix_text"),
+            terminal=True,
+            media_type=_PLAIN,
+            extension=".txt",
+            escape_names=True,
+        ),
+        OutputFormat(
+            "json", _laid_out_by_itself("fix", "render_fix_json"), terminal=False, media_type=_JSON, extension=".json"
+        ),
     ),
-    verdict,
+    _verdict("fix", "verdict"),
 )
 """Formats of ``fix --format``."""
 
@@ -174,14 +213,23 @@ BATCH_FORMATS: Registry[ScanBatch] = Registry(
     "report",
     (
         OutputFormat(
-            "table", render_batch_table, terminal=True, media_type=_PLAIN, extension=".txt", escape_names=True
+            "table",
+            _terminal("batch", "render_batch_table"),
+            terminal=True,
+            media_type=_PLAIN,
+            extension=".txt",
+            escape_names=True,
         ),
         OutputFormat(
-            "json", _laid_out_by_itself(render_batch_json), terminal=False, media_type=_JSON, extension=".json"
+            "json",
+            _laid_out_by_itself("batch", "render_batch_json"),
+            terminal=False,
+            media_type=_JSON,
+            extension=".json",
         ),
         OutputFormat(
             "markdown",
-            _laid_out_by_itself(render_batch_markdown),
+            _laid_out_by_itself("batch", "render_batch_markdown"),
             terminal=False,
             media_type="text/markdown",
             extension=".md",
@@ -189,7 +237,7 @@ BATCH_FORMATS: Registry[ScanBatch] = Registry(
         ),
         OutputFormat(
             "csv",
-            _laid_out_by_itself(render_batch_csv),
+            _laid_out_by_itself("batch", "render_batch_csv"),
             terminal=False,
             media_type="text/csv",
             extension=".csv",
@@ -197,7 +245,7 @@ BATCH_FORMATS: Registry[ScanBatch] = Registry(
         ),
         OutputFormat(
             "github",
-            _laid_out_by_itself(render_batch_github),
+            _laid_out_by_itself("batch", "render_batch_github"),
             terminal=False,
             media_type=_PLAIN,
             extension=".txt",
@@ -206,21 +254,21 @@ BATCH_FORMATS: Registry[ScanBatch] = Registry(
         ),
         OutputFormat(
             "sarif",
-            _laid_out_by_itself(render_batch_sarif),
+            _laid_out_by_itself("batch", "render_batch_sarif"),
             terminal=False,
             media_type="application/sarif+json",
             extension=".sarif",
         ),
         OutputFormat(
             "junit",
-            _laid_out_by_itself(render_batch_junit),
+            _laid_out_by_itself("batch", "render_batch_junit"),
             terminal=False,
             media_type="application/xml",
             extension=".xml",
             escape_names=True,
         ),
     ),
-    batch_verdict,
+    _verdict("batch", "batch_verdict"),
 )
 """Formats of ``scan MODEL MODEL...`` (several models, one output): the names of :data:`REPORT_FORMATS`, each
 holding every model's report (:mod:`relu_doctor.render.batch`)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -23,6 +22,7 @@ from .common import plural, summary_line
 from .csv_format import render_csv
 from .github import render_github, workflow_command
 from .json_format import report_dict
+from .json_layout import json_document
 from .junit import render_junit
 from .markdown import render_markdown
 from .sarif import SCHEMA, sarif_log
@@ -93,7 +93,7 @@ def batch_dict(batch: ScanBatch) -> dict[str, Any]:
 
 def render_batch_json(batch: ScanBatch) -> str:
     """The several-models document as indented JSON."""
-    return json.dumps(batch_dict(batch), indent=2, allow_nan=False) + "\n"
+    return json_document(batch_dict(batch))
 
 
 def render_batch_markdown(batch: ScanBatch) -> str:
@@ -150,7 +150,7 @@ def render_batch_sarif(batch: ScanBatch) -> str:
         notification = {"level": "error", "message": {"text": _why_not_scanned(scan.path, scan.error)}}
         invocation = {"executionSuccessful": False, "exitCode": 2, "toolExecutionNotifications": [notification]}
         runs.append({"tool": {"driver": {"name": "relu-doctor"}}, "invocations": [invocation], "results": []})
-    return json.dumps({"$schema": SCHEMA, "version": "2.1.0", "runs": runs}, indent=2, allow_nan=False) + "\n"
+    return json_document({"$schema": SCHEMA, "version": "2.1.0", "runs": runs})
 
 
 def render_batch_junit(batch: ScanBatch) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Any
 
@@ -13,6 +12,7 @@ from rich.text import Text
 
 from ..repair.records import Drift, FixOutcome, SiteCheck, SiteRepair, Verification
 from .common import plural, printable_report
+from .json_layout import json_document
 from .table import print_to_text
 
 FIX_SCHEMA_VERSION = 1
@@ -154,7 +154,7 @@ def fix_dict(outcome: FixOutcome) -> dict[str, Any]:
 
 def render_fix_json(outcome: FixOutcome) -> str:
     """The outcome as one JSON document on stdout."""
-    return json.dumps(fix_dict(outcome), indent=2, allow_nan=False) + "\n"
+    return json_document(fix_dict(outcome))
 
 
 def _verification_dict(check: Verification) -> dict[str, Any]:

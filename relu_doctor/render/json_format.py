@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 from ..report import Finding, Prediction, Report, Site
 from .certificate import certification_dict, site_certification_dict
+from .json_layout import json_document
 
 
 def report_dict(report: Report) -> dict[str, Any]:
@@ -173,7 +173,7 @@ def prediction_dict(prediction: Prediction) -> dict[str, Any]:
 
 def render_json(report: Report) -> str:
     """The report as indented JSON (strict: no NaN or Infinity literals)."""
-    return json.dumps(report_dict(report), indent=2, allow_nan=False) + "\n"
+    return json_document(report_dict(report))
 
 
 def _number(value: float | None) -> float | None:

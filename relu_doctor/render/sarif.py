@@ -12,12 +12,12 @@ error notifications of the invocation, which also says whether the gate passed.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import PurePath, PurePosixPath
 from typing import Any
 
 from ..codes import describe_codes
 from ..report import Finding, Report
+from .json_layout import json_document
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 FINGERPRINT_KEY = "reluDoctorFinding/v1"
@@ -117,4 +117,4 @@ def sarif_log(report: Report) -> dict[str, Any]:
 
 def render_sarif(report: Report) -> str:
     """The report as indented SARIF 2.1.0 JSON."""
-    return json.dumps(sarif_log(report), indent=2, allow_nan=False) + "\n"
+    return json_document(sarif_log(report))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -16,6 +15,7 @@ from ..report import SiteTrend, TrendReport
 from .common import percent, plural, summary_line
 from .github import render_github, workflow_command
 from .json_format import report_dict
+from .json_layout import json_document
 from .table import print_to_text
 
 BLOCKS = "▁▂▃▄▅▆▇█"
@@ -128,7 +128,7 @@ def trend_dict(trend: TrendReport) -> dict[str, Any]:
 
 def render_trend_json(trend: TrendReport) -> str:
     """The trend as indented JSON."""
-    return json.dumps(trend_dict(trend), indent=2, allow_nan=False) + "\n"
+    return json_document(trend_dict(trend))
 
 
 def _grew(site: SiteTrend) -> bool:
