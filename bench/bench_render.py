@@ -3,7 +3,8 @@ layout it replaced (``json.dumps(data, indent=2, allow_nan=False)``, one line pe
 
 The report is a real scan (no simulations) of a 200-layer, 256-wide Linear-ReLU stack with dead units planted (an
 eighth of every bias set to -10) over a 512-sample synthetic probe, the shape of ``bench_default_scan.py --only
-mlp200``. Both layouts render the same dict, interleaved rep by rep; medians of CPU time. Each pair is checked to
+mlp200``, with three placeholder prediction records on each finding (the shape of a default scan's findings).
+Both layouts render the same dict, interleaved rep by rep; medians of CPU time. Each pair is checked to
 parse to equal data.
 
 Usage: ``python bench/bench_render.py [--reps 7] [--depth 200] [--samples 512]``.
@@ -16,6 +17,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -25,7 +27,7 @@ from relu_doctor import scan
 from relu_doctor.render.json_format import report_dict
 from relu_doctor.render.json_layout import json_document
 from relu_doctor.render.sarif import sarif_log
-from relu_doctor.report import Report
+from relu_doctor.report import Prediction, Report
 
 
 def deep_mlp(depth: int, width: int = 256) -> nn.Module:
@@ -44,7 +46,21 @@ def big_report(depth: int, samples: int) -> tuple[Report, float]:
     model, batches = deep_mlp(depth), list(torch.randn(samples, 256).split(64))
     with torch.inference_mode():
         forward = statistics.median(cpu_seconds(lambda: [model(batch) for batch in batches]) for _ in range(3))
-    return scan(model, batches), forward
+    return _with_predictions(scan(model, batches)), forward
+
+
+def _with_predictions(report: Report) -> Report:
+    """Three prediction records on every finding with units, the shape a default scan's findings have (the
+    simulations themselves are not run: their numbers do not change what writing them costs)."""
+    findings = []
+    for finding in report.findings:
+        n = len(finding.units)
+        predicted = tuple(
+            Prediction(fix, "site", 0.01 * i, None, 0, n if fix != "leaky" else None, n, 1000, 1000 + n, 256, 1)
+            for i, fix in enumerate(("leaky", "bias_shift", "recycle"))
+        )
+        findings.append(replace(finding, predicted=predicted) if n else finding)
+    return replace(report, findings=tuple(findings))
 
 
 def old_layout(data: Any) -> str:
