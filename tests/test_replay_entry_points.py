@@ -296,3 +296,16 @@ def test_a_training_pass_with_a_stray_call_leaves_it_uncounted_and_says_so(
     assert not observer.replaying and any("uncounted" in w for w in observer.warnings)
     assert [s.counters.samples for s in observer.sites] == [9]  # its first call matched and counts; not the stray
     assert _originals() == before
+
+
+def test_a_relu_global_added_after_an_earlier_observer_read_the_module_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    later = types.ModuleType("imports_relu_later")
+    monkeypatch.setitem(sys.modules, later.__name__, later)
+    model = ReusedReluBlock()
+    for expected in (True, False):
+        with ReluObserver(model) as observer:
+            observer.run(torch.randn(2, 8))
+            assert observer._replay is not None and (observer._replay.entries is not None) is expected
+        later.relu = torch.relu  # type: ignore[attr-defined]  # what `from torch import relu` does afterwards
