@@ -14,7 +14,11 @@ path off to see its relus. For such a model the plain forward is timed both ways
 seeing the relus at all (the same for any observer), and the observation ratios are against the forward without
 the fast path, the one the scan runs.
 
-Usage: ``python bench/bench_speed.py [--reps 7] [--batches 4] [--threads N] [--only cnn]``.
+``--compare-replay`` adds, per reducer, the same observation with every replay pass under the torch-function
+mode (``<reducer>/mode``), the way replays ran before they found the relus at the relu family's entry points;
+both observers run in the same rounds.
+
+Usage: ``python bench/bench_speed.py [--reps 7] [--batches 4] [--threads N] [--only cnn] [--compare-replay]``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import ReluTransformer, ResNet18Like, deep_mlp, mlp, relu_encoder, seeded  # noqa: E402
 
 from relu_doctor import scan  # noqa: E402
+from relu_doctor.engine import replay  # noqa: E402
 from relu_doctor.engine.observe import ReluObserver  # noqa: E402
 from relu_doctor.engine.reduce import fused  # noqa: E402
 
@@ -115,7 +120,19 @@ def plain_forward(model: nn.Module, probe: Probe, fast: bool = True) -> Callable
     return run
 
 
-def per_batch(model: nn.Module, probe: Probe, reps: int, reducers: list[str]) -> dict[str, float]:
+@contextlib.contextmanager
+def replay_way(entry_points: bool) -> Iterator[None]:
+    previous = replay.USE_ENTRY_POINTS
+    replay.USE_ENTRY_POINTS = entry_points
+    try:
+        yield
+    finally:
+        replay.USE_ENTRY_POINTS = previous
+
+
+def per_batch(
+    model: nn.Module, probe: Probe, reps: int, reducers: list[str], compare: bool = False
+) -> dict[str, float]:
     """Observed vs plain forward over the probe's batches, inside observers opened once (one per reducer).
 
     The plain passes run on a copy of the model, so nothing the observer installs (hooks, eval mode) touches them.
@@ -124,23 +141,27 @@ def per_batch(model: nn.Module, probe: Probe, reps: int, reducers: list[str]) ->
     runs: dict[str, Callable[[], object]] = {"plain": plain_forward(twin, probe)}
     if has_fast_path(model):
         runs["plain, fast path off"] = plain_forward(twin, probe, fast=False)
+    columns = [(r, True) for r in reducers] + ([(r, False) for r in reducers] if compare else [])
     with contextlib.ExitStack() as stack:
-        for reducer in reducers:
-            observer = stack.enter_context(ReluObserver(model, reducer=reducer))
-            for batch in probe:  # the first pass (dispatch mode), then warm replays
-                observer.run(batch)
-
-            def observed(observer: ReluObserver = observer) -> None:
-                for batch in probe:
+        for reducer, entry_points in columns:
+            # each observer on its own copy: an observer's replays leave hooks on the model's modules
+            observer = stack.enter_context(ReluObserver(copy.deepcopy(model), reducer=reducer))
+            with replay_way(entry_points):
+                for batch in probe:  # the first pass (dispatch mode), then warm replays
                     observer.run(batch)
 
-            runs[reducer] = observed
+            def observed(observer: ReluObserver = observer, entry_points: bool = entry_points) -> None:
+                with replay_way(entry_points):
+                    for batch in probe:
+                        observer.run(batch)
+
+            runs[reducer if entry_points else f"{reducer}/mode"] = observed
         times = rounds(runs, reps)
     base = "plain, fast path off" if "plain, fast path off" in runs else "plain"
     result = {"plain s": statistics.median(times["plain"])}
     if base != "plain":
         result["fast path off"] = ratio(times, base, "plain")
-    result.update({reducer: ratio(times, reducer, base) for reducer in reducers})
+    result.update({name: ratio(times, name, base) for name in runs if name not in ("plain", base)})
     return result
 
 
@@ -163,6 +184,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu", help="cpu (default) or wall seconds")
     parser.add_argument("--only", default="", help="run only the models whose name contains this")
+    parser.add_argument(
+        "--compare-replay", action="store_true", help="also observe with replays under the torch-function mode"
+    )
     args = parser.parse_args()
     global clock
     clock = CLOCKS[args.clock]
@@ -173,19 +197,21 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, {args.reps} rounds, "
         f"reducers: {', '.join(reducers)}"
     )
-    columns = ["fast path off", *reducers, "scan"]
+    modes = [f"{r}/mode" for r in reducers] if args.compare_replay else []
+    columns = ["fast path off", *reducers, *modes, "scan"]
     print(f"{'model':58} {'plain':>8} " + " ".join(f"{c:>13}" for c in columns))
     for name, (model, probe) in workloads(args.batches).items():
         if args.only not in name:
             continue
-        cells = {**per_batch(model, probe, args.reps, reducers), **whole_scan(model, probe, max(3, args.reps // 2))}
+        observed = per_batch(model, probe, args.reps, reducers, args.compare_replay)
+        cells = {**observed, **whole_scan(model, probe, max(3, args.reps // 2))}
         shown = " ".join(f"{cells[c]:12.3f}x" if c in cells else f"{'':>13}" for c in columns)
         print(f"{name:58} {cells['plain s']:7.3f}s {shown}", flush=True)
     print(
         "plain: seconds of a plain forward over the probe. Ratios (medians over rounds): fast path off = plain "
         "forward without the TransformerEncoderLayer fast path / with it (the cost of seeing the relus at all); "
         "torch, fused = observation over the probe's batches in an open observer / plain forward (without the fast "
-        "path where there is one); scan = relu_doctor.scan (first pass, replays, report) / the same plain forward."
+        "path where there is one); <reducer>/mode = the same with replays under the torch-function mode; scan = relu_doctor.scan (first pass, replays, report) / the same plain forward."
     )
 
 

@@ -11,6 +11,12 @@ build), next to a scan's observation pass of the same batch (``ReluObserver.run`
 ``torch.inference_mode()`` forward, as in ``bench_speed.py``). Times are this process's CPU seconds on one torch
 thread by default (``--clock cpu``), which other jobs on a shared machine barely disturb.
 
+Paired (``--paired``, instead of the above): the step extra measured on one model copy, so copy-to-copy noise
+drops out: a watch at ``every=2``, each observed step against the skipped step right after it on the same copy
+(median of the differences), and a scan's observation pass against a plain forward, once with the replay passes
+finding the relus at the relu family's entry points (the default) and once under the torch-function mode they
+used before, both ways in the same rounds.
+
 Study (``--study``): the dying run of the README -- a small relu MLP trained by plain SGD at a too-high learning
 rate -- with ``recycle_every`` against without, over seeds: dead units at the end and held-out accuracy, mean and
 spread (see :mod:`watch_study`).
@@ -38,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import ResNet18Like, mlp  # noqa: E402
 
 import relu_doctor  # noqa: E402
+from relu_doctor.engine import replay  # noqa: E402
 from relu_doctor.engine.observe import ReluObserver  # noqa: E402
 from relu_doctor.watching import Watch  # noqa: E402
 
@@ -189,6 +196,65 @@ def overhead(work: Workload, reps: int, block: int, warmup: int, clock: Callable
     )
 
 
+WAYS = {"entry points": True, "mode": False}
+
+
+def paired(work: Workload, pairs: int, clock: Callable[[], float]) -> None:
+    """Observed step minus the skipped step after it (same copy, watch every=2), and scan pass minus plain forward,
+    for each replay way; the ways alternate within every round."""
+    torch.manual_seed(0)
+    base = work.build().train()
+    steps: dict[str, Runner] = {}
+    for way in WAYS:
+        model = copy.deepcopy(base)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        watch = relu_doctor.watch(model, every=2, window=WINDOW, optimizer=optimizer)
+        steps[way] = Runner(way, model, optimizer, watch)
+    plain_model = copy.deepcopy(base).eval()
+    observers = {way: ReluObserver(copy.deepcopy(base).eval()) for way in WAYS}
+    extra: dict[str, list[float]] = {f"{kind} {way}": [] for kind in ("step", "scan") for way in WAYS}
+
+    def forward() -> float:
+        start = clock()
+        with torch.inference_mode():
+            plain_model(work.inputs)
+        return clock() - start
+
+    for way, runner in steps.items():
+        replay.USE_ENTRY_POINTS = WAYS[way]
+        assert runner.watch is not None
+        runner.watch.start()
+        for _ in range(4):
+            runner.train_step(work, clock)
+        observers[way].__enter__()
+        observers[way].run(work.inputs)
+        observers[way].run(work.inputs)
+    try:
+        for i in range(pairs):
+            for way in list(WAYS)[i % 2 :] + list(WAYS)[: i % 2]:
+                replay.USE_ENTRY_POINTS = WAYS[way]
+                runner = steps[way]
+                assert runner.watch is not None and runner.watch.observes_this_step
+                observed = runner.train_step(work, clock)
+                extra[f"step {way}"].append(observed - runner.train_step(work, clock))
+                start = clock()
+                observers[way].run(work.inputs)
+                extra[f"scan {way}"].append(clock() - start - forward())
+    finally:
+        replay.USE_ENTRY_POINTS = True
+        for way, runner in steps.items():
+            assert runner.watch is not None
+            runner.watch.close()
+            observers[way].__exit__(None, None, None)
+    print(f"\n{work.name}: {pairs} rounds, the two replay ways alternated; medians of paired differences")
+    for way in WAYS:
+        step, scanned = statistics.median(extra[f"step {way}"]), statistics.median(extra[f"scan {way}"])
+        print(
+            f"  replays at {way:12}  observed step - next skipped step {step * 1e3:+7.2f} ms   "
+            f"scan pass - plain inference forward {scanned * 1e3:+7.2f} ms"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3, help="repeats of the four blocks")
@@ -198,6 +264,7 @@ def main() -> None:
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
     parser.add_argument("--only", default="", help="run only the models whose name contains this")
     parser.add_argument("--study", action="store_true", help="recycling in the loop on the dying run, not timing")
+    parser.add_argument("--paired", type=int, default=0, help="rounds of the paired step measurement (0: off)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the --study")
     args = parser.parse_args()
     if args.threads:
@@ -211,7 +278,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock")
     for work in workloads():
         if args.only in work.name:
-            overhead(work, args.reps, args.block, args.warmup, clock)
+            if args.paired:
+                paired(work, args.paired, clock)
+            else:
+                overhead(work, args.reps, args.block, args.warmup, clock)
     print(
         "\nratio: median over repeats of the watched copy's time / the unwatched copy's over the same interleaved steps. "
         "extra: a step's median time minus a plain step's (skipped: a step the watch does not observe; closing: "

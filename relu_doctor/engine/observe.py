@@ -41,7 +41,7 @@ from .ops import Role
 from .passes import GRAD_SHOWING, ForwardingMode, Grad, autograd_state, stronger
 from .recording import CallRecorder
 from .reduce import Reducer, make_reducer
-from .replay import NotReplayable, OwnerCalls, Replay
+from .replay import EntryPoints, NotReplayable, OwnerCalls, Replay
 from .site_keys import SiteKeys
 from .sites import ObservedSite, SiteTable
 from .tracking import ModuleCallTracker
@@ -86,6 +86,8 @@ class ReluObserver:
         """True while passes replay the first one (:mod:`.replay`) instead of running under the dispatch mode."""
         self._passes = 0
         self._replay: Replay | None = None
+        self._entries = EntryPoints(model)
+        """The relu family's entry points: the first pass proves whether replays may find the relus there."""
         self._grad = Grad.INFERENCE
         """Autograd state of dispatched passes: raised when a fused kernel hid relus that another state shows."""
         self._raise_grad: Grad | None = None
@@ -122,7 +124,8 @@ class ReluObserver:
             owners = {s.module_path: modules[s.module_path] for s in self.sites}
             uncalled = {path: m for path, m in modules.items() if path not in self.tracker.ever_called}
             calls = OwnerCalls(self.model, owners, uncalled, self.tracker.ever_called)
-            self._replay = Replay(self.sites, calls, self.calls)
+            entries = self._entries if self._entries.proven and not self._entries.held_elsewhere() else None
+            self._replay = Replay(self.sites, calls, self.calls, entries)
             self.replaying = True
 
     @contextlib.contextmanager
@@ -158,7 +161,7 @@ class ReluObserver:
         self.graph.start_pass()
         self.tracker.install()
         try:
-            with ForwardingMode(self):
+            with self._entries.probing() if self._passes == 0 else contextlib.nullcontext(), ForwardingMode(self):
                 yield
         finally:
             self.tracker.remove()
@@ -237,6 +240,7 @@ class ReluObserver:
         return self.tracker.current()[0] or "<root>"
 
     def _observe_site(self, func: Any, name: str, member: Member, args: Any, kwargs: dict[str, Any]) -> Any:
+        self._entries.note_site_op()
         pre = args[0]
         site = self._site_for(name, member, pre)
         if site.undecided is not None:  # counted once a consumer tells the unit axis (or the pass ends)
