@@ -269,3 +269,15 @@ def test_cli_table_names_the_fixes_the_budget_left_out() -> None:
     assert "within a budget of 21 sample-forwards" in result.stderr
     full = CliRunner().invoke(app, ["scan", *SAMPLE, "-f", "table", "--simulate-budget", "1000"])
     assert "not simulated" not in full.stdout and "LeakyReLU everywhere: drift" in full.stdout
+
+
+def test_cli_json_says_what_the_simulations_cost_and_left_out() -> None:
+    data = json.loads(CliRunner().invoke(app, ["scan", *SAMPLE, "-f", "json"]).stdout)
+    assert data["simulation"] == {
+        "samples": 32,
+        "forward_passes": 3,
+        "budget": 21,
+        "not_simulated": ["LeakyReLU everywhere", "recycle"],
+    }
+    skipped = json.loads(CliRunner().invoke(app, ["scan", *SAMPLE, "-f", "json", "--no-simulate"]).stdout)
+    assert "simulation" not in skipped

@@ -267,6 +267,30 @@ NoColor = Annotated[
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.", rich_help_panel=OUTPUT)]
 
 
+_UNUSED = "Accepted so a scan's command line works unchanged (checked, then unused: trend runs no simulations)."
+_SIMULATE_HELP = {
+    "--no-simulate": "Skip the extra forward passes that measure what each suggested fix would do.",
+    "--simulate-samples": "The most of the probe's first samples a fix simulation re-runs (each prediction says how many).",
+    "--simulate-budget": (
+        "Share of the probe's samples the fix simulations may re-run, every pass counted (at least the unmodified "
+        "model and two fixes, on 32 samples); fixes past it are named, not measured. 1000 measures every fix."
+    ),
+}
+
+
+def _simulate_option(kind: type, name: str, *, used: bool) -> Any:
+    """``scan``'s simulation option ``name``, or ``trend``'s copy of it, accepted and checked but unused."""
+    return Annotated[kind, typer.Option(name, help=_SIMULATE_HELP[name] if used else _UNUSED, rich_help_panel=OUTPUT)]
+
+
+NoSimulate = _simulate_option(bool, "--no-simulate", used=True)
+SimulateSamples = _simulate_option(int, "--simulate-samples", used=True)
+SimulateBudget = _simulate_option(float, "--simulate-budget", used=True)
+AcceptedNoSimulate = _simulate_option(bool, "--no-simulate", used=False)
+AcceptedSimulateSamples = _simulate_option(int, "--simulate-samples", used=False)
+AcceptedSimulateBudget = _simulate_option(float, "--simulate-budget", used=False)
+
+
 def format_option(formats: Registry[Any], help: str) -> Any:
     """``--format/-f``: one of the registry's format names (its choices are listed in ``--help``)."""
     names = formats.names()

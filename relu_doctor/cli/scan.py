@@ -116,33 +116,9 @@ def scan(
             rich_help_panel=opt.OUTPUT,
         ),
     ] = None,
-    no_simulate: Annotated[
-        bool,
-        typer.Option(
-            "--no-simulate",
-            help="Skip the extra forward passes that measure what each suggested fix would do.",
-            rich_help_panel=opt.OUTPUT,
-        ),
-    ] = False,
-    simulate_samples: Annotated[
-        int,
-        typer.Option(
-            "--simulate-samples",
-            help="How many of the probe's first samples the fix simulations re-run (each prediction says how many).",
-            rich_help_panel=opt.OUTPUT,
-        ),
-    ] = DEFAULT_SIMULATE_SAMPLES,
-    simulate_budget: Annotated[
-        float,
-        typer.Option(
-            "--simulate-budget",
-            help=(
-                "Share of the probe's samples the fix simulations may re-run, every pass counted (at least the "
-                "unmodified model and one fix); fixes past it are named, not measured. 1000 measures every fix."
-            ),
-            rich_help_panel=opt.OUTPUT,
-        ),
-    ] = DEFAULT_SIMULATE_BUDGET,
+    no_simulate: opt.NoSimulate = False,
+    simulate_samples: opt.SimulateSamples = DEFAULT_SIMULATE_SAMPLES,
+    simulate_budget: opt.SimulateBudget = DEFAULT_SIMULATE_BUDGET,
     force: opt.Force = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,

@@ -98,30 +98,9 @@ def trend(
     output: opt.Output = None,
     reports: opt.Reports = None,
     plot: opt.Plot = None,
-    no_simulate: Annotated[
-        bool,
-        typer.Option(
-            "--no-simulate",
-            help="Accepted so a scan's command line works unchanged: trend never runs the fix simulations.",
-            rich_help_panel=opt.OUTPUT,
-        ),
-    ] = False,
-    simulate_samples: Annotated[
-        int,
-        typer.Option(
-            "--simulate-samples",
-            help="Accepted so a scan's command line works unchanged (checked, then unused: trend runs no simulations).",
-            rich_help_panel=opt.OUTPUT,
-        ),
-    ] = DEFAULT_SIMULATE_SAMPLES,
-    simulate_budget: Annotated[
-        float,
-        typer.Option(
-            "--simulate-budget",
-            help="Accepted so a scan's command line works unchanged (checked, then unused: trend runs no simulations).",
-            rich_help_panel=opt.OUTPUT,
-        ),
-    ] = DEFAULT_SIMULATE_BUDGET,
+    no_simulate: opt.AcceptedNoSimulate = False,
+    simulate_samples: opt.AcceptedSimulateSamples = DEFAULT_SIMULATE_SAMPLES,
+    simulate_budget: opt.AcceptedSimulateBudget = DEFAULT_SIMULATE_BUDGET,
     force: opt.Force = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,

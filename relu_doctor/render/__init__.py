@@ -209,65 +209,23 @@ FIX_FORMATS: Registry[FixOutcome] = Registry(
 """Formats of ``fix --format``."""
 
 
+def _batch_format(entry: OutputFormat[Report]) -> OutputFormat[ScanBatch]:
+    """A report format's several-models counterpart: the same name and facts, :mod:`.batch`'s renderer."""
+    renderer: Renderer[ScanBatch] = _Deferred("batch", f"render_batch_{entry.name}", laid_out=entry.terminal)
+    return OutputFormat(
+        entry.name,
+        renderer,
+        terminal=entry.terminal,
+        media_type=entry.media_type,
+        extension=entry.extension,
+        escape_names=entry.escape_names,
+        workflow_commands=entry.workflow_commands,
+    )
+
+
 BATCH_FORMATS: Registry[ScanBatch] = Registry(
     "report",
-    (
-        OutputFormat(
-            "table",
-            _terminal("batch", "render_batch_table"),
-            terminal=True,
-            media_type=_PLAIN,
-            extension=".txt",
-            escape_names=True,
-        ),
-        OutputFormat(
-            "json",
-            _laid_out_by_itself("batch", "render_batch_json"),
-            terminal=False,
-            media_type=_JSON,
-            extension=".json",
-        ),
-        OutputFormat(
-            "markdown",
-            _laid_out_by_itself("batch", "render_batch_markdown"),
-            terminal=False,
-            media_type="text/markdown",
-            extension=".md",
-            escape_names=True,
-        ),
-        OutputFormat(
-            "csv",
-            _laid_out_by_itself("batch", "render_batch_csv"),
-            terminal=False,
-            media_type="text/csv",
-            extension=".csv",
-            escape_names=True,
-        ),
-        OutputFormat(
-            "github",
-            _laid_out_by_itself("batch", "render_batch_github"),
-            terminal=False,
-            media_type=_PLAIN,
-            extension=".txt",
-            escape_names=True,
-            workflow_commands=True,
-        ),
-        OutputFormat(
-            "sarif",
-            _laid_out_by_itself("batch", "render_batch_sarif"),
-            terminal=False,
-            media_type="application/sarif+json",
-            extension=".sarif",
-        ),
-        OutputFormat(
-            "junit",
-            _laid_out_by_itself("batch", "render_batch_junit"),
-            terminal=False,
-            media_type="application/xml",
-            extension=".xml",
-            escape_names=True,
-        ),
-    ),
+    tuple(_batch_format(entry) for entry in REPORT_FORMATS),
     _verdict("batch", "batch_verdict"),
 )
 """Formats of ``scan MODEL MODEL...`` (several models, one output): the names of :data:`REPORT_FORMATS`, each

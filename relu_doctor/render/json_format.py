@@ -58,6 +58,22 @@ def report_dict(report: Report) -> dict[str, Any]:
         "passed": report.gate.passed,
         "exit_code": report.exit_code,
         **({} if report.certification is None else {"certification": certification_dict(report)}),
+        **_simulation(report),
+    }
+
+
+def _simulation(report: Report) -> dict[str, Any]:
+    # Present only when the fix simulations ran, so a report without them keeps its exact shape.
+    cost = report.extra.get("simulation")
+    if not isinstance(cost, dict):
+        return {}
+    return {
+        "simulation": {
+            "samples": cost["samples"],
+            "forward_passes": cost["forward_passes"],
+            "budget": cost.get("budget"),
+            "not_simulated": list(cost.get("not_simulated") or ()),
+        }
     }
 
 
