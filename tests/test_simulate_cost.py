@@ -19,7 +19,7 @@ from relu_doctor import scan
 from relu_doctor.cli import app
 from relu_doctor.cli.app import StageDisplay
 from relu_doctor.report import Finding, Prediction, Report
-from relu_doctor.whatif import SubProbe
+from relu_doctor.whatif import DISPATCHED_PASS_COST, SubProbe
 from tests.test_simulate import SAMPLE, BiasKilledClassifier
 
 
@@ -230,16 +230,17 @@ def test_the_default_budget_runs_the_minimum_passes_and_names_what_it_left_out()
 
 def test_budgeted_predictions_equal_an_unbounded_simulation_of_the_same_samples() -> None:
     probe = _probe(96)
-    budgeted = _predictions(scan(BiasKilledClassifier(), probe, simulate=True, simulate_budget=1.7))
+    # a functional relu: re-runs go through the dispatch mode, each sample counting DISPATCHED_PASS_COST (3)
+    budgeted = _predictions(scan(BiasKilledClassifier(), probe, simulate=True, simulate_budget=5.1))
     full = _predictions(scan(BiasKilledClassifier(), probe, simulate=True, simulate_budget=None, simulate_samples=32))
-    # 164 sample-forwards: five passes of 32, so every fix but the recycle
+    # 490 sample-forwards, 163 under the dispatch mode: five passes of 32, so every fix but the recycle
     assert {p.fix for p in budgeted.values()} == {"bias_shift", "leaky"}
     assert budgeted and all(full[key] == prediction for key, prediction in budgeted.items())
     assert len(budgeted) == len([key for key in full if full[key].fix != "recycle"])
 
 
 def test_the_recycle_gets_the_rounds_left_and_says_how_many_it_ran() -> None:
-    report = scan(BiasKilledClassifier(), _probe(96), simulate=True, simulate_budget=2.1)  # six passes
+    report = scan(BiasKilledClassifier(), _probe(96), simulate=True, simulate_budget=6.3)  # six dispatched passes
     recycled = [p for p in _predictions(report).values() if p.fix == "recycle"]
     assert recycled and {p.forward_passes for p in recycled} == {1}
     assert report.extra["simulation"]["forward_passes"] == 6 and report.extra["simulation"]["not_simulated"] == []
@@ -250,8 +251,8 @@ def test_a_budget_never_spends_more_than_its_share_once_past_the_minimum() -> No
     for share in (0.25, 0.5, 1.0, 3.0):
         cost = scan(BiasKilledClassifier(), probe, simulate=True, simulate_budget=share).extra["simulation"]
         assert cost["forward_passes"] * 32 >= cost["samples"] and cost["budget"] == math.ceil(share * 96 * 8)
-        spent = cost["samples"] * cost["forward_passes"] // cost["batches"]
-        assert spent <= max(cost["budget"], 3 * 32), (share, cost)
+        spent = cost["samples"] * cost["forward_passes"] // cost["batches"] * DISPATCHED_PASS_COST
+        assert spent <= max(cost["budget"], 3 * 32 * DISPATCHED_PASS_COST), (share, cost)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
@@ -281,3 +282,19 @@ def test_cli_json_says_what_the_simulations_cost_and_left_out() -> None:
     }
     skipped = json.loads(CliRunner().invoke(app, ["scan", *SAMPLE, "-f", "json", "--no-simulate"]).stdout)
     assert "simulation" not in skipped
+
+
+def test_hooked_re_runs_count_one_sample_forward_per_sample_and_dispatched_ones_three() -> None:
+    """The same fixes, budget and probe: sites that are all nn.ReLU modules re-run on hooks (plain cost), a functional
+    relu makes every re-run go through the dispatch mode, which the budget charges DISPATCHED_PASS_COST times."""
+    torch.manual_seed(0)
+    hooked = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 4))
+    with torch.no_grad():
+        hooked[0].bias[:2] = -8.0
+        hooked[2].bias[5] = -8.0
+    dispatched = BiasKilledClassifier()
+    probe = _probe(96)
+    share = 5 * 32 / 96 + 0.01  # 161 sample-forwards: five plain passes of 32, one dispatched one
+    for model, passes in ((hooked, 5), (dispatched, 3)):  # 3: the minimum
+        cost = scan(model, probe, simulate=True, simulate_budget=share).extra["simulation"]
+        assert (cost["samples"], cost["forward_passes"]) == (32, passes), type(model).__name__

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from ..analysis.diagnose import BIAS_MARGIN
@@ -32,7 +33,11 @@ def bias_shift_edits(model: nn.Module, plans: Sequence[SitePlan], margin: float 
     state = StateEdits(model)
     for plan in plans:
         bias = state.tensor(shift_target(plan), "bias")
-        for unit, shift in zip(plan.units, required_shifts(plan, margin)):
+        shifts = required_shifts(plan, margin)
+        if bias.dtype in (torch.float32, torch.float64):  # one indexed add: the same float as one unit at a time
+            bias[list(plan.units)] += torch.tensor(shifts, dtype=bias.dtype, device=bias.device)
+            continue
+        for unit, shift in zip(plan.units, shifts):  # other dtypes round a Python float their own way
             bias[unit] += shift
     return state.edits
 
