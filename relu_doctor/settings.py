@@ -22,9 +22,9 @@ DEFAULT_TAU = 0.025
 DEFAULT_SIMULATE_SAMPLES = 256
 """The most samples a fix simulation re-runs (the first ones the scan saw): a unit a fix leaves unfired on all of
 them fires on fewer than 1.2% of inputs (95% bound), and the cost stays bounded whatever the probe size."""
-DEFAULT_SIMULATE_BUDGET = 0.04
+DEFAULT_SIMULATE_BUDGET = 0.02
 """The fix simulations re-run at most this share of the samples the scan observed, every pass counted, but always
-MIN_SIMULATED_PASSES passes of MIN_SIMULATED_SAMPLES samples: the default scan then costs about 1.04x its
+MIN_SIMULATED_PASSES passes of MIN_SIMULATED_SAMPLES samples: the default scan then costs about 1.02-1.05x its
 observation pass, or that minimum on a small probe. Fixes are measured in order of value while it lasts; the report
 names the ones left out."""
 MIN_SIMULATED_PASSES = 3

@@ -214,10 +214,10 @@ def _predictions(report: Report) -> dict[tuple[str, str, str], Prediction]:
 
 
 def test_the_default_budget_runs_the_minimum_passes_and_names_what_it_left_out() -> None:
-    report = scan(BiasKilledClassifier(), _probe(96), simulate=True)  # 4% of 96 samples: below the minimum
+    report = scan(BiasKilledClassifier(), _probe(96), simulate=True)  # 2% of 96 samples: below the minimum
     cost = report.extra["simulation"]
     # the unmodified model, the bias shift and the worst site's swap, each on the first 32 samples (one batch)
-    assert (cost["samples"], cost["forward_passes"], cost["budget"]) == (32, 3, 4)
+    assert (cost["samples"], cost["forward_passes"], cost["budget"]) == (32, 3, 2)
     assert cost["not_simulated"] == ["LeakyReLU everywhere", "LeakyReLU at :relu", "recycle"]
     fixes = {(p.fix, p.scope) for p in _predictions(report).values()}
     assert fixes == {("bias_shift", "model"), ("leaky", "site")}
@@ -267,7 +267,7 @@ def test_cli_table_names_the_fixes_the_budget_left_out() -> None:
     note = "fixes simulated on the probe's first 32 samples: a unit a fix leaves unfired there fires on fewer than 8.9%"
     assert note in result.stdout
     assert "(95% bound); not simulated (--simulate-budget): LeakyReLU everywhere, recycle" in result.stdout
-    assert "within a budget of 21 sample-forwards" in result.stderr
+    assert "within a budget of 11 sample-forwards" in result.stderr
     full = CliRunner().invoke(app, ["scan", *SAMPLE, "-f", "table", "--simulate-budget", "1000"])
     assert "not simulated" not in full.stdout and "LeakyReLU everywhere: drift" in full.stdout
 
@@ -277,7 +277,7 @@ def test_cli_json_says_what_the_simulations_cost_and_left_out() -> None:
     assert data["simulation"] == {
         "samples": 32,
         "forward_passes": 3,
-        "budget": 21,
+        "budget": 11,
         "not_simulated": ["LeakyReLU everywhere", "recycle"],
     }
     skipped = json.loads(CliRunner().invoke(app, ["scan", *SAMPLE, "-f", "json", "--no-simulate"]).stdout)
