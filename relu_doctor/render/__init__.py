@@ -141,50 +141,28 @@ REPORT_FORMATS: Registry[Report] = Registry(
 )
 """Formats of a scan's (or merge's) report: ``scan --format``, ``merge --format``, the callbacks' report."""
 
+_TREND_NAMES = ("table", "json", "markdown", "csv", "github")
+"""The report formats a trend also has (no SARIF or JUnit: a trend is no list of results)."""
+
+
+def _counterpart(entry: OutputFormat[Report], module: str) -> OutputFormat[Any]:
+    """A report format's counterpart for another record: the same name and facts, rendered by ``module``'s
+    ``render_<module>_<name>`` (``trend``: a trend report; ``batch``: several models in one output)."""
+    renderer = _Deferred[Any](module, f"render_{module}_{entry.name}", laid_out=entry.terminal)
+    return OutputFormat(
+        entry.name,
+        renderer,
+        terminal=entry.terminal,
+        media_type=entry.media_type,
+        extension=entry.extension,
+        escape_names=entry.escape_names,
+        workflow_commands=entry.workflow_commands,
+    )
+
+
 TREND_FORMATS: Registry[TrendReport] = Registry(
     "trend",
-    (
-        OutputFormat(
-            "table",
-            _terminal("trend", "render_trend_table"),
-            terminal=True,
-            media_type=_PLAIN,
-            extension=".txt",
-            escape_names=True,
-        ),
-        OutputFormat(
-            "json",
-            _laid_out_by_itself("trend", "render_trend_json"),
-            terminal=False,
-            media_type=_JSON,
-            extension=".json",
-        ),
-        OutputFormat(
-            "markdown",
-            _laid_out_by_itself("trend", "render_trend_markdown"),
-            terminal=False,
-            media_type="text/markdown",
-            extension=".md",
-            escape_names=True,
-        ),
-        OutputFormat(
-            "csv",
-            _laid_out_by_itself("trend", "render_trend_csv"),
-            terminal=False,
-            media_type="text/csv",
-            extension=".csv",
-            escape_names=True,
-        ),
-        OutputFormat(
-            "github",
-            _laid_out_by_itself("trend", "render_trend_github"),
-            terminal=False,
-            media_type=_PLAIN,
-            extension=".txt",
-            escape_names=True,
-            workflow_commands=True,
-        ),
-    ),
+    tuple(_counterpart(entry, "trend") for entry in REPORT_FORMATS if entry.name in _TREND_NAMES),
     lambda trend: verdict_lines(trend.last, "last checkpoint: "),
 )
 """Formats of ``trend --format``; the verdict is the last checkpoint's."""
@@ -209,23 +187,9 @@ FIX_FORMATS: Registry[FixOutcome] = Registry(
 """Formats of ``fix --format``."""
 
 
-def _batch_format(entry: OutputFormat[Report]) -> OutputFormat[ScanBatch]:
-    """A report format's several-models counterpart: the same name and facts, :mod:`.batch`'s renderer."""
-    renderer: Renderer[ScanBatch] = _Deferred("batch", f"render_batch_{entry.name}", laid_out=entry.terminal)
-    return OutputFormat(
-        entry.name,
-        renderer,
-        terminal=entry.terminal,
-        media_type=entry.media_type,
-        extension=entry.extension,
-        escape_names=entry.escape_names,
-        workflow_commands=entry.workflow_commands,
-    )
-
-
 BATCH_FORMATS: Registry[ScanBatch] = Registry(
     "report",
-    tuple(_batch_format(entry) for entry in REPORT_FORMATS),
+    tuple(_counterpart(entry, "batch") for entry in REPORT_FORMATS),
     _verdict("batch", "batch_verdict"),
 )
 """Formats of ``scan MODEL MODEL...`` (several models, one output): the names of :data:`REPORT_FORMATS`, each
