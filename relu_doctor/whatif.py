@@ -536,10 +536,11 @@ def simulate_findings(
     """``report`` with measured predictions on its cause findings, plus RD301 (LeakyReLU everywhere).
 
     The simulations re-run the first ``samples`` samples of ``batches`` (all of them when None). ``budget`` bounds
-    their cost in sample-forwards (samples re-run, the unmodified model's pass and every fix's counted, a re-run under
-    the dispatch mode DISPATCHED_PASS_COST times; None: no bound): the sub-probe shrinks towards MIN_SIMULATED_SAMPLES and fixes are measured in order of value
-    (:func:`by_value`) while it lasts, never fewer than MIN_SIMULATED_PASSES - 1. Each prediction carries ``simulated_samples``;
-    ``report.extra["simulation"]`` says how many forward passes they took and which fixes the budget left out.
+    their cost in sample-forwards (samples re-run, the unmodified model's pass and every fix's counted, a re-run
+    under the dispatch mode DISPATCHED_PASS_COST times; None: no bound): the sub-probe shrinks towards
+    MIN_SIMULATED_SAMPLES and fixes are measured in order of value (:func:`by_value`) while it lasts, never fewer
+    than MIN_SIMULATED_PASSES - 1. Each prediction carries ``simulated_samples``; ``report.extra["simulation"]``
+    says how many forward passes they took and which fixes the budget left out.
     A simulation that cannot run leaves the report as it was, with a warning saying why: predictions are advice,
     never a reason to fail a scan.
     """
@@ -602,7 +603,7 @@ def by_value(report: Report, variants: Sequence[_Planned]) -> list[_Planned]:
     dead = {site.key: site.dead for site in report.sites}
     shifts = [item for item in variants if item.fix == BIAS_SHIFT]
     everywhere = [item for item in variants if -1 in item.findings]
-    sites = [item for item in variants if item not in shifts and item not in everywhere]
+    sites = [item for item in variants if item.fix != BIAS_SHIFT and -1 not in item.findings]
     sites.sort(key=lambda item: -sum(dead.get(key, 0) for key in item.variant.leaky_sites))
     return shifts + sites[:1] + everywhere + sites[1:]
 
