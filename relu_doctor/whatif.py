@@ -591,9 +591,9 @@ PLANNED_RECYCLE_ROUNDS = 2
 """Recycle rounds counted when a budget is shared out (the first draw and one re-draw; more run while it lasts)."""
 DISPATCHED_PASS_COST = 3
 """What a sample re-run under the dispatch mode counts against the budget, in plain sample-forwards: when the sites
-are not all activation modules' own calls (functional relus, a reused ``nn.ReLU``), a re-run keys every aten op in
-Python, which costs about three plain forwards (the benchmark CNN's first, dispatched, observation pass: 0.18 s
-against 0.06 s for a plain forward of the batch)."""
+are not all activation-module calls (functional relus such as ``F.relu``, a scripted model), a re-run keys every
+aten op in Python, which costs about three plain forwards (the benchmark CNN's first, dispatched, observation pass:
+0.18 s against 0.06 s for a plain forward of the batch)."""
 
 
 def by_value(report: Report, variants: Sequence[_Planned]) -> list[_Planned]:
