@@ -76,8 +76,7 @@ def check_scan_settings(
         raise UsageError(f"--samples must be between 1 and {MAX_SAMPLES:,}, got {samples}")
     if simulate_samples < 1:
         raise UsageError(f"--simulate-samples must be at least 1, got {simulate_samples}")
-    if not 0 < simulate_budget < float("inf"):  # also refuses NaN
-        raise UsageError(f"--simulate-budget must be a finite number > 0, got {simulate_budget}")
+    check_simulate_budget(simulate_budget)
     if not 0 <= dying_rate <= 1:
         raise UsageError(f"--dying-rate must be between 0 and 1, got {dying_rate}")
     if not 0 <= tau < float("inf"):  # also refuses NaN
@@ -88,6 +87,12 @@ def check_scan_settings(
     ):
         if fraction is not None and not 0 <= fraction <= 1:
             raise UsageError(f"{name} must be between 0 and 1, got {fraction}")
+
+
+def check_simulate_budget(budget: float) -> None:
+    """Raise :class:`~relu_doctor.errors.UsageError` unless ``budget`` is a finite number > 0."""
+    if not 0 < budget < float("inf"):  # also refuses NaN
+        raise UsageError(f"--simulate-budget must be a finite number > 0, got {budget}")
 
 
 def check_reducer_name(reducer: str) -> None:

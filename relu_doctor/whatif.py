@@ -53,7 +53,13 @@ from .repair.edits import Edits, state_tensors
 from .repair.plan import SitePlan, plan_bias_shift, plan_recycle
 from .repair.recycle import DEFAULT_SEED, recycle_until_alive
 from .report import Finding, Prediction, Report, Site
-from .settings import DEFAULT_SIMULATE_BUDGET, DEFAULT_SIMULATE_SAMPLES, MIN_SIMULATED_PASSES, MIN_SIMULATED_SAMPLES
+from .settings import (
+    DEFAULT_SIMULATE_BUDGET,
+    DEFAULT_SIMULATE_SAMPLES,
+    MIN_SIMULATED_PASSES,
+    MIN_SIMULATED_SAMPLES,
+    check_simulate_budget,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -738,6 +744,8 @@ def scan(
     ``simulate_progress(done, planned)`` follows their forward passes.
     Every other argument is :func:`relu_doctor.api.scan`'s (:class:`~relu_doctor.api.ScanOptions`).
     """
+    if simulate and simulate_budget is not None:
+        check_simulate_budget(simulate_budget)  # before the scan: a bad value is never found after minutes of work
     head = SubProbe(simulate_samples)
     report, observed = scan_observed(model, head.tap(batches) if simulate else batches, **options)
     if not simulate:

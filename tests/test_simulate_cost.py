@@ -298,3 +298,11 @@ def test_hooked_re_runs_count_one_sample_forward_per_sample_and_dispatched_ones_
     for model, passes in ((hooked, 5), (dispatched, 3)):  # 3: the minimum
         cost = scan(model, probe, simulate=True, simulate_budget=share).extra["simulation"]
         assert (cost["samples"], cost["forward_passes"]) == (32, passes), type(model).__name__
+
+
+@pytest.mark.parametrize("budget", [0.0, -0.5, float("nan"), float("inf")])
+def test_the_python_api_refuses_a_budget_that_is_not_a_positive_number(budget: float) -> None:
+    from relu_doctor.errors import UsageError
+
+    with pytest.raises(UsageError, match="--simulate-budget must be a finite number > 0"):
+        scan(BiasKilledClassifier(), _probe(32), simulate=True, simulate_budget=budget)
