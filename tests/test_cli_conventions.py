@@ -3,6 +3,8 @@ in every usage error, the --help hint, every missing option at once, and errors 
 
 from __future__ import annotations
 
+import gc
+import json
 import os
 import subprocess
 import sys
@@ -34,7 +36,11 @@ except SystemExit as exit:
     code = exit.code
 else:
     code = 0
-sys.stderr.write(f"\\nEXIT={code} TORCH_IMPORTED={'torch' in sys.modules} SECONDS={time.perf_counter() - started:.3f}\\n")
+import gc
+sys.stderr.write(
+    f"\\nEXIT={code} TORCH_IMPORTED={'torch' in sys.modules} SECONDS={time.perf_counter() - started:.3f} "
+    f"FROZEN={gc.get_freeze_count()} GC={gc.isenabled()}\\n"
+)
 """
 
 
@@ -265,6 +271,26 @@ def test_an_arch_module_file_is_an_input_no_output_may_replace(tmp_path: Path, m
     )
     assert result.exit_code == 2 and "is the input" in result.stderr, result.stderr
     assert "never imported" in (package / "models.py").read_text()
+
+
+def test_the_console_script_freezes_import_time_objects_and_an_in_process_run_does_not() -> None:
+    # The console script's process runs one command: torch's import-time objects leave the cyclic GC's reach
+    # (cli.app.settle_imports); a program running the app in-process (CliRunner, here) keeps its GC untouched.
+    args = ("scan", DYING, "--arch", ARCH, "--probe", PROBE, "-f", "json", "--no-simulate", "--exit-zero")
+    completed = subprocess.run(
+        [sys.executable, "-c", ENTRY, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    fields = dict(part.split("=") for part in completed.stderr.strip().splitlines()[-1].split())
+    assert fields["EXIT"] == "0" and json.loads(completed.stdout)["summary"]["dead"] > 0
+    assert int(fields["FROZEN"]) > 50_000 and fields["GC"] == "True"
+    frozen = gc.get_freeze_count()
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    assert gc.get_freeze_count() == frozen and gc.isenabled()
 
 
 def test_measured_startup_of_an_early_error() -> None:

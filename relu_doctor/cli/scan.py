@@ -50,6 +50,7 @@ from .app import (
     note,
     parse_reports,
     plan_outputs,
+    settle_imports,
     strict_report,
     style_from_options,
     warn,
@@ -256,4 +257,5 @@ def _run_with_trust_prompt(request: Any, style: OutputStyle, display: StageDispl
 def _run(request: Any, display: StageDisplay) -> Report:
     from ..workflow.scan import run_scan
 
+    settle_imports()
     return run_scan(request, progress=display.advance, on_stage=display.stage, simulate_progress=display.update)

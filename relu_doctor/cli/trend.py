@@ -38,6 +38,7 @@ from .app import (
     note,
     parse_reports,
     plan_outputs,
+    settle_imports,
     strict_report,
     style_from_options,
     warn,
@@ -151,6 +152,7 @@ def trend(
 
         inputs = [*checkpoints, *scan_inputs(replace(request, model_path="")), settings.config_path]
         targets = plan_outputs(inputs, force, extra, output=output, plot=plot)
+        settle_imports()
         result = scan_checkpoints(
             [str(c) for c in checkpoints],
             request,
