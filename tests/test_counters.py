@@ -127,3 +127,42 @@ def test_replayable_batches_start_over_on_every_iteration() -> None:
     assert [len(list(once)), len(list(once))] == [2, 2]
     sized = Replayable.sized(lambda: iter(batches), 2)
     assert len(sized) == 2 and len(list(sized)) == 2
+
+
+class _WideRows(torch.nn.Module):
+    """A relu straight on the input, times one (a new tensor: an in-place relu must not change the probe)."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.act = torch.nn.ReLU(inplace=inplace)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x * 1.0)
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["relu", "relu_"])
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), -float("inf")], ids=["finite", "nan", "inf", "-inf"])
+def test_wide_one_position_sites_match_a_brute_force_count(bad: float | None, inplace: bool) -> None:
+    # (samples, units) sites too big to be grouped read only each unit's extremes and the output; batch 1 runs
+    # under the dispatch mode, batches 2 and 3 replay on hooks, and a non-finite value takes the exact path.
+    from relu_doctor.engine.reduce.torch_reducer import ROW_SITE_ELEMENTS
+
+    x = _probe((3 * 128, 600))
+    x[::7, ::5] = -x[::7, ::5].abs() - 1.0  # some units negative more often
+    x[:, 3] = -1.0  # a dead unit
+    if bad is not None:
+        x[200, 11] = bad  # in the second batch: a replay
+        x[300, 12] = bad
+    assert 128 * 600 > ROW_SITE_ELEMENTS
+    (site,) = scan(_WideRows(inplace), list(x.split(128)), reducer="torch").sites
+    finite = torch.isfinite(x)
+    fired = (x > 0) & finite
+    counters = site.counters
+    assert counters.positive == counters.samples_fired == tuple(fired.sum(0).tolist())
+    assert counters.max_preactivation == tuple(torch.where(finite, x, -torch.inf).amax(0).tolist())
+    assert counters.nan == tuple(torch.isnan(x).sum(0).tolist())
+    assert counters.inf == tuple(torch.isinf(x).sum(0).tolist())
+    expected_sum = torch.where(finite, x.clamp(min=0), 0).double().sum(0)
+    assert counters.activation_sum == pytest.approx(expected_sum.tolist(), rel=1e-5)
+    assert (counters.positions, counters.samples) == (384, 384)
+    assert 3 in site.dead_units

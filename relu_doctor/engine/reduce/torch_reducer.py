@@ -6,7 +6,10 @@ Speed: a site with positions (a conv map, a token sequence) costs a few reads of
 several times faster than ``count_nonzero`` (a bool reduction); longer reductions fall back to it. A site with
 one position per sample (a linear layer's (samples, units) activation) keeps only a copy of its pre-activation
 during the pass; at the end of the pass the copies of all such sites of one shape are reduced together, a few
-tensor calls for all of them rather than a dozen per site (a 200-layer MLP has 200 of them).
+tensor calls for all of them rather than a dozen per site (a 200-layer MLP has 200 of them). A larger one is read
+once for its finiteness and once for each unit's maximum, and its output gives the rest (with one position per
+sample, the samples a unit fired on are the positions where its output is non-zero): no copy, no (samples, units)
+temporary.
 
 Counts add up to the site's counters only at :meth:`TorchReducer.end_pass`, so a pass cut short changes nothing.
 """
@@ -74,6 +77,12 @@ class TorchReducer:
             if group.add(counters, rows):
                 self._group_counts.extend(group.reduce())
             return None
+        if pre.dim() == 2 and sample_axis is not None:
+            # One position per sample: a unit fired on a sample exactly where its output is non-zero, so the
+            # output's count is the sample count too; only each unit's extremes are read here (no copy of pre).
+            if not all_finite(pre):  # a whole-tensor aminmax: several times faster than one along the samples
+                return ExactCall(counters, pre.clone(), unit_axis, sample_axis)
+            return _FiniteRows(counters, pre.amax(dim=sample_axis), unit_axis, pre.shape)
         sample_max = reduce_sample_max(pre, unit_axis, sample_axis)
         if not all_finite(sample_max):
             return ExactCall(counters, pre.clone(), unit_axis, sample_axis)
@@ -278,6 +287,21 @@ class _Finite:
             self.sample_max.shape[0],
             positive=positive,
         )
+
+
+@dataclass(frozen=True)
+class _FiniteRows:
+    """A finite (samples, units) call, one position per sample: its per-unit maxima, waiting for the op's output."""
+
+    counters: UnitAccumulator
+    maxima: torch.Tensor
+    unit_axis: int
+    shape: torch.Size
+
+    def counts(self, output: torch.Tensor) -> BatchCounts:
+        positive, total = count_and_sum(output.reshape(self.shape), self.unit_axis)
+        samples = self.shape[1 - self.unit_axis]
+        return BatchCounts(positive, self.maxima.float(), total, samples, samples)
 
 
 @dataclass(frozen=True)
