@@ -153,7 +153,7 @@ def test_wide_one_position_sites_match_a_brute_force_count(bad: float | None, in
     if bad is not None:
         x[200, 11] = bad  # in the second batch: a replay
         x[300, 12] = bad
-    assert 128 * 600 > ROW_SITE_ELEMENTS
+    assert ROW_SITE_ELEMENTS < 128 * 600
     (site,) = scan(_WideRows(inplace), list(x.split(128)), reducer="torch").sites
     finite = torch.isfinite(x)
     fired = (x > 0) & finite
