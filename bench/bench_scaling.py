@@ -46,31 +46,35 @@ def stack(depth=4, width=256):
     return nn.Sequential(*layers, nn.Linear(width, 10))
 """
 
-Row = tuple[str, list[str], list[str], list[str]]
-"""(label, plain forward argv, --no-simulate argv, default scan argv)."""
+Row = tuple[str, list[str], list[str], list[str], list[str]]
+"""(label, plain forward argv, the same with the GC as the CLI handles it, --no-simulate argv, default scan argv)."""
 
 
 def measure(title: str, rows: list[Row], reps: int, threads: int) -> None:
-    """One table: per row the medians of the three runs (interleaved rep by rep), ratios to the plain forward."""
+    """One table: per row the medians of the four runs (interleaved rep by rep), ratios to the plain forward, and
+    the default scan's ratio to the plain forward with the GC handled as the CLI handles it (``GC×``: the cost of the
+    scan's own work, without the CLI's GC saving)."""
     print(f"\n{title}")
     print(
-        f"  {'':14} {'plain s':>8} {'no-sim s':>9} {'default s':>10} {'no-sim ×':>9} {'default ×':>10}"
-        f" {'plain MiB':>10} {'no-sim MiB':>11} {'default MiB':>12} {'RSS ×':>6}"
+        f"  {'':14} {'plain s':>8} {'plain GC s':>10} {'no-sim s':>9} {'default s':>10} {'no-sim ×':>9}"
+        f" {'default ×':>10} {'GC×':>5} {'plain MiB':>10} {'default MiB':>12} {'RSS ×':>6}"
     )
-    for row, (label, plain, bare, default) in enumerate(rows):
-        runs: dict[str, list[tuple[float, float, float]]] = {"plain": [], "bare": [], "default": []}
+    names = ("plain", "frozen", "bare", "default")
+    for row, (label, *argvs) in enumerate(rows):
+        runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
         if row == 0:  # untimed: fills the children's bytecode cache (bench/child_env.py)
-            for argv in (plain, bare, default):
+            for argv in argvs:
                 run_child(argv, threads)
         for _ in range(reps):
-            for name, argv in (("plain", plain), ("bare", bare), ("default", default)):
+            for name, argv in zip(names, argvs):
                 runs[name].append(run_child(argv, threads))
         cpu = {name: statistics.median(r[0] for r in values) for name, values in runs.items()}
         rss = {name: statistics.median(r[2] for r in values) for name, values in runs.items()}
         print(
-            f"  {label:14} {cpu['plain']:8.2f} {cpu['bare']:9.2f} {cpu['default']:10.2f}"
+            f"  {label:14} {cpu['plain']:8.2f} {cpu['frozen']:10.2f} {cpu['bare']:9.2f} {cpu['default']:10.2f}"
             f" {cpu['bare'] / cpu['plain']:9.2f} {cpu['default'] / cpu['plain']:10.2f}"
-            f" {rss['plain']:10.0f} {rss['bare']:11.0f} {rss['default']:12.0f} {rss['default'] / rss['plain']:6.2f}",
+            f" {cpu['default'] / cpu['frozen']:5.2f} {rss['plain']:10.0f} {rss['default']:12.0f}"
+            f" {rss['default'] / rss['plain']:6.2f}",
             flush=True,
         )
 
@@ -89,6 +93,7 @@ def rows_for(ckpt: str, arch: str, samples: int, shape: tuple[int, ...], label: 
     return (
         label,
         plain_argv(ckpt, arch, samples, shape, args.threads),
+        plain_argv(ckpt, arch, samples, shape, args.threads, frozen=True),
         scan_argv(ckpt, arch, samples, text, ["--no-simulate"], out),
         scan_argv(ckpt, arch, samples, text, [], out),
     )
@@ -131,10 +136,10 @@ def _with_kwargs(row: Row, kwargs: dict[str, int]) -> Row:
     """The row's commands building ``stack(**kwargs)``: --arch-kwargs for scans, the call for the plain forward."""
     import json
 
-    label, plain, bare, default = row
-    plain = [*plain[:-1], plain[-1].replace("arch='", f"arch_kwargs={kwargs!r}, arch='")]
+    label, plain, frozen, bare, default = row
+    plain, frozen = ([*p[:-1], p[-1].replace("arch='", f"arch_kwargs={kwargs!r}, arch='")] for p in (plain, frozen))
     extra = ["--arch-kwargs", json.dumps(kwargs)]
-    return label, plain, [*bare, *extra], [*default, *extra]
+    return label, plain, frozen, [*bare, *extra], [*default, *extra]
 
 
 def main() -> None:
