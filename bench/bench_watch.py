@@ -21,7 +21,10 @@ Study (``--study``): the dying run of the README -- a small relu MLP trained by 
 rate -- with ``recycle_every`` against without, over seeds: dead units at the end and held-out accuracy, mean and
 spread (see :mod:`watch_study`).
 
-Usage: ``python bench/bench_watch.py [--reps 3] [--block 100] [--only mlp]`` or ``python bench/bench_watch.py
+Every watch and every scan pass here use the same reducer, ``--reducer`` (default torch: what an install without
+``[fast]`` gets; a watch's own default, auto, takes the fused one when numba is installed and a scan's may not).
+
+Usage: ``python bench/bench_watch.py [--reps 3] [--block 100] [--only mlp] [--reducer torch|fused]`` or ``python bench/bench_watch.py
 --study [--seeds 0 1 2]``.
 """
 
@@ -49,6 +52,8 @@ from relu_doctor.engine.observe import ReluObserver  # noqa: E402
 from relu_doctor.watching import Watch  # noqa: E402
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+REDUCER = ["torch"]
+"""The reducer of every watch and every scan observer here (``--reducer``): the same one on both sides."""
 EVERY = (1, 10, 100)
 WINDOW = 10
 
@@ -120,7 +125,11 @@ def runners(work: Workload) -> list[Runner]:
     for label, every in (("none", None), ("none (A/A)", None), *((f"every={e}", e) for e in EVERY)):
         model = copy.deepcopy(base)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        watch = None if every is None else relu_doctor.watch(model, every=every, window=WINDOW, optimizer=optimizer)
+        watch = (
+            None
+            if every is None
+            else relu_doctor.watch(model, every=every, window=WINDOW, optimizer=optimizer, reducer=REDUCER[0])
+        )
         made.append(Runner(label, model, optimizer, watch))
     return made
 
@@ -138,7 +147,7 @@ def scan_pass(work: Workload, reps: int, clock: Callable[[], float]) -> tuple[fl
             twin(work.inputs)
         return clock() - start
 
-    with ReluObserver(model) as observer:
+    with ReluObserver(model, reducer=REDUCER[0]) as observer:
         observer.run(work.inputs)  # the first pass is the dispatch pass that finds the sites; later ones are hooked
         forward()
         for i in range(reps):  # alternate which runs first, so drift hits both alike
@@ -208,10 +217,10 @@ def paired(work: Workload, pairs: int, clock: Callable[[], float]) -> None:
     for way in WAYS:
         model = copy.deepcopy(base)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        watch = relu_doctor.watch(model, every=2, window=WINDOW, optimizer=optimizer)
+        watch = relu_doctor.watch(model, every=2, window=WINDOW, optimizer=optimizer, reducer=REDUCER[0])
         steps[way] = Runner(way, model, optimizer, watch)
     plain_model = copy.deepcopy(base).eval()
-    observers = {way: ReluObserver(copy.deepcopy(base).eval()) for way in WAYS}
+    observers = {way: ReluObserver(copy.deepcopy(base).eval(), reducer=REDUCER[0]) for way in WAYS}
     extra: dict[str, list[float]] = {f"{kind} {way}": [] for kind in ("step", "scan") for way in WAYS}
 
     def forward() -> float:
@@ -266,7 +275,11 @@ def main() -> None:
     parser.add_argument("--study", action="store_true", help="recycling in the loop on the dying run, not timing")
     parser.add_argument("--paired", type=int, default=0, help="rounds of the paired step measurement (0: off)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the --study")
+    parser.add_argument(
+        "--reducer", choices=["torch", "fused"], default="torch", help="of the watches and the scan passes alike"
+    )
     args = parser.parse_args()
+    REDUCER[0] = args.reducer
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.study:
@@ -275,7 +288,7 @@ def main() -> None:
         print_study(args.seeds)
         return
     clock = CLOCKS[args.clock]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, --reducer {args.reducer}")
     for work in workloads():
         if args.only in work.name:
             if args.paired:
