@@ -86,6 +86,8 @@ def test_the_oracle_sees_the_planted_dead_units(saved: dict[str, Saved]) -> None
     assert set(range(7)) <= set(oracle["silero_vad"]["decoder.decoder.1"].dead_units)  # g-gate bias -50
     assert [s.name for s in saved["rnn"].oracle] == ["rnn:relu#1", "rnn:relu#2", "rnn:relu#3"]
     assert oracle["experts"][":relu"].dead_units[:2] == [0, 1]
+    # its patches are gone: torch.Tensor's relu is its C base's again, not a copy in the class dict
+    assert "relu" not in vars(torch.Tensor)
 
 
 @pytest.mark.parametrize(("name", "fmt"), _cases())

@@ -432,9 +432,18 @@ class Replay:
                 raise
             self.stray = True
             return func(*args, **kwargs)
-        token = self.calls.before_op(site, site.op, args[0].detach(), site.family)
+        if torch.is_inference_mode_enabled():  # a scan's pass
+            token = self.calls.before_op(site, site.op, args[0].detach(), site.family)
+            output = func(*args, **kwargs)
+            self.calls.after_op(token, output)
+            return output
+        # A training step: the counting still runs in inference mode. Its tensors never join autograd, and making
+        # them there costs less than with grad mode on (0.1-0.3 ms per call of a CNN's site under no_grad).
+        with torch.inference_mode():
+            token = self.calls.before_op(site, site.op, args[0].detach(), site.family)
         output = func(*args, **kwargs)
-        self.calls.after_op(token, output)
+        with torch.inference_mode():
+            self.calls.after_op(token, output)
         return output
 
     def _next(self, member: Member) -> ObservedSite:

@@ -201,7 +201,7 @@ class _patched_functional:
 
     def __init__(self, state: _Pass, record: Callable[..., None]) -> None:
         self.state, self.record = state, record
-        self.saved: list[tuple[Any, str, Any]] = []
+        self.saved: list[tuple[Any, str, Any, bool]] = []
         self.depth = 0
 
     def _wrap(self, original: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -220,12 +220,17 @@ class _patched_functional:
     def __enter__(self) -> None:
         for owner, name in ((F, "relu"), (torch, "relu"), (torch.Tensor, "relu")):
             original = getattr(owner, name)
-            self.saved.append((owner, name, original))
+            # torch.Tensor inherits relu from its C base: restore that by deleting the patch, not by shadowing it
+            self.saved.append((owner, name, original, name in vars(owner)))
             setattr(owner, name, self._wrap(original))
 
     def __exit__(self, *exc: object) -> None:
-        for owner, name, original in reversed(self.saved):
-            setattr(owner, name, original)
+        for owner, name, original, own in reversed(self.saved):
+            if own:
+                setattr(owner, name, original)
+            else:
+                delattr(owner, name)
+        self.saved.clear()
 
 
 # -- taps for relus inside torch's modules --------------------------------------------------------------------
