@@ -82,7 +82,7 @@ class TorchReducer:
             # output's count is the sample count too; only each unit's extremes are read here (no copy of pre).
             if not all_finite(pre):  # a whole-tensor aminmax: several times faster than one along the samples
                 return ExactCall(counters, pre.clone(), unit_axis, sample_axis)
-            return _FiniteRows(counters, pre.amax(dim=sample_axis), unit_axis, pre.shape)
+            return _Finite(counters, pre.amax(dim=sample_axis), unit_axis, pre.shape, per_sample=False)
         sample_max = reduce_sample_max(pre, unit_axis, sample_axis)
         if not all_finite(sample_max):
             return ExactCall(counters, pre.clone(), unit_axis, sample_axis)
@@ -269,39 +269,29 @@ def _count_nonzero(signs: torch.Tensor, dim: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _Finite:
-    """A call whose pre-activation is finite: its per-sample maxima, waiting for the op's output."""
-
-    counters: UnitAccumulator
-    sample_max: torch.Tensor
-    unit_axis: int
-    shape: torch.Size
-
-    def counts(self, output: torch.Tensor) -> BatchCounts:
-        # Every member's output is non-zero exactly where the unit fires, so the output gives the counts.
-        positive, total = count_and_sum(output.reshape(self.shape), self.unit_axis)
-        return BatchCounts(
-            _count_positive(self.sample_max, dim=0),
-            self.sample_max.amax(dim=0).float(),
-            total,
-            output.numel() // max(self.counters.units, 1),
-            self.sample_max.shape[0],
-            positive=positive,
-        )
-
-
-@dataclass(frozen=True)
-class _FiniteRows:
-    """A finite (samples, units) call, one position per sample: its per-unit maxima, waiting for the op's output."""
+    """A call whose pre-activation is finite, waiting for the op's output: its (samples, units) per-sample maxima,
+    or, for a (samples, units) call with one position per sample (``per_sample=False``), its per-unit maxima only."""
 
     counters: UnitAccumulator
     maxima: torch.Tensor
     unit_axis: int
     shape: torch.Size
+    per_sample: bool = True
 
     def counts(self, output: torch.Tensor) -> BatchCounts:
+        # Every member's output is non-zero exactly where the unit fires, so the output gives the counts.
         positive, total = count_and_sum(output.reshape(self.shape), self.unit_axis)
-        samples = self.shape[1 - self.unit_axis]
-        return BatchCounts(positive, self.maxima.float(), total, samples, samples)
+        if not self.per_sample:  # one position per sample: the fired positions are the fired samples
+            samples = self.shape[1 - self.unit_axis]
+            return BatchCounts(positive, self.maxima.float(), total, samples, samples)
+        return BatchCounts(
+            _count_positive(self.maxima, dim=0),
+            self.maxima.amax(dim=0).float(),
+            total,
+            output.numel() // max(self.counters.units, 1),
+            self.maxima.shape[0],
+            positive=positive,
+        )
 
 
 @dataclass(frozen=True)
