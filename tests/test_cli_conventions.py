@@ -293,6 +293,21 @@ def test_the_console_script_freezes_import_time_objects_and_an_in_process_run_do
     assert gc.get_freeze_count() == frozen and gc.isenabled()
 
 
+def test_fix_through_the_console_script_freezes_them_after_its_checks(tmp_path: Path) -> None:
+    out = tmp_path / "fixed.safetensors"
+    args = ("fix", DYING, "--arch", ARCH, "--probe", PROBE, "-o", str(out), "--strategy", "recycle")
+    completed = subprocess.run(
+        [sys.executable, "-c", ENTRY, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    fields = dict(part.split("=") for part in completed.stderr.strip().splitlines()[-1].split())
+    assert fields["EXIT"] == "0" and out.exists(), completed.stderr
+    assert int(fields["FROZEN"]) > 50_000 and fields["GC"] == "True"
+
+
 def test_measured_startup_of_an_early_error() -> None:
     # not an assertion of speed: prints the figure for the notes (pytest -s)
     started = time.perf_counter()

@@ -38,6 +38,7 @@ from .app import (
     note,
     parse_reports,
     plan_outputs,
+    settle_imports,
     style_from_options,
     warn,
 )
@@ -157,7 +158,7 @@ def fix(
         for _, target in targets["reports"]:
             if target.path == Path(os.path.realpath(output)):
                 raise UsageError(f"--report {str(target.given)!r} is also --output; give each output its own file")
-        outcome = run_fix(request)
+        outcome = run_fix(request, on_checked=settle_imports)
         emit(FIX_FORMATS, outcome, fmt, None, style)
         emit_reports(FIX_FORMATS, outcome, targets["reports"])
     raise typer.Exit(outcome.exit_code)

@@ -10,6 +10,7 @@ from __future__ import annotations
 # Imports inside functions keep this module free of torch at import time (the CLI's --help and --version stay
 # fast); they do not hide a cycle: .importlinter checks every one of them.
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,14 +46,19 @@ class FixRequest:
             raise UsageError(f"--max-drift must be a finite number >= 0, got {self.max_drift}")
 
 
-def run_fix(request: FixRequest) -> FixOutcome:
-    """Load, repair, write and verify; returns what was done. The input file is never modified."""
+def run_fix(request: FixRequest, *, on_checked: Callable[[], None] | None = None) -> FixOutcome:
+    """Load, repair, write and verify; returns what was done. The input file is never modified.
+
+    ``on_checked`` is called once the request's paths are checked, before torch is imported (the console script
+    imports it there with the GC paused)."""
     from .scan import check_inputs
     from .writer import plan_output
 
     source = Path(request.scan.model_path)
     check_inputs(request.scan)  # both checks before torch is imported: a typo costs no second
     target = plan_output(request.output, scan_inputs(request.scan), force=request.force)
+    if on_checked is not None:
+        on_checked()
 
     import torch
 
