@@ -44,8 +44,8 @@ sys.stderr.write(
 """
 
 
-def run_entry(*args: str, cwd: Path | None = None) -> tuple[str, int, bool, float]:
-    """(the error lines, exit code, torch imported, seconds from start to exit) of one CLI run."""
+def entry(*args: str, cwd: Path | None = None) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
+    """One CLI run through the real console entry point: the process and the fields of its last stderr line."""
     completed = subprocess.run(
         [sys.executable, "-c", ENTRY, *args],
         capture_output=True,
@@ -54,8 +54,13 @@ def run_entry(*args: str, cwd: Path | None = None) -> tuple[str, int, bool, floa
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    *lines, probe = completed.stderr.strip().splitlines()
-    fields = dict(part.split("=") for part in probe.split())
+    return completed, dict(part.split("=") for part in completed.stderr.strip().splitlines()[-1].split())
+
+
+def run_entry(*args: str, cwd: Path | None = None) -> tuple[str, int, bool, float]:
+    """(the error lines, exit code, torch imported, seconds from start to exit) of one CLI run."""
+    completed, fields = entry(*args, cwd=cwd)
+    *lines, _ = completed.stderr.strip().splitlines()
     return (
         "\n".join(line for line in lines if line),
         int(fields["EXIT"]),
@@ -277,14 +282,7 @@ def test_the_console_script_freezes_import_time_objects_and_an_in_process_run_do
     # The console script's process runs one command: torch's import-time objects leave the cyclic GC's reach
     # (cli.app.settle_imports); a program running the app in-process (CliRunner, here) keeps its GC untouched.
     args = ("scan", DYING, "--arch", ARCH, "--probe", PROBE, "-f", "json", "--no-simulate", "--exit-zero")
-    completed = subprocess.run(
-        [sys.executable, "-c", ENTRY, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    fields = dict(part.split("=") for part in completed.stderr.strip().splitlines()[-1].split())
+    completed, fields = entry(*args)
     assert fields["EXIT"] == "0" and json.loads(completed.stdout)["summary"]["dead"] > 0
     assert int(fields["FROZEN"]) > 50_000 and fields["GC"] == "True"
     frozen = gc.get_freeze_count()
@@ -296,14 +294,7 @@ def test_the_console_script_freezes_import_time_objects_and_an_in_process_run_do
 def test_fix_through_the_console_script_freezes_them_after_its_checks(tmp_path: Path) -> None:
     out = tmp_path / "fixed.safetensors"
     args = ("fix", DYING, "--arch", ARCH, "--probe", PROBE, "-o", str(out), "--strategy", "recycle")
-    completed = subprocess.run(
-        [sys.executable, "-c", ENTRY, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    fields = dict(part.split("=") for part in completed.stderr.strip().splitlines()[-1].split())
+    completed, fields = entry(*args)
     assert fields["EXIT"] == "0" and out.exists(), completed.stderr
     assert int(fields["FROZEN"]) > 50_000 and fields["GC"] == "True"
 
