@@ -166,3 +166,104 @@ def test_wide_one_position_sites_match_a_brute_force_count(bad: float | None, in
     assert counters.activation_sum == pytest.approx(expected_sum.tolist(), rel=1e-5)
     assert (counters.positions, counters.samples) == (384, 384)
     assert 3 in site.dead_units
+
+
+class _SmallMaps(torch.nn.Module):
+    """A relu-family op on (samples, channels, few positions) maps: a ResNet's last stage (4x4, 7x7), a 1-D conv."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op = op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * 1.0
+        if self.op == "relu_":
+            return torch.relu_(x)
+        if self.op == "relu6":
+            return torch.nn.functional.relu6(x)
+        return torch.relu(x)
+
+
+@pytest.mark.parametrize("chunk", [None, 100], ids=["one-chunk", "chunked"])
+@pytest.mark.parametrize("op", ["relu", "relu_", "relu6"])
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), -float("inf")], ids=["finite", "nan", "inf", "-inf"])
+@pytest.mark.parametrize("positions", [(4, 4), (7, 7), (3,)], ids=["4x4", "7x7", "3"])
+def test_few_position_sites_match_a_brute_force_count(
+    positions: tuple[int, ...], bad: float | None, op: str, chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Few positions per sample read the unit maxima along the samples and the fired samples from the output's
+    # signs; batch 1 runs under the dispatch mode, batches 2 and 3 replay, a non-finite value takes the exact path.
+    from relu_doctor.engine.reduce import torch_reducer
+
+    if chunk is not None:  # several sample chunks per call (the scratch buffer stays small on big batches)
+        monkeypatch.setattr(torch_reducer, "CHUNK_ELEMENTS", chunk)
+    x = _probe((3 * 9, 5, *positions)) * 3
+    x[:, 1] = -x[:, 1].abs() - 0.5  # a dead channel
+    x[::4, 2] = -x[::4, 2].abs()  # a channel silent on some samples only
+    if bad is not None:
+        x[12, 3].view(-1)[1] = bad  # in the second batch: a replay
+        x[20, 0].view(-1)[0] = bad
+    assert torch_reducer.few_positions(x[:9], 1, 0)
+    (site,) = scan(_SmallMaps(op), list(x.split(9)), reducer="torch", unit_dim=1).sites
+    dims = tuple(range(2, x.dim()))
+    other = (0, *dims)
+    finite = torch.isfinite(x)
+    fired = (x > 0) & finite
+    counters = site.counters
+    assert counters.positive == tuple(fired.sum(other).tolist())
+    assert counters.samples_fired == tuple(fired.any(dim=dims).sum(0).tolist())
+    assert counters.max_preactivation == tuple(torch.where(finite, x, -torch.inf).amax(other).tolist())
+    assert counters.nan == tuple(torch.isnan(x).sum(other).tolist())
+    assert counters.inf == tuple(torch.isinf(x).sum(other).tolist())
+    cap = 6.0 if op == "relu6" else torch.inf
+    expected_sum = torch.where(finite, x.clamp(min=0, max=cap), 0).double().sum(other)
+    assert counters.activation_sum == pytest.approx(expected_sum.tolist(), rel=1e-5)
+    per_sample = x[0, 0].numel()
+    assert (counters.positions, counters.samples) == (27 * per_sample, 27)
+    assert 1 in site.dead_units
+
+
+@pytest.mark.parametrize("reducer", ["torch", "fused"])
+@pytest.mark.parametrize("units", [8, 600], ids=["grouped", "wide"])
+@pytest.mark.parametrize("bad", [None, float("nan"), -float("inf")], ids=["finite", "nan", "-inf"])
+@pytest.mark.parametrize("op", ["relu", "relu_"])
+def test_one_by_one_maps_count_as_one_position_per_sample(
+    op: str, bad: float | None, units: int, reducer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (samples, units, 1, 1) activations (squeeze-excitation, a small input's last stage) take the (samples, units)
+    # paths: grouped with the other sites of their shape when small, read for their extremes when wide.
+    from relu_doctor.engine.reduce import torch_reducer
+
+    if reducer == "fused":
+        pytest.importorskip("numba")
+    grouped: list[tuple[int, ...]] = []
+    add = torch_reducer._RowGroup.add
+    monkeypatch.setattr(
+        torch_reducer._RowGroup, "add", lambda self, c, rows: grouped.append(rows.shape) or add(self, c, rows)
+    )
+    x = _probe((3 * 128, units, 1, 1)) * 2
+    x[:, 2] = -x[:, 2].abs() - 0.5  # a dead unit
+    if bad is not None:
+        x[200, 5] = bad  # in the second batch: a replay
+    (site,) = scan(_SmallMaps(op), list(x.split(128)), reducer=reducer, unit_dim=1).sites
+    flat = x.flatten(1)
+    finite = torch.isfinite(flat)
+    fired = (flat > 0) & finite
+    counters = site.counters
+    assert counters.positive == counters.samples_fired == tuple(fired.sum(0).tolist())
+    assert counters.max_preactivation == tuple(torch.where(finite, flat, -torch.inf).amax(0).tolist())
+    assert counters.nan == tuple(torch.isnan(flat).sum(0).tolist())
+    assert counters.inf == tuple(torch.isinf(flat).sum(0).tolist())
+    expected_sum = torch.where(finite, flat.clamp(min=0), 0).double().sum(0)
+    assert counters.activation_sum == pytest.approx(expected_sum.tolist(), rel=1e-5)
+    assert (counters.positions, counters.samples) == (384, 384)
+    assert 2 in site.dead_units
+    assert grouped == ([(128, units)] * 3 if units * 128 <= torch_reducer.ROW_SITE_ELEMENTS else [])
+
+
+@pytest.mark.parametrize("positions", [(4, 4), (1, 1), (9, 9)], ids=["4x4", "1x1", "9x9"])
+def test_an_empty_batch_adds_nothing(positions: tuple[int, ...]) -> None:
+    x = _probe((18, 5, *positions))
+    whole = scan(_SmallMaps("relu"), [x], reducer="torch", unit_dim=1).sites[0].counters
+    with_empty = scan(_SmallMaps("relu"), [x[:9], x[:0], x[9:]], reducer="torch", unit_dim=1).sites[0].counters
+    _assert_same_counters(with_empty, whole)

@@ -36,11 +36,17 @@ class CallRecorder:
                 f"site {site.module_path or '<root>'} ({name}) had {site.counters.units} units, then an activation "
                 f"of shape {tuple(pre.shape)}; pass --unit-dim to choose the unit axis"
             )
+        if not view.numel():  # an empty batch: nothing to count (the site's units were checked above)
+            return None
         if self.mask is not None:
             tokens = self._token_view(site, view, self.mask)
             if tokens is not None:
                 return self.reducer.before_op(site.counters, tokens, 2, 0, member, self.mask)
         sample_axis = self.sample_axis(view, site.unit_axis)
+        if sample_axis == 0 and site.unit_axis == 1 and view.dim() > 2 and view.numel() == len(view) * view.shape[1]:
+            # (samples, units, 1, ...), e.g. a squeeze-excitation relu or a conv net's last 1x1 map: one position
+            # per sample, so the reducers' (samples, units) paths take it (grouped with others of its shape).
+            view = view.view(view.shape[0], view.shape[1])
         return self.reducer.before_op(site.counters, view, site.unit_axis, sample_axis, member)
 
     def after_op(self, token: Any, output: torch.Tensor) -> None:
