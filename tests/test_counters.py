@@ -30,6 +30,23 @@ def _assert_same_counters(streamed: UnitCounters, whole: UnitCounters) -> None:
     assert streamed.activation_sum == pytest.approx(whole.activation_sum, rel=1e-6, abs=1e-6)
 
 
+def _assert_brute_force(counters: UnitCounters, pre: torch.Tensor, unit_axis: int, cap: float = torch.inf) -> None:
+    """Every counter of a (samples first) site equals a count over its whole pre-activation, NaN and Inf apart."""
+    other = tuple(d for d in range(pre.dim()) if d != unit_axis)
+    positions = tuple(d for d in other if d != 0)
+    finite = torch.isfinite(pre)
+    fired = (pre > 0) & finite
+    assert counters.positive == tuple(fired.sum(other).tolist())
+    per_sample = fired.any(dim=positions) if positions else fired
+    assert counters.samples_fired == tuple(per_sample.sum(0).tolist())
+    assert counters.max_preactivation == tuple(torch.where(finite, pre, -torch.inf).amax(other).tolist())
+    assert counters.nan == tuple(torch.isnan(pre).sum(other).tolist())
+    assert counters.inf == tuple(torch.isinf(pre).sum(other).tolist())
+    expected_sum = torch.where(finite, pre.clamp(min=0, max=cap), 0).double().sum(other)
+    assert counters.activation_sum == pytest.approx(expected_sum.tolist(), rel=1e-5)
+    assert (counters.positions, counters.samples) == (pre.numel() // pre.shape[unit_axis], len(pre))
+
+
 @pytest.mark.parametrize(
     ("model_type", "shape"),
     [(ConvBNReluShifted, (48, 3, 5, 5)), (TokenFFN, (48, 6, 8)), (NaNUnit, (48, 4))],
@@ -155,28 +172,25 @@ def test_wide_one_position_sites_match_a_brute_force_count(bad: float | None, in
         x[300, 12] = bad
     assert ROW_SITE_ELEMENTS < 128 * 600
     (site,) = scan(_WideRows(inplace), list(x.split(128)), reducer="torch").sites
-    finite = torch.isfinite(x)
-    fired = (x > 0) & finite
-    counters = site.counters
-    assert counters.positive == counters.samples_fired == tuple(fired.sum(0).tolist())
-    assert counters.max_preactivation == tuple(torch.where(finite, x, -torch.inf).amax(0).tolist())
-    assert counters.nan == tuple(torch.isnan(x).sum(0).tolist())
-    assert counters.inf == tuple(torch.isinf(x).sum(0).tolist())
-    expected_sum = torch.where(finite, x.clamp(min=0), 0).double().sum(0)
-    assert counters.activation_sum == pytest.approx(expected_sum.tolist(), rel=1e-5)
-    assert (counters.positions, counters.samples) == (384, 384)
+    _assert_brute_force(site.counters, x, 1)
     assert 3 in site.dead_units
 
 
 class _SmallMaps(torch.nn.Module):
-    """A relu-family op on (samples, channels, few positions) maps: a ResNet's last stage (4x4, 7x7), a 1-D conv."""
+    """A relu-family op on two inputs of one shape: (samples, channels, few positions) maps (a ResNet's last stage,
+    a 1-D conv) or (samples, tokens, features); in the training-step layouts a model gives them."""
 
     def __init__(self, op: str) -> None:
         super().__init__()
         self.op = op
 
+    def preactivations(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x * 1.0, 0.5 - x.flip(0)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x * 1.0
+        return sum(self._act(pre) for pre in self.preactivations(x))
+
+    def _act(self, x: torch.Tensor) -> torch.Tensor:
         if self.op == "relu_":
             return torch.relu_(x)
         if self.op == "relu6":
@@ -184,43 +198,63 @@ class _SmallMaps(torch.nn.Module):
         return torch.relu(x)
 
 
-@pytest.mark.parametrize("chunk", [None, 100], ids=["one-chunk", "chunked"])
+def _maps(shape: tuple[int, ...], bad: float | None, unit_axis: int = 1) -> torch.Tensor:
+    x = _probe(shape) * 3
+    x.select(unit_axis, 1).copy_(-x.select(unit_axis, 1).abs() - 0.5)  # dead on the first input
+    x[::4].select(unit_axis, 2).abs_().neg_()  # silent on some samples only
+    if bad is not None:  # in units 3 and 4, the second and third batches (replays)
+        for sample, unit in ((12, 3), (20, 4)):
+            index = [sample] + [0] * (x.dim() - 1)
+            index[unit_axis] = unit
+            x[tuple(index)] = bad
+    return x
+
+
+@pytest.mark.parametrize("path", ["grouped", "alone"])
 @pytest.mark.parametrize("op", ["relu", "relu_", "relu6"])
 @pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), -float("inf")], ids=["finite", "nan", "inf", "-inf"])
 @pytest.mark.parametrize("positions", [(4, 4), (7, 7), (3,)], ids=["4x4", "7x7", "3"])
 def test_few_position_sites_match_a_brute_force_count(
-    positions: tuple[int, ...], bad: float | None, op: str, chunk: int | None, monkeypatch: pytest.MonkeyPatch
+    positions: tuple[int, ...], bad: float | None, op: str, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Few positions per sample read the unit maxima along the samples and the fired samples from the output's
-    # signs; batch 1 runs under the dispatch mode, batches 2 and 3 replay, a non-finite value takes the exact path.
+    # Small sites are copied and reduced with the others of their shape at the end of the pass; a larger one with
+    # few positions per sample reads its unit maxima along the samples and its fired samples from the output's
+    # signs (here in sample chunks). Batch 1 runs under the dispatch mode, batches 2 and 3 replay, a non-finite
+    # value takes the exact path.
     from relu_doctor.engine.reduce import torch_reducer
 
-    if chunk is not None:  # several sample chunks per call (the scratch buffer stays small on big batches)
-        monkeypatch.setattr(torch_reducer, "CHUNK_ELEMENTS", chunk)
-    x = _probe((3 * 9, 5, *positions)) * 3
-    x[:, 1] = -x[:, 1].abs() - 0.5  # a dead channel
-    x[::4, 2] = -x[::4, 2].abs()  # a channel silent on some samples only
-    if bad is not None:
-        x[12, 3].view(-1)[1] = bad  # in the second batch: a replay
-        x[20, 0].view(-1)[0] = bad
-    assert torch_reducer.few_positions(x[:9], 1, 0)
-    (site,) = scan(_SmallMaps(op), list(x.split(9)), reducer="torch", unit_dim=1).sites
-    dims = tuple(range(2, x.dim()))
-    other = (0, *dims)
-    finite = torch.isfinite(x)
-    fired = (x > 0) & finite
-    counters = site.counters
-    assert counters.positive == tuple(fired.sum(other).tolist())
-    assert counters.samples_fired == tuple(fired.any(dim=dims).sum(0).tolist())
-    assert counters.max_preactivation == tuple(torch.where(finite, x, -torch.inf).amax(other).tolist())
-    assert counters.nan == tuple(torch.isnan(x).sum(other).tolist())
-    assert counters.inf == tuple(torch.isinf(x).sum(other).tolist())
-    cap = 6.0 if op == "relu6" else torch.inf
-    expected_sum = torch.where(finite, x.clamp(min=0, max=cap), 0).double().sum(other)
-    assert counters.activation_sum == pytest.approx(expected_sum.tolist(), rel=1e-5)
-    per_sample = x[0, 0].numel()
-    assert (counters.positions, counters.samples) == (27 * per_sample, 27)
-    assert 1 in site.dead_units
+    x = _maps((3 * 9, 5, *positions), bad)
+    if path == "alone":
+        monkeypatch.setattr(torch_reducer, "MAP_SITE_ELEMENTS", 0)
+        monkeypatch.setattr(torch_reducer, "CHUNK_ELEMENTS", 100)
+        assert torch_reducer.few_positions(x[:9], 1, 0)
+    else:
+        assert torch_reducer.small_maps(x[:9], 1, 0)
+    model = _SmallMaps(op)
+    sites = scan(model, list(x.split(9)), reducer="torch", unit_dim=1).sites
+    assert len(sites) == 2
+    for site, pre in zip(sites, model.preactivations(x)):
+        _assert_brute_force(site.counters, pre, 1, 6.0 if op == "relu6" else torch.inf)
+    assert 1 in sites[0].dead_units
+
+
+@pytest.mark.parametrize("path", ["grouped", "alone"])
+@pytest.mark.parametrize("bad", [None, float("nan")], ids=["finite", "nan"])
+def test_small_token_sites_match_a_brute_force_count(
+    bad: float | None, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (samples, tokens, features): grouped with the transposed (sites, samples, units, positions) view.
+    from relu_doctor.engine.reduce import torch_reducer
+
+    if path == "alone":
+        monkeypatch.setattr(torch_reducer, "MAP_SITE_ELEMENTS", 0)
+    x = _maps((3 * 9, 6, 5), bad, unit_axis=2)
+    model = _SmallMaps("relu")
+    sites = scan(model, list(x.split(9)), reducer="torch", unit_dim=2).sites
+    assert len(sites) == 2
+    for site, pre in zip(sites, model.preactivations(x)):
+        _assert_brute_force(site.counters, pre, 2)
+    assert 1 in sites[0].dead_units
 
 
 @pytest.mark.parametrize("reducer", ["torch", "fused"])
@@ -241,29 +275,19 @@ def test_one_by_one_maps_count_as_one_position_per_sample(
     monkeypatch.setattr(
         torch_reducer._RowGroup, "add", lambda self, c, rows: grouped.append(rows.shape) or add(self, c, rows)
     )
-    x = _probe((3 * 128, units, 1, 1)) * 2
-    x[:, 2] = -x[:, 2].abs() - 0.5  # a dead unit
-    if bad is not None:
-        x[200, 5] = bad  # in the second batch: a replay
-    (site,) = scan(_SmallMaps(op), list(x.split(128)), reducer=reducer, unit_dim=1).sites
-    flat = x.flatten(1)
-    finite = torch.isfinite(flat)
-    fired = (flat > 0) & finite
-    counters = site.counters
-    assert counters.positive == counters.samples_fired == tuple(fired.sum(0).tolist())
-    assert counters.max_preactivation == tuple(torch.where(finite, flat, -torch.inf).amax(0).tolist())
-    assert counters.nan == tuple(torch.isnan(flat).sum(0).tolist())
-    assert counters.inf == tuple(torch.isinf(flat).sum(0).tolist())
-    expected_sum = torch.where(finite, flat.clamp(min=0), 0).double().sum(0)
-    assert counters.activation_sum == pytest.approx(expected_sum.tolist(), rel=1e-5)
-    assert (counters.positions, counters.samples) == (384, 384)
-    assert 2 in site.dead_units
-    assert grouped == ([(128, units)] * 3 if units * 128 <= torch_reducer.ROW_SITE_ELEMENTS else [])
+    x = _maps((3 * 128, units, 1, 1), bad)
+    model = _SmallMaps(op)
+    sites = scan(model, list(x.split(128)), reducer=reducer, unit_dim=1).sites
+    for site, pre in zip(sites, model.preactivations(x)):
+        _assert_brute_force(site.counters, pre, 1)
+    assert 1 in sites[0].dead_units
+    assert grouped == ([(128, units)] * 6 if units * 128 <= torch_reducer.ROW_SITE_ELEMENTS else [])
 
 
 @pytest.mark.parametrize("positions", [(4, 4), (1, 1), (9, 9)], ids=["4x4", "1x1", "9x9"])
 def test_an_empty_batch_adds_nothing(positions: tuple[int, ...]) -> None:
     x = _probe((18, 5, *positions))
-    whole = scan(_SmallMaps("relu"), [x], reducer="torch", unit_dim=1).sites[0].counters
-    with_empty = scan(_SmallMaps("relu"), [x[:9], x[:0], x[9:]], reducer="torch", unit_dim=1).sites[0].counters
-    _assert_same_counters(with_empty, whole)
+    whole = scan(_SmallMaps("relu"), [x], reducer="torch", unit_dim=1).sites
+    with_empty = scan(_SmallMaps("relu"), [x[:9], x[:0], x[9:]], reducer="torch", unit_dim=1).sites
+    for a, b in zip(with_empty, whole, strict=True):
+        _assert_same_counters(a.counters, b.counters)
