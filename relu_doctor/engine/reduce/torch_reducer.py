@@ -80,10 +80,10 @@ class TorchReducer:
                 self._group_counts.extend(group.reduce())
             return None
         if small_maps(pre, unit_axis, sample_axis):
-            key = (tuple(pre.shape), unit_axis, pre.dtype, pre.device, member)
-            group = self._groups.get(key)
+            layout = (tuple(pre.shape), unit_axis, pre.dtype, pre.device, member)
+            group = self._groups.get(layout)
             if group is None:
-                group = self._groups[key] = _MapGroup(pre, member, unit_axis)
+                group = self._groups[layout] = _MapGroup(pre, member, unit_axis)
             if group.add(counters, pre):
                 self._group_counts.extend(group.reduce())
             return None
@@ -331,7 +331,13 @@ class _GroupCounts:
     def add(self) -> None:
         for counters, batch in self.each:
             counters.add(batch)
-        if self.store is None or self.fired is None or self.maxima is None or self.sums is None:
+        if (
+            self.store is None
+            or self.fired is None
+            or self.positive is None
+            or self.maxima is None
+            or self.sums is None
+        ):
             return
         if not self.store.holds(self.counters):
             self.store.adopt(self.counters)
