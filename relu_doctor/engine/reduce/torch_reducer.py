@@ -4,7 +4,9 @@ Speed: a site with positions (a conv map, a token sequence) costs a few reads of
 (max per sample over positions, sign + sum for the positive count, sum of the output), each over a copy-free
 (lead, units, trail) view. A short per-sample max (a 7x7 or 4x4 map) is a slow reduction in torch, so such a site
 reads its unit maxima along the samples first and its fired samples from the output's per-sample signs
-(:class:`_FewPositions`); a (samples, units, 1, 1) map is a one-position site (the observer views it so).
+(:class:`_FewPositions`); a (samples, units, 1, 1) map is a one-position site (the observer views it so). A small
+samples-first site with positions (up to MAP_SITE_ELEMENTS, a conv map of a small batch) is copied and reduced with
+the others of its shape and layout at the end of the pass, as one-position sites are (below).
 Counting through ``sign`` and a float32 sum is exact below 2**24 per partial sum and several times faster than
 ``count_nonzero`` (a bool reduction); longer reductions fall back to it. A site with one position per sample (a
 linear layer's (samples, units) activation) keeps only a copy of its pre-activation during the pass; at the end of the pass the copies of all such sites of one shape are reduced together, a few
@@ -178,29 +180,36 @@ class _RowGroup:
         self.counters.append(counters)
         return len(self.counters) == self.capacity
 
+    unit_axis = 1
+    """Of each call in the buffer: (samples, units)."""
+
     def reduce(self) -> list[_GroupCounts]:
         """The counts of the calls copied in so far (the buffer is then free for the next ones)."""
         if not self.counters:
             return []
-        n = len(self.counters)
-        stacked = self.buffer[:n]
+        stacked = self.buffer[: len(self.counters)]
         if not all_finite(stacked):
             member = self.member
-            counts = [exact_counts(rows, member.activation(rows), 1, 0) for rows in stacked]
+            counts = [exact_counts(pre, member.activation(pre), self.unit_axis, 0) for pre in stacked]
             done = [_GroupCounts.per_site(list(zip(self.counters, counts)))]
         else:
-            maxima = stacked.amax(dim=1).float()
-            activation = self.member.activation(stacked, in_place=True)  # the buffer is ours
-            sums = activation.sum(dim=1, dtype=torch.float32)
-            # a member's output is non-zero exactly where its unit fires: sign() is 1 there, 0 elsewhere
-            fired = _count_nonzero(activation.sign_(), dim=1)
             chunk = self._chunks
             self._chunks += 1
             if len(self.stores) <= chunk:
                 self.stores.append(_Store())
-            done = [_GroupCounts(list(self.counters), fired, maxima, sums, stacked.shape[1], self.stores[chunk])]
+            done = [_GroupCounts(list(self.counters), self.stores[chunk], *self._finite(stacked))]
         self.counters.clear()
         return done
+
+    def _finite(self, stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+        """(fired samples, positions fired, maxima, sums) per (site, unit), samples and positions per sample of the
+        finite stacked calls; the buffer is overwritten."""
+        maxima = stacked.amax(dim=1).float()
+        activation = self.member.activation(stacked, in_place=True)  # the buffer is ours
+        sums = activation.sum(dim=1, dtype=torch.float32)
+        # a member's output is non-zero exactly where its unit fires: sign() is 1 there, 0 elsewhere
+        fired = _count_nonzero(activation.sign_(), dim=1)
+        return fired, fired, maxima, sums, stacked.shape[1], 1
 
 
 MAP_SITE_ELEMENTS = 1 << 18
@@ -233,37 +242,18 @@ class _MapGroup(_RowGroup):
             return stacked.reshape(sites, samples, stacked.shape[2], -1)
         return stacked.reshape(sites, samples, -1, stacked.shape[-1])
 
-    def reduce(self) -> list[_GroupCounts]:
-        if not self.counters:
-            return []
-        n = len(self.counters)
-        stacked = self.buffer[:n]
-        if not all_finite(stacked):
-            member = self.member
-            counts = [exact_counts(pre, member.activation(pre), self.unit_axis, 0) for pre in stacked]
-            done = [_GroupCounts.per_site(list(zip(self.counters, counts)))]
-        else:
-            maps = self._maps(stacked)
-            along = 3 if self.unit_axis == 1 else 2  # the positions axis of the maps
-            # along the samples first (a long reduction), then the few positions of each unit
-            maxima = maps.amax(dim=1).amax(dim=along - 1).float()
-            activation = self._maps(self.member.activation(stacked, in_place=True))  # the buffer is ours
-            sums = activation.sum(dim=(1, along), dtype=torch.float32)
-            # a member's output is non-zero exactly where its unit fires: sign() is 1 there, 0 elsewhere; each
-            # site's counts stay below MAP_SITE_ELEMENTS < 2**24, exact in float32
-            per_sample = activation.sign_().sum(dim=along, dtype=torch.float32)  # (sites, samples, units)
-            positive = per_sample.sum(dim=1).to(torch.int64)
-            fired = _count_positive(per_sample, dim=1)
-            chunk = self._chunks
-            self._chunks += 1
-            if len(self.stores) <= chunk:
-                self.stores.append(_Store())
-            samples, positions = maps.shape[1], maps.shape[along]
-            done = [
-                _GroupCounts(list(self.counters), fired, maxima, sums, samples, self.stores[chunk], positive, positions)
-            ]
-        self.counters.clear()
-        return done
+    def _finite(self, stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+        maps = self._maps(stacked)
+        along = 3 if self.unit_axis == 1 else 2  # the positions axis of the maps
+        # along the samples first (a long reduction), then the few positions of each unit
+        maxima = maps.amax(dim=1).amax(dim=along - 1).float()
+        activation = self._maps(self.member.activation(stacked, in_place=True))  # the buffer is ours
+        sums = activation.sum(dim=(1, along), dtype=torch.float32)
+        # a member's output is non-zero exactly where its unit fires: sign() is 1 there, 0 elsewhere; each site's
+        # counts stay below MAP_SITE_ELEMENTS < 2**24, exact in float32
+        per_sample = activation.sign_().sum(dim=along, dtype=torch.float32)  # (sites, samples, units)
+        positive = per_sample.sum(dim=1).to(torch.int64)
+        return _count_positive(per_sample, dim=1), positive, maxima, sums, maps.shape[1], maps.shape[along]
 
 
 class _Store:
@@ -306,25 +296,24 @@ class _GroupCounts:
     def __init__(
         self,
         counters: list[UnitAccumulator],
+        store: _Store | None,
         fired: torch.Tensor | None,
+        positive: torch.Tensor | None,
         maxima: torch.Tensor | None,
         sums: torch.Tensor | None,
         samples: int,
-        store: _Store | None,
-        positive: torch.Tensor | None = None,
-        positions: int = 1,
+        positions: int,
     ) -> None:
-        self.counters, self.fired, self.maxima, self.sums = counters, fired, maxima, sums
-        self.samples, self.store = samples, store
-        self.positive = fired if positive is None else positive
+        self.counters, self.store, self.fired, self.maxima, self.sums = counters, store, fired, maxima, sums
+        self.positive = positive
         """Positions fired (sites, units); with one position per sample, the samples fired."""
-        self.positions = positions
-        """Positions per sample."""
+        self.samples, self.positions = samples, positions
+        """Samples, and positions per sample."""
         self.each: list[tuple[UnitAccumulator, BatchCounts]] = []
 
     @classmethod
     def per_site(cls, each: list[tuple[UnitAccumulator, BatchCounts]]) -> _GroupCounts:
-        counts = cls([], None, None, None, 0, None)
+        counts = cls([], None, None, None, None, None, 0, 1)
         counts.each = each
         return counts
 
